@@ -1,0 +1,105 @@
+//! Builds the vendored libev and the small C shim the Rust FFI layer calls.
+//!
+//! Every libev configuration define is stated here, once, and passed to every C
+//! file, because the layout of libev's watcher structs depends on them and
+//! `src/sys.rs` mirrors that layout by hand (checked by `tests/layout.rs`).
+
+use std::path::Path;
+
+/// The libev configuration, shared by `ev.c` and the shim so both agree on layout.
+///
+/// Why each group is set:
+/// - layout: `EV_MULTIPLICITY` (one loop per accept thread), `EV_COMMON` (one
+///   `data` pointer), no priorities (no `priority` field in watchers);
+/// - features: only the watchers we use (io, timer, async) so nothing else links;
+/// - backends: epoll only, the reference's backend on Linux;
+/// - OS: eventfd for `ev_async`, `clock_gettime` through the vDSO (the raw clock
+///   syscall would cost a system call per loop iteration).
+const LIBEV_DEFINES: &[(&str, &str)] = &[
+    ("EV_STANDALONE", "1"),
+    ("EV_FEATURES", "0x0b"), // code speed, data speed, API; no implicit watchers/backends/OS
+    ("EV_MULTIPLICITY", "1"),
+    ("EV_COMMON", "void *data;"),
+    ("EV_MINPRI", "0"),
+    ("EV_MAXPRI", "0"),
+    ("EV_VERIFY", "0"),
+    ("EV_COMPAT3", "0"),
+    ("EV_PERIODIC_ENABLE", "0"),
+    ("EV_STAT_ENABLE", "0"),
+    ("EV_PREPARE_ENABLE", "0"),
+    ("EV_CHECK_ENABLE", "0"),
+    ("EV_IDLE_ENABLE", "0"),
+    ("EV_FORK_ENABLE", "0"),
+    ("EV_CLEANUP_ENABLE", "0"),
+    ("EV_SIGNAL_ENABLE", "0"),
+    ("EV_CHILD_ENABLE", "0"),
+    ("EV_ASYNC_ENABLE", "1"),
+    ("EV_EMBED_ENABLE", "0"),
+    ("EV_USE_EPOLL", "1"),
+    ("EV_USE_POLL", "0"),
+    ("EV_USE_SELECT", "0"),
+    ("EV_USE_LINUXAIO", "0"),
+    ("EV_USE_IOURING", "0"),
+    ("EV_USE_KQUEUE", "0"),
+    ("EV_USE_PORT", "0"),
+    ("EV_USE_INOTIFY", "0"),
+    ("EV_USE_SIGNALFD", "0"),
+    ("EV_USE_TIMERFD", "0"),
+    ("EV_USE_EVENTFD", "1"),
+    ("EV_USE_MONOTONIC", "1"),
+    ("EV_USE_REALTIME", "0"),
+    ("EV_USE_CLOCK_SYSCALL", "0"),
+    ("EV_USE_NANOSLEEP", "1"),
+    ("EV_USE_FLOOR", "0"),
+    ("EV_USE_4HEAP", "1"),
+    ("EV_HEAP_CACHE_AT", "1"),
+];
+
+const LIBEV_DIR: &str = "vendor/libev";
+const SHIM: &str = "src/shim.c";
+
+fn main() {
+    rerun_if_changed();
+    // The shim calls into libev, so it must come first on the static link line.
+    build_shim();
+    build_libev();
+}
+
+/// Rebuild when the vendored tree or the shim changes, and only then.
+fn rerun_if_changed() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={LIBEV_DIR}");
+    println!("cargo:rerun-if-changed={SHIM}");
+}
+
+/// A `cc::Build` with the libev defines; both C libraries start from it.
+fn configured() -> cc::Build {
+    let mut build = cc::Build::new();
+    build.include(LIBEV_DIR).opt_level(2);
+    for (name, value) in LIBEV_DEFINES {
+        build.define(name, Some(*value));
+    }
+    build
+}
+
+/// libev itself. Its warnings are upstream's business: silenced for this file only.
+fn build_libev() {
+    configured()
+        .file(Path::new(LIBEV_DIR).join("ev.c"))
+        .warnings(false)
+        .flag_if_supported("-w")
+        .compile("ev");
+}
+
+/// Our shim: turns libev's init/set macros into functions and reports struct
+/// layout for the layout test. Our own C, so warnings stay on and are errors.
+fn build_shim() {
+    configured()
+        .file(SHIM)
+        .warnings(true)
+        .warnings_into_errors(true)
+        // Without priorities, libev's `ev_init` expands `ev_set_priority` to a no-op
+        // comma expression: upstream's macro, not our code.
+        .flag("-Wno-unused-value")
+        .compile("ev_shim");
+}

@@ -1,0 +1,2 @@
+//! Placeholder: the command line (being written).
+#![forbid(unsafe_code)]

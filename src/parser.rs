@@ -1,0 +1,2 @@
+//! Placeholder: the incremental request parser (being written).
+#![forbid(unsafe_code)]
