@@ -1,2 +1,777 @@
-//! Placeholder: the command line (being written).
-#![forbid(unsafe_code)]
+//! The command line: the C++ reference's options (GNU AutoOpts), minus its bugs.
+//!
+//! Same short and long names, same defaults, same accepted spellings (`-p 9000`,
+//! `-p9000`, `--port 9000`, `--port=9000`, a unique prefix of a long name), same exit
+//! status on a bad command line (1, with the error and the usage on stderr). Unlike the
+//! reference, values out of range are refused instead of being truncated or wrapped
+//! (`--port 70000` used to listen on 4464, `-w -1` used to be accepted).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+
+/// Default TCP port, as in the reference.
+const DEFAULT_PORT: u16 = 9000;
+/// Default connections per accept thread, as in the reference.
+const DEFAULT_ACCEPT_CAPACITY: usize = 100_000;
+/// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
+/// and a bigger pool per thread is a typo rather than a plan.
+const MAX_ACCEPT_CAPACITY: u64 = 16_777_216;
+/// Default time a slow request takes, in milliseconds, as in the reference.
+const DEFAULT_SLOW_MS: u64 = 30;
+/// Default read timeout in milliseconds (the reference has none and leaks slots).
+const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default bound on the graceful drain, in milliseconds (the reference drops requests).
+const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+
+/// The server's settings, from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `-v/--verbose`: print debug lines to stdout.
+    pub verbose: bool,
+    /// `-d/--daemonize`: detach from the terminal and run in the background.
+    pub daemonize: bool,
+    /// `-p/--port`: the TCP port every accept thread's listener binds (never 0).
+    pub port: u16,
+    /// `-A/--accept-threads`: number of accept threads, the main thread included (>= 1).
+    pub accept_threads: usize,
+    /// `-C/--accept-capacity`: connections each accept thread can hold at once
+    /// (1..=16_777_216), preallocated at start-up.
+    pub accept_capacity: usize,
+    /// `-w/--worker-threads`: threads that run slow requests; 0 answers a slow request
+    /// inline, like a fast one.
+    pub worker_threads: usize,
+    /// `-D/--slow-duration`: how long a worker takes over a slow request.
+    pub slow_duration: Duration,
+    /// `--read-timeout`: time allowed from accept to the end of the request; `None`
+    /// (given as 0) waits forever, as the reference does.
+    pub read_timeout: Option<Duration>,
+    /// `--shutdown-timeout`: bound on the graceful drain after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    /// The settings of a command line without options.
+    fn default() -> Self {
+        let accept_threads = default_accept_threads();
+        Config {
+            verbose: false,
+            daemonize: false,
+            port: DEFAULT_PORT,
+            accept_threads,
+            accept_capacity: DEFAULT_ACCEPT_CAPACITY,
+            worker_threads: accept_threads,
+            slow_duration: Duration::from_millis(DEFAULT_SLOW_MS),
+            read_timeout: Some(Duration::from_millis(DEFAULT_READ_TIMEOUT_MS)),
+            shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+        }
+    }
+}
+
+impl Config {
+    /// Parses `args` (args[0] is the program name). Err carries the clap error (help
+    /// and version are Err too, as clap does) so callers decide how to print and exit.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        // Not `Args::try_parse_from`: that would rebuild the command without the
+        // settings `command()` adds below.
+        let mut matches = command().try_get_matches_from(args)?;
+        let args = Args::from_arg_matches_mut(&mut matches)?;
+        Ok(args.into_config())
+    }
+
+    /// Parses `std::env::args_os()`; on an error prints it and exits: help and version
+    /// go to stdout with status 0, anything else goes to stderr with the full usage and
+    /// status 1 (the reference's status; clap's own `Error::exit` would use 2).
+    pub fn from_env() -> Config {
+        match Config::try_parse_from(std::env::args_os()) {
+            Ok(config) => config,
+            Err(err) => match err.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    // A closed stdout (`conn-daemon --help | head -0`) is not an error
+                    // worth reporting: the user asked for text and went away.
+                    let _ = err.print();
+                    std::process::exit(0);
+                }
+                _ => {
+                    eprint!("{}", error_report(err));
+                    std::process::exit(1);
+                }
+            },
+        }
+    }
+}
+
+/// Number of accept threads without `-A`: one per CPU, like the reference's
+/// `std::thread::hardware_concurrency()`, but never 0 (which that can return).
+fn default_accept_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The clap command, with the settings the derive attributes cannot express.
+fn command() -> clap::Command {
+    // Fixed name: the usage text must not depend on how the binary was invoked, so
+    // scripts and tests can match it.
+    Args::command().bin_name("conn-daemon")
+}
+
+/// Text for a command-line error: the error (with clap's tips), then the full help, as
+/// AutoOpts prints it. Clap's short "Usage:" line and its "try '--help'" hint are
+/// dropped because the full help that follows makes them redundant.
+fn error_report(mut err: clap::Error) -> String {
+    err.remove(ContextKind::Usage);
+    let help = command().render_help().to_string();
+    if let Some(message) = ambiguity(&err) {
+        return format!("{message}\n\n{}\n", help.trim_end());
+    }
+    let message = err.render().to_string();
+    let message = message
+        .strip_suffix("\n\nFor more information, try '--help'.\n")
+        .unwrap_or(&message)
+        .trim_end();
+    format!("{message}\n\n{}\n", help.trim_end())
+}
+
+/// The message for a long-option prefix that matches several options (`--acc`).
+/// Clap reports it as an unknown argument with a "similar argument" tip naming one of
+/// them, which reads as if the prefix were misspelt; AutoOpts says it is ambiguous.
+fn ambiguity(err: &clap::Error) -> Option<String> {
+    if err.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let prefix = arg.strip_prefix("--")?;
+    let prefix = prefix.split_once('=').map_or(prefix, |(name, _)| name);
+    let cmd = command();
+    let matches: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|long| long.starts_with(prefix))
+        .map(|long| format!("'--{long}'"))
+        .collect();
+    (!prefix.is_empty() && matches.len() > 1).then(|| {
+        format!(
+            "error: ambiguous option '--{prefix}': it could be {}",
+            matches.join(" or ")
+        )
+    })
+}
+
+/// Parses a decimal whole number in `min..=max` into `T`. Hand-written rather than
+/// `str::parse` so that "+5", " 5" and "-1" are refused with one clear message, and
+/// an out-of-range value is refused instead of wrapping as it did in the reference.
+fn number<T: TryFrom<u64>>(text: &str, min: u64, max: u64) -> Result<T, String> {
+    let refuse = || format!("expected a whole number from {min} to {max}");
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(refuse());
+    }
+    // A parse error here can only be overflow: the digits were checked above.
+    let value: u64 = text.parse().map_err(|_| refuse())?;
+    if !(min..=max).contains(&value) {
+        return Err(refuse());
+    }
+    T::try_from(value).map_err(|_| refuse())
+}
+
+/// `usize::MAX` as u64 (u64 is at least as wide on every supported target).
+fn usize_max() -> u64 {
+    u64::try_from(usize::MAX).unwrap_or(u64::MAX)
+}
+
+/// `--port`: 0 would make the kernel pick a port, which no client could guess.
+fn parse_port(text: &str) -> Result<u16, String> {
+    number(text, 1, u64::from(u16::MAX))
+}
+
+/// `--accept-threads`: at least the main thread.
+fn parse_accept_threads(text: &str) -> Result<usize, String> {
+    number(text, 1, usize_max())
+}
+
+/// `--accept-capacity`: a pool of 0 connections could never answer anybody.
+fn parse_accept_capacity(text: &str) -> Result<usize, String> {
+    number(text, 1, MAX_ACCEPT_CAPACITY.min(usize_max()))
+}
+
+/// `--worker-threads`: 0 is meaningful (slow requests answered inline).
+fn parse_worker_threads(text: &str) -> Result<usize, String> {
+    number(text, 0, usize_max())
+}
+
+/// Durations in milliseconds: any u64 fits a `Duration` and an `Instant` offset.
+fn parse_millis(text: &str) -> Result<u64, String> {
+    number(text, 0, u64::MAX)
+}
+
+/// The command line as clap sees it; the doc comments are the help text.
+#[derive(Parser, Debug)]
+#[command(
+    name = "conn-daemon",
+    version,
+    about = "Event loop + worker threads connection server: answers GET /test/fast at once \
+             and GET /test/slow after --slow-duration ms",
+    // `-?` is the reference's help flag and `-h` the habit; `--version` is long-only
+    // because `-v` means verbose.
+    disable_help_flag = true,
+    disable_version_flag = true,
+    // AutoOpts accepts any unique prefix of a long option (`--slow=5`).
+    infer_long_args = true
+)]
+struct Args {
+    /// Print debug lines to stdout
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+
+    /// Run in the background, detached from the terminal
+    #[arg(short = 'd', long = "daemonize")]
+    daemonize: bool,
+
+    /// TCP port to listen on, on all addresses (1..=65535)
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "PORT",
+        default_value_t = DEFAULT_PORT,
+        value_parser = parse_port,
+        allow_negative_numbers = true
+    )]
+    port: u16,
+
+    /// Accept threads, each with its own listening socket and event loop (>= 1)
+    /// [default: number of CPUs]
+    #[arg(
+        short = 'A',
+        long = "accept-threads",
+        value_name = "N",
+        value_parser = parse_accept_threads,
+        allow_negative_numbers = true
+    )]
+    accept_threads: Option<usize>,
+
+    /// Connections each accept thread can hold at once, preallocated (1..=16777216)
+    #[arg(
+        short = 'C',
+        long = "accept-capacity",
+        value_name = "N",
+        default_value_t = DEFAULT_ACCEPT_CAPACITY,
+        value_parser = parse_accept_capacity,
+        allow_negative_numbers = true
+    )]
+    accept_capacity: usize,
+
+    /// Threads that run slow requests; 0 answers them inline like fast ones
+    /// [default: the number of accept threads]
+    #[arg(
+        short = 'w',
+        long = "worker-threads",
+        value_name = "N",
+        value_parser = parse_worker_threads,
+        allow_negative_numbers = true
+    )]
+    worker_threads: Option<usize>,
+
+    /// Milliseconds a slow request takes
+    #[arg(
+        short = 'D',
+        long = "slow-duration",
+        value_name = "MS",
+        default_value_t = DEFAULT_SLOW_MS,
+        value_parser = parse_millis,
+        allow_negative_numbers = true
+    )]
+    slow_duration: u64,
+
+    /// Milliseconds from accept to the end of the request before the connection is
+    /// closed; 0 waits forever
+    #[arg(
+        long = "read-timeout",
+        value_name = "MS",
+        default_value_t = DEFAULT_READ_TIMEOUT_MS,
+        value_parser = parse_millis,
+        allow_negative_numbers = true
+    )]
+    read_timeout: u64,
+
+    /// Milliseconds allowed for in-flight requests to finish after SIGTERM or SIGINT
+    #[arg(
+        long = "shutdown-timeout",
+        value_name = "MS",
+        default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        value_parser = parse_millis,
+        allow_negative_numbers = true
+    )]
+    shutdown_timeout: u64,
+
+    /// Print this help and exit
+    #[arg(short = '?', long = "help", short_alias = 'h', action = ArgAction::Help)]
+    help: Option<bool>,
+
+    /// Print the version and exit
+    #[arg(long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+}
+
+impl Args {
+    /// Resolves the defaults that depend on other options (workers = accept threads).
+    fn into_config(self) -> Config {
+        let accept_threads = self.accept_threads.unwrap_or_else(default_accept_threads);
+        Config {
+            verbose: self.verbose,
+            daemonize: self.daemonize,
+            port: self.port,
+            accept_threads,
+            accept_capacity: self.accept_capacity,
+            worker_threads: self.worker_threads.unwrap_or(accept_threads),
+            slow_duration: Duration::from_millis(self.slow_duration),
+            read_timeout: match self.read_timeout {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `args` after a program name.
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
+    }
+
+    /// Parses `args`, which must be accepted.
+    fn ok(args: &[&str]) -> Config {
+        parse(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"))
+    }
+
+    /// Parses `args`, which must be refused as a command-line error (not help/version).
+    fn refused(args: &[&str]) -> clap::Error {
+        match parse(args) {
+            Ok(c) => panic!("{args:?} accepted: {c:?}"),
+            Err(e) => {
+                assert!(
+                    !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion),
+                    "{args:?}: {:?}",
+                    e.kind()
+                );
+                e
+            }
+        }
+    }
+
+    /// Every spelling of an option with an argument: short separate, short attached,
+    /// long separate, long `=`, and the unique prefix both ways.
+    fn spellings(short: Option<char>, long: &str, prefix: &str, value: &str) -> Vec<Vec<String>> {
+        let mut all = Vec::new();
+        if let Some(s) = short {
+            all.push(vec![format!("-{s}"), value.to_string()]);
+            all.push(vec![format!("-{s}{value}")]);
+        }
+        all.push(vec![format!("--{long}"), value.to_string()]);
+        all.push(vec![format!("--{long}={value}")]);
+        all.push(vec![format!("--{prefix}"), value.to_string()]);
+        all.push(vec![format!("--{prefix}={value}")]);
+        all
+    }
+
+    /// Checks every spelling of one option against the field it sets.
+    fn check_all(
+        short: Option<char>,
+        long: &str,
+        prefix: &str,
+        value: &str,
+        check: impl Fn(&Config),
+    ) {
+        for args in spellings(short, long, prefix, value) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            check(&ok(&args));
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let expected = Config {
+            verbose: false,
+            daemonize: false,
+            port: 9000,
+            accept_threads: cpus,
+            accept_capacity: 100_000,
+            worker_threads: cpus,
+            slow_duration: Duration::from_millis(30),
+            read_timeout: Some(Duration::from_millis(60_000)),
+            shutdown_timeout: Duration::from_millis(10_000),
+        };
+        assert_eq!(ok(&[]), expected);
+        assert_eq!(Config::default(), expected);
+    }
+
+    #[test]
+    fn workers_follow_accept_threads() {
+        let c = ok(&["-A", "3"]);
+        assert_eq!((c.accept_threads, c.worker_threads), (3, 3));
+        let c = ok(&["-A", "3", "-w", "5"]);
+        assert_eq!((c.accept_threads, c.worker_threads), (3, 5));
+        let c = ok(&["-w", "0", "-A", "7"]);
+        assert_eq!((c.accept_threads, c.worker_threads), (7, 0));
+    }
+
+    #[test]
+    fn flags() {
+        for args in [&["-v"][..], &["--verbose"], &["--verb"]] {
+            let c = ok(args);
+            assert!(c.verbose && !c.daemonize, "{args:?}");
+        }
+        for args in [&["-d"][..], &["--daemonize"], &["--d"], &["--dae"]] {
+            let c = ok(args);
+            assert!(c.daemonize && !c.verbose, "{args:?}");
+        }
+        let c = ok(&["-vd"]);
+        assert!(c.verbose && c.daemonize);
+        // Bundled flags followed by an option with its value attached.
+        let c = ok(&["-vdp9001"]);
+        assert!(c.verbose && c.daemonize);
+        assert_eq!(c.port, 9001);
+    }
+
+    #[test]
+    fn port() {
+        check_all(Some('p'), "port", "po", "9001", |c| {
+            assert_eq!(c.port, 9001)
+        });
+        check_all(Some('p'), "port", "p", "1", |c| assert_eq!(c.port, 1));
+        check_all(Some('p'), "port", "por", "65535", |c| {
+            assert_eq!(c.port, 65535)
+        });
+        // Leading zeros are decimal, not octal.
+        assert_eq!(ok(&["-p", "09000"]).port, 9000);
+    }
+
+    #[test]
+    fn accept_threads() {
+        check_all(Some('A'), "accept-threads", "accept-t", "4", |c| {
+            assert_eq!(c.accept_threads, 4);
+            assert_eq!(c.worker_threads, 4);
+        });
+        check_all(Some('A'), "accept-threads", "accept-threads", "1", |c| {
+            assert_eq!(c.accept_threads, 1)
+        });
+    }
+
+    #[test]
+    fn accept_capacity() {
+        check_all(Some('C'), "accept-capacity", "accept-c", "2", |c| {
+            assert_eq!(c.accept_capacity, 2)
+        });
+        check_all(
+            Some('C'),
+            "accept-capacity",
+            "accept-cap",
+            "16777216",
+            |c| assert_eq!(c.accept_capacity, 16_777_216),
+        );
+        check_all(Some('C'), "accept-capacity", "accept-capacit", "1", |c| {
+            assert_eq!(c.accept_capacity, 1)
+        });
+    }
+
+    #[test]
+    fn worker_threads() {
+        check_all(Some('w'), "worker-threads", "w", "0", |c| {
+            assert_eq!(c.worker_threads, 0)
+        });
+        check_all(Some('w'), "worker-threads", "wor", "12", |c| {
+            assert_eq!(c.worker_threads, 12)
+        });
+    }
+
+    #[test]
+    fn slow_duration() {
+        check_all(Some('D'), "slow-duration", "slow", "5", |c| {
+            assert_eq!(c.slow_duration, Duration::from_millis(5))
+        });
+        check_all(Some('D'), "slow-duration", "sl", "0", |c| {
+            assert_eq!(c.slow_duration, Duration::ZERO)
+        });
+        let max = u64::MAX.to_string();
+        check_all(Some('D'), "slow-duration", "slow-d", &max, |c| {
+            assert_eq!(c.slow_duration, Duration::from_millis(u64::MAX))
+        });
+    }
+
+    #[test]
+    fn read_timeout() {
+        check_all(None, "read-timeout", "re", "250", |c| {
+            assert_eq!(c.read_timeout, Some(Duration::from_millis(250)))
+        });
+        check_all(None, "read-timeout", "r", "0", |c| {
+            assert_eq!(c.read_timeout, None)
+        });
+    }
+
+    #[test]
+    fn shutdown_timeout() {
+        check_all(None, "shutdown-timeout", "sh", "1500", |c| {
+            assert_eq!(c.shutdown_timeout, Duration::from_millis(1500))
+        });
+        check_all(None, "shutdown-timeout", "shutdown", "0", |c| {
+            assert_eq!(c.shutdown_timeout, Duration::ZERO)
+        });
+    }
+
+    #[test]
+    fn everything_at_once() {
+        let c = ok(&[
+            "-v",
+            "-d",
+            "-p9100",
+            "--accept-threads=2",
+            "-C",
+            "64",
+            "--wor",
+            "1",
+            "--slow=5",
+            "--read-timeout",
+            "0",
+            "--shut=200",
+        ]);
+        assert_eq!(
+            c,
+            Config {
+                verbose: true,
+                daemonize: true,
+                port: 9100,
+                accept_threads: 2,
+                accept_capacity: 64,
+                worker_threads: 1,
+                slow_duration: Duration::from_millis(5),
+                read_timeout: None,
+                shutdown_timeout: Duration::from_millis(200),
+            }
+        );
+    }
+
+    #[test]
+    fn refused_values() {
+        let cases: &[&[&str]] = &[
+            // Port out of range: the reference listened on 70000 % 65536.
+            &["--port", "0"],
+            &["-p0"],
+            &["--port", "70000"],
+            &["--port=65536"],
+            &["-p", "-1"],
+            &["-p", "abc"],
+            &["-p", ""],
+            &["--port="],
+            &["-p", "+9000"],
+            &["-p", " 9000"],
+            &["-p", "9000 "],
+            &["-p", "0x2328"],
+            &["-p", "90.5"],
+            // Negative numbers, every spelling.
+            &["-w", "-1"],
+            &["-w-1"],
+            &["--worker-threads=-1"],
+            &["--worker-threads", "-1"],
+            &["-D", "-5"],
+            &["--slow=-5"],
+            &["--read-timeout", "-1"],
+            &["--shutdown-timeout=-1"],
+            // Zero where at least one is needed.
+            &["-A", "0"],
+            &["--accept-threads=0"],
+            &["-C", "0"],
+            &["--accept-capacity=0"],
+            &["-C", "16777217"],
+            // Non-numbers.
+            &["-A", "two"],
+            &["-C", "1e5"],
+            &["-w", "x"],
+            &["-D", "30ms"],
+            &["--read-timeout", "1.5"],
+            // Overflow.
+            &["-D", "18446744073709551616"],
+            &["-w", "99999999999999999999999"],
+            &["-A", "18446744073709551616"],
+            &["--read-timeout=18446744073709551616"],
+            &["--shutdown-timeout", "99999999999999999999999"],
+            // Missing values.
+            &["-p"],
+            &["--port"],
+            &["-p", "-v"],
+            &["--slow-duration"],
+            // Ambiguous prefixes.
+            &["--acc", "1"],
+            &["--acc=1"],
+            &["--accept", "1"],
+            &["--s=5"],
+            &["--ver"],
+            &["--ve"],
+            // Unknown options.
+            &["--bogus"],
+            &["-x"],
+            &["-V"],
+            &["--port-number=9000"],
+            &["--verbose=yes"],
+            // Positional arguments.
+            &["9000"],
+            &["-v", "extra"],
+            &["--", "9000"],
+            // Repeated options, which AutoOpts refuses by default too.
+            &["-p", "1", "-p", "2"],
+            &["-v", "-v"],
+        ];
+        for args in cases {
+            refused(args);
+        }
+    }
+
+    #[test]
+    fn refused_kinds() {
+        assert_eq!(
+            refused(&["--port", "70000"]).kind(),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(refused(&["-w", "-1"]).kind(), ErrorKind::ValueValidation);
+        assert_eq!(refused(&["-p", "abc"]).kind(), ErrorKind::ValueValidation);
+        assert_eq!(refused(&["--bogus"]).kind(), ErrorKind::UnknownArgument);
+        assert_eq!(refused(&["--acc", "1"]).kind(), ErrorKind::UnknownArgument);
+        assert_eq!(refused(&["stray"]).kind(), ErrorKind::UnknownArgument);
+    }
+
+    #[test]
+    fn help() {
+        for args in [
+            &["--help"][..],
+            &["-?"],
+            &["-h"],
+            &["--he"],
+            &["--h"],
+            &["-v", "-?"],
+        ] {
+            let err = parse(args).expect_err("help is an Err");
+            assert_eq!(err.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert!(!err.use_stderr());
+        }
+        let help = command().render_help().to_string();
+        assert!(help.contains("Usage: conn-daemon [OPTIONS]"), "{help}");
+        for item in [
+            "-v, --verbose",
+            "-d, --daemonize",
+            "-p, --port <PORT>",
+            "-A, --accept-threads <N>",
+            "-C, --accept-capacity <N>",
+            "-w, --worker-threads <N>",
+            "-D, --slow-duration <MS>",
+            "--read-timeout <MS>",
+            "--shutdown-timeout <MS>",
+            "-?, --help",
+            "--version",
+            "[default: 9000]",
+            "[default: 100000]",
+            "[default: 30]",
+            "[default: 60000]",
+            "[default: 10000]",
+        ] {
+            assert!(help.contains(item), "{item:?} missing from\n{help}");
+        }
+    }
+
+    #[test]
+    fn version() {
+        for args in [&["--version"][..], &["--vers"]] {
+            let err = parse(args).expect_err("version is an Err");
+            assert_eq!(err.kind(), ErrorKind::DisplayVersion, "{args:?}");
+            let text = err.render().to_string();
+            assert_eq!(text, format!("conn-daemon {}\n", env!("CARGO_PKG_VERSION")));
+        }
+    }
+
+    #[test]
+    fn error_report_has_error_and_full_help() {
+        let help = command().render_help().to_string();
+        for args in [
+            &["--port", "70000"][..],
+            &["--acc", "1"],
+            &["-w", "-1"],
+            &["x"],
+        ] {
+            let report = error_report(refused(args));
+            assert!(report.starts_with("error: "), "{report}");
+            assert!(
+                report.ends_with(&format!("\n\n{}\n", help.trim_end())),
+                "{report}"
+            );
+            // The short usage line and the "try --help" hint would be redundant.
+            assert_eq!(report.matches("Usage:").count(), 1, "{report}");
+            assert!(!report.contains("For more information"), "{report}");
+        }
+        let report = error_report(refused(&["--port", "70000"]));
+        assert!(
+            report.starts_with(
+                "error: invalid value '70000' for '--port <PORT>': \
+                 expected a whole number from 1 to 65535\n\n"
+            ),
+            "{report}"
+        );
+        for (args, prefix) in [(&["--acc", "1"][..], "acc"), (&["--accept=1"], "accept")] {
+            let report = error_report(refused(args));
+            assert!(
+                report.starts_with(&format!(
+                    "error: ambiguous option '--{prefix}': it could be \
+                     '--accept-threads' or '--accept-capacity'\n\n"
+                )),
+                "{report}"
+            );
+        }
+        let report = error_report(refused(&["--s=5"]));
+        assert!(
+            report.starts_with(
+                "error: ambiguous option '--s': it could be \
+                 '--slow-duration' or '--shutdown-timeout'\n\n"
+            ),
+            "{report}"
+        );
+        let report = error_report(refused(&["--ver"]));
+        assert!(
+            report.starts_with(
+                "error: ambiguous option '--ver': it could be '--verbose' or '--version'\n\n"
+            ),
+            "{report}"
+        );
+        // A plain unknown option keeps clap's message and tip.
+        let report = error_report(refused(&["--bogus"]));
+        assert!(
+            report.starts_with("error: unexpected argument '--bogus' found"),
+            "{report}"
+        );
+        let report = error_report(refused(&["-w", "-1"]));
+        assert!(
+            report.starts_with("error: invalid value '-1' for '--worker-threads <N>'"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn number_bounds() {
+        assert_eq!(number::<u8>("255", 0, 255), Ok(255));
+        assert!(number::<u8>("256", 0, u64::MAX).is_err());
+        assert!(number::<u64>("", 0, 10).is_err());
+        assert!(number::<u64>("11", 0, 10).is_err());
+        assert!(number::<u64>("4", 5, 10).is_err());
+        assert_eq!(
+            number::<u64>("18446744073709551615", 0, u64::MAX),
+            Ok(u64::MAX)
+        );
+        assert!(number::<u64>("18446744073709551616", 0, u64::MAX).is_err());
+    }
+}

@@ -1,3 +1,4 @@
+#![allow(non_camel_case_types)]
 //! Raw libev FFI: the `#[repr(C)]` mirrors of the watcher structs and the
 //! functions we call, for the configuration fixed in `build.rs`.
 //!

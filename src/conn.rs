@@ -1,0 +1,194 @@
+//! `ConnectionCtx`: one connection of an accept thread, from accept to close, as in
+//! the C++ original (the context is also the request: one request per connection).
+//!
+//! It owns the socket, the 4096-byte request buffer and the parser, and decides
+//! what happens next; the accept task ([`crate::accept`]) carries that out with the
+//! loop, the pool and the workers.
+#![forbid(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use crate::deadline::{Linked, Links};
+use crate::net;
+use crate::parser::{ReqParser, Verdict, REQUEST_MAX};
+
+/// The only response: 57 bytes, then the server closes.
+pub const RESPONSE: &[u8; 57] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum State {
+    /// In the pool's free list.
+    #[default]
+    Free,
+    /// Reading the request.
+    Reading,
+    /// A worker has its slow task; watching only for the client leaving early.
+    Delegated,
+    /// Sending the response.
+    Writing,
+    /// The client left while its task was out: the socket is closed, the slot
+    /// waits for the worker to give the task back.
+    Abandoned,
+}
+
+/// What the accept task must do next for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Wait until the socket is readable.
+    Read,
+    /// Wait until the socket is writable.
+    Write,
+    /// Give the slow task to a worker (and watch for the client leaving).
+    Delegate,
+    /// The response went out whole: close.
+    Finished,
+    /// Bad input, a misbehaving or vanished client, or a socket error: close
+    /// without a response.
+    Drop,
+}
+
+/// One connection (the C++ `ConnectionCtx`), living in a pool slot.
+pub struct ConnectionCtx {
+    fd: Option<OwnedFd>,
+    gen: u32,
+    state: State,
+    parser: ReqParser,
+    filled: usize,
+    sent: usize,
+    links: Links,
+    buf: [u8; REQUEST_MAX],
+}
+
+impl Default for ConnectionCtx {
+    fn default() -> Self {
+        ConnectionCtx {
+            fd: None,
+            gen: 0,
+            state: State::Free,
+            parser: ReqParser::new(),
+            filled: 0,
+            sent: 0,
+            links: Links::default(),
+            buf: [0; REQUEST_MAX],
+        }
+    }
+}
+
+impl Linked for ConnectionCtx {
+    fn links(&self) -> &Links {
+        &self.links
+    }
+    fn links_mut(&mut self) -> &mut Links {
+        &mut self.links
+    }
+}
+
+impl ConnectionCtx {
+    /// Starts a new connection in this slot; a new generation tells it apart from
+    /// the slot's earlier connections.
+    pub fn open(&mut self, fd: OwnedFd) {
+        debug_assert!(self.fd.is_none() && self.state == State::Free);
+        self.fd = Some(fd);
+        self.gen = self.gen.wrapping_add(1);
+        self.state = State::Reading;
+        self.parser = ReqParser::new();
+        self.filled = 0;
+        self.sent = 0;
+    }
+
+    /// The socket, or -1 once closed.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+    }
+
+    /// Which connection of this slot this is.
+    pub fn gen(&self) -> u32 {
+        self.gen
+    }
+
+    /// Where the connection is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The socket is readable (or at EOF, or in error).
+    ///
+    /// Reads once: the listener defers accept until data is there, so a request
+    /// usually arrives whole in the first read; otherwise the loop calls again.
+    pub fn on_readable(&mut self, slow_inline: bool) -> Next {
+        match self.state {
+            State::Reading => self.read_request(slow_inline),
+            // Bytes or EOF after a complete request, before the response: the
+            // client is misbehaving or gone (SPEC rule 7).
+            State::Delegated => Next::Drop,
+            State::Writing => Next::Write,
+            State::Free | State::Abandoned => Next::Drop,
+        }
+    }
+
+    fn read_request(&mut self, slow_inline: bool) -> Next {
+        let Some(fd) = self.fd.as_ref() else {
+            return Next::Drop;
+        };
+        match net::recv(fd.as_fd(), &mut self.buf[self.filled..]) {
+            Ok(0) => Next::Drop,
+            Ok(n) => {
+                self.filled += n;
+                match self.parser.parse(&self.buf[..self.filled]) {
+                    Verdict::Incomplete => Next::Read,
+                    Verdict::Invalid => Next::Drop,
+                    Verdict::Fast => self.respond(),
+                    Verdict::Slow if slow_inline => self.respond(),
+                    Verdict::Slow => {
+                        self.state = State::Delegated;
+                        Next::Delegate
+                    }
+                }
+            }
+            Err(e) if net::is_transient(&e) => Next::Read,
+            Err(_) => Next::Drop,
+        }
+    }
+
+    /// The socket is writable again: send the rest of the response.
+    pub fn on_writable(&mut self) -> Next {
+        match self.state {
+            State::Writing => self.respond(),
+            _ => Next::Drop,
+        }
+    }
+
+    /// The worker finished this connection's slow task.
+    pub fn on_task_done(&mut self) -> Next {
+        match self.state {
+            State::Delegated => self.respond(),
+            _ => Next::Drop,
+        }
+    }
+
+    /// Sends as much of the response as the socket takes, at once (no wait for a
+    /// writable event first: a fresh socket's buffer has room).
+    fn respond(&mut self) -> Next {
+        self.state = State::Writing;
+        let Some(fd) = self.fd.as_ref() else {
+            return Next::Drop;
+        };
+        while self.sent < RESPONSE.len() {
+            match net::send(fd.as_fd(), &RESPONSE[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if net::is_transient(&e) => return Next::Write,
+                Err(_) => return Next::Drop,
+            }
+        }
+        Next::Finished
+    }
+
+    /// Closes the socket. The slot is free again unless a worker still has its
+    /// task, in which case it is `Abandoned` until the task comes back.
+    pub fn close(&mut self, task_out: bool) {
+        self.fd = None;
+        self.state = if task_out { State::Abandoned } else { State::Free };
+    }
+}

@@ -1,0 +1,487 @@
+//! Safe wrappers over libev, one type per libev concept: [`Loop`], [`Io`],
+//! [`Timer`], [`Async`], and [`AsyncSender`], the one thing another thread may do.
+//!
+//! Design, as in the C++ original: watchers are plain structs embedded in
+//! longer-lived objects (pool slots, the accept task). libev keeps pointers to them
+//! while they are active, so starting one takes `Pin<&Self>`, and dropping an active
+//! watcher aborts the process instead of leaving libev a dangling pointer.
+//!
+//! Callbacks: a loop is typed by the [`Handler`] that owns its watchers. Each
+//! watcher carries a `token` (libev's `data` pointer holds it), and the loop's
+//! trampolines call `Handler::on_io/on_timer/on_async` with that token. No panic
+//! crosses into C: each trampoline catches it, reports it and aborts.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ffi::c_void;
+use std::io;
+use std::marker::{PhantomData, PhantomPinned};
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::ptr;
+
+use crate::sys;
+
+/// Event bits libev reports to a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Events(i32);
+
+impl Events {
+    /// Interest in (or readiness for) reading.
+    pub const READ: Events = Events(sys::EV_READ);
+    /// Interest in (or readiness for) writing.
+    pub const WRITE: Events = Events(sys::EV_WRITE);
+
+    /// The fd is readable.
+    pub fn is_readable(self) -> bool {
+        self.0 & sys::EV_READ != 0
+    }
+    /// The fd is writable.
+    pub fn is_writable(self) -> bool {
+        self.0 & sys::EV_WRITE != 0
+    }
+    /// libev stopped the watcher after an error (for example a closed fd).
+    pub fn is_error(self) -> bool {
+        self.0 & sys::EV_ERROR != 0
+    }
+}
+
+/// The owner of a loop's watchers: receives their callbacks, by token.
+pub trait Handler: Sized {
+    /// An io watcher with this token is ready.
+    fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events);
+    /// A timer with this token expired.
+    fn on_timer(&mut self, lp: &Loop<Self>, token: usize);
+    /// An async watcher with this token was signalled (sends coalesce).
+    fn on_async(&mut self, lp: &Loop<Self>, token: usize);
+}
+
+/// Shared between a loop and its watchers: the raw loop and how many of our
+/// watchers are active on it, so that a loop with active watchers is never freed.
+struct Core {
+    raw: *mut sys::ev_loop,
+    active: Cell<usize>,
+}
+
+/// An event loop (`ev_loop_new` with the epoll backend). Bound to its thread.
+pub struct Loop<H: Handler> {
+    core: Box<Core>,
+    _handler: PhantomData<fn(&mut H)>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+/// What libev's userdata points at while [`Loop::run`] runs.
+struct RunCtx<H: Handler> {
+    lp: *const Loop<H>,
+    handler: *mut H,
+}
+
+impl<H: Handler> Loop<H> {
+    /// A new loop on the epoll backend, ignoring `LIBEV_FLAGS` from the environment.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: ev_loop_new has no preconditions; null means failure.
+        let raw = unsafe { sys::ev_loop_new(sys::EVBACKEND_EPOLL | sys::EVFLAG_NOENV) };
+        if raw.is_null() {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(0) {
+                io::Error::other("libev could not create an epoll loop")
+            } else {
+                err
+            });
+        }
+        Ok(Loop {
+            core: Box::new(Core {
+                raw,
+                active: Cell::new(0),
+            }),
+            _handler: PhantomData,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Runs the loop until no watcher is active or [`Loop::break_all`] is called,
+    /// dispatching callbacks to `handler`.
+    pub fn run(&self, handler: &mut H) {
+        let mut ctx = RunCtx {
+            lp: self,
+            handler,
+        };
+        // SAFETY: the loop is valid for self's life; userdata points at `ctx`, which
+        // outlives ev_run and is reset before `ctx` goes away. Callbacks only fire
+        // inside ev_run, so the trampolines never see a dangling userdata.
+        unsafe {
+            sys::ev_set_userdata(self.core.raw, (&mut ctx as *mut RunCtx<H>).cast());
+            sys::ev_run(self.core.raw, 0);
+            sys::ev_set_userdata(self.core.raw, ptr::null_mut());
+        }
+    }
+
+    /// Makes the running `run` return once the current callbacks are done.
+    pub fn break_all(&self) {
+        // SAFETY: valid loop; ev_break only sets a flag.
+        unsafe { sys::ev_break(self.core.raw, sys::EVBREAK_ALL) }
+    }
+
+    /// The loop's cached time in seconds (updated once per iteration: no syscall).
+    pub fn now(&self) -> f64 {
+        // SAFETY: valid loop.
+        unsafe { sys::ev_now(self.core.raw) }
+    }
+
+    /// The backend libev chose (always epoll for loops made by [`Loop::new`]).
+    pub fn backend(&self) -> u32 {
+        // SAFETY: valid loop.
+        unsafe { sys::ev_backend(self.core.raw) }
+    }
+
+    fn core(&self) -> *const Core {
+        &*self.core
+    }
+}
+
+impl<H: Handler> Drop for Loop<H> {
+    fn drop(&mut self) {
+        if self.core.active.get() != 0 {
+            // Watchers would keep pointing into a freed loop: refuse, loudly.
+            fatal("a libev loop was dropped with active watchers");
+        }
+        // SAFETY: the loop is valid and no watcher of ours is active on it.
+        unsafe { sys::ev_loop_destroy(self.core.raw) }
+    }
+}
+
+/// Prints why and aborts: used where continuing would be undefined behaviour.
+fn fatal(why: &str) -> ! {
+    eprintln!("conn-daemon: fatal: {why}; aborting");
+    std::process::abort()
+}
+
+/// Runs a callback body; a panic is reported and aborts the process, because
+/// unwinding into libev's C frames is undefined behaviour and the connection
+/// state the panic interrupted can no longer be trusted.
+fn guard(what: &str, body: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(body)).is_err() {
+        eprintln!("conn-daemon: panic in a libev {what} callback; aborting");
+        std::process::abort();
+    }
+}
+
+/// # Safety
+/// `lp` must be a loop currently inside [`Loop::run`] of a `Loop<H>`.
+unsafe fn dispatch<H: Handler>(lp: *mut sys::ev_loop, f: impl FnOnce(&mut H, &Loop<H>)) {
+    // SAFETY: per the contract, userdata is the RunCtx<H> of the running `run`, whose
+    // loop and handler are alive and not otherwise used while ev_run runs.
+    unsafe {
+        let ctx = &*(sys::ev_userdata(lp) as *const RunCtx<H>);
+        f(&mut *ctx.handler, &*ctx.lp)
+    }
+}
+
+unsafe extern "C" fn io_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_io, revents: i32) {
+    guard("io", || {
+        // SAFETY: this trampoline is only installed by `Io::start` on a Loop<H>, and
+        // libev calls it from that loop's ev_run with a live watcher; `Io` is
+        // repr(C) with the raw watcher first, so `w` is also the address of our Io.
+        unsafe {
+            let token = (*w).data as usize;
+            // libev stops an io watcher itself on EV_ERROR: keep the count true.
+            (*w.cast::<Io>()).sync();
+            dispatch::<H>(lp, |h, l| h.on_io(l, token, Events(revents)));
+        }
+    })
+}
+
+unsafe extern "C" fn timer_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_timer, _revents: i32) {
+    guard("timer", || {
+        // SAFETY: as for io_trampoline. `Timer` is repr(C) with the raw watcher
+        // first, so `w` is also the address of our Timer.
+        unsafe {
+            let token = (*w).data as usize;
+            // libev stopped this one-shot timer before calling us.
+            (*w.cast::<Timer>()).sync();
+            dispatch::<H>(lp, |h, l| h.on_timer(l, token));
+        }
+    })
+}
+
+unsafe extern "C" fn async_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_async, _revents: i32) {
+    guard("async", || {
+        // SAFETY: as for io_trampoline.
+        unsafe {
+            let token = (*w).data as usize;
+            dispatch::<H>(lp, |h, l| h.on_async(l, token));
+        }
+    })
+}
+
+/// What every watcher type shares: which loop it is active on.
+struct Bound {
+    core: Cell<*const Core>,
+}
+
+impl Bound {
+    const fn new() -> Self {
+        Bound {
+            core: Cell::new(ptr::null()),
+        }
+    }
+
+    fn started(&self, core: *const Core) {
+        self.core.set(core);
+        // SAFETY: core belongs to a live loop (we are being started on it).
+        unsafe { (*core).active.set((*core).active.get() + 1) }
+    }
+
+    /// The loop we are active on; clears the binding.
+    fn stopping(&self) -> *const Core {
+        let core = self.core.replace(ptr::null());
+        // SAFETY: while we are bound, the loop cannot be freed (its count is > 0).
+        unsafe { (*core).active.set((*core).active.get() - 1) }
+        core
+    }
+}
+
+macro_rules! watcher_common {
+    ($ty:ident, $raw:ty, $stop:path) => {
+        impl $ty {
+            /// Whether libev holds this watcher.
+            pub fn is_active(&self) -> bool {
+                // SAFETY: reading a field of our own watcher; libev writes it only
+                // from this thread, inside calls we make.
+                unsafe { (*self.w.get()).active != 0 }
+            }
+
+            /// Keeps our bookkeeping in step when libev stopped the watcher itself
+            /// (an expired one-shot timer, an io watcher on a bad fd).
+            fn sync(&self) {
+                if !self.is_active() && !self.bound.core.get().is_null() {
+                    self.bound.stopping();
+                }
+            }
+
+            /// Stops the watcher if it is active (also clears a pending event).
+            pub fn stop(&self) {
+                self.sync();
+                if self.bound.core.get().is_null() {
+                    return;
+                }
+                let core = self.bound.stopping();
+                // SAFETY: the watcher is active on that loop, which is alive.
+                unsafe { $stop((*core).raw, self.w.get()) }
+            }
+
+            fn raw(&self) -> *mut $raw {
+                self.w.get()
+            }
+        }
+
+        impl Drop for $ty {
+            fn drop(&mut self) {
+                self.sync();
+                if !self.bound.core.get().is_null() {
+                    fatal(concat!("an active ", stringify!($ty), " watcher was dropped"));
+                }
+            }
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    };
+}
+
+/// An `ev_io` watcher: readiness of one fd.
+#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
+pub struct Io {
+    w: UnsafeCell<sys::ev_io>,
+    bound: Bound,
+    _pin: PhantomPinned,
+    _not_send: PhantomData<*mut ()>,
+}
+
+watcher_common!(Io, sys::ev_io, sys::ev_io_stop);
+
+impl Io {
+    /// An inactive watcher on no fd.
+    pub const fn new() -> Self {
+        Io {
+            w: UnsafeCell::new(sys::ev_io {
+                active: 0,
+                pending: 0,
+                data: ptr::null_mut(),
+                cb: None,
+                next: ptr::null_mut(),
+                fd: -1,
+                events: 0,
+            }),
+            bound: Bound::new(),
+            _pin: PhantomPinned,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// `ev_io_set`: points the watcher at `fd` for `events`, reporting `token`; stops it first
+    /// if needed (libev forbids changing an active watcher).
+    pub fn set_fd(&self, fd: RawFd, events: Events, token: usize) {
+        self.stop();
+        // SAFETY: the watcher is inactive; the shim only writes its fields.
+        unsafe {
+            sys::conn_ev_io_set(self.raw(), fd, events.0);
+            (*self.raw()).data = token as *mut c_void;
+        }
+    }
+
+    /// The fd being watched (-1 before the first `set`).
+    pub fn fd(&self) -> RawFd {
+        // SAFETY: reading our own watcher's field on its thread.
+        unsafe { (*self.raw()).fd }
+    }
+
+    /// The events being watched for.
+    pub fn events(&self) -> Events {
+        // SAFETY: as `fd`; libev keeps private flags above the public bits.
+        Events(unsafe { (*self.raw()).events } & (sys::EV_READ | sys::EV_WRITE))
+    }
+
+    /// Starts watching on `lp`; a no-op if already active.
+    pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>) {
+        self.sync();
+        if self.is_active() {
+            return;
+        }
+        // SAFETY: pinned, so the address libev keeps stays valid until `stop` or
+        // drop (which aborts if still active); the callback matches the loop's H.
+        unsafe {
+            (*self.raw()).cb = Some(io_trampoline::<H>);
+            sys::ev_io_start(lp.core.raw, self.raw());
+        }
+        self.bound.started(lp.core());
+    }
+}
+
+/// An `ev_timer` watcher: a relative timeout on the loop's monotonic clock.
+#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
+pub struct Timer {
+    w: UnsafeCell<sys::ev_timer>,
+    bound: Bound,
+    _pin: PhantomPinned,
+    _not_send: PhantomData<*mut ()>,
+}
+
+watcher_common!(Timer, sys::ev_timer, sys::ev_timer_stop);
+
+impl Timer {
+    /// An inactive timer.
+    pub const fn new() -> Self {
+        Timer {
+            w: UnsafeCell::new(sys::ev_timer {
+                active: 0,
+                pending: 0,
+                data: ptr::null_mut(),
+                cb: None,
+                at: 0.0,
+                repeat: 0.0,
+            }),
+            bound: Bound::new(),
+            _pin: PhantomPinned,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// (Re)starts the timer to fire once, `after` seconds from the loop's now,
+    /// reporting `token`.
+    pub fn start_once<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, after: f64, token: usize) {
+        self.stop();
+        // SAFETY: inactive watcher; pinned, so libev's pointer stays valid until
+        // stop or drop; the callback matches the loop's H.
+        unsafe {
+            sys::conn_ev_timer_set(self.raw(), after.max(0.0), 0.0);
+            (*self.raw()).data = token as *mut c_void;
+            (*self.raw()).cb = Some(timer_trampoline::<H>);
+            sys::ev_timer_start(lp.core.raw, self.raw());
+        }
+        self.bound.started(lp.core());
+    }
+}
+
+/// An `ev_async` watcher: lets other threads wake the loop.
+#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
+pub struct Async {
+    w: UnsafeCell<sys::ev_async>,
+    bound: Bound,
+    _pin: PhantomPinned,
+    _not_send: PhantomData<*mut ()>,
+}
+
+watcher_common!(Async, sys::ev_async, sys::ev_async_stop);
+
+impl Async {
+    /// An inactive async watcher.
+    pub const fn new() -> Self {
+        Async {
+            w: UnsafeCell::new(sys::ev_async {
+                active: 0,
+                pending: 0,
+                data: ptr::null_mut(),
+                cb: None,
+                sent: 0,
+            }),
+            bound: Bound::new(),
+            _pin: PhantomPinned,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Starts the watcher on `lp`, reporting `token`.
+    pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, token: usize) {
+        self.stop();
+        // SAFETY: inactive; ev_async_init only writes fields; pinned as for Io.
+        unsafe {
+            sys::conn_ev_async_init(self.raw(), async_trampoline::<H>);
+            (*self.raw()).data = token as *mut c_void;
+            sys::ev_async_start(lp.core.raw, self.raw());
+        }
+        self.bound.started(lp.core());
+    }
+
+    /// A handle other threads can use to signal this watcher.
+    ///
+    /// # Safety
+    /// The watcher must be active, and the returned sender (and every copy of it)
+    /// must not be used once the watcher is stopped or dropped or its loop is
+    /// dropped: the caller orders shutdown so that all senders are done first.
+    pub unsafe fn sender(self: Pin<&Self>) -> AsyncSender {
+        assert!(self.is_active(), "an async sender needs a started watcher");
+        // SAFETY: bound is set while active.
+        let core = self.bound.core.get();
+        AsyncSender {
+            // SAFETY: core is live while the watcher is active.
+            lp: unsafe { (*core).raw },
+            w: self.raw(),
+        }
+    }
+}
+
+/// The `Send + Sync` half of an [`Async`]: `ev_async_send`, and nothing else.
+#[derive(Clone, Copy, Debug)]
+pub struct AsyncSender {
+    lp: *mut sys::ev_loop,
+    w: *mut sys::ev_async,
+}
+
+// SAFETY: ev_async_send is documented thread-safe ("the only watcher function safe
+// to call from any thread"); the pointers stay valid per `Async::sender`'s contract.
+unsafe impl Send for AsyncSender {}
+// SAFETY: as above: concurrent ev_async_send calls are allowed.
+unsafe impl Sync for AsyncSender {}
+
+impl AsyncSender {
+    /// Wakes the loop and marks the watcher pending; several sends before the loop
+    /// runs coalesce into one callback.
+    pub fn send(&self) {
+        // SAFETY: valid per the contract of `Async::sender`.
+        unsafe { sys::ev_async_send(self.lp, self.w) }
+    }
+}

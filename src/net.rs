@@ -1,0 +1,120 @@
+//! The socket calls of the connection path, each a thin `io::Result` wrapper over
+//! one system call (mio's `syscall!` style), and the listener set-up.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Calls a libc function and turns its `-1` into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: each use passes valid fds and buffers with their true lengths.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Accepts one connection, already non-blocking and close-on-exec (`accept4`:
+/// one syscall, no `fcntl`s).
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = syscall!(accept4(
+        listener.as_raw_fd(),
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+    ))?;
+    // SAFETY: accept4 returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads into `buf`; `Ok(0)` is end of stream.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    syscall!(recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)).map(|n| n as usize)
+}
+
+/// Writes from `buf` without raising SIGPIPE on a peer that has gone.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    syscall!(send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
+}
+
+/// Errors that say "not now", not "this connection is broken".
+pub fn is_transient(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EINTR)
+    )
+}
+
+/// `accept` errors that mean the process or system is out of a resource: pause the
+/// listener and retry later instead of spinning on a listener that stays readable.
+pub fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Fails with `EADDRINUSE` if anything already listens on (or holds) `port`.
+///
+/// `SO_REUSEPORT` would otherwise let us silently join another server's group and
+/// steal half its connections, as the reference does. A socket without
+/// `SO_REUSEPORT` cannot bind a port some other socket holds; `SO_REUSEADDR` keeps
+/// our own TIME_WAIT connections from a previous run from counting.
+pub fn ensure_port_free(port: u16) -> io::Result<()> {
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+}
+
+/// One accept thread's listener: `0.0.0.0:port`, `SO_REUSEPORT` (the kernel
+/// spreads connections across the threads' listeners), non-blocking, backlog
+/// `SOMAXCONN`, and `TCP_DEFER_ACCEPT`, so a connection is accepted once its first
+/// bytes are there and the request can usually be read right after `accept4`.
+pub fn listener(port: u16, defer_secs: u32) -> io::Result<Socket> {
+    let sock = Socket::new(
+        Domain::IPV4,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+    if defer_secs > 0 {
+        set_int_opt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, defer_secs as i32)?;
+    }
+    sock.listen(libc::SOMAXCONN)?;
+    Ok(sock)
+}
+
+fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (&value as *const i32).cast(),
+        size_of::<i32>() as libc::socklen_t,
+    ))
+    .map(drop)
+}
+
+/// Raises the soft open-files limit to the hard one; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
+    }
+    Ok(lim.rlim_cur)
+}

@@ -1,0 +1,325 @@
+//! `Pool`: the per-accept-thread connection pool of the C++ original: a fixed
+//! number of slots reserved once at start-up, a LIFO free list, O(1) acquire and
+//! release, and no allocation afterwards.
+//!
+//! The slots are one anonymous mapping, so the kernel commits a page only when a
+//! slot on it is first used: a pool of 100,000 connections costs nothing until
+//! connections arrive. Slots are constructed on first use (a high-water mark) and
+//! never move, which is what lets each carry the libev watcher of its connection
+//! and the holder of its delegated task.
+
+use std::io;
+use std::marker::PhantomData;
+use std::mem::size_of;
+use std::pin::Pin;
+use std::ptr::{self, addr_of, addr_of_mut, NonNull};
+
+use crate::ev::Io;
+use crate::task::{Done, Task, TaskHolder, TaskRef, Route};
+
+/// One slot: the watcher and task holder the pool manages, and the user's value.
+struct Slot<T> {
+    io: Io,
+    task: TaskHolder,
+    value: T,
+}
+
+/// A fixed-capacity pool of `T`, each with its own [`Io`] watcher and
+/// [`TaskHolder`], addressed by `u32` index.
+pub struct Pool<T> {
+    base: NonNull<Slot<T>>,
+    map_len: usize,
+    capacity: u32,
+    /// Slots `0..constructed` hold a value; the rest are untouched memory.
+    constructed: u32,
+    /// Released slots, reused last-in first-out so hot memory is reused first.
+    free: Vec<u32>,
+    in_use: u32,
+    _owns: PhantomData<Slot<T>>,
+}
+
+impl<T: Default> Pool<T> {
+    /// Reserves `capacity` slots. Fails (`ENOMEM`, or `EINVAL` for 0 or more than
+    /// `u32::MAX` slots) if the address space cannot be reserved.
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        let cap = u32::try_from(capacity)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let map_len = size_of::<Slot<T>>()
+            .checked_mul(capacity)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; MAP_NORESERVE because untouched slots must not count
+        // against the commit limit.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pool {
+            // SAFETY: mmap succeeded, so p is non-null and page aligned (enough for
+            // any slot alignment up to a page).
+            base: unsafe { NonNull::new_unchecked(p.cast()) },
+            map_len,
+            capacity: cap,
+            constructed: 0,
+            free: Vec::with_capacity(capacity),
+            in_use: 0,
+            _owns: PhantomData,
+        })
+    }
+
+    /// Takes a free slot; `None` when all `capacity` are in use.
+    pub fn acquire(&mut self) -> Option<u32> {
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None if self.constructed < self.capacity => {
+                let idx = self.constructed;
+                // SAFETY: idx < capacity, inside the mapping, and not yet constructed.
+                unsafe {
+                    ptr::write(
+                        self.base.as_ptr().add(idx as usize),
+                        Slot {
+                            io: Io::new(),
+                            task: TaskHolder::new(),
+                            value: T::default(),
+                        },
+                    )
+                };
+                self.constructed += 1;
+                idx
+            }
+            None => return None,
+        };
+        self.in_use += 1;
+        Some(idx)
+    }
+}
+
+impl<T> Pool<T> {
+    /// Returns slot `idx` to the free list. Its watcher must be stopped and its
+    /// task holder free: the slot's next user starts clean.
+    ///
+    /// # Panics
+    /// If the watcher is active or a task is still out (a bug in the caller).
+    pub fn release(&mut self, idx: u32) {
+        let slot = self.slot(idx);
+        // SAFETY: slot is constructed; shared references to its pool-managed
+        // fields are fine (no &mut to them exists).
+        let (active, busy) = unsafe { ((*addr_of!((*slot).io)).is_active(), (*addr_of!((*slot).task)).is_busy()) };
+        assert!(!active && !busy, "released a pool slot still in use by libev or a worker");
+        debug_assert!(!self.free.contains(&idx), "slot released twice");
+        // Never reallocates: at most `capacity` indices are ever free.
+        self.free.push(idx);
+        self.in_use -= 1;
+    }
+
+    /// The value in slot `idx`.
+    pub fn get(&self, idx: u32) -> &T {
+        // SAFETY: constructed slot; the value field is only ever borrowed through
+        // the pool, so this shared borrow follows Rust's rules via &self.
+        unsafe { &*addr_of!((*self.slot(idx)).value) }
+    }
+
+    /// The value in slot `idx`, mutably.
+    pub fn get_mut(&mut self, idx: u32) -> &mut T {
+        // SAFETY: as `get`, exclusive through &mut self. Only the `value` field is
+        // borrowed, never the task holder a worker may be using.
+        unsafe { &mut *addr_of_mut!((*self.slot(idx)).value) }
+    }
+
+    /// The io watcher of slot `idx`, pinned: slots never move while the pool lives.
+    pub fn io(&self, idx: u32) -> Pin<&Io> {
+        // SAFETY: constructed slot; pool memory is never moved or reused for
+        // anything else while the pool lives, and the pool refuses to drop an
+        // active watcher (Io's Drop aborts), so the pin promise holds.
+        unsafe { Pin::new_unchecked(&*addr_of!((*self.slot(idx)).io)) }
+    }
+
+    /// The value and the watcher of slot `idx` together.
+    pub fn split(&mut self, idx: u32) -> (&mut T, Pin<&Io>) {
+        let slot = self.slot(idx);
+        // SAFETY: disjoint fields of one constructed slot; see `get_mut` and `io`.
+        unsafe {
+            (
+                &mut *addr_of_mut!((*slot).value),
+                Pin::new_unchecked(&*addr_of!((*slot).io)),
+            )
+        }
+    }
+
+    /// Moves `task` into slot `idx`'s holder for a worker; `None` if that slot
+    /// already has a task out.
+    pub fn delegate<K: Task>(&self, idx: u32, task: K, route: Route) -> Option<TaskRef> {
+        self.holder(idx).fill(task, route)
+    }
+
+    /// Takes back a finished task's token and returns the slot it belongs to;
+    /// `None` for a token that is not this pool's current task there.
+    pub fn finish(&self, done: Done) -> Option<u32> {
+        let idx = done.route().slot;
+        if idx >= self.constructed {
+            return None;
+        }
+        self.holder(idx).finish(done).then_some(idx)
+    }
+
+    /// Whether slot `idx` has a task out with a worker.
+    pub fn is_delegated(&self, idx: u32) -> bool {
+        self.holder(idx).is_busy()
+    }
+
+    fn holder(&self, idx: u32) -> &TaskHolder {
+        // SAFETY: constructed slot; TaskHolder is used through shared references
+        // only (interior mutability, and raw access by the worker holding its
+        // TaskRef), so no &mut aliases it.
+        unsafe { &*addr_of!((*self.slot(idx)).task) }
+    }
+
+    /// Slots handed out and not yet released.
+    pub fn in_use(&self) -> usize {
+        self.in_use as usize
+    }
+
+    /// The fixed number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// No slot is free.
+    pub fn is_full(&self) -> bool {
+        self.in_use == self.capacity
+    }
+
+    /// Indices of every slot ever constructed (in use or free): for sweeps at
+    /// shutdown.
+    pub fn constructed(&self) -> std::ops::Range<u32> {
+        0..self.constructed
+    }
+
+    fn slot(&self, idx: u32) -> *mut Slot<T> {
+        assert!(idx < self.constructed, "pool index {idx} out of range");
+        // SAFETY: idx < constructed <= capacity: inside the mapping.
+        unsafe { self.base.as_ptr().add(idx as usize) }
+    }
+}
+
+impl<T> Drop for Pool<T> {
+    fn drop(&mut self) {
+        if self.constructed().any(|i| self.is_delegated(i)) {
+            // A worker still holds a pointer into this memory: leaking it is the
+            // only safe choice (this happens only when the process is exiting).
+            return;
+        }
+        for i in self.constructed() {
+            // SAFETY: constructed slot, dropped exactly once, never used again.
+            unsafe { ptr::drop_in_place(self.slot(i)) };
+        }
+        // SAFETY: the mapping made in `new`, with its length; nothing points into
+        // it any more.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Conn {
+        n: u64,
+    }
+
+    #[test]
+    fn acquire_release_lifo_and_capacity() {
+        let mut pool: Pool<Conn> = Pool::new(3).unwrap();
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        let c = pool.acquire().unwrap();
+        assert_eq!((a, b, c), (0, 1, 2));
+        assert!(pool.is_full());
+        assert_eq!(pool.acquire(), None);
+        pool.get_mut(b).n = 7;
+        pool.release(b);
+        pool.release(a);
+        assert_eq!(pool.in_use(), 1);
+        // Last released, first reused; values persist until the user resets them.
+        assert_eq!(pool.acquire(), Some(a));
+        assert_eq!(pool.acquire(), Some(b));
+        assert_eq!(pool.get(b).n, 7);
+        assert_eq!(pool.constructed(), 0..3);
+    }
+
+    #[test]
+    fn slots_never_move() {
+        let mut pool: Pool<Conn> = Pool::new(1000).unwrap();
+        let first = pool.acquire().unwrap();
+        let addr = pool.get(first) as *const Conn;
+        for _ in 0..999 {
+            pool.acquire().unwrap();
+        }
+        assert_eq!(addr, pool.get(first) as *const Conn);
+        assert_eq!(pool.capacity(), 1000);
+    }
+
+    #[test]
+    fn zero_capacity_is_refused() {
+        assert!(Pool::<Conn>::new(0).is_err());
+    }
+
+    #[test]
+    fn untouched_slots_cost_no_memory() {
+        fn rss_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        struct Big {
+            _pad: [u64; 600],
+        }
+        impl Default for Big {
+            fn default() -> Self {
+                Big { _pad: [1; 600] }
+            }
+        }
+        let before = rss_kib();
+        let mut pool: Pool<Big> = Pool::new(100_000).unwrap();
+        pool.acquire().unwrap();
+        // 100,000 slots of over 4 KiB reserved; only the first one's pages are touched.
+        assert!(rss_kib() < before + 2048, "reserving a pool committed memory");
+    }
+
+    struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl Task for Count {
+        fn run(self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn delegate_and_finish_round_trip() {
+        let mut pool: Pool<Conn> = Pool::new(2).unwrap();
+        let i = pool.acquire().unwrap();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let route = Route { owner: 0, slot: i, gen: 9 };
+        let task = pool.delegate(i, Count(runs.clone()), route).unwrap();
+        assert!(pool.is_delegated(i));
+        // A second task for the same slot is refused while the first is out.
+        assert!(pool.delegate(i, Count(runs.clone()), route).is_none());
+        let done = std::thread::spawn(move || task.run()).join().unwrap();
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(done.route(), route);
+        assert_eq!(pool.finish(done), Some(i));
+        assert!(!pool.is_delegated(i));
+        pool.release(i);
+    }
+}

@@ -1,0 +1,282 @@
+//! Start-up, threads and shutdown: the C++ `main` and its `ThreadPool`.
+//!
+//! `Server::bind` does everything that can fail for a reason an operator must see
+//! (the port, the listeners) before any thread exists; `Server::run` starts the
+//! workers and the accept threads, the calling thread being accept thread 0, and
+//! returns after the graceful drain.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread;
+
+use socket2::Socket;
+
+use crate::accept::{AcceptTask, Settings, Stats};
+use crate::config::Config;
+use crate::ev::{Async, AsyncSender, Loop};
+use crate::worker::{Shared, Workers};
+use crate::{debug, net, warn};
+
+/// Exit status for a failed system call at start-up (the reference's).
+pub const EXIT_SYSTEM: i32 = 100;
+/// Exit status when the pools cannot be reserved (the reference's).
+pub const EXIT_NO_MEMORY: i32 = 10;
+
+/// Why the server did not start: one line for stderr, and the exit status.
+#[derive(Debug)]
+pub struct StartError {
+    /// Process exit status to use.
+    pub code: i32,
+    message: String,
+}
+
+impl StartError {
+    fn system(what: impl fmt::Display, err: io::Error) -> Self {
+        let code = if err.raw_os_error() == Some(libc::ENOMEM) {
+            EXIT_NO_MEMORY
+        } else {
+            EXIT_SYSTEM
+        };
+        StartError {
+            code,
+            message: format!("{what}: {err}"),
+        }
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The stop request every loop watches for, and the guard that keeps its wake-ups
+/// from reaching a loop that is being torn down.
+pub struct Shutdown {
+    requested: AtomicBool,
+    /// True once the loops may be destroyed: no more wake-ups from here.
+    closed: Mutex<bool>,
+    shared: Arc<Shared>,
+}
+
+impl Shutdown {
+    /// Whether a graceful stop was asked for.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn trigger(&self) {
+        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
+        if *closed || self.requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for mailbox in self.shared.mailboxes() {
+            mailbox.ring();
+        }
+    }
+
+    fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+/// Asks a running server to stop gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shutdown>);
+
+impl ShutdownHandle {
+    /// Starts the graceful drain; later calls do nothing.
+    pub fn shutdown(&self) {
+        self.0.trigger();
+    }
+}
+
+/// The cross-thread wake-up of an accept loop's `ev_async`.
+pub(crate) fn sender_for(wake: Pin<&Async>) -> AsyncSender {
+    // SAFETY: senders are used only by the workers (through the mailboxes) and by
+    // `Shutdown::trigger`. `Server::run` joins every worker and closes the
+    // Shutdown before any accept thread passes the second barrier, after which
+    // alone it stops this watcher and drops its loop.
+    unsafe { wake.sender() }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    config: Config,
+    listeners: Vec<Socket>,
+    shared: Arc<Shared>,
+    shutdown: Arc<Shutdown>,
+}
+
+impl Server {
+    /// Raises the fd limit, refuses a port someone else holds, and binds one
+    /// `SO_REUSEPORT` listener per accept thread.
+    pub fn bind(config: &Config) -> Result<Server, StartError> {
+        let threads = config.accept_threads;
+        let wanted = threads.saturating_mul(config.accept_capacity) as u64;
+        match net::raise_nofile_limit() {
+            Ok(limit) => {
+                debug!("open files limit raised to {limit}");
+                if limit < wanted {
+                    warn!(
+                        "open files limit {limit} is below accept threads x capacity ({wanted}): \
+                         accept will pause when it runs out"
+                    );
+                }
+            }
+            Err(e) => warn!("cannot raise the open files limit: {e}"),
+        }
+        let port = config.port;
+        net::ensure_port_free(port)
+            .map_err(|e| StartError::system(format_args!("port {port} is already in use"), e))?;
+        let defer = config
+            .read_timeout
+            .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
+        let listeners = (0..threads)
+            .map(|_| net::listener(port, defer))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| StartError::system(format_args!("cannot listen on 0.0.0.0:{port}"), e))?;
+        let total = threads.saturating_mul(config.accept_capacity);
+        let shared = Arc::new(Shared::new(threads, config.accept_capacity, total));
+        let shutdown = Arc::new(Shutdown {
+            requested: AtomicBool::new(false),
+            closed: Mutex::new(false),
+            shared: Arc::clone(&shared),
+        });
+        debug!(
+            "listening on 0.0.0.0:{port}: {threads} accept threads x {} connections, {} workers",
+            config.accept_capacity, config.worker_threads
+        );
+        Ok(Server {
+            config: config.clone(),
+            listeners,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// A handle that stops the server gracefully from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.shutdown))
+    }
+
+    /// Serves until a graceful stop completes; the calling thread is accept
+    /// thread 0. Returns the counters of all accept threads together.
+    pub fn run(self) -> Result<Stats, StartError> {
+        let Server {
+            config,
+            listeners,
+            shared,
+            shutdown,
+        } = self;
+        let workers = if config.worker_threads > 0 {
+            Some(
+                Workers::start(Arc::clone(&shared), config.worker_threads)
+                    .map_err(|e| StartError::system("cannot start worker threads", e))?,
+            )
+        } else {
+            None
+        };
+        let settings = |id: usize| Settings {
+            id: id as u32,
+            capacity: config.accept_capacity,
+            slow: (config.worker_threads > 0).then_some(config.slow_duration),
+            read_timeout: config.read_timeout,
+            shutdown_timeout: config.shutdown_timeout,
+        };
+        let loops_done = Arc::new(Barrier::new(listeners.len()));
+        let workers_gone = Arc::new(Barrier::new(listeners.len()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut listeners = listeners.into_iter();
+        let first = listeners.next().expect("at least one accept thread");
+        let mut threads = Vec::new();
+        for (n, listener) in listeners.enumerate() {
+            let id = n + 1;
+            let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
+            let (done, gone, ready) = (Arc::clone(&loops_done), Arc::clone(&workers_gone), ready_tx.clone());
+            let t = thread::Builder::new()
+                .name(format!("accept-{id}"))
+                .spawn(move || accept_thread(s, listener, shared, shutdown, ready, || {
+                    done.wait();
+                    gone.wait();
+                }))
+                .map_err(|e| StartError::system("cannot start accept threads", e))?;
+            threads.push(t);
+        }
+        for _ in &threads {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(StartError::system("accept thread", io::Error::other("died at start-up"))),
+            }
+        }
+        // Accept thread 0 coordinates the end: once every loop has stopped, no
+        // worker may touch a loop again before the loops are destroyed.
+        let mut stats = accept_thread(settings(0), first, Arc::clone(&shared), Arc::clone(&shutdown), ready_tx, || {
+            loops_done.wait();
+            if let Some(w) = workers {
+                w.stop_and_join();
+            }
+            shutdown.close();
+            workers_gone.wait();
+        })?;
+        for t in threads {
+            if let Ok(Ok(s)) = t.join() {
+                stats.served += s.served;
+                stats.dropped += s.dropped;
+                stats.timed_out += s.timed_out;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// One accept thread: builds its loop and task, reports readiness, serves until
+/// the drain ends, waits in `rendezvous` for the others, then tears down.
+fn accept_thread(
+    settings: Settings,
+    listener: Socket,
+    shared: Arc<Shared>,
+    shutdown: Arc<Shutdown>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+    rendezvous: impl FnOnce(),
+) -> Result<Stats, StartError> {
+    let id = settings.id;
+    let setup = Loop::new()
+        .map_err(|e| StartError::system("cannot create the event loop", e))
+        .and_then(|lp| {
+            AcceptTask::new(&lp, settings, listener, shared, shutdown)
+                .map(|task| (lp, task))
+                .map_err(|e| StartError::system("cannot reserve the connection pool", e))
+        });
+    let (lp, mut task) = match setup {
+        Ok(v) => {
+            let _ = ready.send(Ok(()));
+            v
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send(Err(e));
+            return Err(StartError {
+                code: EXIT_SYSTEM,
+                message: msg,
+            });
+        }
+    };
+    drop(ready);
+    debug!("accept-{id}: serving");
+    task.run(&lp);
+    rendezvous();
+    task.teardown();
+    let stats = task.stats();
+    debug!(
+        "accept-{id}: stopped: {} served, {} dropped, {} timed out",
+        stats.served, stats.dropped, stats.timed_out
+    );
+    Ok(stats)
+}

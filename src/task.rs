@@ -1,0 +1,178 @@
+//! `TaskHolder`: a fixed 96-byte home for a delegated task, as in the C++ original,
+//! and the move-only tokens that hand it to a worker and back.
+//!
+//! A holder lives in its connection's pool slot (so a pool of untouched slots costs
+//! no memory); the worker queue carries only a [`TaskRef`], one pointer. Ownership
+//! of the holder moves with the tokens: the accept thread fills it and gets a
+//! `TaskRef`; the worker runs it and gets a [`Done`]; the accept thread hands the
+//! `Done` back to the pool, which makes the holder free again.
+
+use std::cell::{Cell, UnsafeCell};
+use std::mem::{align_of, size_of, MaybeUninit};
+use std::ptr::{self, NonNull};
+
+/// Bytes available for a task inline; a larger task type does not compile.
+pub const TASK_SIZE: usize = 96;
+/// Alignment the inline storage guarantees.
+pub const TASK_ALIGN: usize = 16;
+
+/// Work delegated to a worker thread. It runs once, on the worker, and is then
+/// dropped there.
+pub trait Task: Send + 'static {
+    /// Does the (slow) work.
+    fn run(self);
+}
+
+/// Where a finished task reports: the accept loop, the slot and the connection
+/// generation that delegated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the owning accept loop.
+    pub owner: u32,
+    /// Pool slot of the connection.
+    pub slot: u32,
+    /// The connection's generation when it delegated.
+    pub gen: u32,
+}
+
+#[repr(C, align(16))]
+struct Storage([MaybeUninit<u8>; TASK_SIZE]);
+
+/// Inline storage for one task of any type up to [`TASK_SIZE`] bytes.
+///
+/// ```compile_fail
+/// use conn_daemon::task::{Task, TaskHolder, Route};
+/// struct Big([u8; 97]);
+/// impl Task for Big { fn run(self) {} }
+/// let holder = TaskHolder::new();
+/// // A 97-byte task does not fit: this is a compile-time error.
+/// let _ = holder.fill(Big([0; 97]), Route { owner: 0, slot: 0, gen: 0 });
+/// ```
+///
+/// ```
+/// use conn_daemon::task::{Task, TaskHolder, Route};
+/// struct Fits([u8; 96]);
+/// impl Task for Fits { fn run(self) {} }
+/// let holder = TaskHolder::new();
+/// let done = holder.fill(Fits([0; 96]), Route { owner: 0, slot: 1, gen: 2 }).unwrap().run();
+/// assert_eq!(done.route().slot, 1);
+/// assert!(holder.finish(done));
+/// ```
+pub struct TaskHolder {
+    storage: UnsafeCell<Storage>,
+    /// Runs (and so consumes) the task stored in `storage`.
+    call: Cell<Option<unsafe fn(*mut u8)>>,
+    route: Cell<Route>,
+    /// Only the accept thread reads or writes this: true from `fill` to `finish`.
+    busy: Cell<bool>,
+}
+
+impl Default for TaskHolder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskHolder {
+    /// An empty holder.
+    pub const fn new() -> Self {
+        TaskHolder {
+            storage: UnsafeCell::new(Storage([MaybeUninit::uninit(); TASK_SIZE])),
+            call: Cell::new(None),
+            route: Cell::new(Route {
+                owner: 0,
+                slot: 0,
+                gen: 0,
+            }),
+            busy: Cell::new(false),
+        }
+    }
+
+    /// Whether a task is stored and not yet finished.
+    pub fn is_busy(&self) -> bool {
+        self.busy.get()
+    }
+
+    /// Moves `task` into the holder and returns the token a worker runs it with;
+    /// `None` (and `task` dropped) if the holder is still busy.
+    pub fn fill<T: Task>(&self, task: T, route: Route) -> Option<TaskRef> {
+        const {
+            assert!(size_of::<T>() <= TASK_SIZE, "task type larger than TaskHolder's 96 bytes");
+            assert!(align_of::<T>() <= TASK_ALIGN, "task type aligned beyond TaskHolder's 16 bytes");
+        }
+        if self.busy.get() {
+            return None;
+        }
+        /// # Safety
+        /// `p` must point at a `T` written by `fill` and not yet consumed.
+        unsafe fn call<T: Task>(p: *mut u8) {
+            // SAFETY: per the contract; reading it out consumes it exactly once.
+            unsafe { ptr::read(p.cast::<T>()) }.run()
+        }
+        // SAFETY: not busy, so no worker holds a TaskRef to this holder; the size
+        // and alignment checks above make the write fit the storage.
+        unsafe { ptr::write(self.storage.get().cast::<T>(), task) };
+        self.call.set(Some(call::<T>));
+        self.route.set(route);
+        self.busy.set(true);
+        Some(TaskRef(NonNull::from(self)))
+    }
+
+    /// Takes back a finished task's token; true if it was this holder's current
+    /// task, which frees the holder for the next one.
+    pub fn finish(&self, done: Done) -> bool {
+        if self.busy.get() && done.holder == NonNull::from(self) {
+            self.busy.set(false);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A filled holder on its way to a worker: run it exactly once.
+#[derive(Debug)]
+pub struct TaskRef(NonNull<TaskHolder>);
+
+// SAFETY: a TaskRef is the only access to its holder's task until it is run (the
+// holder stays busy, so the accept thread does not touch the storage), and the
+// task itself is `Send`.
+unsafe impl Send for TaskRef {}
+
+impl TaskRef {
+    /// Runs the task on this thread, drops it, and returns the completion token.
+    pub fn run(self) -> Done {
+        let holder = self.0.as_ptr();
+        // SAFETY: the holder outlives the token (pools never free a busy holder),
+        // `fill` stored a task and its `call`, and this token is consumed here, so
+        // the task runs once. Only `call`/`route`/`storage` are read, which the
+        // accept thread does not write while the holder is busy; the queue that
+        // carried the token orders those writes before these reads.
+        unsafe {
+            let call = (*holder).call.get().expect("a filled holder has a task");
+            let route = (*holder).route.get();
+            call((*holder).storage.get().cast::<u8>());
+            Done {
+                holder: self.0,
+                route,
+            }
+        }
+    }
+}
+
+/// A finished task: send it to the owning loop, which gives it back to the pool.
+#[derive(Debug)]
+pub struct Done {
+    holder: NonNull<TaskHolder>,
+    route: Route,
+}
+
+// SAFETY: a plain token; it only compares the pointer and never dereferences it.
+unsafe impl Send for Done {}
+
+impl Done {
+    /// Where the task came from.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+}

@@ -1,0 +1,187 @@
+//! Worker threads (the C++ `ThreadPool` of workers) and the mailboxes that carry
+//! finished tasks back to their accept loops.
+//!
+//! Tasks travel as [`TaskRef`]s through one bounded lock-free queue sized so it can
+//! never overflow (every connection has at most one task out). An idle worker
+//! parks on a condition variable; producers touch the lock only when someone is
+//! parked. Completions go to the owning loop's [`Mailbox`]: a bounded queue plus
+//! that loop's single `ev_async`, whose callback drains the queue until empty.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::ev::AsyncSender;
+use crate::task::{Done, Task, TaskRef};
+
+/// The slow request's work: wait `--slow-duration`, as the reference does.
+#[derive(Debug)]
+pub struct SlowTask {
+    /// How long the "slow business logic" takes.
+    pub duration: Duration,
+}
+
+impl Task for SlowTask {
+    fn run(self) {
+        thread::sleep(self.duration);
+    }
+}
+
+/// Where one accept loop receives its finished tasks.
+pub struct Mailbox {
+    done: ArrayQueue<Done>,
+    wake: OnceLock<AsyncSender>,
+}
+
+impl Mailbox {
+    /// A mailbox for a loop of `capacity` connections (one task each at most).
+    pub fn new(capacity: usize) -> Self {
+        Mailbox {
+            done: ArrayQueue::new(capacity),
+            wake: OnceLock::new(),
+        }
+    }
+
+    /// Connects the mailbox to its loop's started `ev_async`; once only.
+    pub fn connect(&self, wake: AsyncSender) {
+        assert!(self.wake.set(wake).is_ok(), "mailbox connected twice");
+    }
+
+    /// Delivers a finished task and wakes the loop.
+    pub fn post(&self, done: Done) {
+        if self.done.push(done).is_err() {
+            // Impossible by construction: one slot per connection of that loop.
+            panic!("completion queue overflow");
+        }
+        self.ring();
+    }
+
+    /// Wakes the loop without a delivery (shutdown uses it).
+    pub fn ring(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake.send();
+        }
+    }
+
+    /// The next delivered task, if any; the loop drains until `None`.
+    pub fn take(&self) -> Option<Done> {
+        self.done.pop()
+    }
+}
+
+/// What the accept loops and the workers share.
+pub struct Shared {
+    queue: ArrayQueue<TaskRef>,
+    mailboxes: Vec<Mailbox>,
+    parked: AtomicUsize,
+    lock: Mutex<()>,
+    wakeup: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Room for `total_capacity` tasks (all connections of all loops) and one
+    /// mailbox of `loop_capacity` per accept loop.
+    pub fn new(loops: usize, loop_capacity: usize, total_capacity: usize) -> Self {
+        Shared {
+            queue: ArrayQueue::new(total_capacity.max(1)),
+            mailboxes: (0..loops).map(|_| Mailbox::new(loop_capacity)).collect(),
+            parked: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wakeup: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// The mailbox of accept loop `owner`.
+    pub fn mailbox(&self, owner: u32) -> &Mailbox {
+        &self.mailboxes[owner as usize]
+    }
+
+    /// All mailboxes, one per accept loop.
+    pub fn mailboxes(&self) -> &[Mailbox] {
+        &self.mailboxes
+    }
+
+    /// Queues a task for the workers and wakes one if any is parked.
+    pub fn submit(&self, task: TaskRef) {
+        if self.queue.push(task).is_err() {
+            panic!("task queue overflow");
+        }
+        // Pairs with the fence in `next`: either the parked worker sees the task,
+        // or we see it parked and wake it.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wakeup.notify_one();
+        }
+    }
+
+    /// The next task, parking while there is none; `None` once stopping.
+    fn next(&self) -> Option<TaskRef> {
+        loop {
+            if let Some(task) = self.queue.pop() {
+                return Some(task);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return None;
+            }
+            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.parked.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            // Re-check under the lock: a producer that missed our `parked` count
+            // pushed before it, so we see its task here.
+            if let Some(task) = self.queue.pop() {
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+                return Some(task);
+            }
+            if !self.stop.load(Ordering::SeqCst) {
+                drop(self.wakeup.wait(guard).unwrap_or_else(|e| e.into_inner()));
+            }
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wakeup.notify_all();
+    }
+}
+
+/// The worker threads; stop them with [`Workers::stop_and_join`].
+pub struct Workers {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` workers named `worker-N`.
+    pub fn start(shared: Arc<Shared>, count: usize) -> io::Result<Self> {
+        let mut threads = Vec::with_capacity(count);
+        for n in 0..count {
+            let shared = Arc::clone(&shared);
+            threads.push(thread::Builder::new().name(format!("worker-{n}")).spawn(move || {
+                while let Some(task) = shared.next() {
+                    let done = task.run();
+                    shared.mailbox(done.route().owner).post(done);
+                }
+            })?);
+        }
+        Ok(Workers { shared, threads })
+    }
+
+    /// Lets each worker finish its current task, then ends them all. Tasks still
+    /// queued are not run (their connections were already given up).
+    pub fn stop_and_join(self) {
+        self.shared.stop();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
