@@ -227,7 +227,9 @@ impl AcceptTask {
         }
         self.listen_io.stop();
         self.pause = Pause::Backoff;
-        self.backoff_timer.as_ref().start_once(lp, BACKOFF, BACKOFF_TIMER);
+        self.backoff_timer
+            .as_ref()
+            .start_once(lp, BACKOFF, BACKOFF_TIMER);
     }
 
     fn resume_accepting(&mut self, lp: &Loop<Self>) {
@@ -235,7 +237,10 @@ impl AcceptTask {
             return;
         }
         if self.pause == Pause::PoolFull {
-            warn!("accept-{}: a connection closed; accepting again", self.settings.id);
+            warn!(
+                "accept-{}: a connection closed; accepting again",
+                self.settings.id
+            );
         }
         self.pause = Pause::No;
         self.listen_io.as_ref().start(lp);
@@ -422,6 +427,7 @@ impl AcceptTask {
 
 impl Handler for AcceptTask {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
+        crate::log::maybe_inject_panic();
         if token == LISTENER {
             self.accept_ready(lp);
             return;

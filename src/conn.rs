@@ -13,7 +13,8 @@ use crate::net;
 use crate::parser::{ReqParser, Verdict, REQUEST_MAX};
 
 /// The only response: 57 bytes, then the server closes.
-pub const RESPONSE: &[u8; 57] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+pub const RESPONSE: &[u8; 57] =
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,6 +190,10 @@ impl ConnectionCtx {
     /// task, in which case it is `Abandoned` until the task comes back.
     pub fn close(&mut self, task_out: bool) {
         self.fd = None;
-        self.state = if task_out { State::Abandoned } else { State::Free };
+        self.state = if task_out {
+            State::Abandoned
+        } else {
+            State::Free
+        };
     }
 }

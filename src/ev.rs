@@ -102,10 +102,7 @@ impl<H: Handler> Loop<H> {
     /// Runs the loop until no watcher is active or [`Loop::break_all`] is called,
     /// dispatching callbacks to `handler`.
     pub fn run(&self, handler: &mut H) {
-        let mut ctx = RunCtx {
-            lp: self,
-            handler,
-        };
+        let mut ctx = RunCtx { lp: self, handler };
         // SAFETY: the loop is valid for self's life; userdata points at `ctx`, which
         // outlives ev_run and is reset before `ctx` goes away. Callbacks only fire
         // inside ev_run, so the trampolines never see a dangling userdata.
@@ -177,7 +174,11 @@ unsafe fn dispatch<H: Handler>(lp: *mut sys::ev_loop, f: impl FnOnce(&mut H, &Lo
     }
 }
 
-unsafe extern "C" fn io_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_io, revents: i32) {
+unsafe extern "C" fn io_trampoline<H: Handler>(
+    lp: *mut sys::ev_loop,
+    w: *mut sys::ev_io,
+    revents: i32,
+) {
     guard("io", || {
         // SAFETY: this trampoline is only installed by `Io::start` on a Loop<H>, and
         // libev calls it from that loop's ev_run with a live watcher; `Io` is
@@ -191,7 +192,11 @@ unsafe extern "C" fn io_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sy
     })
 }
 
-unsafe extern "C" fn timer_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_timer, _revents: i32) {
+unsafe extern "C" fn timer_trampoline<H: Handler>(
+    lp: *mut sys::ev_loop,
+    w: *mut sys::ev_timer,
+    _revents: i32,
+) {
     guard("timer", || {
         // SAFETY: as for io_trampoline. `Timer` is repr(C) with the raw watcher
         // first, so `w` is also the address of our Timer.
@@ -204,7 +209,11 @@ unsafe extern "C" fn timer_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut
     })
 }
 
-unsafe extern "C" fn async_trampoline<H: Handler>(lp: *mut sys::ev_loop, w: *mut sys::ev_async, _revents: i32) {
+unsafe extern "C" fn async_trampoline<H: Handler>(
+    lp: *mut sys::ev_loop,
+    w: *mut sys::ev_async,
+    _revents: i32,
+) {
     guard("async", || {
         // SAFETY: as for io_trampoline.
         unsafe {
@@ -279,7 +288,11 @@ macro_rules! watcher_common {
             fn drop(&mut self) {
                 self.sync();
                 if !self.bound.core.get().is_null() {
-                    fatal(concat!("an active ", stringify!($ty), " watcher was dropped"));
+                    fatal(concat!(
+                        "an active ",
+                        stringify!($ty),
+                        " watcher was dropped"
+                    ));
                 }
             }
         }

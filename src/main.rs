@@ -25,16 +25,21 @@ fn main() -> ExitCode {
         return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
     }
     let stop = server.shutdown_handle();
-    let signals = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let sig = os::wait_stop_signal();
-        conn_daemon::debug!("signal {sig}: draining (a second signal stops at once)");
-        stop.shutdown();
-        os::wait_stop_signal();
-        conn_daemon::warn!("second signal: exiting without draining");
-        os::exit_now(1);
-    });
+    let signals = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = os::wait_stop_signal();
+            conn_daemon::debug!("signal {sig}: draining (a second signal stops at once)");
+            stop.shutdown();
+            os::wait_stop_signal();
+            conn_daemon::warn!("second signal: exiting without draining");
+            os::exit_now(1);
+        });
     if let Err(e) = signals {
-        return fail(EXIT_SYSTEM, &format_args!("cannot start the signal thread: {e}"));
+        return fail(
+            EXIT_SYSTEM,
+            &format_args!("cannot start the signal thread: {e}"),
+        );
     }
     match server.run() {
         Ok(_) => ExitCode::SUCCESS,

@@ -42,15 +42,18 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Writes from `buf` without raising SIGPIPE on a peer that has gone.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    syscall!(send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL)).map(|n| n as usize)
+    syscall!(send(
+        fd.as_raw_fd(),
+        buf.as_ptr().cast(),
+        buf.len(),
+        libc::MSG_NOSIGNAL
+    ))
+    .map(|n| n as usize)
 }
 
 /// Errors that say "not now", not "this connection is broken".
 pub fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EAGAIN) | Some(libc::EINTR)
-    )
+    matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
 }
 
 /// `accept` errors that mean the process or system is out of a resource: pause the
@@ -88,7 +91,12 @@ pub fn listener(port: u16, defer_secs: u32) -> io::Result<Socket> {
     sock.set_reuse_port(true)?;
     sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
     if defer_secs > 0 {
-        set_int_opt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, defer_secs as i32)?;
+        set_int_opt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            defer_secs as i32,
+        )?;
     }
     sock.listen(libc::SOMAXCONN)?;
     Ok(sock)

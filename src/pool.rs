@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 
 use crate::ev::Io;
-use crate::task::{Done, Task, TaskHolder, TaskRef, Route};
+use crate::task::{Done, Route, Task, TaskHolder, TaskRef};
 
 /// One slot: the watcher and task holder the pool manages, and the user's value.
 struct Slot<T> {
@@ -115,8 +115,16 @@ impl<T> Pool<T> {
         let slot = self.slot(idx);
         // SAFETY: slot is constructed; shared references to its pool-managed
         // fields are fine (no &mut to them exists).
-        let (active, busy) = unsafe { ((*addr_of!((*slot).io)).is_active(), (*addr_of!((*slot).task)).is_busy()) };
-        assert!(!active && !busy, "released a pool slot still in use by libev or a worker");
+        let (active, busy) = unsafe {
+            (
+                (*addr_of!((*slot).io)).is_active(),
+                (*addr_of!((*slot).task)).is_busy(),
+            )
+        };
+        assert!(
+            !active && !busy,
+            "released a pool slot still in use by libev or a worker"
+        );
         debug_assert!(!self.free.contains(&idx), "slot released twice");
         // Never reallocates: at most `capacity` indices are ever free.
         self.free.push(idx);
@@ -295,7 +303,10 @@ mod tests {
         let mut pool: Pool<Big> = Pool::new(100_000).unwrap();
         pool.acquire().unwrap();
         // 100,000 slots of over 4 KiB reserved; only the first one's pages are touched.
-        assert!(rss_kib() < before + 2048, "reserving a pool committed memory");
+        assert!(
+            rss_kib() < before + 2048,
+            "reserving a pool committed memory"
+        );
     }
 
     struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -310,7 +321,11 @@ mod tests {
         let mut pool: Pool<Conn> = Pool::new(2).unwrap();
         let i = pool.acquire().unwrap();
         let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let route = Route { owner: 0, slot: i, gen: 9 };
+        let route = Route {
+            owner: 0,
+            slot: i,
+            gen: 9,
+        };
         let task = pool.delegate(i, Count(runs.clone()), route).unwrap();
         assert!(pool.is_delegated(i));
         // A second task for the same slot is refused while the first is out.

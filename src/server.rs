@@ -198,13 +198,19 @@ impl Server {
         for (n, listener) in listeners.enumerate() {
             let id = n + 1;
             let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
-            let (done, gone, ready) = (Arc::clone(&loops_done), Arc::clone(&workers_gone), ready_tx.clone());
+            let (done, gone, ready) = (
+                Arc::clone(&loops_done),
+                Arc::clone(&workers_gone),
+                ready_tx.clone(),
+            );
             let t = thread::Builder::new()
                 .name(format!("accept-{id}"))
-                .spawn(move || accept_thread(s, listener, shared, shutdown, ready, || {
-                    done.wait();
-                    gone.wait();
-                }))
+                .spawn(move || {
+                    accept_thread(s, listener, shared, shutdown, ready, || {
+                        done.wait();
+                        gone.wait();
+                    })
+                })
                 .map_err(|e| StartError::system("cannot start accept threads", e))?;
             threads.push(t);
         }
@@ -212,19 +218,31 @@ impl Server {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(StartError::system("accept thread", io::Error::other("died at start-up"))),
+                Err(_) => {
+                    return Err(StartError::system(
+                        "accept thread",
+                        io::Error::other("died at start-up"),
+                    ))
+                }
             }
         }
         // Accept thread 0 coordinates the end: once every loop has stopped, no
         // worker may touch a loop again before the loops are destroyed.
-        let mut stats = accept_thread(settings(0), first, Arc::clone(&shared), Arc::clone(&shutdown), ready_tx, || {
-            loops_done.wait();
-            if let Some(w) = workers {
-                w.stop_and_join();
-            }
-            shutdown.close();
-            workers_gone.wait();
-        })?;
+        let mut stats = accept_thread(
+            settings(0),
+            first,
+            Arc::clone(&shared),
+            Arc::clone(&shutdown),
+            ready_tx,
+            || {
+                loops_done.wait();
+                if let Some(w) = workers {
+                    w.stop_and_join();
+                }
+                shutdown.close();
+                workers_gone.wait();
+            },
+        )?;
         for t in threads {
             if let Ok(Ok(s)) = t.join() {
                 stats.served += s.served;

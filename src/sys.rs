@@ -110,7 +110,12 @@ extern "C" {
     // shim.c: libev's init/set macros as functions.
     pub fn conn_ev_io_init(w: *mut ev_io, cb: ev_io_cb, fd: c_int, events: c_int);
     pub fn conn_ev_io_set(w: *mut ev_io, fd: c_int, events: c_int);
-    pub fn conn_ev_timer_init(w: *mut ev_timer, cb: ev_timer_cb, after: ev_tstamp, repeat: ev_tstamp);
+    pub fn conn_ev_timer_init(
+        w: *mut ev_timer,
+        cb: ev_timer_cb,
+        after: ev_tstamp,
+        repeat: ev_tstamp,
+    );
     pub fn conn_ev_timer_set(w: *mut ev_timer, after: ev_tstamp, repeat: ev_tstamp);
     pub fn conn_ev_async_init(w: *mut ev_async, cb: ev_async_cb);
 

@@ -97,8 +97,14 @@ impl TaskHolder {
     /// `None` (and `task` dropped) if the holder is still busy.
     pub fn fill<T: Task>(&self, task: T, route: Route) -> Option<TaskRef> {
         const {
-            assert!(size_of::<T>() <= TASK_SIZE, "task type larger than TaskHolder's 96 bytes");
-            assert!(align_of::<T>() <= TASK_ALIGN, "task type aligned beyond TaskHolder's 16 bytes");
+            assert!(
+                size_of::<T>() <= TASK_SIZE,
+                "task type larger than TaskHolder's 96 bytes"
+            );
+            assert!(
+                align_of::<T>() <= TASK_ALIGN,
+                "task type aligned beyond TaskHolder's 16 bytes"
+            );
         }
         if self.busy.get() {
             return None;

@@ -166,12 +166,16 @@ impl Workers {
         let mut threads = Vec::with_capacity(count);
         for n in 0..count {
             let shared = Arc::clone(&shared);
-            threads.push(thread::Builder::new().name(format!("worker-{n}")).spawn(move || {
-                while let Some(task) = shared.next() {
-                    let done = task.run();
-                    shared.mailbox(done.route().owner).post(done);
-                }
-            })?);
+            threads.push(
+                thread::Builder::new()
+                    .name(format!("worker-{n}"))
+                    .spawn(move || {
+                        while let Some(task) = shared.next() {
+                            let done = task.run();
+                            shared.mailbox(done.route().owner).post(done);
+                        }
+                    })?,
+            );
         }
         Ok(Workers { shared, threads })
     }

@@ -1,0 +1,215 @@
+//! Server CPU time and memory from `/proc`.
+//!
+//! A server is measured as a process tree (the spawned pid plus its
+//! descendants) so nginx's master and worker both count; for conn-daemon the
+//! tree is one process whose `/proc/PID/stat` already sums all its threads,
+//! including exited ones.
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The fields of `/proc/PID/stat` we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Parent pid, to find descendants.
+    pub ppid: u32,
+    /// User CPU time of all threads, in clock ticks.
+    pub utime: u64,
+    /// System CPU time of all threads, in clock ticks.
+    pub stime: u64,
+}
+
+/// Parses a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may contain spaces or `)`, so fields are counted from the
+/// last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": state(3) ppid(4) ... utime(14) stime(15).
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        utime: fields.get(11)?.parse().ok()?,
+        stime: fields.get(12)?.parse().ok()?,
+    })
+}
+
+/// Reads and parses `/proc/PID/stat`; None once the process is gone.
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `root` and all its live descendants, found through the ppid of every
+/// process in `/proc`.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(stat) = read_stat(pid) {
+                children.entry(stat.ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Some(kids) = children.get(&tree[i]) {
+            tree.extend(
+                kids.iter()
+                    .copied()
+                    .filter(|k| !tree.contains(k))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        i += 1;
+    }
+    tree
+}
+
+/// CPU time (user + system, clock ticks) of `root`'s process tree.
+pub fn tree_cpu_ticks(root: u32) -> u64 {
+    process_tree(root)
+        .into_iter()
+        .filter_map(read_stat)
+        .map(|s| s.utime + s.stime)
+        .sum()
+}
+
+/// Converts clock ticks to microseconds.
+pub fn ticks_to_us(ticks: u64, ticks_per_second: u64) -> f64 {
+    ticks as f64 * 1e6 / ticks_per_second.max(1) as f64
+}
+
+/// Reads a `kB` field such as `VmRSS` from a `/proc/PID/status` text.
+pub fn parse_status_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Resident memory (sum of VmRSS, KiB) of `root`'s process tree.
+pub fn tree_rss_kib(root: u32) -> u64 {
+    process_tree(root)
+        .into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|text| parse_status_kib(&text, "VmRSS"))
+        .sum()
+}
+
+/// Samples the resident memory of several process trees every 50 ms on a
+/// background thread and keeps each one's maximum: the peak is what a
+/// server reaches under load, which a single reading after a round misses.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<Mutex<Vec<u64>>>,
+    roots: Vec<u32>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Starts sampling the trees rooted at `roots`.
+    pub fn start(roots: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new(Mutex::new(vec![0; roots.len()]));
+        let thread = {
+            let (stop, peaks, roots) = (stop.clone(), peaks.clone(), roots.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    sample(&roots, &peaks);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        RssSampler {
+            stop,
+            peaks,
+            roots,
+            thread: Some(thread),
+        }
+    }
+
+    /// Takes one more sample now (end of a round) and returns the peaks so far.
+    pub fn peaks(&self) -> Vec<u64> {
+        sample(&self.roots, &self.peaks);
+        self.peaks.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Stops the thread and returns the peaks.
+    pub fn finish(mut self) -> Vec<u64> {
+        let peaks = self.peaks();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        peaks
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn sample(roots: &[u32], peaks: &Mutex<Vec<u64>>) {
+    let now: Vec<u64> = roots.iter().map(|&r| tree_rss_kib(r)).collect();
+    if let Ok(mut peaks) = peaks.lock() {
+        for (peak, value) in peaks.iter_mut().zip(now) {
+            *peak = (*peak).max(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let line = "4469 (nginx: a) b) S 1 4469 4469 0 -1 4194624 129 0 0 0 7 3 0 0 20 0 1 0 \
+                    123 10000 200 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                ppid: 1,
+                utime: 7,
+                stime: 3
+            })
+        );
+        assert_eq!(parse_stat("12 (x) S 1"), None);
+    }
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let stat = read_stat(me).expect("own stat");
+        assert!(stat.ppid > 0);
+        assert!(tree_rss_kib(me) > 0);
+        assert_eq!(process_tree(me)[0], me);
+    }
+
+    #[test]
+    fn parses_status_fields() {
+        let text = "Name:\tnginx\nVmHWM:\t    5000 kB\nVmRSS:\t    4321 kB\n";
+        assert_eq!(parse_status_kib(text, "VmRSS"), Some(4321));
+        assert_eq!(parse_status_kib(text, "VmHWM"), Some(5000));
+        assert_eq!(parse_status_kib(text, "VmSwap"), None);
+    }
+
+    #[test]
+    fn converts_ticks() {
+        assert_eq!(ticks_to_us(3, 100), 30_000.0);
+        assert_eq!(ticks_to_us(0, 0), 0.0);
+    }
+}

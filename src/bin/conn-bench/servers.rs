@@ -1,0 +1,321 @@
+//! Starting, watching and stopping the servers under test, including the
+//! bundled nginx peer.
+
+use crate::load::tail;
+use crate::{procstat, sys};
+use std::fs;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nginx peer's config template (`{port}`, `{dir}` placeholders).
+pub const NGINX_TEMPLATE: &str = include_str!("../../../bench/nginx.conf");
+
+/// How to start one server.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Report label.
+    pub name: String,
+    /// Command for the report, as given (or built, for a peer).
+    pub command: String,
+    /// Words of the command; `{port}` is substituted in each.
+    pub argv: Vec<String>,
+    /// A log file the server writes itself (nginx's error log), read for the
+    /// error message when it fails to start.
+    pub extra_log: Option<PathBuf>,
+}
+
+/// A started server. Dropping it stops it and its children, so every exit
+/// path (error, Ctrl-C, panic) cleans up.
+pub struct Server {
+    /// Report label.
+    pub name: String,
+    /// Command as shown in the report.
+    pub command: String,
+    /// TCP port it listens on (127.0.0.1).
+    pub port: u16,
+    /// From spawn to the first accepted TCP connect.
+    pub startup: Duration,
+    child: Child,
+    stderr_path: PathBuf,
+    extra_log: Option<PathBuf>,
+    stopped: bool,
+}
+
+/// Finds `program` like `execvp` would, plus the sbin directories a
+/// non-root PATH often lacks (nginx lives in /usr/sbin).
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Resolves a required tool or explains which Debian package provides it.
+pub fn require(program: &str, package: &str) -> Result<PathBuf, String> {
+    which(program).ok_or_else(|| format!("`{program}` not found: install Debian's {package}"))
+}
+
+/// Picks `count` distinct free TCP ports on 127.0.0.1 by binding port 0.
+/// All listeners are held until every port is chosen so none repeats; the
+/// short window before the server binds is an accepted race.
+pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Writes the nginx peer's config for `port` into `dir` and returns how to
+/// start it.
+pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16) -> Result<Launch, String> {
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let dir_text = dir
+        .to_str()
+        .ok_or("the output directory path is not UTF-8")?;
+    if dir_text.contains(['"', '{', '}', ';']) {
+        return Err(format!(
+            "nginx cannot use the directory `{dir_text}`: pick a plainer --out"
+        ));
+    }
+    let config = NGINX_TEMPLATE
+        .replace("{dir}", dir_text)
+        .replace("{port}", &port.to_string());
+    let conf_path = dir.join("nginx.conf");
+    let error_log = dir.join("error.log");
+    fs::write(&conf_path, config).map_err(|e| format!("writing {}: {e}", conf_path.display()))?;
+    let argv = vec![
+        nginx.display().to_string(),
+        "-c".into(),
+        conf_path.display().to_string(),
+        "-p".into(),
+        format!("{dir_text}/"),
+        "-e".into(),
+        error_log.display().to_string(),
+    ];
+    Ok(Launch {
+        name: "nginx".into(),
+        command: argv.join(" "),
+        argv,
+        extra_log: Some(error_log),
+    })
+}
+
+/// Starts `launch` on `port`, pinned to `cpus` (None: unpinned), logging to
+/// `log_dir`, and waits until a TCP connect to the port succeeds. The time
+/// from spawn to that connect is the server's startup time.
+pub fn start(
+    launch: &Launch,
+    port: u16,
+    cpus: Option<&[usize]>,
+    restore_cpus: Option<&[usize]>,
+    log_dir: &Path,
+    timeout: Duration,
+) -> Result<Server, String> {
+    let name = &launch.name;
+    let argv: Vec<String> = launch
+        .argv
+        .iter()
+        .map(|w| w.replace("{port}", &port.to_string()))
+        .collect();
+    let stdout_path = log_dir.join(format!("{name}.stdout.log"));
+    let stderr_path = log_dir.join(format!("{name}.stderr.log"));
+    let open = |p: &Path| fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(open(&stdout_path)?)
+        .stderr(open(&stderr_path)?);
+
+    // The child inherits this thread's CPU mask at fork: switch to the
+    // server CPUs just around the spawn.
+    if let Some(cpus) = cpus {
+        sys::set_thread_affinity(cpus).map_err(|e| format!("pinning to CPUs {cpus:?}: {e}"))?;
+    }
+    let spawn_at = Instant::now();
+    let spawned = cmd.spawn();
+    if let Some(restore) = restore_cpus {
+        let _ = sys::set_thread_affinity(restore);
+    }
+    let child = spawned.map_err(|e| format!("server `{name}`: cannot run `{}`: {e}", argv[0]))?;
+
+    let mut server = Server {
+        name: name.clone(),
+        command: launch.command.clone(),
+        port,
+        startup: Duration::ZERO,
+        child,
+        stderr_path,
+        extra_log: launch.extra_log.clone(),
+        stopped: false,
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    loop {
+        if sys::interrupted() {
+            return Err("interrupted".into());
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!(
+                "server `{name}` exited ({status}) before listening on port {port}; its stderr: {}",
+                server.log_tail()
+            ));
+        }
+        // A refused connect returns at once, so this polls about every ms.
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            server.startup = spawn_at.elapsed();
+            return Ok(server);
+        }
+        if spawn_at.elapsed() > timeout {
+            return Err(format!(
+                "server `{name}` did not listen on port {port} within {} s; its stderr: {}",
+                timeout.as_secs(),
+                server.log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Server {
+    /// Process id of the spawned command (nginx: the master).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Err with the stderr tail when the server has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "server `{}` exited during the benchmark ({status}); its stderr: {}",
+                self.name,
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("server `{}`: {e}", self.name)),
+        }
+    }
+
+    /// Last lines of the server's stderr and its own log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        if let Some(log) = &self.extra_log {
+            text += &fs::read_to_string(log).unwrap_or_default();
+        }
+        tail(&text, 6)
+    }
+
+    /// Stops the server: SIGTERM to it and its descendants (nginx shuts its
+    /// workers down on TERM), then SIGKILL to whatever is left after 2 s.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let tree = procstat::process_tree(self.pid());
+        if let Ok(None) = self.child.try_wait() {
+            for &pid in &tree {
+                sys::send_signal(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        // Orphaned descendants (a worker whose master died) get KILL too;
+        // they were reparented, so their pids cannot have been reused yet
+        // unless they exited, which is what we want anyway.
+        for &pid in &tree[1..] {
+            if procstat::read_stat(pid).is_some() {
+                sys::send_signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_distinct_ports() {
+        let ports = free_ports(3).unwrap();
+        assert_eq!(ports.len(), 3);
+        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+    }
+
+    #[test]
+    fn finds_programs() {
+        assert!(which("sh").is_some());
+        assert!(which("/bin/sh").is_some());
+        assert!(which("surely-no-such-program-here").is_none());
+        let err = require("surely-no-such-program-here", "some-package").unwrap_err();
+        assert_eq!(
+            err,
+            "`surely-no-such-program-here` not found: install Debian's some-package"
+        );
+    }
+
+    #[test]
+    fn nginx_template_has_placeholders() {
+        for needle in [
+            "{port}",
+            "{dir}/nginx.pid",
+            "keepalive_timeout 0",
+            "location = /test/fast",
+        ] {
+            assert!(NGINX_TEMPLATE.contains(needle), "{needle}");
+        }
+    }
+
+    #[test]
+    fn reports_a_server_that_exits() {
+        let dir = std::env::temp_dir().join(format!("conn-bench-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let launch = Launch {
+            name: "bad".into(),
+            command: "sh -c ...".into(),
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo broken {port} >&2; exit 3".into(),
+            ],
+            extra_log: None,
+        };
+        let err = match start(&launch, 1, None, None, &dir, Duration::from_secs(5)) {
+            Ok(_) => panic!("should fail"),
+            Err(e) => e,
+        };
+        assert!(err.contains("server `bad` exited"), "{err}");
+        assert!(err.contains("broken 1"), "{err}");
+        let missing = Launch {
+            argv: vec!["/nonexistent/server".into()],
+            ..launch
+        };
+        let err = start(&missing, 1, None, None, &dir, Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(err.contains("cannot run `/nonexistent/server`"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

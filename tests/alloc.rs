@@ -1,0 +1,260 @@
+//! The seed's first rule: no heap allocation while a connection is handled.
+//!
+//! The server runs in this process under a counting global allocator. After a
+//! warm-up that takes every path once, at least 10,000 mixed connections (fast,
+//! slow, invalid, oversized, reset mid-request, closed early, timed out) must not
+//! move the count of allocations made by the server's threads. The client threads
+//! of this test mark themselves and are not counted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use conn_daemon::config::Config;
+use conn_daemon::server::Server;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set in this test's client threads: their allocations are not the server's.
+    static CLIENT: Cell<bool> = const { Cell::new(false) };
+}
+
+fn count() {
+    if !CLIENT.with(|c| c.get()) {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Fast,
+    Slow,
+    Invalid,
+    Oversized,
+    ResetMidRequest,
+    EofMidRequest,
+    LeaveDuringSlow,
+}
+
+const MIX: [Kind; 7] = [
+    Kind::Fast,
+    Kind::Slow,
+    Kind::Invalid,
+    Kind::Oversized,
+    Kind::ResetMidRequest,
+    Kind::EofMidRequest,
+    Kind::LeaveDuringSlow,
+];
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Reads until EOF (or reset); returns what arrived.
+fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+}
+
+fn one(addr: SocketAddr, kind: Kind) {
+    let mut s = connect(addr);
+    match kind {
+        Kind::Fast => {
+            s.write_all(b"GET /test/fast HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_all(&mut s), RESPONSE);
+        }
+        Kind::Slow => {
+            s.write_all(b"GET /test/slow HTTP/1.0\r\n\r\n").unwrap();
+            assert_eq!(read_all(&mut s), RESPONSE);
+        }
+        Kind::Invalid => {
+            s.write_all(b"POST /test/fast HTTP/1.0\r\n\r\n").unwrap();
+            assert_eq!(read_all(&mut s), b"");
+        }
+        Kind::Oversized => {
+            let big = [b'a'; 4200];
+            let _ = s.write_all(b"GET /test/fast HTTP/1.0\r\n");
+            let _ = s.write_all(&big);
+            assert_eq!(read_all(&mut s), b"");
+        }
+        Kind::ResetMidRequest => {
+            s.write_all(b"GET /test/fa").unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+        Kind::EofMidRequest => {
+            s.write_all(b"GET /test/fast HTTP/1.0\r\n").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(read_all(&mut s), b"");
+        }
+        Kind::LeaveDuringSlow => {
+            s.write_all(b"GET /test/slow\r\n\r\n").unwrap();
+        }
+    }
+}
+
+/// Client threads that run `per_thread` connections each once `go` is passed.
+/// They are spawned before the count is read: starting a thread allocates.
+fn clients(
+    addr: SocketAddr,
+    threads: usize,
+    per_thread: usize,
+    go: Arc<Barrier>,
+) -> Vec<JoinHandle<()>> {
+    (0..threads)
+        .map(|t| {
+            let go = Arc::clone(&go);
+            std::thread::spawn(move || {
+                CLIENT.with(|c| c.set(true));
+                go.wait();
+                for i in 0..per_thread {
+                    one(addr, MIX[(i + t) % MIX.len()]);
+                }
+                // A few read deadlines expiring together.
+                let mut waiting: Vec<TcpStream> = (0..5)
+                    .map(|_| {
+                        let mut s = connect(addr);
+                        s.write_all(b"GET /test/fast").unwrap();
+                        s
+                    })
+                    .collect();
+                for s in &mut waiting {
+                    assert_eq!(read_all(s), b"");
+                }
+            })
+        })
+        .collect()
+}
+
+fn drive(addr: SocketAddr, threads: usize, per_thread: usize) {
+    let go = Arc::new(Barrier::new(threads + 1));
+    let handles = clients(addr, threads, per_thread, Arc::clone(&go));
+    go.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn no_allocation_per_connection() {
+    let port = free_port();
+    let config = Config::try_parse_from([
+        "conn-daemon",
+        "-p",
+        &port.to_string(),
+        "-A",
+        "2",
+        "-C",
+        "1000",
+        "-w",
+        "2",
+        "-D",
+        "1",
+        "--read-timeout",
+        "200",
+    ])
+    .unwrap();
+    let server = Server::bind(&config).expect("bind");
+    let stop = server.shutdown_handle();
+    let running = std::thread::Builder::new()
+        .name("accept-0".into())
+        .spawn(move || server.run().expect("run"))
+        .unwrap();
+    // This thread only spawns and joins clients from here on.
+    CLIENT.with(|c| c.set(true));
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    // Warm-up: every kind of connection, on both accept threads and all workers.
+    drive(addr, 4, 70);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (threads, per_thread) = (4, 2520);
+    let go = Arc::new(Barrier::new(threads + 1));
+    let handles = clients(addr, threads, per_thread, Arc::clone(&go));
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let started = Instant::now();
+    go.wait();
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Let abandoned slow tasks come back and deadlines fire.
+    std::thread::sleep(Duration::from_millis(400));
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let connections = threads * (per_thread + 5);
+    assert!(connections >= 10_000);
+    eprintln!(
+        "{connections} connections in {:?}: {} allocations by the server",
+        started.elapsed(),
+        after - before
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "the server allocated while handling connections"
+    );
+
+    stop.shutdown();
+    let stats = running.join().unwrap();
+    assert!(
+        stats.served as usize >= threads * per_thread * 2 / 7,
+        "{stats:?}"
+    );
+    assert!(stats.timed_out as usize >= threads * 5, "{stats:?}");
+}

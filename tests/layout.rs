@@ -1,0 +1,82 @@
+//! The `#[repr(C)]` mirrors in `src/sys.rs` must match libev's structs as the C
+//! compiler lays them out with the defines in `build.rs` (libz-sys checks the same
+//! with ctest). The C side reports itself through `conn_ev_layout` in `shim.c`.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::mem::{align_of, offset_of, size_of};
+
+use conn_daemon::sys::{self, ev_async, ev_io, ev_timer};
+
+/// Every entry of the shim's table, by name.
+fn c_layout() -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    // SAFETY: the table is a static array ending with a null name.
+    unsafe {
+        let mut row = std::ptr::addr_of!(sys::conn_ev_layout).cast::<sys::conn_ev_layout_entry>();
+        while !(*row).name.is_null() {
+            let name = CStr::from_ptr((*row).name).to_str().unwrap().to_owned();
+            out.insert(name, (*row).value);
+            row = row.add(1);
+        }
+    }
+    out
+}
+
+/// The Rust side of every entry the C side reports.
+fn rust_layout() -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: usize| {
+        out.insert(k.to_owned(), v);
+    };
+    macro_rules! watcher {
+        ($t:ident: $($f:ident),*) => {
+            put(concat!("sizeof ", stringify!($t)), size_of::<$t>());
+            put(concat!("alignof ", stringify!($t)), align_of::<$t>());
+            $( put(concat!(stringify!($t), ".", stringify!($f)), offset_of!($t, $f)); )*
+        };
+    }
+    watcher!(ev_io: active, pending, data, cb, next, fd, events);
+    watcher!(ev_timer: active, pending, data, cb, at, repeat);
+    watcher!(ev_async: active, pending, data, cb, sent);
+    put("EV_READ", sys::EV_READ as usize);
+    put("EV_WRITE", sys::EV_WRITE as usize);
+    put("EV_TIMER", sys::EV_TIMER as usize);
+    put("EV_ASYNC", sys::EV_ASYNC as usize);
+    put("EV_ERROR", sys::EV_ERROR as isize as usize);
+    put("EVBACKEND_EPOLL", sys::EVBACKEND_EPOLL as usize);
+    put("EVFLAG_NOENV", sys::EVFLAG_NOENV as usize);
+    put("EVBREAK_ALL", sys::EVBREAK_ALL as usize);
+    put("EVRUN_NOWAIT", sys::EVRUN_NOWAIT as usize);
+    put("EV_VERSION_MAJOR", sys::EV_VERSION_MAJOR as usize);
+    put("EV_VERSION_MINOR", sys::EV_VERSION_MINOR as usize);
+    out
+}
+
+#[test]
+fn rust_mirrors_equal_the_c_layout() {
+    let c = c_layout();
+    let rust = rust_layout();
+    assert!(c.len() >= 30, "shim reported too little: {c:?}");
+    for (name, c_value) in &c {
+        assert_eq!(rust.get(name), Some(c_value), "{name}: Rust differs from C");
+    }
+    assert_eq!(
+        c.keys().collect::<Vec<_>>(),
+        rust.keys().collect::<Vec<_>>(),
+        "the two tables name different items"
+    );
+}
+
+#[test]
+fn loop_uses_epoll() {
+    struct Nothing;
+    impl conn_daemon::ev::Handler for Nothing {
+        fn on_io(&mut self, _: &conn_daemon::ev::Loop<Self>, _: usize, _: conn_daemon::ev::Events) {
+        }
+        fn on_timer(&mut self, _: &conn_daemon::ev::Loop<Self>, _: usize) {}
+        fn on_async(&mut self, _: &conn_daemon::ev::Loop<Self>, _: usize) {}
+    }
+    let lp = conn_daemon::ev::Loop::<Nothing>::new().unwrap();
+    assert_eq!(lp.backend(), sys::EVBACKEND_EPOLL);
+}

@@ -1,0 +1,561 @@
+//! Shared helpers for the integration tests: start the real `conn-daemon` binary
+//! on a free port, talk to it over loopback, and inspect it through `/proc`.
+//!
+//! Every wait here is bounded: a misbehaving server makes a test fail with a
+//! message (and the server's stderr), never hang.
+//!
+//! Include with `mod util;` from a test file. Not every test uses every helper.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The one response the server ever sends (SPEC rule 5): exactly 57 bytes.
+pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// Read/write timeout of the streams `Server::connect` returns, and the bound on
+/// every "wait for the server to answer or close" helper.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `Server::start` waits for the port to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the server binary under test: the crate's `conn-daemon`, unless the
+/// environment variable `CONN_DAEMON_BIN` names another (e.g. a release build or
+/// the C++ reference, to run the same conformance tests against it).
+pub fn bin() -> String {
+    std::env::var("CONN_DAEMON_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_conn-daemon").to_string())
+}
+
+/// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, drop).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Printable form of a byte string for assertion messages.
+pub fn show(bytes: &[u8]) -> String {
+    format!("\"{}\" ({} bytes)", bytes.escape_ascii(), bytes.len())
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `conn-daemon`. Killed (SIGKILL) and reaped on drop.
+pub struct Server {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+    stderr_path: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts the server with `-p <free port>` followed by `args`, and waits (at most
+    /// `START_TIMEOUT`) until a TCP connect to 127.0.0.1:PORT succeeds. Panics with the
+    /// server's stderr if it exits first. Retries with another port if the chosen one
+    /// was taken in the meantime (bind error on stderr).
+    pub fn start(args: &[&str]) -> Server {
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            match Server::try_start(args) {
+                Ok(s) => return s,
+                Err((status, stderr)) => {
+                    let lower = stderr.to_lowercase();
+                    let port_taken = lower.contains("in use")
+                        || lower.contains("eaddrinuse")
+                        || lower.contains("os error 98");
+                    last_err = format!(
+                        "conn-daemon {args:?} exited during startup ({status:?}); stderr:\n{stderr}"
+                    );
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("{last_err}");
+    }
+
+    fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+        let port = free_port();
+        let stderr_path = std::env::temp_dir().join(format!(
+            "conn-daemon-test-{}-{}-{}.stderr",
+            std::process::id(),
+            port,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let stderr_file = fs::File::create(&stderr_path).expect("create stderr log file");
+        let port_s = port.to_string();
+        let child = Command::new(bin())
+            .arg("-p")
+            .arg(&port_s)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr_file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin()));
+        let mut server = Server {
+            child,
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stderr_path,
+            exited: None,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = server.try_wait() {
+                return Err((Some(status), server.stderr()));
+            }
+            if let Ok(s) = TcpStream::connect_timeout(&server.addr(), Duration::from_millis(200)) {
+                // The probe: the server sees a connection that closes without a byte.
+                drop(s);
+                return Ok(server);
+            }
+            if Instant::now() >= deadline {
+                let stderr = server.stderr();
+                panic!(
+                    "conn-daemon {:?} did not accept on 127.0.0.1:{port} within {START_TIMEOUT:?}; stderr:\n{stderr}",
+                    server.args
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// 127.0.0.1:PORT (the only address tests may connect to).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Everything the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read(&self.stderr_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A new connection with TCP_NODELAY and `IO_TIMEOUT` read/write timeouts.
+    #[track_caller]
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect_timeout(&self.addr(), IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr()));
+        s.set_nodelay(true).expect("set_nodelay");
+        s.set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set_read_timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("set_write_timeout");
+        s
+    }
+
+    /// One connection: send all of `bytes` in one write, then read until EOF (or
+    /// reset) and return what arrived. Panics if the server neither closes nor
+    /// finishes within `IO_TIMEOUT`.
+    #[track_caller]
+    pub fn request(&self, bytes: &[u8]) -> Vec<u8> {
+        let s = self.connect();
+        send(&s, bytes);
+        let r = read_to_end(&s, IO_TIMEOUT);
+        assert!(
+            r.end != End::Timeout,
+            "request {}: no EOF within {IO_TIMEOUT:?}; got {} so far",
+            show(bytes),
+            show(&r.bytes)
+        );
+        r.bytes
+    }
+
+    /// Number of open file descriptors of the server (entries of /proc/PID/fd).
+    pub fn fd_count(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until `fd_count() <= max`; returns the last count seen.
+    pub fn wait_fd_count_at_most(&self, max: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.fd_count();
+            if n <= max || Instant::now() >= deadline {
+                return n;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's threads as (tid, comm), sorted by tid. The main thread's tid is
+    /// the pid.
+    pub fn threads(&self) -> Vec<(u32, String)> {
+        let mut v = Vec::new();
+        if let Ok(dir) = fs::read_dir(format!("/proc/{}/task", self.pid())) {
+            for e in dir.flatten() {
+                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                v.push((tid, comm.trim_end().to_string()));
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// The tid of the thread whose comm is exactly `name`, if any.
+    pub fn thread_named(&self, name: &str) -> Option<u32> {
+        self.threads()
+            .into_iter()
+            .find(|(_, c)| c == name)
+            .map(|(t, _)| t)
+    }
+
+    /// A numeric field (e.g. `voluntary_ctxt_switches`) of /proc/PID/task/TID/status.
+    pub fn task_status(&self, tid: u32, field: &str) -> Option<u64> {
+        let text = fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid())).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            if k == field {
+                v.split_whitespace().next()?.parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Inodes of the listening TCP sockets (IPv4 and IPv6) on this server's port that
+    /// belong to this server's process.
+    pub fn listening_inodes(&self) -> Vec<u64> {
+        let own = socket_inodes_of(self.pid());
+        listening_sockets_on(self.port)
+            .into_iter()
+            .filter(|i| own.contains(i))
+            .collect()
+    }
+
+    /// Sends `sig` to the server (`libc::kill`). Panics if the kill fails.
+    #[track_caller]
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("try_wait");
+        }
+        self.exited
+    }
+
+    /// Waits (bounded) for the server to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Panics (with stderr) if the server process has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if let Some(st) = self.try_wait() {
+            panic!(
+                "conn-daemon {:?} exited unexpectedly ({st}); stderr:\n{}",
+                self.args,
+                self.stderr()
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            let err = self.stderr();
+            if !err.is_empty() {
+                let tail: String = {
+                    let start = err.len().saturating_sub(4000);
+                    let start = (start..err.len())
+                        .find(|&i| err.is_char_boundary(i))
+                        .unwrap_or(err.len());
+                    err[start..].to_string()
+                };
+                eprintln!(
+                    "--- conn-daemon {:?} (port {}) stderr (tail) ---\n{tail}\n---",
+                    self.args, self.port
+                );
+            }
+        }
+        let _ = fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Inodes of every `socket:[N]` fd of `pid`.
+pub fn socket_inodes_of(pid: u32) -> Vec<u64> {
+    let mut v = Vec::new();
+    if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            if let Ok(target) = fs::read_link(e.path()) {
+                let t = target.to_string_lossy();
+                if let Some(n) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    if let Ok(n) = n.parse() {
+                        v.push(n);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Inodes of all sockets in state LISTEN (`0A`) on local port `port`, from
+/// /proc/net/tcp and /proc/net/tcp6 (this network namespace, any process).
+pub fn listening_sockets_on(port: u16) -> Vec<u64> {
+    let mut v = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            let Some((_, port_hex)) = f[1].rsplit_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(port_hex, 16).ok() == Some(port) && f[3] == "0A" {
+                if let Ok(inode) = f[9].parse() {
+                    v.push(inode);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// How a read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Orderly close (read returned 0).
+    Eof,
+    /// ECONNRESET / ECONNABORTED: the server closed with unread data (RST).
+    Reset,
+    /// Neither EOF nor reset within the timeout.
+    Timeout,
+}
+
+/// What `read_to_end` collected.
+#[derive(Debug)]
+pub struct ReadResult {
+    pub bytes: Vec<u8>,
+    pub end: End,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+/// Reads until EOF, reset, or `timeout` (overall) elapses. Restores the stream's
+/// read timeout to `IO_TIMEOUT` afterwards.
+pub fn read_to_end(stream: &TcpStream, timeout: Duration) -> ReadResult {
+    let deadline = Instant::now() + timeout;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    let end = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break End::Timeout;
+        }
+        let left = (deadline - now).max(Duration::from_millis(1));
+        stream
+            .set_read_timeout(Some(left))
+            .expect("set_read_timeout");
+        match (&*stream).read(&mut buf) {
+            Ok(0) => break End::Eof,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if is_timeout(&e) => break End::Timeout,
+            Err(e) if is_reset(&e) => break End::Reset,
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    ReadResult { bytes, end }
+}
+
+/// Writes all of `bytes`; panics on any error.
+#[track_caller]
+pub fn send(stream: &TcpStream, bytes: &[u8]) {
+    (&*stream)
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("write {}: {e}", show(bytes)));
+}
+
+/// Writes all of `bytes`, tolerating the errors a write gets when the server has
+/// already closed the connection (EPIPE, ECONNRESET). Returns whether it all went.
+#[track_caller]
+pub fn send_lenient(stream: &TcpStream, bytes: &[u8]) -> bool {
+    match (&*stream).write_all(bytes) {
+        Ok(()) => true,
+        Err(e) if is_reset(&e) => false,
+        Err(e) => panic!("write {}: {e}", show(bytes)),
+    }
+}
+
+/// Closes the write side (the server reads EOF).
+pub fn shutdown_write(stream: &TcpStream) {
+    stream.shutdown(Shutdown::Write).expect("shutdown(Write)");
+}
+
+/// Checks that the server sends exactly `RESPONSE` and then closes (EOF, or a
+/// reset after all 57 bytes arrived), within `timeout`.
+pub fn check_response(stream: &TcpStream, timeout: Duration) -> Result<(), String> {
+    let r = read_to_end(stream, timeout);
+    if r.bytes != RESPONSE {
+        return Err(format!(
+            "expected exactly the {}-byte response then close; got {} then {:?}",
+            RESPONSE.len(),
+            show(&r.bytes),
+            r.end
+        ));
+    }
+    if r.end == End::Timeout {
+        return Err(format!(
+            "the response arrived but the connection was not closed within {timeout:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the server closes the connection (EOF or reset) without sending a
+/// single byte, within `timeout`.
+pub fn check_closed_silently(stream: &TcpStream, timeout: Duration) -> Result<(), String> {
+    let r = read_to_end(stream, timeout);
+    if r.bytes.is_empty() && r.end != End::Timeout {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected close with no response within {timeout:?}; got {} then {:?}",
+            show(&r.bytes),
+            r.end
+        ))
+    }
+}
+
+/// Checks that for `window` neither a byte nor EOF/reset arrives (the read timing
+/// out is the pass). Restores the read timeout to `IO_TIMEOUT`.
+pub fn check_nothing_for(stream: &TcpStream, window: Duration) -> Result<(), String> {
+    stream
+        .set_read_timeout(Some(window.max(Duration::from_millis(1))))
+        .expect("set_read_timeout");
+    let mut buf = [0u8; 4096];
+    let res = loop {
+        match (&*stream).read(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    match res {
+        Err(e) if is_timeout(&e) => Ok(()),
+        Ok(0) => Err(format!(
+            "expected nothing for {window:?}, but the server closed the connection"
+        )),
+        Ok(n) => Err(format!(
+            "expected nothing for {window:?}, but the server sent {}",
+            show(&buf[..n])
+        )),
+        Err(e) => Err(format!(
+            "expected nothing for {window:?}, but read failed: {e}"
+        )),
+    }
+}
+
+/// Asserts the server sends exactly `RESPONSE` then closes, within `IO_TIMEOUT`.
+#[track_caller]
+pub fn expect_response(stream: &TcpStream) {
+    check_response(stream, IO_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Asserts the server closes without a byte, within `IO_TIMEOUT`.
+#[track_caller]
+pub fn expect_closed_silently(stream: &TcpStream) {
+    check_closed_silently(stream, IO_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Asserts that for `window` neither a byte nor a close arrives.
+#[track_caller]
+pub fn expect_nothing_for(stream: &TcpStream, window: Duration) {
+    check_nothing_for(stream, window).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The outcome of a request, as the tests state expectations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exactly `RESPONSE`, then close.
+    Response,
+    /// Close without a byte.
+    Closed,
+    /// Neither a byte nor a close (the request is incomplete).
+    Pending,
+}
+
+/// Checks `outcome` on `stream`: `Response`/`Closed` must happen within `timeout`,
+/// `Pending` must hold for `pending_window`.
+pub fn check_outcome(
+    stream: &TcpStream,
+    outcome: Outcome,
+    timeout: Duration,
+    pending_window: Duration,
+) -> Result<(), String> {
+    match outcome {
+        Outcome::Response => check_response(stream, timeout),
+        Outcome::Closed => check_closed_silently(stream, timeout),
+        Outcome::Pending => check_nothing_for(stream, pending_window),
+    }
+}
+
+/// Asserts `outcome` on `stream` (`IO_TIMEOUT`; `Pending` over `pending_window`).
+#[track_caller]
+pub fn expect_outcome(stream: &TcpStream, outcome: Outcome, pending_window: Duration) {
+    check_outcome(stream, outcome, IO_TIMEOUT, pending_window).unwrap_or_else(|e| panic!("{e}"));
+}
