@@ -86,6 +86,8 @@ pub struct AcceptTask {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     pause: Pause,
+    /// accept() is failing for lack of fds or memory: logged once until it works.
+    exhausted: bool,
     draining: bool,
     stats: Stats,
 }
@@ -112,6 +114,7 @@ impl AcceptTask {
             shared,
             shutdown,
             pause: Pause::No,
+            exhausted: false,
             draining: false,
             stats: Stats::default(),
             settings,
@@ -181,6 +184,10 @@ impl AcceptTask {
         };
         match net::accept(listener.as_fd()) {
             Ok(fd) => {
+                if self.exhausted {
+                    self.exhausted = false;
+                    warn!("accept-{}: accept works again", self.settings.id);
+                }
                 let idx = self.pool.acquire().expect("pool checked not full");
                 let (ctx, _) = self.pool.split(idx);
                 ctx.open(fd);
@@ -218,7 +225,8 @@ impl AcceptTask {
     }
 
     fn pause_for_backoff(&mut self, lp: &Loop<Self>, err: &std::io::Error) {
-        if self.pause != Pause::Backoff {
+        if !self.exhausted {
+            self.exhausted = true;
             warn!(
                 "accept-{}: accept failed ({err}); pausing accept for {} ms",
                 self.settings.id,
@@ -341,10 +349,10 @@ impl AcceptTask {
         let shared = Arc::clone(&self.shared);
         let mailbox = shared.mailbox(self.settings.id);
         while let Some(done) = mailbox.take() {
-            let gen = done.route().gen;
-            let Some(idx) = self.pool.finish(done) else {
+            let Some(route) = self.pool.finish(done) else {
                 continue;
             };
+            let (idx, gen) = (route.slot, route.gen);
             let ctx = self.pool.get_mut(idx);
             match ctx.state() {
                 State::Delegated if ctx.gen() == gen => {

@@ -116,7 +116,9 @@ impl ReqParser {
                     self.phase = Phase::RequestLine;
                     return self.starve(buf);
                 };
-                match classify_target(&buf[METHOD.len()..lf - 1]) {
+                // `get`: with the buffer only growing, `lf - 1 >= 4`, but a caller
+                // that breaks that contract must get `Invalid`, not a panic.
+                match classify_target(buf.get(METHOD.len()..lf - 1).unwrap_or_default()) {
                     Verdict::Invalid => return self.finish(Verdict::Invalid),
                     target => (lf + 1, target),
                 }
@@ -223,8 +225,9 @@ fn scan_lf(buf: &[u8], from: usize, mut accept: impl FnMut(usize) -> bool) -> Op
     }
     match buf.last_chunk::<8>() {
         // Re-read the last whole word, its already scanned bytes masked off,
-        // rather than finishing with up to seven byte steps. Both loops above
-        // stopped, so `len - 8 < i < len` and the shift is in 8..=56.
+        // rather than finishing with up to seven byte steps. The steps above
+        // left less than a word, so `len - 8 < i < len` and the shift is in
+        // 8..=56.
         Some(word) => {
             let start = len - 8;
             let fresh = u64::MAX << ((i - start) * 8);
@@ -622,6 +625,28 @@ mod tests {
             }
         }
         assert_eq!(scan_lf(b"abc", 5, |_| true), None);
+    }
+
+    /// The contract says the buffer only grows; a caller that breaks it gets
+    /// some verdict, never a panic (which would take the server down).
+    #[test]
+    fn contract_violations_do_not_panic() {
+        let inputs: Vec<&[u8]> = EXAMPLES
+            .iter()
+            .map(|&(input, _)| input)
+            .chain([&b""[..], b"GET \r\n", b"GET\r\n\r\n", b"\r\n\r\n\r\n\r\n"])
+            .collect();
+        for &a in &inputs {
+            for &b in &inputs {
+                for cut in 0..=a.len() {
+                    let mut p = ReqParser::new();
+                    p.parse(&a[..cut]);
+                    p.parse(b);
+                    p.parse(&b[..b.len() / 2]);
+                    p.parse(a);
+                }
+            }
+        }
     }
 
     #[test]

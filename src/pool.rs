@@ -171,14 +171,14 @@ impl<T> Pool<T> {
         self.holder(idx).fill(task, route)
     }
 
-    /// Takes back a finished task's token and returns the slot it belongs to;
-    /// `None` for a token that is not this pool's current task there.
-    pub fn finish(&self, done: Done) -> Option<u32> {
+    /// Takes back a finished task's token and returns the route it was delegated
+    /// with; `None` for a token that is not this pool's current task.
+    pub fn finish(&self, done: Done) -> Option<Route> {
         let idx = done.route().slot;
-        if idx >= self.constructed {
+        if idx >= self.constructed || !self.holder(idx).issued(&done) {
             return None;
         }
-        self.holder(idx).finish(done).then_some(idx)
+        self.holder(idx).finish(done)
     }
 
     /// Whether slot `idx` has a task out with a worker.
@@ -333,7 +333,7 @@ mod tests {
         let done = std::thread::spawn(move || task.run()).join().unwrap();
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(done.route(), route);
-        assert_eq!(pool.finish(done), Some(i));
+        assert_eq!(pool.finish(done), Some(route));
         assert!(!pool.is_delegated(i));
         pool.release(i);
     }

@@ -25,6 +25,9 @@ pub const EXIT_SYSTEM: i32 = 100;
 /// Exit status when the pools cannot be reserved (the reference's).
 pub const EXIT_NO_MEMORY: i32 = 10;
 
+/// How long the end of a drain waits for workers to leave their tasks.
+const WORKER_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Why the server did not start: one line for stderr, and the exit status.
 #[derive(Debug)]
 pub struct StartError {
@@ -59,6 +62,9 @@ impl std::error::Error for StartError {}
 /// from reaching a loop that is being torn down.
 pub struct Shutdown {
     requested: AtomicBool,
+    /// Set when workers were still inside tasks at the end: the loops and pools
+    /// they point into must then outlive the process (they are leaked).
+    workers_left: AtomicBool,
     /// True once the loops may be destroyed: no more wake-ups from here.
     closed: Mutex<bool>,
     shared: Arc<Shared>,
@@ -145,6 +151,7 @@ impl Server {
         let shared = Arc::new(Shared::new(threads, config.accept_capacity, total));
         let shutdown = Arc::new(Shutdown {
             requested: AtomicBool::new(false),
+            workers_left: AtomicBool::new(false),
             closed: Mutex::new(false),
             shared: Arc::clone(&shared),
         });
@@ -236,8 +243,12 @@ impl Server {
             ready_tx,
             || {
                 loops_done.wait();
+                // After a normal drain every task has come back and the workers
+                // are idle; after a drain timeout some may still be in a task.
                 if let Some(w) = workers {
-                    w.stop_and_join();
+                    if !w.stop_and_join(WORKER_GRACE) {
+                        shutdown.workers_left.store(true, Ordering::SeqCst);
+                    }
                 }
                 shutdown.close();
                 workers_gone.wait();
@@ -265,6 +276,7 @@ fn accept_thread(
     rendezvous: impl FnOnce(),
 ) -> Result<Stats, StartError> {
     let id = settings.id;
+    let end = Arc::clone(&shutdown);
     let setup = Loop::new()
         .map_err(|e| StartError::system("cannot create the event loop", e))
         .and_then(|lp| {
@@ -290,8 +302,15 @@ fn accept_thread(
     debug!("accept-{id}: serving");
     task.run(&lp);
     rendezvous();
-    task.teardown();
     let stats = task.stats();
+    if end.workers_left.load(Ordering::SeqCst) {
+        // A worker still running a task will touch this pool and loop when it
+        // finishes: never free them. The process is about to exit anyway.
+        std::mem::forget(task);
+        std::mem::forget(lp);
+    } else {
+        task.teardown();
+    }
     debug!(
         "accept-{id}: stopped: {} served, {} dropped, {} timed out",
         stats.served, stats.dropped, stats.timed_out

@@ -56,7 +56,7 @@ struct Storage([MaybeUninit<u8>; TASK_SIZE]);
 /// let holder = TaskHolder::new();
 /// let done = holder.fill(Fits([0; 96]), Route { owner: 0, slot: 1, gen: 2 }).unwrap().run();
 /// assert_eq!(done.route().slot, 1);
-/// assert!(holder.finish(done));
+/// assert_eq!(holder.finish(done).map(|r| r.gen), Some(2));
 /// ```
 pub struct TaskHolder {
     storage: UnsafeCell<Storage>,
@@ -124,15 +124,20 @@ impl TaskHolder {
         Some(TaskRef(NonNull::from(self)))
     }
 
-    /// Takes back a finished task's token; true if it was this holder's current
-    /// task, which frees the holder for the next one.
-    pub fn finish(&self, done: Done) -> bool {
+    /// Takes back a finished task's token and returns its route, if it was this
+    /// holder's current task; that frees the holder for the next one.
+    pub fn finish(&self, done: Done) -> Option<Route> {
         if self.busy.get() && done.holder == NonNull::from(self) {
             self.busy.set(false);
-            true
+            Some(self.route.get())
         } else {
-            false
+            None
         }
+    }
+
+    /// Whether `done` came from this holder (without taking it back).
+    pub fn issued(&self, done: &Done) -> bool {
+        done.holder == NonNull::from(self)
     }
 }
 
@@ -156,29 +161,28 @@ impl TaskRef {
         // carried the token orders those writes before these reads.
         unsafe {
             let call = (*holder).call.get().expect("a filled holder has a task");
-            let route = (*holder).route.get();
             call((*holder).storage.get().cast::<u8>());
-            Done {
-                holder: self.0,
-                route,
-            }
+            Done { holder: self.0 }
         }
     }
 }
 
 /// A finished task: send it to the owning loop, which gives it back to the pool.
+/// One pointer, so that the loops' completion queues stay small.
 #[derive(Debug)]
 pub struct Done {
     holder: NonNull<TaskHolder>,
-    route: Route,
 }
 
-// SAFETY: a plain token; it only compares the pointer and never dereferences it.
+// SAFETY: a token for a holder that stays busy (so stays allocated and its route
+// unchanged) until the token is given back with `TaskHolder::finish`.
 unsafe impl Send for Done {}
 
 impl Done {
     /// Where the task came from.
     pub fn route(&self) -> Route {
-        self.route
+        // SAFETY: while this token exists the holder is busy: alive, and its route
+        // is not written (only `fill` writes it, and only when not busy).
+        unsafe { (*self.holder.as_ptr()).route.get() }
     }
 }

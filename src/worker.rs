@@ -180,12 +180,23 @@ impl Workers {
         Ok(Workers { shared, threads })
     }
 
-    /// Lets each worker finish its current task, then ends them all. Tasks still
-    /// queued are not run (their connections were already given up).
-    pub fn stop_and_join(self) {
+    /// Tells the workers to stop once their current task is done (tasks still
+    /// queued are not run: their connections were already given up) and waits up
+    /// to `grace` for them. True if all have ended; false if some are still inside
+    /// a task (they are left to run on, detached).
+    pub fn stop_and_join(self, grace: Duration) -> bool {
         self.shared.stop();
-        for t in self.threads {
-            let _ = t.join();
+        let deadline = std::time::Instant::now() + grace;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(1));
         }
+        let all = self.threads.iter().all(|t| t.is_finished());
+        for t in self.threads {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        all
     }
 }

@@ -4,10 +4,22 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 
+/// Shown after the options in `--help`.
+const EXAMPLE: &str = "\
+Example:
+  conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -p {port}' \\
+             --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \\
+             --peer nginx --scenario fast --rounds 5 --out bench-out
+
+Needs Debian's apache2-utils (ab), or wrk for --generator wrk, and
+nginx-light for --peer nginx. Prints a Markdown table; writes
+OUT/report.json, OUT/report.svg, server logs in OUT/logs and generator
+output in OUT/work.";
+
 /// Benchmarks connection servers side by side with standard load generators
 /// (`ab` or `wrk`) and reports throughput, latency, CPU and memory per server.
 #[derive(Debug, Parser)]
-#[command(name = "conn-bench", version, about, long_about = None)]
+#[command(name = "conn-bench", version, about, long_about = None, after_help = EXAMPLE)]
 pub struct Args {
     /// A server to benchmark, as NAME=COMMAND; COMMAND is split shell-style
     /// (quotes honoured, no shell) and must contain `{port}`. Repeatable; the
@@ -119,6 +131,17 @@ pub enum Generator {
     Ab,
     /// wrk: keep-alive client; our servers close, so it reconnects per request.
     Wrk,
+}
+
+impl Scenario {
+    /// Label in reports (as on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fast => "fast",
+            Scenario::Slow => "slow",
+            Scenario::Mixed => "mixed",
+        }
+    }
 }
 
 impl Args {

@@ -248,10 +248,7 @@ fn mib(kib: u64) -> String {
 /// there is a slow load, and the notes.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::new();
-    let scenario = serde_json::to_value(report.scenario)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let scenario = report.scenario.name();
     let generator = match report.generator {
         Generator::Ab => "ab",
         Generator::Wrk => "wrk",
@@ -452,10 +449,7 @@ pub fn svg(report: &Report) -> Result<String, String> {
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let title = format!(
             "conn-bench: {} scenario, {} round(s)",
-            serde_json::to_value(report.scenario)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            report.scenario.name(),
             report.rounds
         );
         let root = root
@@ -735,25 +729,6 @@ mod tests {
         let mut empty = report(&[LoadKind::Fast]);
         empty.servers.clear();
         assert!(svg_ok(&empty));
-    }
-
-    #[test]
-    #[ignore]
-    fn dump_svgs() {
-        for (name, kinds) in [
-            ("one", &[LoadKind::Fast][..]),
-            ("two", &[LoadKind::Fast, LoadKind::Slow][..]),
-        ] {
-            let mut r = report(kinds);
-            if name == "one" {
-                r.servers.truncate(1);
-            } else {
-                let mut third = r.servers[1].clone();
-                third.name = "nginx".into();
-                r.servers.push(third);
-            }
-            std::fs::write(format!("/tmp/svg-{name}.svg"), svg(&r).unwrap()).unwrap();
-        }
     }
 
     fn svg_ok(r: &Report) -> bool {

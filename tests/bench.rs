@@ -1,0 +1,134 @@
+//! End to end: `conn-bench` benchmarks conn-daemon against itself for one
+//! short round and writes all three outputs.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A scratch directory under the system temp dir, removed on success.
+fn scratch() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("conn-bench-test-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn benchmarks_conn_daemon_against_itself() {
+    assert!(
+        on_path("ab"),
+        "conn-bench needs `ab`: install Debian's apache2-utils"
+    );
+    let dir = scratch();
+    let out = dir.join("out");
+    let server = format!(
+        "{} -A 1 -w 1 -p {{port}}",
+        env!("CARGO_BIN_EXE_conn-daemon")
+    );
+    let stdout_path = dir.join("stdout.md");
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
+        .arg("--server")
+        .arg(format!("first={server}"))
+        .arg("--server")
+        .arg(format!("second={server}"))
+        .args([
+            "--scenario",
+            "fast",
+            "--rounds",
+            "1",
+            "-n",
+            "300",
+            "-c",
+            "10",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path).unwrap())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("running conn-bench");
+
+    // Bounded: a hung server or generator must fail the test, not CI.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "conn-bench still running after 120 s; stderr: {}",
+                read(&stderr_path)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = read(&stdout_path);
+    let stderr = read(&stderr_path);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+
+    // Markdown table with both servers.
+    assert!(
+        stdout.contains("| server | load | req/s median"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| first | fast |"), "{stdout}");
+    assert!(stdout.contains("| second | fast |"), "{stdout}");
+
+    // report.json with both servers and real throughput.
+    let json: serde_json::Value =
+        serde_json::from_str(&read(&out.join("report.json"))).expect("report.json parses");
+    let servers = json["servers"].as_array().expect("servers array");
+    assert_eq!(servers.len(), 2, "{json}");
+    for (server, name) in servers.iter().zip(["first", "second"]) {
+        assert_eq!(server["name"], name);
+        let load = &server["loads"][0];
+        assert_eq!(load["kind"], "fast");
+        let rps = load["requests_per_s"]["median"].as_f64().unwrap_or(0.0);
+        assert!(rps > 0.0, "{name}: requests/s {rps}");
+        assert_eq!(load["completed"], 300, "{name}");
+        assert_eq!(load["failed"], 0, "{name}");
+        assert_eq!(load["non_2xx"], 0, "{name}");
+        assert!(server["startup_ms"].as_f64().unwrap_or(0.0) > 0.0, "{name}");
+        assert!(server["idle_rss_kib"].as_u64().unwrap_or(0) > 0, "{name}");
+    }
+    assert_eq!(
+        servers[0]["loads"][0]["ratios"]["requests_per_s_median"],
+        1.0
+    );
+
+    // The chart.
+    let svg = read(&out.join("report.svg"));
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(200)]);
+
+    // No server left behind: their ports are closed again.
+    for server in servers {
+        let port = server["port"].as_u64().unwrap() as u16;
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open"
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+fn read(path: &std::path::Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Whether `program` is on PATH. The test fails rather than skips without
+/// it, so a machine missing the package cannot pass vacuously.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}

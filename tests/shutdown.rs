@@ -1,0 +1,197 @@
+//! SIGTERM / SIGINT: stop accepting at once, finish complete requests (slow ones
+//! included), close the rest, exit 0; `--shutdown-timeout` bounds the drain; a
+//! second signal exits at once with status 1.
+
+mod util;
+
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{check_closed_silently, check_response, read_to_end, send, show, End, Server};
+
+const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One connection attempt (no retry) must be refused: nothing listens any more.
+#[track_caller]
+fn expect_refused(server: &Server, when: &str) {
+    match TcpStream::connect_timeout(&server.addr(), ms(1000)) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        Err(e) => panic!("connect {when}: expected ECONNREFUSED, got {e}"),
+        Ok(_) => panic!("connect {when}: accepted, expected ECONNREFUSED"),
+    }
+}
+
+/// Sleeps until `at` (no-op if it is past).
+fn sleep_until(at: Instant) {
+    thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+#[test]
+fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
+    const N: usize = 20;
+    let mut server = Server::start(&["-A", "2", "-w", "4", "-D", "500"]);
+    let streams: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, SLOW);
+            s
+        })
+        .collect();
+    thread::sleep(ms(100));
+    server.signal(libc::SIGTERM);
+    let t_sig = Instant::now();
+
+    sleep_until(t_sig + ms(100));
+    expect_refused(&server, "100 ms after SIGTERM");
+
+    // 20 tasks of 500 ms on 4 workers: ~2.5 s, well within the default 10 s drain.
+    let limit = t_sig + ms(2500 + 3000);
+    let results: Vec<Result<(), String>> = thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                scope.spawn(move || {
+                    check_response(s, limit.saturating_duration_since(Instant::now()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reader"))
+            .collect()
+    });
+    let failed: Vec<(usize, &String)> = results
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {N} slow requests in flight at SIGTERM were not answered: {failed:?}",
+        failed.len()
+    );
+
+    let status = server.wait_exit(limit.saturating_duration_since(Instant::now()) + ms(1000));
+    let elapsed = t_sig.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running {elapsed:?} after SIGTERM"));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM: {status}; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once_with_status_1() {
+    let mut server = Server::start(&["-w", "1", "-D", "5000"]);
+    let s = server.connect();
+    send(&s, SLOW);
+    thread::sleep(ms(100));
+    server.signal(libc::SIGTERM);
+    let t_sig = Instant::now();
+    // The first signal only starts the drain: the 5 s task keeps it alive.
+    if let Some(st) = server.wait_exit(ms(100)) {
+        panic!("exited ({st}) 100 ms after a single SIGTERM, with a 5 s slow request in flight");
+    }
+    server.signal(libc::SIGTERM);
+    let t_second = Instant::now();
+    let status = server
+        .wait_exit(ms(1000))
+        .unwrap_or_else(|| panic!("still running 1 s after the second SIGTERM"));
+    let elapsed = t_second.elapsed();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit after a second SIGTERM ({elapsed:?} later): {status}; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(
+        t_sig.elapsed() < ms(5000),
+        "exited only after the slow task"
+    );
+    // The slow client never got its answer.
+    let r = read_to_end(&s, ms(1000));
+    assert!(
+        r.bytes.is_empty() && r.end != End::Timeout,
+        "slow client after the forced exit: got {} then {:?}",
+        show(&r.bytes),
+        r.end
+    );
+}
+
+#[test]
+fn shutdown_timeout_bounds_the_drain() {
+    let mut server = Server::start(&["--shutdown-timeout", "300", "-w", "1", "-D", "5000"]);
+    let slow = server.connect();
+    send(&slow, SLOW);
+    let idle = server.connect();
+    send(&idle, b"GET /te");
+    thread::sleep(ms(100));
+    server.signal(libc::SIGTERM);
+    let t_sig = Instant::now();
+
+    // The idle client has not completed a request: closed at once, well before the
+    // 300 ms drain bound.
+    if let Err(e) = check_closed_silently(&idle, ms(1000)) {
+        panic!("idle client at SIGTERM: {e}");
+    }
+    let idle_closed = t_sig.elapsed();
+    assert!(
+        idle_closed < ms(250),
+        "idle client closed {idle_closed:?} after SIGTERM, not at once"
+    );
+
+    // The slow one is cut off at the drain bound: EOF, no response.
+    let r = read_to_end(&slow, ms(300 + 1000).saturating_sub(t_sig.elapsed()));
+    let slow_closed = t_sig.elapsed();
+    assert!(
+        r.bytes.is_empty() && r.end != End::Timeout,
+        "slow client with --shutdown-timeout 300: got {} then {:?} ({slow_closed:?} after SIGTERM)",
+        show(&r.bytes),
+        r.end
+    );
+    assert!(
+        slow_closed >= ms(250),
+        "slow client closed {slow_closed:?} after SIGTERM, before the 300 ms drain bound"
+    );
+
+    let status = server.wait_exit(ms(300 + 1000).saturating_sub(t_sig.elapsed()));
+    let elapsed = t_sig.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "still running {elapsed:?} after SIGTERM with --shutdown-timeout 300; stderr:\n{}",
+            server.stderr()
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after the drain timeout: {status}"
+    );
+}
+
+#[test]
+fn sigint_behaves_as_sigterm() {
+    let mut server = Server::start(&["-w", "1", "-D", "300"]);
+    let s = server.connect();
+    send(&s, SLOW);
+    thread::sleep(ms(50));
+    server.signal(libc::SIGINT);
+    let t_sig = Instant::now();
+    sleep_until(t_sig + ms(100));
+    expect_refused(&server, "100 ms after SIGINT");
+    if let Err(e) = check_response(&s, ms(300 + 2000)) {
+        panic!("slow request in flight at SIGINT: {e}");
+    }
+    let status = server
+        .wait_exit(ms(2000))
+        .unwrap_or_else(|| panic!("still running {:?} after SIGINT", t_sig.elapsed()));
+    assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}");
+}
