@@ -176,7 +176,7 @@ impl ConnectionCtx {
             return Next::Drop;
         };
         while self.sent < RESPONSE.len() {
-            match net::send(fd.as_fd(), &RESPONSE[self.sent..]) {
+            match net::send_final(fd.as_fd(), &RESPONSE[self.sent..]) {
                 Ok(n) => self.sent += n,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if net::is_transient(&e) => return Next::Write,
@@ -189,7 +189,9 @@ impl ConnectionCtx {
     /// Closes the socket. The slot is free again unless a worker still has its
     /// task, in which case it is `Abandoned` until the task comes back.
     pub fn close(&mut self, task_out: bool) {
-        self.fd = None;
+        if let Some(fd) = self.fd.take() {
+            net::close(fd);
+        }
         self.state = if task_out {
             State::Abandoned
         } else {
