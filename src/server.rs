@@ -120,11 +120,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Raises the fd limit, refuses a port someone else holds, and binds one
-    /// `SO_REUSEPORT` listener per accept thread.
+    /// Refuses a port someone else holds, binds one `SO_REUSEPORT` listener per
+    /// accept thread, and raises the fd limit.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
         let threads = config.accept_threads;
-        let wanted = threads.saturating_mul(config.accept_capacity) as u64;
+        let port = config.port;
+        net::ensure_port_free(port)
+            .map_err(|e| StartError::system(format_args!("port {port} is already in use"), e))?;
+        let defer = config
+            .read_timeout
+            .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
+        let listeners = (0..threads)
+            .map(|_| net::listener(port, defer))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| StartError::system(format_args!("cannot listen on 0.0.0.0:{port}"), e))?;
+        // After the checks that can refuse to start, so a refusal is one line.
+        let total = threads.saturating_mul(config.accept_capacity);
+        let wanted = total as u64;
         match net::raise_nofile_limit() {
             Ok(limit) => {
                 debug!("open files limit raised to {limit}");
@@ -137,17 +149,6 @@ impl Server {
             }
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
-        let port = config.port;
-        net::ensure_port_free(port)
-            .map_err(|e| StartError::system(format_args!("port {port} is already in use"), e))?;
-        let defer = config
-            .read_timeout
-            .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
-        let listeners = (0..threads)
-            .map(|_| net::listener(port, defer))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| StartError::system(format_args!("cannot listen on 0.0.0.0:{port}"), e))?;
-        let total = threads.saturating_mul(config.accept_capacity);
         let shared = Arc::new(Shared::new(threads, config.accept_capacity, total));
         let shutdown = Arc::new(Shutdown {
             requested: AtomicBool::new(false),

@@ -1,0 +1,195 @@
+//! Start-up as an operator sees it: a busy port is refused (the reference silently
+//! joins it through SO_REUSEPORT), `-v` prints debug lines to stdout, `-d`
+//! daemonizes as the reference does.
+
+mod util;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{bin, expect_response, free_port, Server};
+
+/// Runs the binary to completion, killing it after `limit`.
+fn run_bounded(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("conn-daemon {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn assert_refused_busy_port(port: u16) {
+    let out = run_bounded(
+        &["-p", &port.to_string(), "-A", "2"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.status.code(), Some(100), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(
+        stderr.starts_with(&format!("conn-daemon: port {port} is already in use")),
+        "{stderr:?}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_port_another_conn_daemon_listens_on_is_refused() {
+    let server = Server::start(&["-A", "2", "-w", "0"]);
+    assert_refused_busy_port(server.port());
+    // The first server kept every connection to itself: all are answered.
+    for _ in 0..50 {
+        expect_response(&{
+            let s = server.connect();
+            util::send(&s, b"GET /test/fast\r\n\r\n");
+            s
+        });
+    }
+}
+
+#[test]
+fn a_port_a_plain_listener_holds_is_refused() {
+    let holder = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    assert_refused_busy_port(holder.local_addr().unwrap().port());
+}
+
+#[test]
+fn verbose_prints_debug_lines_to_stdout() {
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args([
+            "-v",
+            "-p",
+            &port.to_string(),
+            "-A",
+            "1",
+            "-w",
+            "1",
+            "-C",
+            "7",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "server did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "conn-daemon: listening on 0.0.0.0:{port}: 1 accept threads x 7 connections, 1 workers"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("conn-daemon: accept-0: serving"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("conn-daemon: accept-0: stopped"),
+        "{stdout}"
+    );
+}
+
+/// The pid of the process whose command line is exactly `args` (our daemon).
+fn find_process(args: &[&str]) -> Option<u32> {
+    let want: Vec<u8> = args.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            (cmdline == want).then_some(pid)
+        })
+}
+
+#[test]
+fn daemonize_detaches_into_var_tmp_and_serves() {
+    let port = free_port().to_string();
+    let args = [
+        bin(),
+        "-d".into(),
+        "-p".into(),
+        port.clone(),
+        "-A".into(),
+        "1".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The foreground process returns at once, successfully; the daemon serves on.
+    let out = run_bounded(&args[1..], Duration::from_secs(10));
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = find_process(&args) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no daemon process found");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stop = scopeguard(pid);
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "daemon does not listen: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    util::send(&stream, b"GET /test/fast\r\n\r\n");
+    expect_response(&stream);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::path::Path::new("/var/tmp")
+    );
+    drop(stop);
+}
+
+/// Kills the daemon when the test ends, however it ends.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: signalling the daemon this test started (found by its exact
+        // command line with a port only this test uses).
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+fn scopeguard(pid: u32) -> KillOnDrop {
+    KillOnDrop(pid)
+}
