@@ -250,9 +250,31 @@ impl Bound {
     }
 }
 
-macro_rules! watcher_common {
-    ($ty:ident, $raw:ty, $stop:path) => {
+/// Defines a watcher type over libev's `$raw` struct: the struct itself (`!Send`,
+/// pinned while active), `new` (inactive), `is_active`, `stop`, and the Drop that
+/// refuses to free a watcher libev still holds.
+macro_rules! watcher {
+    ($(#[$doc:meta])* $ty:ident: $raw:ty = $init:expr, $stop:path) => {
+        $(#[$doc])*
+        #[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
+        pub struct $ty {
+            w: UnsafeCell<$raw>,
+            bound: Bound,
+            _pin: PhantomPinned,
+            _not_send: PhantomData<*mut ()>,
+        }
+
         impl $ty {
+            /// An inactive watcher.
+            pub const fn new() -> Self {
+                $ty {
+                    w: UnsafeCell::new($init),
+                    bound: Bound::new(),
+                    _pin: PhantomPinned,
+                    _not_send: PhantomData,
+                }
+            }
+
             /// Whether libev holds this watcher.
             pub fn is_active(&self) -> bool {
                 // SAFETY: reading a field of our own watcher; libev writes it only
@@ -305,36 +327,21 @@ macro_rules! watcher_common {
     };
 }
 
-/// An `ev_io` watcher: readiness of one fd.
-#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
-pub struct Io {
-    w: UnsafeCell<sys::ev_io>,
-    bound: Bound,
-    _pin: PhantomPinned,
-    _not_send: PhantomData<*mut ()>,
-}
-
-watcher_common!(Io, sys::ev_io, sys::ev_io_stop);
+watcher!(
+    /// An `ev_io` watcher: readiness of one fd.
+    Io: sys::ev_io = sys::ev_io {
+        active: 0,
+        pending: 0,
+        data: ptr::null_mut(),
+        cb: None,
+        next: ptr::null_mut(),
+        fd: -1,
+        events: 0,
+    },
+    sys::ev_io_stop
+);
 
 impl Io {
-    /// An inactive watcher on no fd.
-    pub const fn new() -> Self {
-        Io {
-            w: UnsafeCell::new(sys::ev_io {
-                active: 0,
-                pending: 0,
-                data: ptr::null_mut(),
-                cb: None,
-                next: ptr::null_mut(),
-                fd: -1,
-                events: 0,
-            }),
-            bound: Bound::new(),
-            _pin: PhantomPinned,
-            _not_send: PhantomData,
-        }
-    }
-
     /// `ev_io_set`: points the watcher at `fd` for `events`, reporting `token`; stops it first
     /// if needed (libev forbids changing an active watcher).
     pub fn set_fd(&self, fd: RawFd, events: Events, token: usize) {
@@ -374,35 +381,20 @@ impl Io {
     }
 }
 
-/// An `ev_timer` watcher: a relative timeout on the loop's monotonic clock.
-#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
-pub struct Timer {
-    w: UnsafeCell<sys::ev_timer>,
-    bound: Bound,
-    _pin: PhantomPinned,
-    _not_send: PhantomData<*mut ()>,
-}
-
-watcher_common!(Timer, sys::ev_timer, sys::ev_timer_stop);
+watcher!(
+    /// An `ev_timer` watcher: a relative timeout on the loop's monotonic clock.
+    Timer: sys::ev_timer = sys::ev_timer {
+        active: 0,
+        pending: 0,
+        data: ptr::null_mut(),
+        cb: None,
+        at: 0.0,
+        repeat: 0.0,
+    },
+    sys::ev_timer_stop
+);
 
 impl Timer {
-    /// An inactive timer.
-    pub const fn new() -> Self {
-        Timer {
-            w: UnsafeCell::new(sys::ev_timer {
-                active: 0,
-                pending: 0,
-                data: ptr::null_mut(),
-                cb: None,
-                at: 0.0,
-                repeat: 0.0,
-            }),
-            bound: Bound::new(),
-            _pin: PhantomPinned,
-            _not_send: PhantomData,
-        }
-    }
-
     /// (Re)starts the timer to fire once, `after` seconds from the loop's now,
     /// reporting `token`.
     pub fn start_once<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, after: f64, token: usize) {
@@ -419,34 +411,19 @@ impl Timer {
     }
 }
 
-/// An `ev_async` watcher: lets other threads wake the loop.
-#[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
-pub struct Async {
-    w: UnsafeCell<sys::ev_async>,
-    bound: Bound,
-    _pin: PhantomPinned,
-    _not_send: PhantomData<*mut ()>,
-}
-
-watcher_common!(Async, sys::ev_async, sys::ev_async_stop);
+watcher!(
+    /// An `ev_async` watcher: lets other threads wake the loop.
+    Async: sys::ev_async = sys::ev_async {
+        active: 0,
+        pending: 0,
+        data: ptr::null_mut(),
+        cb: None,
+        sent: 0,
+    },
+    sys::ev_async_stop
+);
 
 impl Async {
-    /// An inactive async watcher.
-    pub const fn new() -> Self {
-        Async {
-            w: UnsafeCell::new(sys::ev_async {
-                active: 0,
-                pending: 0,
-                data: ptr::null_mut(),
-                cb: None,
-                sent: 0,
-            }),
-            bound: Bound::new(),
-            _pin: PhantomPinned,
-            _not_send: PhantomData,
-        }
-    }
-
     /// Starts the watcher on `lp`, reporting `token`.
     pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, token: usize) {
         self.stop();
