@@ -71,7 +71,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses `args` (args[0] is the program name). Err carries the clap error (help
+    /// Parses `args` (`args[0]` is the program name). Err carries the clap error (help
     /// and version are Err too, as clap does) so callers decide how to print and exit.
     pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
     where

@@ -51,7 +51,6 @@ pub trait Linked {
 pub struct DeadlineList {
     head: u32,
     tail: u32,
-    len: usize,
 }
 
 impl Default for DeadlineList {
@@ -59,7 +58,6 @@ impl Default for DeadlineList {
         DeadlineList {
             head: NIL,
             tail: NIL,
-            len: 0,
         }
     }
 }
@@ -84,7 +82,6 @@ impl DeadlineList {
             pool.get_mut(self.tail).links_mut().next = idx;
         }
         self.tail = idx;
-        self.len += 1;
     }
 
     /// Unlinks `idx` if it is linked.
@@ -104,22 +101,11 @@ impl DeadlineList {
             pool.get_mut(links.next).links_mut().prev = links.prev;
         }
         *pool.get_mut(idx).links_mut() = Links::default();
-        self.len -= 1;
     }
 
     /// The earliest deadline and its slot.
     pub fn front<T: Linked>(&self, pool: &Pool<T>) -> Option<(u32, f64)> {
         (self.head != NIL).then(|| (self.head, pool.get(self.head).links().deadline))
-    }
-
-    /// How many slots wait.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// No slot waits.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -162,13 +148,12 @@ mod tests {
         list.remove(&mut pool, 4);
         list.remove(&mut pool, 4); // not linked: no-op
         assert_eq!(order(&list, &pool), vec![1, 3]);
-        assert_eq!(list.len(), 2);
         list.push_back(&mut pool, 1, 9.0); // re-arm moves it to the tail
         assert_eq!(order(&list, &pool), vec![3, 1]);
         assert_eq!(list.front(&pool), Some((3, 3.0)));
         list.remove(&mut pool, 3);
         list.remove(&mut pool, 1);
-        assert!(list.is_empty());
+        assert_eq!(order(&list, &pool), vec![]);
         assert_eq!(list.front(&pool), None);
     }
 }
