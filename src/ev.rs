@@ -103,9 +103,9 @@ impl<H: Handler> Loop<H> {
     /// dispatching callbacks to `handler`.
     pub fn run(&self, handler: &mut H) {
         let mut ctx = RunCtx { lp: self, handler };
-        // SAFETY: the loop is valid for self's life; userdata points at `ctx`, which
-        // outlives ev_run and is reset before `ctx` goes away. Callbacks only fire
-        // inside ev_run, so the trampolines never see a dangling userdata.
+        // Callbacks only fire inside ev_run, so trampolines never see a stale userdata.
+        // SAFETY: valid loop; userdata points at `ctx`, which outlives ev_run and
+        // is reset before `ctx` goes away.
         unsafe {
             sys::ev_set_userdata(self.core.raw, (&mut ctx as *mut RunCtx<H>).cast());
             sys::ev_run(self.core.raw, 0);
@@ -174,54 +174,38 @@ unsafe fn dispatch<H: Handler>(lp: *mut sys::ev_loop, f: impl FnOnce(&mut H, &Lo
     }
 }
 
-unsafe extern "C" fn io_trampoline<H: Handler>(
-    lp: *mut sys::ev_loop,
-    w: *mut sys::ev_io,
-    revents: i32,
-) {
-    guard("io", || {
-        // SAFETY: this trampoline is only installed by `Io::start` on a Loop<H>, and
-        // libev calls it from that loop's ev_run with a live watcher; `Io` is
-        // repr(C) with the raw watcher first, so `w` is also the address of our Io.
-        unsafe {
-            let token = (*w).data as usize;
-            // libev stops an io watcher itself on EV_ERROR: keep the count true.
-            (*w.cast::<Io>()).sync();
-            dispatch::<H>(lp, |h, l| h.on_io(l, token, Events(revents)));
+/// Defines the C callback libev calls for a watcher type: it finds the loop's
+/// handler through the loop's userdata and calls it with the watcher's token.
+macro_rules! trampoline {
+    ($name:ident($raw:ty => $ty:ty, $what:literal), |$h:ident, $l:ident, $token:ident, $revents:ident| $call:expr) => {
+        /// # Safety
+        /// For libev only: `lp` is a `Loop<H>` inside [`Loop::run`] and `w` a live
+        /// watcher that `start` installed this callback on.
+        unsafe extern "C" fn $name<H: Handler>(lp: *mut sys::ev_loop, w: *mut $raw, $revents: i32) {
+            guard($what, || {
+                // The watcher type is repr(C) with the raw watcher first: `w` is
+                // also its address. libev stops some watchers itself (a one-shot
+                // timer before its callback, an io watcher on EV_ERROR): `sync`.
+                // SAFETY: per this function's contract.
+                unsafe {
+                    let $token = (*w).data as usize;
+                    (*w.cast::<$ty>()).sync();
+                    dispatch::<H>(lp, |$h, $l| $call);
+                }
+            })
         }
-    })
+    };
 }
 
-unsafe extern "C" fn timer_trampoline<H: Handler>(
-    lp: *mut sys::ev_loop,
-    w: *mut sys::ev_timer,
-    _revents: i32,
-) {
-    guard("timer", || {
-        // SAFETY: as for io_trampoline. `Timer` is repr(C) with the raw watcher
-        // first, so `w` is also the address of our Timer.
-        unsafe {
-            let token = (*w).data as usize;
-            // libev stopped this one-shot timer before calling us.
-            (*w.cast::<Timer>()).sync();
-            dispatch::<H>(lp, |h, l| h.on_timer(l, token));
-        }
-    })
-}
-
-unsafe extern "C" fn async_trampoline<H: Handler>(
-    lp: *mut sys::ev_loop,
-    w: *mut sys::ev_async,
-    _revents: i32,
-) {
-    guard("async", || {
-        // SAFETY: as for io_trampoline.
-        unsafe {
-            let token = (*w).data as usize;
-            dispatch::<H>(lp, |h, l| h.on_async(l, token));
-        }
-    })
-}
+trampoline!(io_trampoline(sys::ev_io => Io, "io"), |h, l, token, revents| {
+    h.on_io(l, token, Events(revents))
+});
+trampoline!(timer_trampoline(sys::ev_timer => Timer, "timer"), |h, l, token, _revents| {
+    h.on_timer(l, token)
+});
+trampoline!(async_trampoline(sys::ev_async => Async, "async"), |h, l, token, _revents| {
+    h.on_async(l, token)
+});
 
 /// What every watcher type shares: which loop it is active on.
 struct Bound {

@@ -49,9 +49,8 @@ impl<T: Default> Pool<T> {
         let map_len = size_of::<Slot<T>>()
             .checked_mul(capacity)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: an anonymous private mapping with no address hint has no
-        // preconditions; MAP_NORESERVE because untouched slots must not count
-        // against the commit limit.
+        // SAFETY: an anonymous mapping with no address hint has no preconditions.
+        // MAP_NORESERVE: untouched slots must not count against the commit limit.
         let p = unsafe {
             libc::mmap(
                 ptr::null_mut(),
@@ -147,9 +146,8 @@ impl<T> Pool<T> {
 
     /// The io watcher of slot `idx`, pinned: slots never move while the pool lives.
     pub fn io(&self, idx: u32) -> Pin<&Io> {
-        // SAFETY: constructed slot; pool memory is never moved or reused for
-        // anything else while the pool lives, and the pool refuses to drop an
-        // active watcher (Io's Drop aborts), so the pin promise holds.
+        // SAFETY: constructed slot; pool memory never moves while the pool lives,
+        // and Io's Drop aborts if it is still active, so the pin promise holds.
         unsafe { Pin::new_unchecked(&*addr_of!((*self.slot(idx)).io)) }
     }
 
@@ -187,9 +185,8 @@ impl<T> Pool<T> {
     }
 
     fn holder(&self, idx: u32) -> &TaskHolder {
-        // SAFETY: constructed slot; TaskHolder is used through shared references
-        // only (interior mutability, and raw access by the worker holding its
-        // TaskRef), so no &mut aliases it.
+        // SAFETY: constructed slot; a TaskHolder is only ever shared (interior
+        // mutability; raw access by the worker holding its TaskRef), never &mut.
         unsafe { &*addr_of!((*self.slot(idx)).task) }
     }
 

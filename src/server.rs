@@ -104,10 +104,10 @@ impl ShutdownHandle {
 
 /// The cross-thread wake-up of an accept loop's `ev_async`.
 pub(crate) fn sender_for(wake: Pin<&Async>) -> AsyncSender {
-    // SAFETY: senders are used only by the workers (through the mailboxes) and by
-    // `Shutdown::trigger`. `Server::run` joins every worker and closes the
-    // Shutdown before any accept thread passes the second barrier, after which
-    // alone it stops this watcher and drops its loop.
+    // Senders are used only by the workers (through the mailboxes) and by
+    // `Shutdown::trigger`; a loop is torn down only after the second barrier.
+    // SAFETY: `Server::run` joins the workers and closes the Shutdown before any
+    // accept thread passes that barrier and stops this watcher or drops its loop.
     unsafe { wake.sender() }
 }
 

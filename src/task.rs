@@ -154,11 +154,10 @@ impl TaskRef {
     /// Runs the task on this thread, drops it, and returns the completion token.
     pub fn run(self) -> Done {
         let holder = self.0.as_ptr();
-        // SAFETY: the holder outlives the token (pools never free a busy holder),
-        // `fill` stored a task and its `call`, and this token is consumed here, so
-        // the task runs once. Only `call`/`route`/`storage` are read, which the
-        // accept thread does not write while the holder is busy; the queue that
-        // carried the token orders those writes before these reads.
+        // The queue that carried the token orders `fill`'s writes before these reads,
+        // and the accept thread writes nothing of a busy holder.
+        // SAFETY: a busy holder is never freed; `fill` stored a task and its `call`;
+        // this token is consumed here, so the task runs exactly once.
         unsafe {
             let call = (*holder).call.get().expect("a filled holder has a task");
             call((*holder).storage.get().cast::<u8>());

@@ -17,9 +17,9 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 /// Routes SIGINT and SIGTERM to the `interrupted()` flag.
 pub fn install_signal_handlers() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
+        // Children get the default disposition back at exec.
         // SAFETY: `on_signal` has the C ABI `signal` expects and only does an
-        // atomic store, which is async-signal-safe. Children get the default
-        // disposition back at exec.
+        // atomic store, which is async-signal-safe.
         unsafe {
             libc::signal(signal, on_signal as *const () as libc::sighandler_t);
         }
