@@ -199,3 +199,129 @@ impl ConnectionCtx {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// A connection on one end of a socket pair; the test plays the client.
+    fn open() -> (ConnectionCtx, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut ctx = ConnectionCtx::default();
+        ctx.open(server.into());
+        (ctx, client)
+    }
+
+    fn received(client: &mut UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[test]
+    fn whole_fast_request_is_answered_at_once() {
+        let (mut ctx, mut client) = open();
+        client
+            .write_all(b"GET /test/fast HTTP/1.0\r\n\r\n")
+            .unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Finished);
+        ctx.close(false);
+        assert_eq!(received(&mut client), RESPONSE);
+        assert_eq!(ctx.state(), State::Free);
+    }
+
+    #[test]
+    fn incomplete_request_waits_then_completes() {
+        let (mut ctx, mut client) = open();
+        assert_eq!(ctx.on_readable(false), Next::Read, "nothing there yet");
+        client.write_all(b"GET /test/fast\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Read);
+        client.write_all(b"\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Finished);
+        assert_eq!(received(&mut client), RESPONSE);
+    }
+
+    #[test]
+    fn invalid_request_and_eof_drop_without_a_byte() {
+        let (mut ctx, mut client) = open();
+        client.write_all(b"PUT /test/fast\r\n\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Drop);
+        ctx.close(false);
+        assert_eq!(received(&mut client), b"");
+
+        let (mut ctx, client) = open();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Drop);
+    }
+
+    #[test]
+    fn slow_request_is_delegated_and_answered_when_done() {
+        let (mut ctx, mut client) = open();
+        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Delegate);
+        assert_eq!(ctx.state(), State::Delegated);
+        assert_eq!(ctx.on_task_done(), Next::Finished);
+        assert_eq!(received(&mut client), RESPONSE);
+        // Without workers a slow request is answered like a fast one.
+        let (mut ctx, mut client) = open();
+        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
+        assert_eq!(ctx.on_readable(true), Next::Finished);
+        assert_eq!(received(&mut client), RESPONSE);
+    }
+
+    #[test]
+    fn bytes_during_a_slow_task_drop_the_connection_and_abandon_the_slot() {
+        let (mut ctx, mut client) = open();
+        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Delegate);
+        client.write_all(b"more").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Drop);
+        ctx.close(true);
+        assert_eq!(ctx.state(), State::Abandoned);
+        assert_eq!(ctx.fd(), -1);
+        // The task coming back later finds nothing to answer.
+        assert_eq!(ctx.on_task_done(), Next::Drop);
+        assert_eq!(received(&mut client), b"");
+    }
+
+    #[test]
+    fn a_full_send_buffer_waits_for_writability_and_resumes() {
+        let (mut ctx, mut client) = open();
+        // Fill the server side's send buffer so the response cannot go out.
+        let fd = ctx.fd.as_ref().unwrap().as_fd();
+        let junk = [b'j'; 4096];
+        while net::send_final(fd, &junk).is_ok() {}
+        client.write_all(b"GET /test/fast\r\n\r\n").unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Write);
+        assert_eq!(ctx.state(), State::Writing);
+        // The client reads; the rest of the response then goes out whole.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match client.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => match ctx.on_writable() {
+                    Next::Finished => break,
+                    Next::Write => continue,
+                    other => panic!("{other:?}"),
+                },
+            }
+        }
+        ctx.close(false);
+        got.extend(received(&mut client));
+        assert!(
+            got.ends_with(RESPONSE),
+            "response intact after a partial send"
+        );
+    }
+}
