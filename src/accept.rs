@@ -8,7 +8,7 @@
 //! requests and partial sends are registered with the loop.
 #![forbid(unsafe_code)]
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +102,7 @@ impl AcceptTask {
         shutdown: Arc<Shutdown>,
     ) -> std::io::Result<Self> {
         let pool = Pool::new(settings.capacity)?;
+        let listen_fd = listener.as_raw_fd();
         let task = AcceptTask {
             listener: Some(listener),
             listen_io: Box::pin(Io::new()),
@@ -123,11 +124,8 @@ impl AcceptTask {
         task.shared
             .mailbox(task.settings.id)
             .connect(crate::server::sender_for(task.wake.as_ref()));
-        if let Some(l) = &task.listener {
-            use std::os::fd::AsRawFd;
-            task.listen_io.set_fd(l.as_raw_fd(), Events::READ, LISTENER);
-            task.listen_io.as_ref().start(lp);
-        }
+        task.listen_io.set_fd(listen_fd, Events::READ, LISTENER);
+        task.listen_io.as_ref().start(lp);
         Ok(task)
     }
 

@@ -10,6 +10,13 @@ use conn_daemon::{log, os};
 fn main() -> ExitCode {
     let config = Config::from_env();
     log::set_verbose(config.verbose);
+    // First, before any other thread exists, so that all of them inherit the mask
+    // and only the signal thread below sees SIGTERM/SIGINT; a signal that arrives
+    // while we start up waits for it instead of killing a process that already
+    // has connections in its listen backlog.
+    if let Err(e) = os::block_stop_signals() {
+        return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
+    }
     let server = match Server::bind(&config) {
         Ok(server) => server,
         Err(e) => return fail(e.code, &e),
@@ -18,11 +25,6 @@ fn main() -> ExitCode {
         if let Err(e) = os::daemonize(config.verbose) {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }
-    }
-    // Before any other thread exists, so that all of them inherit the mask and
-    // only the signal thread below sees SIGTERM/SIGINT.
-    if let Err(e) = os::block_stop_signals() {
-        return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
     }
     let stop = server.shutdown_handle();
     let signals = std::thread::Builder::new()

@@ -195,3 +195,31 @@ fn sigint_behaves_as_sigterm() {
         .unwrap_or_else(|| panic!("still running {:?} after SIGINT", t_sig.elapsed()));
     assert_eq!(status.code(), Some(0), "exit after SIGINT: {status}");
 }
+
+/// Connections already in the listen backlog when the signal arrives are taken
+/// and answered, not reset by the kernel. The server is stopped (SIGSTOP) while
+/// the clients connect and send, so they wait in the backlog, and SIGTERM is
+/// pending when it resumes.
+#[test]
+fn the_listen_backlog_is_served_before_the_listener_closes() {
+    const N: usize = 30;
+    let mut server = Server::start(&["-A", "1", "-w", "1"]);
+    server.signal(libc::SIGSTOP);
+    let streams: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/fast\r\n\r\n");
+            s
+        })
+        .collect();
+    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGCONT);
+    for (i, s) in streams.iter().enumerate() {
+        if let Err(e) = check_response(s, ms(5000)) {
+            panic!("backlog connection {i}: {e}");
+        }
+    }
+    let status = server.wait_exit(ms(5000)).expect("exits after the drain");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    expect_refused(&server, "after exit");
+}
