@@ -6,6 +6,7 @@ use crate::load::{LoadKind, LoadSpec, RunResult};
 use crate::stats::{median, ratio, Spread};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -496,11 +497,7 @@ fn draw_panel<DB: DrawingBackend>(
         // formatter blanks everything but the bar centres.
         .x_labels(2 * n + 6)
         .x_label_formatter(&|v| match v {
-            // The value goes into the label: text over the bars would
-            // collide with the whiskers.
-            SegmentValue::CenterOf(slot) => bar(slot)
-                .map(|b| format!("{}: {}", b.label, fmt_num(b.value)))
-                .unwrap_or_default(),
+            SegmentValue::CenterOf(slot) => bar(slot).map(|b| b.label.clone()).unwrap_or_default(),
             _ => String::new(),
         })
         .y_label_formatter(&|v| fmt_axis(*v))
@@ -536,6 +533,26 @@ fn draw_panel<DB: DrawingBackend>(
                 12,
             ))
         }))
+        .map_err(err)?;
+    // Each value inside its bar, half-way up: above the bar it would collide
+    // with the whiskers, and in the axis label with its neighbours'.
+    let inside = ("sans-serif", 14)
+        .into_font()
+        .color(&WHITE)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    chart
+        .draw_series(
+            bars.iter()
+                .enumerate()
+                .filter(|(_, b)| b.value.is_finite() && b.value > 0.0)
+                .map(|(i, b)| {
+                    Text::new(
+                        fmt_num(b.value),
+                        (SegmentValue::CenterOf(i + 1), b.value / 2.0),
+                        inside.clone(),
+                    )
+                }),
+        )
         .map_err(err)?;
     if let Some(y) = panel.line.filter(|y| y.is_finite()) {
         chart
@@ -723,7 +740,9 @@ mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains("fast requests/s"));
         assert!(svg.contains("slow requests/s"));
-        assert!(svg.contains("cpp: 100"));
+        // Names on the axis, values inside the bars.
+        assert!(svg.contains(">\ncpp\n<"), "server name as an axis label");
+        assert!(svg.contains(">\n100\n<"), "value drawn in its bar");
         assert!(svg.contains("ideal 133"));
         // An empty report still renders.
         let mut empty = report(&[LoadKind::Fast]);
