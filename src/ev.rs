@@ -61,6 +61,9 @@ pub trait Handler: Sized {
 struct Core {
     raw: *mut sys::ev_loop,
     active: Cell<usize>,
+    /// Inside `Loop::run`: a nested run would replace the handler the outer
+    /// run's callbacks are dispatched to.
+    running: Cell<bool>,
 }
 
 /// An event loop (`ev_loop_new` with the epoll backend). Bound to its thread.
@@ -93,6 +96,7 @@ impl<H: Handler> Loop<H> {
             core: Box::new(Core {
                 raw,
                 active: Cell::new(0),
+                running: Cell::new(false),
             }),
             _handler: PhantomData,
             _not_send: PhantomData,
@@ -101,7 +105,12 @@ impl<H: Handler> Loop<H> {
 
     /// Runs the loop until no watcher is active or [`Loop::break_all`] is called,
     /// dispatching callbacks to `handler`.
+    ///
+    /// # Panics
+    /// If called from one of this loop's callbacks (libev allows nested runs;
+    /// dispatching them to a second handler would not be sound).
     pub fn run(&self, handler: &mut H) {
+        assert!(!self.core.running.replace(true), "nested Loop::run");
         let mut ctx = RunCtx { lp: self, handler };
         // Callbacks only fire inside ev_run, so trampolines never see a stale userdata.
         // SAFETY: valid loop; userdata points at `ctx`, which outlives ev_run and
@@ -111,6 +120,7 @@ impl<H: Handler> Loop<H> {
             sys::ev_run(self.core.raw, 0);
             sys::ev_set_userdata(self.core.raw, ptr::null_mut());
         }
+        self.core.running.set(false);
     }
 
     /// Makes the running `run` return once the current callbacks are done.
