@@ -185,3 +185,93 @@ impl Done {
         unsafe { (*self.holder.as_ptr()).route.get() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const ROUTE: Route = Route {
+        owner: 1,
+        slot: 2,
+        gen: 3,
+    };
+
+    /// Counts its runs and its drops.
+    struct Probe {
+        runs: Arc<AtomicUsize>,
+        drops: Arc<AtomicUsize>,
+    }
+
+    impl Task for Probe {
+        fn run(self) {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn probe() -> (Probe, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (runs, drops) = (Arc::default(), Arc::default());
+        let p = Probe {
+            runs: Arc::clone(&runs),
+            drops: Arc::clone(&drops),
+        };
+        (p, runs, drops)
+    }
+
+    #[test]
+    fn a_task_runs_once_on_the_worker_and_is_dropped_there() {
+        let holder = TaskHolder::new();
+        let (task, runs, drops) = probe();
+        let token = holder.fill(task, ROUTE).unwrap();
+        assert!(holder.is_busy());
+        let done = std::thread::spawn(move || token.run()).join().unwrap();
+        assert_eq!(
+            (runs.load(Ordering::SeqCst), drops.load(Ordering::SeqCst)),
+            (1, 1)
+        );
+        assert_eq!(done.route(), ROUTE);
+        assert_eq!(holder.finish(done), Some(ROUTE));
+        assert!(!holder.is_busy());
+    }
+
+    #[test]
+    fn a_busy_holder_refuses_a_second_task_and_drops_it() {
+        let holder = TaskHolder::new();
+        let (first, _, _) = probe();
+        let token = holder.fill(first, ROUTE).unwrap();
+        let (second, runs, drops) = probe();
+        assert!(holder.fill(second, ROUTE).is_none());
+        assert_eq!(
+            (runs.load(Ordering::SeqCst), drops.load(Ordering::SeqCst)),
+            (0, 1)
+        );
+        assert!(holder.finish(token.run()).is_some());
+    }
+
+    #[test]
+    fn a_token_from_another_holder_is_not_taken() {
+        let (a, b) = (TaskHolder::new(), TaskHolder::new());
+        let (ta, _, _) = probe();
+        let (tb, _, _) = probe();
+        let done_a = a.fill(ta, ROUTE).unwrap().run();
+        let done_b = b.fill(tb, ROUTE).unwrap().run();
+        assert!(!b.issued(&done_a));
+        assert_eq!(b.finish(done_a), None);
+        assert!(b.is_busy(), "a foreign token must not free the holder");
+        assert!(b.finish(done_b).is_some());
+    }
+
+    #[test]
+    fn the_holder_is_the_documented_size() {
+        // 96 bytes of task, its entry point, route and flag: no hidden growth.
+        assert!(std::mem::size_of::<TaskHolder>() <= TASK_SIZE + 32);
+        assert_eq!(std::mem::align_of::<TaskHolder>(), TASK_ALIGN);
+    }
+}
