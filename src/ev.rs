@@ -40,10 +40,6 @@ impl Events {
     pub fn is_writable(self) -> bool {
         self.0 & sys::EV_WRITE != 0
     }
-    /// libev stopped the watcher after an error (for example a closed fd).
-    pub fn is_error(self) -> bool {
-        self.0 & sys::EV_ERROR != 0
-    }
 }
 
 /// The owner of a loop's watchers: receives their callbacks, by token.
