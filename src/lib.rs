@@ -12,6 +12,8 @@
 //! `task`, `net`, `os` and the one `ev_async` hand-off in `server` contain
 //! `unsafe`; the other modules are `#![forbid(unsafe_code)]`.
 
+#![warn(missing_docs)]
+
 // The public surface: what the binaries, the integration tests and a reader
 // porting a libev design need. The rest is crate-private.
 pub mod config;

@@ -27,32 +27,49 @@ pub type ev_async_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_async, c_int);
 /// `struct ev_io` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
 pub struct ev_io {
+    /// Nonzero while started (libev private).
     pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
     pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
     pub data: *mut c_void,
+    /// The callback libev invokes.
     pub cb: Option<ev_io_cb>,
+    /// Next watcher on the same fd (libev private).
     pub next: *mut c_void,
+    /// The watched fd.
     pub fd: c_int,
+    /// `EV_READ` / `EV_WRITE`, plus libev's private `EV__IOFDSET`.
     pub events: c_int,
 }
 
 /// `struct ev_timer` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
 pub struct ev_timer {
+    /// Nonzero while started (libev private).
     pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
     pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
     pub data: *mut c_void,
+    /// The callback libev invokes.
     pub cb: Option<ev_timer_cb>,
+    /// Expiry time (libev private).
     pub at: ev_tstamp,
+    /// Repeat interval in seconds; 0 for one-shot.
     pub repeat: ev_tstamp,
 }
 
 /// `struct ev_async` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
 pub struct ev_async {
+    /// Nonzero while started (libev private).
     pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
     pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
     pub data: *mut c_void,
+    /// The callback libev invokes.
     pub cb: Option<ev_async_cb>,
     /// `EV_ATOMIC_T`, i.e. `sig_atomic_t volatile`.
     pub sent: c_int,
@@ -84,39 +101,62 @@ pub const EV_VERSION_MINOR: c_int = 33;
 /// One row of the shim's layout table: a name such as `"ev_io.fd"` and its value.
 #[repr(C)]
 pub struct conn_ev_layout_entry {
+    /// Entry name, NUL-terminated; null ends the table.
     pub name: *const c_char,
+    /// The size, alignment, offset or constant.
     pub value: usize,
 }
 
 extern "C" {
+    /// Creates a loop with the given backend flags; null on failure.
     pub fn ev_loop_new(flags: c_uint) -> *mut ev_loop;
+    /// Frees a loop (its watchers must be stopped).
     pub fn ev_loop_destroy(l: *mut ev_loop);
+    /// Runs the loop until no watcher is active or `ev_break` is called.
     pub fn ev_run(l: *mut ev_loop, flags: c_int) -> c_int;
+    /// Makes `ev_run` return.
     pub fn ev_break(l: *mut ev_loop, how: c_int);
+    /// The loop's cached time.
     pub fn ev_now(l: *mut ev_loop) -> ev_tstamp;
+    /// Refreshes the cached time.
     pub fn ev_now_update(l: *mut ev_loop);
+    /// The backend in use (`EVBACKEND_*`).
     pub fn ev_backend(l: *mut ev_loop) -> c_uint;
+    /// Stores a pointer in the loop.
     pub fn ev_set_userdata(l: *mut ev_loop, data: *mut c_void);
+    /// The pointer stored with `ev_set_userdata`.
     pub fn ev_userdata(l: *mut ev_loop) -> *mut c_void;
 
+    /// Starts an io watcher.
     pub fn ev_io_start(l: *mut ev_loop, w: *mut ev_io);
+    /// Stops an io watcher and clears its pending event.
     pub fn ev_io_stop(l: *mut ev_loop, w: *mut ev_io);
+    /// Starts a timer.
     pub fn ev_timer_start(l: *mut ev_loop, w: *mut ev_timer);
+    /// Stops a timer.
     pub fn ev_timer_stop(l: *mut ev_loop, w: *mut ev_timer);
+    /// Starts an async watcher.
     pub fn ev_async_start(l: *mut ev_loop, w: *mut ev_async);
+    /// Stops an async watcher.
     pub fn ev_async_stop(l: *mut ev_loop, w: *mut ev_async);
+    /// Signals an async watcher; the one call safe from any thread.
     pub fn ev_async_send(l: *mut ev_loop, w: *mut ev_async);
 
     // shim.c: libev's init/set macros as functions.
+    /// `ev_io_init`.
     pub fn conn_ev_io_init(w: *mut ev_io, cb: ev_io_cb, fd: c_int, events: c_int);
+    /// `ev_io_set`.
     pub fn conn_ev_io_set(w: *mut ev_io, fd: c_int, events: c_int);
+    /// `ev_timer_init`.
     pub fn conn_ev_timer_init(
         w: *mut ev_timer,
         cb: ev_timer_cb,
         after: ev_tstamp,
         repeat: ev_tstamp,
     );
+    /// `ev_timer_set`.
     pub fn conn_ev_timer_set(w: *mut ev_timer, after: ev_tstamp, repeat: ev_tstamp);
+    /// `ev_async_init`.
     pub fn conn_ev_async_init(w: *mut ev_async, cb: ev_async_cb);
 
     /// The C side's sizes, offsets and constants, ending with a null name.
