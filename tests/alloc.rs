@@ -15,6 +15,8 @@ use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod util;
+
 use conn_daemon::config::Config;
 use conn_daemon::server::Server;
 
@@ -184,17 +186,9 @@ fn drive(addr: SocketAddr, threads: usize, per_thread: usize) {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn no_allocation_per_connection() {
-    let port = free_port();
+    let port = util::free_port();
     let config = Config::try_parse_from([
         "conn-daemon",
         "-p",

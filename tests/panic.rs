@@ -3,6 +3,8 @@
 //! debug build's test-only hook `CONN_DAEMON_TEST_PANIC=1` makes the first io
 //! callback panic.
 
+mod util;
+
 use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
@@ -11,11 +13,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn panic_in_callback_aborts_with_a_message() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = util::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_conn-daemon"))
         .args(["-p", &port.to_string(), "-A", "1", "-w", "0"])
         .env("CONN_DAEMON_TEST_PANIC", "1")
