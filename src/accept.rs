@@ -189,6 +189,11 @@ impl AcceptTask {
                 let idx = self.pool.acquire().expect("pool checked not full");
                 let (ctx, _) = self.pool.split(idx);
                 ctx.open(fd);
+                debug!(
+                    "accept-{}: conn {idx}: accepted fd {}",
+                    self.settings.id,
+                    ctx.fd()
+                );
                 let next = ctx.on_readable(self.settings.slow.is_none());
                 self.apply(lp, idx, next);
                 true
@@ -279,15 +284,24 @@ impl AcceptTask {
                     .delegate(idx, SlowTask { duration }, route)
                     .expect("a reading connection has no task out");
                 self.shared.submit(task);
+                debug!(
+                    "accept-{}: conn {idx}: slow request delegated",
+                    self.settings.id
+                );
                 // Watch for the client leaving (or misbehaving) meanwhile.
                 self.watch(lp, idx, Events::READ);
             }
             Next::Finished => {
                 self.stats.served += 1;
+                debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
                 self.close(lp, idx);
             }
             Next::Drop => {
                 self.stats.dropped += 1;
+                debug!(
+                    "accept-{}: conn {idx}: closing without a reply",
+                    self.settings.id
+                );
                 self.close(lp, idx);
             }
         }
@@ -351,6 +365,7 @@ impl AcceptTask {
                 continue;
             };
             let (idx, gen) = (route.slot, route.gen);
+            debug!("accept-{}: conn {idx}: slow task done", self.settings.id);
             let ctx = self.pool.get_mut(idx);
             match ctx.state() {
                 State::Delegated if ctx.gen() == gen => {
@@ -377,7 +392,10 @@ impl AcceptTask {
                 return;
             }
             self.stats.timed_out += 1;
-            debug!("accept-{}: connection {idx} timed out", self.settings.id);
+            debug!(
+                "accept-{}: conn {idx}: read deadline passed",
+                self.settings.id
+            );
             self.close(lp, idx);
         }
     }

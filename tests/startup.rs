@@ -87,10 +87,20 @@ fn verbose_prints_debug_lines_to_stdout() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "server did not listen");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    util::send(&stream, b"GET /test/fast\r\n\r\n");
+    expect_response(&stream);
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
