@@ -149,7 +149,14 @@ impl Server {
             }
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
-        let shared = Arc::new(Shared::new(threads, config.accept_capacity, total));
+        // Queues sized so they never overflow: one task per connection at most,
+        // and none at all without workers (-w 0 answers slow requests inline).
+        let (per_loop, all) = if config.worker_threads > 0 {
+            (config.accept_capacity, total)
+        } else {
+            (1, 1)
+        };
+        let shared = Arc::new(Shared::new(threads, per_loop, all));
         let shutdown = Arc::new(Shutdown {
             requested: AtomicBool::new(false),
             workers_left: AtomicBool::new(false),

@@ -89,7 +89,7 @@ impl Shared {
     /// mailbox of `loop_capacity` per accept loop.
     pub fn new(loops: usize, loop_capacity: usize, total_capacity: usize) -> Self {
         Shared {
-            queue: ArrayQueue::new(total_capacity.max(1)),
+            queue: ArrayQueue::new(total_capacity),
             mailboxes: (0..loops).map(|_| Mailbox::new(loop_capacity)).collect(),
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
