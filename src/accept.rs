@@ -123,7 +123,7 @@ impl AcceptTask {
         task.wake.as_ref().start(lp, WAKE);
         task.shared
             .mailbox(task.settings.id)
-            .connect(crate::server::sender_for(task.wake.as_ref()));
+            .connect(task.wake.as_ref().sender());
         task.listen_io.set_fd(listen_fd, Events::READ, LISTENER);
         task.listen_io.as_ref().start(lp);
         Ok(task)

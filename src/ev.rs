@@ -11,7 +11,7 @@
 //! trampolines call `Handler::on_io/on_timer/on_async` with that token. No panic
 //! crosses into C: each trampoline catches it, reports it and aborts.
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::{Cell, OnceCell, UnsafeCell};
 use std::ffi::c_void;
 use std::io;
 use std::marker::{PhantomData, PhantomPinned};
@@ -19,6 +19,7 @@ use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
+use std::sync::{Arc, RwLock};
 
 use crate::sys;
 
@@ -209,7 +210,7 @@ trampoline!(io_trampoline(sys::ev_io => Io, "io"), |h, l, token, revents| {
 trampoline!(timer_trampoline(sys::ev_timer => Timer, "timer"), |h, l, token, _revents| {
     h.on_timer(l, token)
 });
-trampoline!(async_trampoline(sys::ev_async => Async, "async"), |h, l, token, _revents| {
+trampoline!(async_trampoline(sys::ev_async => RawAsync, "async"), |h, l, token, _revents| {
     h.on_async(l, token)
 });
 
@@ -244,10 +245,10 @@ impl Bound {
 /// pinned while active), `new` (inactive), `is_active`, `stop`, and the Drop that
 /// refuses to free a watcher libev still holds.
 macro_rules! watcher {
-    ($(#[$doc:meta])* $ty:ident: $raw:ty = $init:expr, $stop:path) => {
+    ($(#[$doc:meta])* $vis:vis $ty:ident: $raw:ty = $init:expr, $stop:path) => {
         $(#[$doc])*
         #[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
-        pub struct $ty {
+        $vis struct $ty {
             w: UnsafeCell<$raw>,
             bound: Bound,
             _pin: PhantomPinned,
@@ -319,7 +320,7 @@ macro_rules! watcher {
 
 watcher!(
     /// An `ev_io` watcher: readiness of one fd.
-    Io: sys::ev_io = sys::ev_io {
+    pub Io: sys::ev_io = sys::ev_io {
         active: 0,
         pending: 0,
         data: ptr::null_mut(),
@@ -373,7 +374,7 @@ impl Io {
 
 watcher!(
     /// An `ev_timer` watcher: a relative timeout on the loop's monotonic clock.
-    Timer: sys::ev_timer = sys::ev_timer {
+    pub Timer: sys::ev_timer = sys::ev_timer {
         active: 0,
         pending: 0,
         data: ptr::null_mut(),
@@ -402,8 +403,8 @@ impl Timer {
 }
 
 watcher!(
-    /// An `ev_async` watcher: lets other threads wake the loop.
-    Async: sys::ev_async = sys::ev_async {
+    /// The raw `ev_async` watcher inside an [`Async`].
+    pub(crate) RawAsync: sys::ev_async = sys::ev_async {
         active: 0,
         pending: 0,
         data: ptr::null_mut(),
@@ -413,55 +414,129 @@ watcher!(
     sys::ev_async_stop
 );
 
-impl Async {
-    /// Starts the watcher on `lp`, reporting `token`.
-    pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, token: usize) {
-        self.stop();
-        // SAFETY: inactive; ev_async_init only writes fields; pinned as for Io.
-        unsafe {
-            sys::conn_ev_async_init(self.raw(), async_trampoline::<H>);
-            (*self.raw()).data = token as *mut c_void;
-            sys::ev_async_start(lp.core.raw, self.raw());
-        }
-        self.bound.started(lp.core());
-    }
-
-    /// A handle other threads can use to signal this watcher.
-    ///
-    /// # Safety
-    /// The watcher must be active, and the returned sender (and every copy of it)
-    /// must not be used once the watcher is stopped or dropped or its loop is
-    /// dropped: the caller orders shutdown so that all senders are done first.
-    pub unsafe fn sender(self: Pin<&Self>) -> AsyncSender {
-        assert!(self.is_active(), "an async sender needs a started watcher");
-        // SAFETY: bound is set while active.
-        let core = self.bound.core.get();
-        AsyncSender {
-            // SAFETY: core is live while the watcher is active.
-            lp: unsafe { (*core).raw },
-            w: self.raw(),
-        }
-    }
+/// An `ev_async` watcher: lets other threads wake the loop through
+/// [`AsyncSender`]s, which go quiet once the watcher stops.
+#[repr(C)] // `raw` first: the trampoline's watcher pointer is also a pointer to it.
+pub struct Async {
+    raw: RawAsync,
+    /// Shared with the senders, made by the first `sender` call.
+    gate: OnceCell<Arc<Gate>>,
 }
 
-/// The `Send + Sync` half of an [`Async`]: `ev_async_send`, and nothing else.
+/// What the senders may signal: the loop and the watcher, only while it is active.
+#[derive(Debug)]
+struct Gate(RwLock<Option<Target>>);
+
 #[derive(Clone, Copy, Debug)]
-pub struct AsyncSender {
+struct Target {
     lp: *mut sys::ev_loop,
     w: *mut sys::ev_async,
 }
 
-// SAFETY: ev_async_send is documented thread-safe ("the only watcher function safe
-// to call from any thread"); the pointers stay valid per `Async::sender`'s contract.
-unsafe impl Send for AsyncSender {}
-// SAFETY: as above: concurrent ev_async_send calls are allowed.
-unsafe impl Sync for AsyncSender {}
+// SAFETY: a Target is only handed to ev_async_send, which libev documents as safe
+// from any thread, and only while the gate holds it, i.e. while the watcher is
+// active, which keeps both the watcher and its loop alive.
+unsafe impl Send for Target {}
+// SAFETY: as above; concurrent ev_async_send calls are allowed.
+unsafe impl Sync for Target {}
+
+impl Default for Async {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Async {
+    /// An inactive watcher.
+    pub const fn new() -> Self {
+        Async {
+            raw: RawAsync::new(),
+            gate: OnceCell::new(),
+        }
+    }
+
+    /// Whether libev holds this watcher.
+    pub fn is_active(&self) -> bool {
+        self.raw.is_active()
+    }
+
+    /// Starts the watcher on `lp`, reporting `token`.
+    pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, token: usize) {
+        self.stop();
+        let raw = &self.raw;
+        // SAFETY: inactive; ev_async_init only writes fields; pinned, so libev's
+        // pointer stays valid until stop or drop; the callback matches the loop's H.
+        unsafe {
+            sys::conn_ev_async_init(raw.raw(), async_trampoline::<H>);
+            (*raw.raw()).data = token as *mut c_void;
+            sys::ev_async_start(lp.core.raw, raw.raw());
+        }
+        raw.bound.started(lp.core());
+        self.open_gate();
+    }
+
+    /// Stops the watcher; its senders do nothing from now on (a send in progress
+    /// finishes first).
+    pub fn stop(&self) {
+        self.set_gate(None);
+        self.raw.stop();
+    }
+
+    /// A `Send + Sync` handle that signals this watcher while it is active.
+    pub fn sender(self: Pin<&Self>) -> AsyncSender {
+        let gate = self.gate.get_or_init(|| Arc::new(Gate(RwLock::new(None))));
+        self.open_gate();
+        AsyncSender {
+            gate: Arc::clone(gate),
+        }
+    }
+
+    fn open_gate(&self) {
+        let core = self.raw.bound.core.get();
+        if self.is_active() && !core.is_null() {
+            // SAFETY: bound to a live loop while active.
+            let lp = unsafe { (*core).raw };
+            self.set_gate(Some(Target {
+                lp,
+                w: self.raw.raw(),
+            }));
+        }
+    }
+
+    fn set_gate(&self, target: Option<Target>) {
+        if let Some(gate) = self.gate.get() {
+            *gate.0.write().unwrap_or_else(|e| e.into_inner()) = target;
+        }
+    }
+}
+
+impl Drop for Async {
+    fn drop(&mut self) {
+        // Close the gate first; `raw`'s own drop then refuses an active watcher.
+        self.set_gate(None);
+    }
+}
+
+/// The `Send + Sync` half of an [`Async`]: `ev_async_send`, and nothing else.
+#[derive(Clone, Debug)]
+pub struct AsyncSender {
+    gate: Arc<Gate>,
+}
 
 impl AsyncSender {
     /// Wakes the loop and marks the watcher pending; several sends before the loop
-    /// runs coalesce into one callback.
-    pub fn send(&self) {
-        // SAFETY: valid per the contract of `Async::sender`.
-        unsafe { sys::ev_async_send(self.lp, self.w) }
+    /// runs coalesce into one callback. False (and nothing done) once the watcher
+    /// has stopped.
+    pub fn send(&self) -> bool {
+        let target = self.gate.0.read().unwrap_or_else(|e| e.into_inner());
+        match *target {
+            // SAFETY: the gate holds a target only while the watcher is active;
+            // stopping it waits for this read lock, so both stay valid here.
+            Some(t) => unsafe {
+                sys::ev_async_send(t.lp, t.w);
+                true
+            },
+            None => false,
+        }
     }
 }

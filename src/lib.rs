@@ -9,8 +9,8 @@
 //! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
 //! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
 //! threads), `accept` (`AcceptTask`), and [`server`]. Only `sys`, `ev`, `pool`,
-//! `task`, `net`, `os` and the one `ev_async` hand-off in `server` contain
-//! `unsafe`; the other modules are `#![forbid(unsafe_code)]`.
+//! `task`, `net` and `os` contain `unsafe`; the other modules are
+//! `#![forbid(unsafe_code)]`.
 
 #![warn(missing_docs)]
 

@@ -5,18 +5,19 @@
 //! workers and the accept threads, the calling thread being accept thread 0, and
 //! returns after the graceful drain.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 
 use socket2::Socket;
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
-use crate::ev::{Async, AsyncSender, Loop};
+use crate::ev::Loop;
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
@@ -58,15 +59,9 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// The stop request every loop watches for, and the guard that keeps its wake-ups
-/// from reaching a loop that is being torn down.
+/// The stop request every loop watches for.
 pub struct Shutdown {
     requested: AtomicBool,
-    /// Set when workers were still inside tasks at the end: the loops and pools
-    /// they point into must then outlive the process (they are leaked).
-    workers_left: AtomicBool,
-    /// True once the loops may be destroyed: no more wake-ups from here.
-    closed: Mutex<bool>,
     shared: Arc<Shared>,
 }
 
@@ -77,17 +72,13 @@ impl Shutdown {
     }
 
     fn trigger(&self) {
-        let closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-        if *closed || self.requested.swap(true, Ordering::SeqCst) {
+        if self.requested.swap(true, Ordering::SeqCst) {
             return;
         }
+        // A loop that has already stopped ignores the ring (its sender is shut).
         for mailbox in self.shared.mailboxes() {
             mailbox.ring();
         }
-    }
-
-    fn close(&self) {
-        *self.closed.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 }
 
@@ -100,15 +91,6 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         self.0.trigger();
     }
-}
-
-/// The cross-thread wake-up of an accept loop's `ev_async`.
-pub(crate) fn sender_for(wake: Pin<&Async>) -> AsyncSender {
-    // Senders are used only by the workers (through the mailboxes) and by
-    // `Shutdown::trigger`; a loop is torn down only after the second barrier.
-    // SAFETY: `Server::run` joins the workers and closes the Shutdown before any
-    // accept thread passes that barrier and stops this watcher or drops its loop.
-    unsafe { wake.sender() }
 }
 
 /// A bound, not yet running server.
@@ -159,8 +141,6 @@ impl Server {
         let shared = Arc::new(Shared::new(threads, per_loop, all));
         let shutdown = Arc::new(Shutdown {
             requested: AtomicBool::new(false),
-            workers_left: AtomicBool::new(false),
-            closed: Mutex::new(false),
             shared: Arc::clone(&shared),
         });
         debug!(
@@ -204,8 +184,8 @@ impl Server {
             read_timeout: config.read_timeout,
             shutdown_timeout: config.shutdown_timeout,
         };
+        // Workers serve every loop: none may stop before all loops have drained.
         let loops_done = Arc::new(Barrier::new(listeners.len()));
-        let workers_gone = Arc::new(Barrier::new(listeners.len()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut listeners = listeners.into_iter();
         let first = listeners.next().expect("at least one accept thread");
@@ -213,17 +193,12 @@ impl Server {
         for (n, listener) in listeners.enumerate() {
             let id = n + 1;
             let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
-            let (done, gone, ready) = (
-                Arc::clone(&loops_done),
-                Arc::clone(&workers_gone),
-                ready_tx.clone(),
-            );
+            let (done, ready) = (Arc::clone(&loops_done), ready_tx.clone());
             let t = thread::Builder::new()
                 .name(format!("accept-{id}"))
                 .spawn(move || {
                     accept_thread(s, listener, shared, shutdown, ready, || {
                         done.wait();
-                        gone.wait();
                     })
                 })
                 .map_err(|e| StartError::system("cannot start accept threads", e))?;
@@ -241,8 +216,7 @@ impl Server {
                 }
             }
         }
-        // Accept thread 0 coordinates the end: once every loop has stopped, no
-        // worker may touch a loop again before the loops are destroyed.
+        // Accept thread 0 stops the workers once every loop has drained.
         let mut stats = accept_thread(
             settings(0),
             first,
@@ -252,14 +226,12 @@ impl Server {
             || {
                 loops_done.wait();
                 // After a normal drain every task has come back and the workers
-                // are idle; after a drain timeout some may still be in a task.
+                // are idle; after a drain timeout some may still be in a task and
+                // are left to finish it: their loop's sender is shut by then, and
+                // a pool with a task out is never freed.
                 if let Some(w) = workers {
-                    if !w.stop_and_join(WORKER_GRACE) {
-                        shutdown.workers_left.store(true, Ordering::SeqCst);
-                    }
+                    w.stop_and_join(WORKER_GRACE);
                 }
-                shutdown.close();
-                workers_gone.wait();
             },
         )?;
         for t in threads {
@@ -274,7 +246,7 @@ impl Server {
 }
 
 /// One accept thread: builds its loop and task, reports readiness, serves until
-/// the drain ends, waits in `rendezvous` for the others, then tears down.
+/// the drain ends, meets the others in `rendezvous`, then tears down.
 fn accept_thread(
     settings: Settings,
     listener: Socket,
@@ -284,7 +256,6 @@ fn accept_thread(
     rendezvous: impl FnOnce(),
 ) -> Result<Stats, StartError> {
     let id = settings.id;
-    let end = Arc::clone(&shutdown);
     let setup = Loop::new()
         .map_err(|e| StartError::system("cannot create the event loop", e))
         .and_then(|lp| {
@@ -311,14 +282,7 @@ fn accept_thread(
     task.run(&lp);
     rendezvous();
     let stats = task.stats();
-    if end.workers_left.load(Ordering::SeqCst) {
-        // A worker still running a task will touch this pool and loop when it
-        // finishes: never free them. The process is about to exit anyway.
-        std::mem::forget(task);
-        std::mem::forget(lp);
-    } else {
-        task.teardown();
-    }
+    task.teardown();
     debug!(
         "accept-{id}: stopped: {} served, {} dropped, {} timed out",
         stats.served, stats.dropped, stats.timed_out

@@ -88,16 +88,14 @@ fn async_sends_from_other_threads_coalesce_and_drain() {
         stop_after_async: true,
         ..Default::default()
     };
-    // SAFETY: the sender is used only by the threads below, which are joined
-    // before the watcher is stopped and the loop dropped.
-    let sender = unsafe { wake.as_ref().sender() };
+    let sender = wake.as_ref().sender();
     let senders: Vec<_> = (0..4)
         .map(|_| {
-            let queue = Arc::clone(&queue);
+            let (queue, sender) = (Arc::clone(&queue), sender.clone());
             std::thread::spawn(move || {
                 for _ in 0..250 {
                     queue.fetch_add(1, Ordering::SeqCst);
-                    sender.send();
+                    assert!(sender.send());
                 }
             })
         })
