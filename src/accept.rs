@@ -72,6 +72,15 @@ pub struct Stats {
     pub timed_out: u64,
 }
 
+impl Stats {
+    /// Adds another thread's counters to these.
+    pub fn add(&mut self, other: Stats) {
+        self.served += other.served;
+        self.dropped += other.dropped;
+        self.timed_out += other.timed_out;
+    }
+}
+
 /// One accept thread (the C++ `AcceptTask`).
 pub struct AcceptTask {
     settings: Settings,

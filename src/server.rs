@@ -10,7 +10,7 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use socket2::Socket;
@@ -184,8 +184,6 @@ impl Server {
             read_timeout: config.read_timeout,
             shutdown_timeout: config.shutdown_timeout,
         };
-        // Workers serve every loop: none may stop before all loops have drained.
-        let loops_done = Arc::new(Barrier::new(listeners.len()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut listeners = listeners.into_iter();
         let first = listeners.next().expect("at least one accept thread");
@@ -193,14 +191,10 @@ impl Server {
         for (n, listener) in listeners.enumerate() {
             let id = n + 1;
             let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
-            let (done, ready) = (Arc::clone(&loops_done), ready_tx.clone());
+            let ready = ready_tx.clone();
             let t = thread::Builder::new()
                 .name(format!("accept-{id}"))
-                .spawn(move || {
-                    accept_thread(s, listener, shared, shutdown, ready, || {
-                        done.wait();
-                    })
-                })
+                .spawn(move || accept_thread(s, listener, shared, shutdown, ready, || {}))
                 .map_err(|e| StartError::system("cannot start accept threads", e))?;
             threads.push(t);
         }
@@ -216,7 +210,9 @@ impl Server {
                 }
             }
         }
-        // Accept thread 0 stops the workers once every loop has drained.
+        // Workers serve every loop, so accept thread 0 stops them only after the
+        // other accept threads have drained and ended.
+        let mut others = Stats::default();
         let mut stats = accept_thread(
             settings(0),
             first,
@@ -224,7 +220,11 @@ impl Server {
             Arc::clone(&shutdown),
             ready_tx,
             || {
-                loops_done.wait();
+                for t in threads {
+                    if let Ok(Ok(s)) = t.join() {
+                        others.add(s);
+                    }
+                }
                 // After a normal drain every task has come back and the workers
                 // are idle; after a drain timeout some may still be in a task and
                 // are left to finish it: their loop's sender is shut by then, and
@@ -234,26 +234,20 @@ impl Server {
                 }
             },
         )?;
-        for t in threads {
-            if let Ok(Ok(s)) = t.join() {
-                stats.served += s.served;
-                stats.dropped += s.dropped;
-                stats.timed_out += s.timed_out;
-            }
-        }
+        stats.add(others);
         Ok(stats)
     }
 }
 
 /// One accept thread: builds its loop and task, reports readiness, serves until
-/// the drain ends, meets the others in `rendezvous`, then tears down.
+/// the drain ends, runs `after_drain`, then tears down.
 fn accept_thread(
     settings: Settings,
     listener: Socket,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     ready: mpsc::Sender<Result<(), StartError>>,
-    rendezvous: impl FnOnce(),
+    after_drain: impl FnOnce(),
 ) -> Result<Stats, StartError> {
     let id = settings.id;
     let setup = Loop::new()
@@ -280,7 +274,7 @@ fn accept_thread(
     drop(ready);
     debug!("accept-{id}: serving");
     task.run(&lp);
-    rendezvous();
+    after_drain();
     let stats = task.stats();
     task.teardown();
     debug!(
