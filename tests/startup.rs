@@ -86,21 +86,7 @@ fn verbose_prints_debug_lines_to_stdout() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(s) => break s,
-            Err(_) => {
-                assert!(Instant::now() < deadline, "server did not listen");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    util::send(&stream, b"GET /test/fast\r\n\r\n");
-    expect_response(&stream);
+    answered_once_listening(port, Instant::now() + Duration::from_secs(10));
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -129,6 +115,25 @@ fn verbose_prints_debug_lines_to_stdout() {
         stdout.contains("conn-daemon: accept-0: stopped"),
         "{stdout}"
     );
+}
+
+/// Connects once `port` listens (before `deadline`) and checks that a fast
+/// request is answered.
+fn answered_once_listening(port: u16, deadline: Instant) {
+    let stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "nothing listens on {port}: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    util::send(&stream, b"GET /test/fast\r\n\r\n");
+    expect_response(&stream);
 }
 
 /// The pid of the process whose command line is exactly `args` (our daemon).
@@ -168,20 +173,7 @@ fn daemonize_detaches_into_var_tmp_and_serves() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let stop = scopeguard(pid);
-    let stream = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())) {
-            Ok(s) => break s,
-            Err(e) => {
-                assert!(Instant::now() < deadline, "daemon does not listen: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    util::send(&stream, b"GET /test/fast\r\n\r\n");
-    expect_response(&stream);
+    answered_once_listening(port.parse().unwrap(), deadline);
     assert_eq!(
         std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
         std::path::Path::new("/var/tmp")
