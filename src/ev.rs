@@ -362,6 +362,8 @@ impl Io {
         if self.is_active() {
             return;
         }
+        // The callback (libev's `ev_set_cb`) is written here, not in `set_fd`,
+        // because only the loop tells which handler type it dispatches to.
         // SAFETY: pinned, so the address libev keeps stays valid until `stop` or
         // drop (which aborts if still active); the callback matches the loop's H.
         unsafe {
@@ -393,9 +395,8 @@ impl Timer {
         // SAFETY: inactive watcher; pinned, so libev's pointer stays valid until
         // stop or drop; the callback matches the loop's H.
         unsafe {
-            sys::conn_ev_timer_set(self.raw(), after.max(0.0), 0.0);
+            sys::conn_ev_timer_init(self.raw(), timer_trampoline::<H>, after.max(0.0), 0.0);
             (*self.raw()).data = token as *mut c_void;
-            (*self.raw()).cb = Some(timer_trampoline::<H>);
             sys::ev_timer_start(lp.core.raw, self.raw());
         }
         self.bound.started(lp.core());

@@ -4,16 +4,13 @@
 #include <stddef.h>
 #include "ev.h"
 
-typedef void (*conn_io_cb)(struct ev_loop *, ev_io *, int);
 typedef void (*conn_timer_cb)(struct ev_loop *, ev_timer *, int);
 typedef void (*conn_async_cb)(struct ev_loop *, ev_async *, int);
 
-void conn_ev_io_init(ev_io *w, conn_io_cb cb, int fd, int events) { ev_io_init(w, cb, fd, events); }
 void conn_ev_io_set(ev_io *w, int fd, int events) { ev_io_set(w, fd, events); }
 void conn_ev_timer_init(ev_timer *w, conn_timer_cb cb, ev_tstamp after, ev_tstamp repeat) {
   ev_timer_init(w, cb, after, repeat);
 }
-void conn_ev_timer_set(ev_timer *w, ev_tstamp after, ev_tstamp repeat) { ev_timer_set(w, after, repeat); }
 void conn_ev_async_init(ev_async *w, conn_async_cb cb) { ev_async_init(w, cb); }
 
 struct conn_ev_layout_entry {

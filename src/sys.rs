@@ -118,8 +118,6 @@ extern "C" {
     pub fn ev_break(l: *mut ev_loop, how: c_int);
     /// The loop's cached time.
     pub fn ev_now(l: *mut ev_loop) -> ev_tstamp;
-    /// Refreshes the cached time.
-    pub fn ev_now_update(l: *mut ev_loop);
     /// The backend in use (`EVBACKEND_*`).
     pub fn ev_backend(l: *mut ev_loop) -> c_uint;
     /// Stores a pointer in the loop.
@@ -143,8 +141,6 @@ extern "C" {
     pub fn ev_async_send(l: *mut ev_loop, w: *mut ev_async);
 
     // shim.c: libev's init/set macros as functions.
-    /// `ev_io_init`.
-    pub fn conn_ev_io_init(w: *mut ev_io, cb: ev_io_cb, fd: c_int, events: c_int);
     /// `ev_io_set`.
     pub fn conn_ev_io_set(w: *mut ev_io, fd: c_int, events: c_int);
     /// `ev_timer_init`.
@@ -154,8 +150,6 @@ extern "C" {
         after: ev_tstamp,
         repeat: ev_tstamp,
     );
-    /// `ev_timer_set`.
-    pub fn conn_ev_timer_set(w: *mut ev_timer, after: ev_tstamp, repeat: ev_tstamp);
     /// `ev_async_init`.
     pub fn conn_ev_async_init(w: *mut ev_async, cb: ev_async_cb);
 
