@@ -34,7 +34,6 @@ pub struct Pool<T> {
     constructed: u32,
     /// Released slots, reused last-in first-out so hot memory is reused first.
     free: Vec<u32>,
-    in_use: u32,
     _owns: PhantomData<Slot<T>>,
 }
 
@@ -72,7 +71,6 @@ impl<T: Default> Pool<T> {
             capacity: cap,
             constructed: 0,
             free: Vec::with_capacity(capacity),
-            in_use: 0,
             _owns: PhantomData,
         })
     }
@@ -99,7 +97,6 @@ impl<T: Default> Pool<T> {
             }
             None => return None,
         };
-        self.in_use += 1;
         Some(idx)
     }
 }
@@ -127,7 +124,6 @@ impl<T> Pool<T> {
         debug_assert!(!self.free.contains(&idx), "slot released twice");
         // Never reallocates: at most `capacity` indices are ever free.
         self.free.push(idx);
-        self.in_use -= 1;
     }
 
     /// The value in slot `idx`.
@@ -192,7 +188,7 @@ impl<T> Pool<T> {
 
     /// Slots handed out and not yet released.
     pub fn in_use(&self) -> usize {
-        self.in_use as usize
+        (self.constructed as usize) - self.free.len()
     }
 
     /// The fixed number of slots.
@@ -202,7 +198,7 @@ impl<T> Pool<T> {
 
     /// No slot is free.
     pub fn is_full(&self) -> bool {
-        self.in_use == self.capacity
+        self.in_use() == self.capacity()
     }
 
     /// Indices of every slot ever constructed (in use or free): for sweeps at
