@@ -325,12 +325,15 @@ impl AcceptTask {
         if self.pool.get(idx).links().is_linked() {
             return;
         }
-        let deadline = lp.now() + timeout.as_secs_f64();
-        self.deadlines.push_back(&mut self.pool, idx, deadline);
+        let after = timeout.as_secs_f64();
+        self.deadlines
+            .push_back(&mut self.pool, idx, lp.now() + after);
+        // An active timer is armed for an earlier deadline (the list is FIFO);
+        // it re-arms itself for the head when it fires.
         if !self.deadline_timer.is_active() {
             self.deadline_timer
                 .as_ref()
-                .start_once(lp, deadline - lp.now(), DEADLINE_TIMER);
+                .start_once(lp, after, DEADLINE_TIMER);
         }
     }
 
