@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use socket2::Socket;
 
-use crate::conn::{ConnectionCtx, Next, State};
+use crate::conn::{ConnectionCtx, DropReason, Next, State};
 use crate::deadline::{DeadlineList, Linked};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::net;
@@ -73,6 +73,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    fn count_drop(&mut self, reason: DropReason) {
+        if reason == DropReason::TimedOut {
+            self.timed_out += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
     /// Adds another thread's counters to these.
     pub fn add(&mut self, other: Stats) {
         self.served += other.served;
@@ -305,8 +313,8 @@ impl AcceptTask {
                 debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
                 self.close(lp, idx);
             }
-            Next::Drop => {
-                self.stats.dropped += 1;
+            Next::Drop(reason) => {
+                self.stats.count_drop(reason);
                 debug!(
                     "accept-{}: conn {idx}: closing without a reply",
                     self.settings.id
@@ -403,7 +411,7 @@ impl AcceptTask {
                     .start_once(lp, deadline - now, DEADLINE_TIMER);
                 return;
             }
-            self.stats.timed_out += 1;
+            self.stats.count_drop(DropReason::TimedOut);
             debug!(
                 "accept-{}: conn {idx}: read deadline passed",
                 self.settings.id
@@ -428,7 +436,7 @@ impl AcceptTask {
         self.listener = None;
         for idx in self.pool.constructed() {
             if self.pool.get(idx).state() == State::Reading {
-                self.stats.dropped += 1;
+                self.stats.count_drop(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }
@@ -453,7 +461,7 @@ impl AcceptTask {
         for idx in self.pool.constructed() {
             let state = self.pool.get(idx).state();
             if state != State::Free && state != State::Abandoned {
-                self.stats.dropped += 1;
+                self.stats.count_drop(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }
