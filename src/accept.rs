@@ -18,6 +18,7 @@ use socket2::Socket;
 use crate::conn::{ConnectionCtx, DropReason, Next, State};
 use crate::deadline::{DeadlineList, Linked};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
+use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::Pool;
 use crate::server::Shutdown;
@@ -49,6 +50,8 @@ pub struct Settings {
     pub read_timeout: Option<Duration>,
     /// Bound on the graceful drain.
     pub shutdown_timeout: Duration,
+    /// This thread's counters (`--metrics`, and the [`Stats`]).
+    pub counters: Arc<AcceptCounters>,
 }
 
 /// Why the listener is not being watched.
@@ -73,14 +76,6 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn count_drop(&mut self, reason: DropReason) {
-        if reason == DropReason::TimedOut {
-            self.timed_out += 1;
-        } else {
-            self.dropped += 1;
-        }
-    }
-
     /// Adds another thread's counters to these.
     pub fn add(&mut self, other: Stats) {
         self.served += other.served;
@@ -106,7 +101,7 @@ pub struct AcceptTask {
     /// accept() is failing for lack of fds or memory: logged once until it works.
     exhausted: bool,
     draining: bool,
-    stats: Stats,
+    metrics: AcceptMetrics,
 }
 
 impl AcceptTask {
@@ -134,7 +129,7 @@ impl AcceptTask {
             pause: Pause::No,
             exhausted: false,
             draining: false,
-            stats: Stats::default(),
+            metrics: AcceptMetrics::new(Arc::clone(&settings.counters), settings.capacity),
             settings,
         };
         task.wake.as_ref().start(lp, WAKE);
@@ -159,7 +154,7 @@ impl AcceptTask {
 
     /// Counters so far.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.metrics.stats()
     }
 
     /// Stops every watcher and closes every socket, so the loop can be dropped.
@@ -201,9 +196,11 @@ impl AcceptTask {
             Ok(fd) => {
                 if self.exhausted {
                     self.exhausted = false;
+                    self.metrics.resumed(PauseCause::FdExhaustion);
                     warn!("accept-{}: accept works again", self.settings.id);
                 }
                 let idx = self.pool.acquire().expect("pool checked not full");
+                self.metrics.accepted();
                 let (ctx, _) = self.pool.split(idx);
                 ctx.open(fd);
                 debug!(
@@ -236,6 +233,7 @@ impl AcceptTask {
         if self.pause == Pause::No {
             self.listen_io.stop();
             self.pause = Pause::PoolFull;
+            self.metrics.paused(PauseCause::PoolFull);
             warn!(
                 "accept-{}: all {} connections in use; not accepting until one closes",
                 self.settings.id,
@@ -247,6 +245,7 @@ impl AcceptTask {
     fn pause_for_backoff(&mut self, lp: &Loop<Self>, err: &std::io::Error) {
         if !self.exhausted {
             self.exhausted = true;
+            self.metrics.paused(PauseCause::FdExhaustion);
             warn!(
                 "accept-{}: accept failed ({err}); pausing accept for {} ms",
                 self.settings.id,
@@ -265,6 +264,7 @@ impl AcceptTask {
             return;
         }
         if self.pause == Pause::PoolFull {
+            self.metrics.resumed(PauseCause::PoolFull);
             warn!(
                 "accept-{}: a connection closed; accepting again",
                 self.settings.id
@@ -300,6 +300,7 @@ impl AcceptTask {
                     .pool
                     .delegate(idx, SlowTask { duration }, route)
                     .expect("a reading connection has no task out");
+                self.metrics.delegated(idx, lp.now());
                 self.shared.submit(task);
                 debug!(
                     "accept-{}: conn {idx}: slow request delegated",
@@ -309,12 +310,12 @@ impl AcceptTask {
                 self.watch(lp, idx, Events::READ);
             }
             Next::Finished => {
-                self.stats.served += 1;
+                self.metrics.responded();
                 debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
                 self.close(lp, idx);
             }
             Next::Drop(reason) => {
-                self.stats.count_drop(reason);
+                self.metrics.dropped(reason);
                 debug!(
                     "accept-{}: conn {idx}: closing without a reply",
                     self.settings.id
@@ -386,11 +387,18 @@ impl AcceptTask {
             };
             let (idx, gen) = (route.slot, route.gen);
             debug!("accept-{}: conn {idx}: slow task done", self.settings.id);
+            self.metrics.task_back(idx, lp.now());
             let ctx = self.pool.get_mut(idx);
             match ctx.state() {
                 State::Delegated if ctx.gen() == gen => {
                     let next = ctx.on_task_done();
+                    // (A response that needs a second send, never seen on a fresh
+                    // socket, finishes from the write watcher and counts as fast.)
+                    let answered = next == Next::Finished;
                     self.apply(lp, idx, next);
+                    if answered {
+                        self.metrics.responded_slow();
+                    }
                 }
                 State::Abandoned => {
                     ctx.close(false);
@@ -411,7 +419,7 @@ impl AcceptTask {
                     .start_once(lp, deadline - now, DEADLINE_TIMER);
                 return;
             }
-            self.stats.count_drop(DropReason::TimedOut);
+            self.metrics.dropped(DropReason::TimedOut);
             debug!(
                 "accept-{}: conn {idx}: read deadline passed",
                 self.settings.id
@@ -434,9 +442,10 @@ impl AcceptTask {
         self.listen_io.stop();
         self.backoff_timer.stop();
         self.listener = None;
+        self.metrics.listener_closed();
         for idx in self.pool.constructed() {
             if self.pool.get(idx).state() == State::Reading {
-                self.stats.count_drop(DropReason::Shutdown);
+                self.metrics.dropped(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }
@@ -461,7 +470,7 @@ impl AcceptTask {
         for idx in self.pool.constructed() {
             let state = self.pool.get(idx).state();
             if state != State::Free && state != State::Abandoned {
-                self.stats.count_drop(DropReason::Shutdown);
+                self.metrics.dropped(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }

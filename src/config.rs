@@ -7,6 +7,7 @@
 //! (`--port 70000` used to listen on 4464, `-w -1` used to be accepted).
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -50,6 +51,9 @@ pub struct Config {
     pub read_timeout: Option<Duration>,
     /// `--shutdown-timeout`: bound on the graceful drain after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
+    /// `--metrics`: where to serve `GET /metrics` (an IP address and a port other
+    /// than the service's); `None` (the default) serves no metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             slow_duration: Duration::from_millis(DEFAULT_SLOW_MS),
             read_timeout: Some(Duration::from_millis(DEFAULT_READ_TIMEOUT_MS)),
             shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
+            metrics: None,
         }
     }
 }
@@ -82,7 +87,17 @@ impl Config {
         // settings `command()` adds below.
         let mut matches = command().try_get_matches_from(args)?;
         let args = Args::from_arg_matches_mut(&mut matches)?;
-        Ok(args.into_config())
+        let config = args.into_config();
+        if config.metrics.is_some_and(|m| m.port() == config.port) {
+            return Err(command().error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--metrics must not use the service port {}: give it a port of its own",
+                    config.port
+                ),
+            ));
+        }
+        Ok(config)
     }
 
     /// Parses `std::env::args_os()`; on an error prints it and exits: help and version
@@ -210,6 +225,19 @@ fn parse_millis(text: &str) -> Result<u64, String> {
     number(text, 0, u64::MAX)
 }
 
+/// `--metrics`: an IPv4 or bracketed IPv6 address and a port. Host names are
+/// refused rather than resolved: what the listener binds must be what was written.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(addr),
+        _ => Err(
+            "expected IPV4:PORT or [IPV6]:PORT with a port from 1 to 65535, \
+                  e.g. 127.0.0.1:9100 or [::1]:9100 (host names are not resolved)"
+                .to_string(),
+        ),
+    }
+}
+
 /// The command line as clap sees it; the doc comments are the help text.
 #[derive(Parser, Debug)]
 #[command(
@@ -309,6 +337,15 @@ struct Args {
     )]
     shutdown_timeout: u64,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (an IP address, not a
+    /// host name; never the service port) [default: off]
+    #[arg(
+        long = "metrics",
+        value_name = "ADDR:PORT",
+        value_parser = parse_metrics_addr
+    )]
+    metrics: Option<SocketAddr>,
+
     /// Print this help and exit
     #[arg(short = '?', long = "help", short_alias = 'h', action = ArgAction::Help)]
     help: Option<bool>,
@@ -335,6 +372,7 @@ impl Args {
                 ms => Some(Duration::from_millis(ms)),
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
+            metrics: self.metrics,
         }
     }
 }
@@ -410,6 +448,7 @@ mod tests {
             slow_duration: Duration::from_millis(30),
             read_timeout: Some(Duration::from_millis(60_000)),
             shutdown_timeout: Duration::from_millis(10_000),
+            metrics: None,
         };
         assert_eq!(ok(&[]), expected);
         assert_eq!(Config::default(), expected);
@@ -529,6 +568,60 @@ mod tests {
     }
 
     #[test]
+    fn metrics() {
+        let v4 = SocketAddr::from(([127, 0, 0, 1], 9100));
+        check_all(None, "metrics", "m", "127.0.0.1:9100", |c| {
+            assert_eq!(c.metrics, Some(v4))
+        });
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9100));
+        check_all(None, "metrics", "metr", "[::1]:9100", |c| {
+            assert_eq!(c.metrics, Some(v6))
+        });
+        let any = ok(&["--metrics", "0.0.0.0:65535"]).metrics.unwrap();
+        assert_eq!((any.ip().is_unspecified(), any.port()), (true, 65535));
+        assert_eq!(
+            ok(&["-p", "9001", "--metrics", "[::]:9000"])
+                .metrics
+                .unwrap()
+                .port(),
+            9000
+        );
+        for bad in [
+            "localhost:9100",
+            "metrics.example:9100",
+            "127.0.0.1",
+            "9100",
+            ":9100",
+            "::1:9100",
+            "[::1]",
+            "127.0.0.1:0",
+            "127.0.0.1:65536",
+            "127.0.0.1:-1",
+            "",
+        ] {
+            let err = refused(&["--metrics", bad]);
+            assert_eq!(err.kind(), ErrorKind::ValueValidation, "{bad:?}");
+            let report = error_report(err);
+            assert!(
+                report.contains("host names are not resolved") && report.contains("Usage:"),
+                "{report}"
+            );
+        }
+        // Never the service port, whichever address it names.
+        for args in [
+            &["--metrics", "127.0.0.1:9000"][..],
+            &["-p", "9100", "--metrics", "[::1]:9100"],
+        ] {
+            let err = refused(args);
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+            assert!(
+                error_report(err).starts_with("error: --metrics must not use the service port"),
+                "{args:?}"
+            );
+        }
+    }
+
+    #[test]
     fn everything_at_once() {
         let c = ok(&[
             "-v",
@@ -543,6 +636,7 @@ mod tests {
             "--read-timeout",
             "0",
             "--shut=200",
+            "--metrics=127.0.0.1:9101",
         ]);
         assert_eq!(
             c,
@@ -556,6 +650,7 @@ mod tests {
                 slow_duration: Duration::from_millis(5),
                 read_timeout: None,
                 shutdown_timeout: Duration::from_millis(200),
+                metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
             }
         );
     }
@@ -674,6 +769,7 @@ mod tests {
             "-D, --slow-duration <MS>",
             "--read-timeout <MS>",
             "--shutdown-timeout <MS>",
+            "--metrics <ADDR:PORT>",
             "-?, --help",
             "--version",
             "[default: 9000]",

@@ -8,7 +8,7 @@
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
 //! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
 //! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), and [`server`]. Only `sys`, `ev`, `pool`,
+//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`) and [`server`]. Only `sys`, `ev`, `pool`,
 //! `task`, `net` and `os` contain `unsafe`; the other modules are
 //! `#![forbid(unsafe_code)]`.
 
@@ -19,6 +19,7 @@
 pub mod config;
 pub mod ev;
 pub mod log;
+pub mod metrics;
 pub mod os;
 pub mod parser;
 pub mod pool;

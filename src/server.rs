@@ -18,6 +18,7 @@ use socket2::Socket;
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
 use crate::ev::Loop;
+use crate::metrics::{self, Metrics};
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
@@ -99,6 +100,8 @@ pub struct Server {
     listeners: Vec<Socket>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
+    metrics: Arc<Metrics>,
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -116,6 +119,14 @@ impl Server {
             .map(|_| net::listener(port, defer))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| StartError::system(format_args!("cannot listen on 0.0.0.0:{port}"), e))?;
+        let metrics_listener = config
+            .metrics
+            .map(|addr| {
+                metrics::bind(addr).map_err(|e| {
+                    StartError::system(format_args!("cannot listen for metrics on {addr}"), e)
+                })
+            })
+            .transpose()?;
         // After the checks that can refuse to start, so a refusal is one line.
         let total = threads.saturating_mul(config.accept_capacity);
         let wanted = total as u64;
@@ -152,6 +163,8 @@ impl Server {
             listeners,
             shared,
             shutdown,
+            metrics: Arc::new(Metrics::new(threads, config.worker_threads)),
+            metrics_listener,
         })
     }
 
@@ -168,10 +181,19 @@ impl Server {
             listeners,
             shared,
             shutdown,
+            metrics,
+            metrics_listener,
         } = self;
+        if let Some(listener) = metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                debug!("metrics on http://{addr}/metrics");
+            }
+            metrics::serve(listener, Arc::clone(&metrics))
+                .map_err(|e| StartError::system("cannot start the metrics thread", e))?;
+        }
         let workers = if config.worker_threads > 0 {
             Some(
-                Workers::start(Arc::clone(&shared), config.worker_threads)
+                Workers::start(Arc::clone(&shared), config.worker_threads, &metrics)
                     .map_err(|e| StartError::system("cannot start worker threads", e))?,
             )
         } else {
@@ -183,6 +205,7 @@ impl Server {
             slow: (config.worker_threads > 0).then_some(config.slow_duration),
             read_timeout: config.read_timeout,
             shutdown_timeout: config.shutdown_timeout,
+            counters: metrics.accept_thread(id),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut listeners = listeners.into_iter();

@@ -17,6 +17,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 
 use crate::ev::AsyncSender;
+use crate::metrics::Metrics;
 use crate::task::{Done, Task, TaskRef};
 
 /// The slow request's work: wait `--slow-duration`, as the reference does.
@@ -161,17 +162,21 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers named `worker-N`.
-    pub fn start(shared: Arc<Shared>, count: usize) -> io::Result<Self> {
+    /// Starts `count` workers named `worker-N`, worker N counting in
+    /// `metrics.worker(N)`.
+    pub fn start(shared: Arc<Shared>, count: usize, metrics: &Metrics) -> io::Result<Self> {
         let mut threads = Vec::with_capacity(count);
         for n in 0..count {
             let shared = Arc::clone(&shared);
+            let counters = metrics.worker(n);
             threads.push(
                 thread::Builder::new()
                     .name(format!("worker-{n}"))
                     .spawn(move || {
                         while let Some(task) = shared.next() {
+                            counters.started();
                             let done = task.run();
+                            counters.finished();
                             shared.mailbox(done.route().owner).post(done);
                         }
                     })?,

@@ -4,7 +4,9 @@
 //! warm-up that takes every path once, at least 10,000 mixed connections (fast,
 //! slow, invalid, oversized, reset mid-request, closed early, timed out) must not
 //! move the count of allocations made by the server's threads. The client threads
-//! of this test mark themselves and are not counted.
+//! of this test mark themselves and are not counted. `--metrics` is on, and
+//! scrapes during the count do not move it either (the scrape thread reuses its
+//! response buffer).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -186,9 +188,24 @@ fn drive(addr: SocketAddr, threads: usize, per_thread: usize) {
     }
 }
 
+/// One `GET /metrics`; returns the response.
+fn scrape(addr: SocketAddr) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let r = read_all(&mut s);
+    assert!(
+        r.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{}",
+        r.escape_ascii()
+    );
+    r
+}
+
 #[test]
 fn no_allocation_per_connection() {
     let port = util::free_port();
+    let metrics_port = util::free_port().to_string();
+    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port.parse().unwrap()).into();
     let config = Config::try_parse_from([
         "conn-daemon",
         "-p",
@@ -203,6 +220,8 @@ fn no_allocation_per_connection() {
         "1",
         "--read-timeout",
         "200",
+        "--metrics",
+        &format!("127.0.0.1:{metrics_port}"),
     ])
     .unwrap();
     let server = Server::bind(&config).expect("bind");
@@ -217,6 +236,7 @@ fn no_allocation_per_connection() {
 
     // Warm-up: every kind of connection, on both accept threads and all workers.
     drive(addr, 4, 70);
+    scrape(metrics);
     std::thread::sleep(Duration::from_millis(300));
 
     let (threads, per_thread) = (4, 2520);
@@ -225,6 +245,11 @@ fn no_allocation_per_connection() {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let started = Instant::now();
     go.wait();
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        last = scrape(metrics);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for h in handles {
         h.join().unwrap();
     }
@@ -242,6 +267,12 @@ fn no_allocation_per_connection() {
         after - before,
         0,
         "the server allocated while handling connections"
+    );
+
+    let last = String::from_utf8(last).unwrap();
+    assert!(
+        last.contains("conn_daemon_connections_accepted_total{thread=\"1\"} "),
+        "{last}"
     );
 
     stop.shutdown();

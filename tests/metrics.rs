@@ -1,0 +1,495 @@
+//! `--metrics`: the counters equal what the clients did, the gauges come back to
+//! 0, the listener speaks just enough HTTP, and the output passes
+//! `promtool check metrics`.
+//!
+//! `util::Server::start` probes the service port with one connection that closes
+//! without a byte; every test waits for it to be counted (one `client_gone`) and
+//! includes it in the exact figures.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod util;
+
+use util::{expect_closed_silently, expect_response, read_to_end, send, Server, IO_TIMEOUT};
+
+/// A server with `--metrics 127.0.0.1:<free port>` and `args`, and that address.
+fn start(args: &[&str]) -> (Server, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let metrics = addr.to_string();
+    let mut all = vec!["--metrics", &metrics];
+    all.extend_from_slice(args);
+    let server = Server::start(&all);
+    let m = Scrape::get(addr);
+    // The start-up probe: accepted, then gone.
+    wait_for(addr, "the start-up probe", |m| {
+        m.sum("conn_daemon_connections_accepted_total", &[]) == 1.0
+            && m.sum("conn_daemon_connections_open", &[]) == 0.0
+    });
+    assert_eq!(m.count("conn_daemon_build_info"), 1);
+    (server, addr)
+}
+
+/// One HTTP exchange with the metrics listener: (status line, head, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (String, String, String) {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to metrics");
+    send(&s, request);
+    let r = read_to_end(&s, IO_TIMEOUT);
+    assert_eq!(r.end, util::End::Eof, "metrics response not closed");
+    let text = String::from_utf8(r.bytes).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, head.to_string(), body.to_string())
+}
+
+/// A parsed scrape: each sample line's series (name and labels) and value.
+struct Scrape {
+    text: String,
+    samples: BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    fn get(addr: SocketAddr) -> Scrape {
+        let (status, head, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            head.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let samples = body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("series value");
+                (series.to_string(), value.parse().expect("a number"))
+            })
+            .collect();
+        Scrape {
+            text: body,
+            samples,
+        }
+    }
+
+    /// Samples of `name` whose labels include every `k="v"` of `labels`.
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = f64> + 'a {
+        self.samples.iter().filter_map(move |(series, v)| {
+            let rest = series.strip_prefix(name)?;
+            let fits = (rest.is_empty() || rest.starts_with('{'))
+                && labels
+                    .iter()
+                    .all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
+            fits.then_some(*v)
+        })
+    }
+
+    /// Sum over the matching samples (all accept threads, say).
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).sum()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.matching(name, &[]).count()
+    }
+
+    /// The one sample of exactly this series.
+    fn one(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from\n{}", self.text))
+    }
+}
+
+/// Scrapes until `ok` holds (at most `IO_TIMEOUT`); the last scrape.
+#[track_caller]
+fn wait_for(addr: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let m = Scrape::get(addr);
+        if ok(&m) {
+            return m;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "{what}: not seen within {IO_TIMEOUT:?}; last scrape:\n{}",
+                m.text
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Checks every drop reason's total against `expected` (the others must be 0).
+#[track_caller]
+fn assert_drops(m: &Scrape, expected: &[(&str, f64)]) {
+    for reason in [
+        "invalid",
+        "too_large",
+        "client_gone",
+        "timed_out",
+        "shutdown",
+    ] {
+        let want = expected
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0.0, |(_, n)| *n);
+        let got = m.sum(
+            "conn_daemon_connections_dropped_total",
+            &[("reason", reason)],
+        );
+        assert_eq!(got, want, "dropped {reason}:\n{}", m.text);
+    }
+}
+
+#[test]
+fn counters_equal_what_the_clients_did() {
+    let (server, addr) = start(&["-A", "2", "-w", "2", "-D", "20", "--read-timeout", "400"]);
+    // 100 fast, 10 slow (concurrently), 6 invalid.
+    for _ in 0..100 {
+        let s = server.connect();
+        send(&s, b"GET /test/fast HTTP/1.1\r\n\r\n");
+        expect_response(&s);
+    }
+    let slow: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/slow HTTP/1.1\r\n\r\n");
+            s
+        })
+        .collect();
+    for s in &slow {
+        expect_response(s);
+    }
+    for bad in [
+        &b"POST /test/fast HTTP/1.1\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\r\n\r\n",
+        b"GET /test/fastx HTTP/1.1\r\n\r\n",
+        b"get /test/fast\r\n\r\n",
+        b"\r\n",
+        b"GET /test/slow/ HTTP/1.1\r\n\r\n",
+    ] {
+        let s = server.connect();
+        send(&s, bad);
+        expect_closed_silently(&s);
+    }
+    let m = wait_for(addr, "the 116 connections closed", |m| {
+        m.sum("conn_daemon_connections_open", &[]) == 0.0
+    });
+    assert_eq!(
+        m.sum("conn_daemon_connections_accepted_total", &[]),
+        116.0 + 1.0
+    );
+    assert_eq!(
+        m.sum("conn_daemon_responses_total", &[("kind", "fast")]),
+        100.0
+    );
+    assert_eq!(
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
+        10.0
+    );
+    assert_drops(&m, &[("invalid", 6.0), ("client_gone", 1.0)]);
+    // Per thread: both accept threads are listed, each with its own capacity.
+    for t in ["0", "1"] {
+        let series = format!("conn_daemon_pool_capacity{{thread=\"{t}\"}}");
+        assert_eq!(m.one(&series), 100_000.0);
+    }
+    // Every slow task took its 20 ms, and came back.
+    assert_eq!(m.one("conn_daemon_slow_task_seconds_count"), 10.0);
+    assert_eq!(
+        m.one("conn_daemon_slow_task_seconds_bucket{le=\"+Inf\"}"),
+        10.0
+    );
+    assert_eq!(
+        m.one("conn_daemon_slow_task_seconds_bucket{le=\"0.01\"}"),
+        0.0
+    );
+    let sum = m.one("conn_daemon_slow_task_seconds_sum");
+    assert!((0.2..5.0).contains(&sum), "{sum}");
+    assert_eq!(m.one("conn_daemon_slow_tasks_queued"), 0.0);
+    assert_eq!(m.one("conn_daemon_slow_tasks_running"), 0.0);
+
+    // The other reasons: 2 oversized, 3 that leave mid-request, 2 that time out.
+    for _ in 0..2 {
+        let s = server.connect();
+        send(&s, b"GET /test/fast HTTP/1.1\r\n");
+        util::send_lenient(&s, &[b'a'; 4200]);
+        expect_closed_silently(&s);
+    }
+    for _ in 0..3 {
+        let s = server.connect();
+        send(&s, b"GET /test/fa");
+        util::shutdown_write(&s);
+        expect_closed_silently(&s);
+    }
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/fast HTTP/1.1\r\n");
+            s
+        })
+        .collect();
+    wait_for(addr, "two connections open", |m| {
+        m.sum("conn_daemon_connections_open", &[]) == 2.0
+    });
+    for s in &idle {
+        expect_closed_silently(s);
+    }
+    let m = wait_for(addr, "the timed-out connections closed", |m| {
+        m.sum("conn_daemon_connections_open", &[]) == 0.0
+    });
+    assert_eq!(
+        m.sum("conn_daemon_connections_accepted_total", &[]),
+        116.0 + 7.0 + 1.0
+    );
+    assert_drops(
+        &m,
+        &[
+            ("invalid", 6.0),
+            ("too_large", 2.0),
+            ("client_gone", 3.0 + 1.0),
+            ("timed_out", 2.0),
+        ],
+    );
+    assert_eq!(m.sum("conn_daemon_responses_total", &[]), 110.0);
+}
+
+#[test]
+fn pause_and_slow_task_gauges_return_to_zero() {
+    let (server, addr) = start(&["-A", "1", "-C", "2", "-w", "1", "-D", "400"]);
+    // Two slow requests on a pool of two: one runs, one waits for the worker,
+    // and the pool is full.
+    let slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/slow\r\n\r\n");
+            s
+        })
+        .collect();
+    let third = server.connect();
+    send(&third, b"GET /test/fast\r\n\r\n");
+    let m = wait_for(addr, "pool full, one task running, one queued", |m| {
+        m.one("conn_daemon_accept_paused{thread=\"0\",cause=\"pool_full\"}") == 1.0
+            && m.one("conn_daemon_slow_tasks_running") == 1.0
+            && m.one("conn_daemon_slow_tasks_queued") == 1.0
+    });
+    assert_eq!(m.one("conn_daemon_connections_open{thread=\"0\"}"), 2.0);
+    assert_eq!(
+        m.one("conn_daemon_accept_pauses_total{thread=\"0\",cause=\"pool_full\"}"),
+        1.0
+    );
+    for s in &slow {
+        expect_response(s);
+    }
+    expect_response(&third);
+    let m = wait_for(addr, "all gauges back to 0", |m| {
+        m.one("conn_daemon_connections_open{thread=\"0\"}") == 0.0
+    });
+    for series in [
+        "conn_daemon_accept_paused{thread=\"0\",cause=\"pool_full\"}",
+        "conn_daemon_accept_paused{thread=\"0\",cause=\"fd_exhaustion\"}",
+        "conn_daemon_slow_tasks_running",
+        "conn_daemon_slow_tasks_queued",
+    ] {
+        assert_eq!(m.one(series), 0.0, "{series}");
+    }
+    assert_eq!(
+        m.one("conn_daemon_accept_pauses_total{thread=\"0\",cause=\"pool_full\"}"),
+        1.0
+    );
+    assert_eq!(m.sum("conn_daemon_responses_total", &[]), 3.0);
+    // The second task waited for the first: 0.4 s, then 0.8 s.
+    assert_eq!(
+        m.one("conn_daemon_slow_task_seconds_bucket{le=\"0.25\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.one("conn_daemon_slow_task_seconds_bucket{le=\"0.5\"}"),
+        1.0
+    );
+    assert_eq!(m.one("conn_daemon_slow_task_seconds_bucket{le=\"1\"}"), 2.0);
+}
+
+#[test]
+fn scrapes_go_on_during_the_drain() {
+    let (mut server, addr) = start(&["-A", "1", "-w", "1", "-D", "1500"]);
+    let slow = server.connect();
+    send(&slow, b"GET /test/slow\r\n\r\n");
+    let partial: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/fast");
+            s
+        })
+        .collect();
+    wait_for(addr, "three connections open", |m| {
+        m.sum("conn_daemon_connections_open", &[]) == 3.0
+    });
+    server.signal(libc::SIGTERM);
+    for s in &partial {
+        expect_closed_silently(s);
+    }
+    let m = Scrape::get(addr);
+    assert_drops(&m, &[("client_gone", 1.0), ("shutdown", 2.0)]);
+    assert_eq!(m.sum("conn_daemon_connections_open", &[]), 1.0);
+    assert_eq!(m.one("conn_daemon_slow_tasks_running"), 1.0);
+    expect_response(&slow);
+    let status = server.wait_exit(IO_TIMEOUT).expect("exit after the drain");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn only_get_metrics_is_answered() {
+    let (server, addr) = start(&["-A", "1"]);
+    let (status, head, body) = http(addr, b"GET /other HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "{head}");
+    assert_eq!(body, "404 page not found\n");
+    for other in ["/", "/metricsx", "/metrics/", "/test/fast"] {
+        let request = format!("GET {other} HTTP/1.0\r\n\r\n");
+        assert_eq!(http(addr, request.as_bytes()).0, "HTTP/1.1 404 Not Found");
+    }
+    // A query string is the scraper's business (scrape_config `params`).
+    let (status, _, body) = http(addr, b"GET /metrics?x=1 HTTP/1.0\r\nAccept: */*\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("conn_daemon_build_info{"), "{body}");
+    // Bad requests are closed without a byte.
+    for bad in [
+        &b"POST /metrics HTTP/1.1\r\n\r\n"[..],
+        b"GET /metrics\r\n\r\n",
+        b"GET  /metrics HTTP/1.1\r\n\r\n",
+        b"GET /metrics SPDY/3\r\n\r\n",
+        b"\r\n\r\n",
+        b"\xff\xfe\r\n\r\n",
+        &[b'a'; 5000],
+    ] {
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        let _ = (&s).write_all(bad);
+        expect_closed_silently(&s);
+    }
+    // A request that never ends is closed too, in bounded time.
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    send(&s, b"GET /metrics HTTP/1.1\r\n");
+    expect_closed_silently(&s);
+    // The service port's behaviour does not change.
+    let s = server.connect();
+    send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
+    expect_closed_silently(&s);
+    // ... and the metrics listener still answers.
+    assert_eq!(
+        Scrape::get(addr).sum(
+            "conn_daemon_connections_dropped_total",
+            &[("reason", "invalid")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn ipv6_loopback() {
+    let port = util::free_port();
+    let metrics = format!("[::1]:{port}");
+    let _server = Server::start(&["-A", "1", "--metrics", &metrics]);
+    let addr: SocketAddr = metrics.parse().unwrap();
+    let (status, _, body) = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("conn_daemon_connections_accepted_total{thread=\"0\"}"));
+}
+
+#[test]
+fn output_passes_promtool() {
+    let (server, addr) = start(&["-A", "2", "-w", "1", "-D", "5"]);
+    for request in [
+        &b"GET /test/fast\r\n\r\n"[..],
+        b"GET /test/slow\r\n\r\n",
+        b"BAD\r\n",
+    ] {
+        let s = server.connect();
+        send(&s, request);
+        let _ = read_to_end(&s, IO_TIMEOUT);
+    }
+    let m = Scrape::get(addr);
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = promtool else {
+        eprintln!(
+            "SKIPPED: promtool not found (apt-get install -y prometheus); \
+             bench/lean.sh checks the output with it"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(m.text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {:?}\n{}{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.text
+    );
+}
+
+#[test]
+fn a_busy_metrics_address_stops_the_start_up() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(util::bin())
+        .args([
+            "-p",
+            &util::free_port().to_string(),
+            "--metrics",
+            &addr.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(100), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "conn-daemon: cannot listen for metrics on {addr}: "
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_host_name_is_refused_on_the_command_line() {
+    let out = Command::new(util::bin())
+        .args(["--metrics", "localhost:9100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: invalid value 'localhost:9100' for '--metrics <ADDR:PORT>'"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Usage: conn-daemon [OPTIONS]"), "{stderr}");
+}
