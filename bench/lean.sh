@@ -5,7 +5,8 @@
 #   bench/lean.sh > bench/lean-results.md      (progress goes to stderr)
 #
 # Needs Debian's apache2-utils (ab), nginx-light (or any nginx), strace,
-# valgrind, gcc, python3 and util-linux (taskset). See bench/README.md for what
+# valgrind, gcc, python3 and util-linux (taskset); promtool (Debian's prometheus)
+# is optional and checks the --metrics output. See bench/README.md for what
 # each row measures and how. Every server listens on 0.0.0.0 (conn-daemon always
 # does) but only ever gets traffic on 127.0.0.1. Runs in about 3-6 minutes.
 #
@@ -73,17 +74,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Ports: the first 3 consecutive ports from PORT_BASE that no socket uses (any state).
+# Ports: the first 5 consecutive ports from PORT_BASE that no socket uses (any state).
 port_used() {
     local hex
     hex=$(printf ':%04X ' "$1")
     grep -q "$hex" /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 p=$PORT_BASE
-while port_used $p || port_used $((p + 1)) || port_used $((p + 2)); do
-    p=$((p + 3)); ((p < PORT_BASE + 600)) || die "no free ports from $PORT_BASE"
+while port_used $p || port_used $((p + 1)) || port_used $((p + 2)) || port_used $((p + 3)) \
+    || port_used $((p + 4)); do
+    p=$((p + 5)); ((p < PORT_BASE + 1000)) || die "no free ports from $PORT_BASE"
 done
-declare -A PORT=([cd]=$p [ng]=$((p + 1)) [eg]=$((p + 2)))
+# cdm: conn-daemon with --metrics (row 6c), its metrics listener on port mx.
+declare -A PORT=([cd]=$p [ng]=$((p + 1)) [eg]=$((p + 2)) [cdm]=$((p + 3)) [mx]=$((p + 4)))
 
 cc -O2 -Wall -o "$TMP/eager" "$HERE/eager.c"
 # A private copy: a rebuild in the shared target/ during the run cannot mix binaries.
@@ -136,6 +139,7 @@ nginx -t -c "$NG_DIR/nginx.conf" -p "$NG_DIR/" -e "$NG_DIR/error.log" >/dev/null
 srv_cmd() { # NAME [conf] -> CMD array
     case $1 in
         cd) CMD=("$CD_BIN" -p "${PORT[cd]}" -A 1) ;;
+        cdm) CMD=("$CD_BIN" -p "${PORT[cdm]}" -A 1 --metrics "127.0.0.1:${PORT[mx]}") ;;
         cdd) CMD=("$CD_BIN" -p "${PORT[cd]}") ;;
         ng) CMD=(nginx -c "$NG_DIR/${2:-nginx.conf}" -p "$NG_DIR/" -e "$NG_DIR/error.log") ;;
         eg) CMD=("$TMP/eager" "${PORT[eg]}") ;;
@@ -361,6 +365,12 @@ run_ab() { # PORT N OUTFILE: ab on CPU 1 (under ${AB_PRE[@]}); warns unless ever
         echo "ab port $1: complete=${done:-?}/$2 failed=${failed:-?} non2xx=${non2xx:-0}" >>"$TMP/warnings"
     fi
 }
+scrape() { # OUTFILE: one GET /metrics from conn-daemon --metrics; the body into OUTFILE
+    exec 4<>"/dev/tcp/127.0.0.1/${PORT[mx]}"
+    printf 'GET /metrics HTTP/1.1\r\nHost: lean\r\n\r\n' >&4
+    sed '1,/^\r$/d' <&4 >"$1"
+    exec 4>&-
+}
 AB_PRE=()
 declare -A R
 fdiv() { awk -v a="$1" -v b="$2" -v f="${3:-%.2f}" 'BEGIN { if (b == 0) print "n/a"; else printf f, a / b }'; }
@@ -378,8 +388,11 @@ if command -v perf >/dev/null 2>&1 && perf stat -x, -e "$PERF_EVENTS" -o /dev/nu
 fi
 
 NAMES=(cd ng eg)
-declare -A LABEL=([cd]=conn-daemon [cdd]="conn-daemon (defaults)" [ng]=nginx [eg]="eager loop")
-log "ports ${PORT[cd]} (conn-daemon) ${PORT[ng]} (nginx) ${PORT[eg]} (eager); scratch $TMP"
+# Row 6 also measures conn-daemon with --metrics, right after conn-daemon without.
+CPU_NAMES=(cd cdm ng eg)
+declare -A LABEL=([cd]=conn-daemon [cdd]="conn-daemon (defaults)" [ng]=nginx [eg]="eager loop"
+    [cdm]="conn-daemon --metrics")
+log "ports ${PORT[cd]} (conn-daemon) ${PORT[ng]} (nginx) ${PORT[eg]} (eager) ${PORT[cdm]} (conn-daemon --metrics, scraped on ${PORT[mx]}); scratch $TMP"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 2. idle RSS ----------------------------------------------------------------
@@ -437,16 +450,18 @@ done
 # --- 6a. CPU per request ---------------------------------------------------------
 log "CPU per request ($ROUNDS rounds x $CPU_REQS requests, ab -c $CONC, alternating)"
 declare -A CPIDS
-for name in "${NAMES[@]}"; do
+for name in "${CPU_NAMES[@]}"; do
     start "$name"
     CPIDS[$name]="${SPIDS[*]}"
     run_ab "$(port_of $name)" 2000 "$TMP/ab.warm.$name" # warm-up
 done
 for r in $(seq "$ROUNDS"); do
-    for name in "${NAMES[@]}"; do
+    for name in "${CPU_NAMES[@]}"; do
         read -ra pids <<<"${CPIDS[$name]}"
         read -r a wa < <(cpu_ns "${pids[@]}")
         read -r ua sa < <(cpu_ticks "${pids[@]}")
+        # A scrape per round (Prometheus scrapes every 15 s; a round lasts ~1-2 s).
+        [[ $name == cdm ]] && scrape "$TMP/scrape.$r"
         run_ab "$(port_of $name)" "$CPU_REQS" "$TMP/ab.cpu.$name.$r"
         read -r b wb < <(cpu_ns "${pids[@]}")
         read -r ub sb < <(cpu_ticks "${pids[@]}")
@@ -468,7 +483,8 @@ for name in "${NAMES[@]}"; do
     calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$TMP/perf.$name")
     [[ $calls =~ ^[0-9]+$ ]] && R[psys_$name]=$(fdiv "$calls" "$CPU_REQS")
 done
-for name in "${NAMES[@]}"; do
+scrape "$TMP/scrape.last"
+for name in "${CPU_NAMES[@]}"; do
     read -ra pids <<<"${CPIDS[$name]}"
     stop "${pids[0]}"
     R[cpu_$name]=$(sort -g "$TMP/cpu.$name" | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
@@ -532,6 +548,8 @@ echo "| 5. syscalls per request (strace -c -f, $SYS_REQS req) | ${R[sys_cd]} | $
 echo "| 5b. syscalls per request, unobserved (perf stat, $CPU_REQS req) | ${R[psys_cd]} | ${R[psys_ng]} | ${R[psys_eg]} | $(ratio "${R[psys_cd]}" "${R[psys_ng]}") | $(ratio "${R[psys_cd]}" "${R[psys_eg]}") | (info; <= 4.5) | $(verdict "${R[psys_cd]}" le 4.5) |"
 rn=$(ratio "${R[cpu_cd]}" "${R[cpu_ng]}" %.4f) re=$(ratio "${R[cpu_cd]}" "${R[cpu_eg]}" %.4f)
 echo "| 6. CPU per request, user+sys, all threads (us, median of $ROUNDS) | ${R[cpu_cd]} | ${R[cpu_ng]} | ${R[cpu_eg]} | $(ratio "${R[cpu_cd]}" "${R[cpu_ng]}") | $(ratio "${R[cpu_cd]}" "${R[cpu_eg]}") | <= 0.70 x nginx and <= 1.10 x eager | $(both "$(verdict "$rn" le 0.70)" "$(verdict "$re" le 1.10)") |"
+rm_=$(ratio "${R[cpu_cdm]}" "${R[cpu_cd]}" %.4f)
+echo "| 6c. CPU per fast request, metrics on vs off (us, median of $ROUNDS; \`--metrics\`, scraped once per round) | ${R[cpu_cdm]} (off: ${R[cpu_cd]}) | | | | | on <= 1.03 x off | $(verdict "$rm_" le 1.03) ($(ratio "${R[cpu_cdm]}" "${R[cpu_cd]}" %.3f) x) |"
 ri=$(ratio "${R[ir_cd]}" "${R[ir_eg]}" %.4f)
 echo "| 6. user-space instructions per request (callgrind, $CG_REQS req) | ${R[ir_cd]} | ${R[ir_ng]} | ${R[ir_eg]} | $(ratio "${R[ir_cd]}" "${R[ir_ng]}") | $(ratio "${R[ir_cd]}" "${R[ir_eg]}") | <= 2 x eager | $(verdict "$ri" le 2) |"
 echo
@@ -548,9 +566,17 @@ echo "Start-up runs (ms): conn-daemon ${R[startall_cdd]}; nginx ${R[startall_ng]
 echo
 echo "CPU us/request per round (on-CPU time from /proc/PID/task/*/schedstat; run-queue wait is time the server was runnable but another task had CPU 0, a sign of a busy machine; in brackets utime+stime from /proc/PID/stat, ${CPU_REQS} requests = 1 tick per $(fdiv 1000000 $((CPU_REQS * $(getconf CLK_TCK))) %.1f) us), and ab's requests/s:"
 echo
-for name in "${NAMES[@]}"; do
+for name in "${CPU_NAMES[@]}"; do
     echo "- ${LABEL[$name]}: $(paste -d' ' "$TMP/cpu.$name" "$TMP/ticks.$name" | awk '{printf "%s%s [%s]", (NR > 1 ? ", " : ""), $1, $2}'); req/s $(paste -sd, "$TMP/rps.$name"); run-queue wait us/request $(paste -sd, "$TMP/wait.$name"); $(awk -v t="$(getconf CLK_TCK)" -v n="$((CPU_REQS * ROUNDS))" '{u += $1; s += $2} END { if (u + s) printf "user %.1f + system %.1f us per request (%.0f%% user, from ticks)", u * 1e6 / t / n, s * 1e6 / t / n, 100 * u / (u + s) }' "$TMP/usersys.$name")"
 done
+echo
+echo "Metrics on / off per round (conn-daemon --metrics measured right after conn-daemon): $(paste -d' ' "$TMP/cpu.cdm" "$TMP/cpu.cd" | awk '{printf "%s%.3f", (NR > 1 ? ", " : ""), $1 / $2}')."
+if command -v promtool >/dev/null 2>&1; then
+    R[promtool]=$(promtool check metrics <"$TMP/scrape.last" 2>&1 && echo passed || echo "**failed**")
+else
+    R[promtool]="not run (promtool missing: apt-get install -y prometheus)"
+fi
+echo "Its last scrape: $(grep -c '^[a-z]' "$TMP/scrape.last") samples, $(wc -c <"$TMP/scrape.last") bytes, \`promtool check metrics\`: $(echo "${R[promtool]}" | paste -sd' '); accepted $(awk '/^conn_daemon_connections_accepted_total/ {s += $2} END {print s}' "$TMP/scrape.last"), fast responses $(awk '/^conn_daemon_responses_total.*kind="fast"/ {s += $2} END {print s}' "$TMP/scrape.last"), closed unanswered $(awk '/^conn_daemon_connections_dropped_total/ {s += $2} END {print s}' "$TMP/scrape.last"), open $(awk '/^conn_daemon_connections_open/ {s += $2} END {print s}' "$TMP/scrape.last") ($((2000 + ROUNDS * CPU_REQS)) requests sent; the readiness probe and the spare connections ab opens but never uses are closed unanswered)."
 echo
 echo "For scale: the eager loop costs $(ratio "${R[cpu_eg]}" "${R[cpu_ng]}") x nginx's CPU per request here (the issue measured 8.2 / 13.3 = 0.62), so conn-daemon at 0.70 x nginx would need to be $(awk -v e="${R[cpu_eg]}" -v n="${R[cpu_ng]}" 'BEGIN { if (e > 0) printf "%.2f", 0.70 * n / e; else print "n/a" }') x the eager loop."
 echo

@@ -8,9 +8,9 @@
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
 //! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
 //! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`) and [`server`]. Only `sys`, `ev`, `pool`,
-//! `task`, `net` and `os` contain `unsafe`; the other modules are
-//! `#![forbid(unsafe_code)]`.
+//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`) and
+//! [`server`]. Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`;
+//! the other modules are `#![forbid(unsafe_code)]`.
 
 #![warn(missing_docs)]
 

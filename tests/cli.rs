@@ -25,6 +25,7 @@ const LONG_OPTIONS: &[&str] = &[
     "--slow-duration",
     "--read-timeout",
     "--shutdown-timeout",
+    "--metrics",
     "--help",
     "--version",
 ];
