@@ -46,12 +46,8 @@ struct Counter(AtomicU64);
 
 impl Counter {
     fn bump(&self) {
-        self.add(1);
-    }
-
-    fn add(&self, n: u64) {
         self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            self.0.load(Ordering::Relaxed).wrapping_add(1),
             Ordering::Relaxed,
         );
     }
@@ -252,12 +248,12 @@ impl AcceptMetrics {
 }
 
 /// Upgrades of the running binary (`conn_daemon_upgrades_total`): one process-wide
-/// counter, written only by the thread that carries out an upgrade.
-static UPGRADES: Counter = Counter(AtomicU64::new(0));
+/// counter, rare enough for a read-modify-write from any thread.
+static UPGRADES: AtomicU64 = AtomicU64::new(0);
 
 /// Counts one binary upgrade (the upgrade code calls it once it has succeeded).
 pub fn count_upgrade() {
-    UPGRADES.bump();
+    UPGRADES.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Every counter of one server: one block per accept thread and per worker.
@@ -290,102 +286,64 @@ impl Metrics {
     /// Allocates nothing but `out`'s growth.
     pub fn render(&self, out: &mut Vec<u8>, process: &Process) -> io::Result<()> {
         let accept = &self.accept;
-        family(
+        let reasons = DropReason::ALL.map(DropReason::label);
+        let causes = PauseCause::ALL.map(PauseCause::label);
+        self.per_thread(
             out,
-            "conn_daemon_connections_accepted_total",
-            "counter",
+            ("conn_daemon_connections_accepted_total", "counter"),
             "Connections accepted, per accept thread.",
+            None,
+            |c, _| c.accepted.get(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            sample(
-                out,
-                "conn_daemon_connections_accepted_total",
-                t,
-                &[],
-                c.accepted.get(),
-            )?;
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_responses_total",
-            "counter",
+            ("conn_daemon_responses_total", "counter"),
             "Responses sent whole; kind=\"slow\": after a worker's slow task.",
+            Some(("kind", &["fast", "slow"])),
+            // Slow first: the owner counts a slow response after the total.
+            |c, i| match i {
+                0 => {
+                    let slow = c.slow_responses.get();
+                    c.responses.get().saturating_sub(slow)
+                }
+                _ => c.slow_responses.get(),
+            },
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            let slow = c.slow_responses.get();
-            let fast = c.responses.get().saturating_sub(slow);
-            sample(
-                out,
-                "conn_daemon_responses_total",
-                t,
-                &[("kind", "fast")],
-                fast,
-            )?;
-            sample(
-                out,
-                "conn_daemon_responses_total",
-                t,
-                &[("kind", "slow")],
-                slow,
-            )?;
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_connections_dropped_total",
-            "counter",
+            ("conn_daemon_connections_dropped_total", "counter"),
             "Connections closed without a response, by reason.",
+            Some(("reason", &reasons)),
+            |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            for reason in DropReason::ALL {
-                let n = c.dropped[reason as usize].get();
-                let labels = [("reason", reason.label())];
-                sample(out, "conn_daemon_connections_dropped_total", t, &labels, n)?;
-            }
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_connections_open",
-            "gauge",
+            ("conn_daemon_connections_open", "gauge"),
             "Connections accepted and not yet answered or dropped.",
+            None,
+            |c, _| c.open(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            sample(out, "conn_daemon_connections_open", t, &[], c.open())?;
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_pool_capacity",
-            "gauge",
+            ("conn_daemon_pool_capacity", "gauge"),
             "Connections an accept thread can hold at once (-C).",
+            None,
+            |c, _| c.capacity.get(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            sample(out, "conn_daemon_pool_capacity", t, &[], c.capacity.get())?;
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_accept_paused",
-            "gauge",
+            ("conn_daemon_accept_paused", "gauge"),
             "1 while the accept thread is not accepting, by cause.",
+            Some(("cause", &causes)),
+            |c, i| c.paused[PauseCause::ALL[i] as usize].get(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            for cause in PauseCause::ALL {
-                let labels = [("cause", cause.label())];
-                let v = c.paused[cause as usize].get();
-                sample(out, "conn_daemon_accept_paused", t, &labels, v)?;
-            }
-        }
-        family(
+        self.per_thread(
             out,
-            "conn_daemon_accept_pauses_total",
-            "counter",
+            ("conn_daemon_accept_pauses_total", "counter"),
             "Times the accept thread stopped accepting, by cause.",
+            Some(("cause", &causes)),
+            |c, i| c.pauses[PauseCause::ALL[i] as usize].get(),
         )?;
-        for (t, c) in accept.iter().enumerate() {
-            for cause in PauseCause::ALL {
-                let labels = [("cause", cause.label())];
-                let v = c.pauses[cause as usize].get();
-                sample(out, "conn_daemon_accept_pauses_total", t, &labels, v)?;
-            }
-        }
         // Workers' counts first, so that a task counted as started is already
         // counted as delegated when its accept thread is read.
         let finished: u64 = self.workers.iter().map(|w| w.finished.get()).sum();
@@ -410,7 +368,11 @@ impl Metrics {
             "counter",
             "Binary upgrades this process took part in.",
         )?;
-        writeln!(out, "conn_daemon_upgrades_total {}", UPGRADES.get())?;
+        writeln!(
+            out,
+            "conn_daemon_upgrades_total {}",
+            UPGRADES.load(Ordering::Relaxed)
+        )?;
         family(
             out,
             "conn_daemon_build_info",
@@ -425,6 +387,34 @@ impl Metrics {
             sys::EV_VERSION_MINOR
         )?;
         process.render(out)
+    }
+
+    /// A family with one sample per accept thread, or per accept thread and
+    /// value of `label` (its name and values); `value` gets the thread's counters
+    /// and the index of the label value.
+    fn per_thread(
+        &self,
+        out: &mut Vec<u8>,
+        (name, kind): (&str, &str),
+        help: &str,
+        label: Option<(&str, &[&str])>,
+        value: impl Fn(&AcceptCounters, usize) -> u64,
+    ) -> io::Result<()> {
+        family(out, name, kind, help)?;
+        for (t, c) in self.accept.iter().enumerate() {
+            let Some((key, values)) = label else {
+                writeln!(out, "{name}{{thread=\"{t}\"}} {}", value(c, 0))?;
+                continue;
+            };
+            for (i, v) in values.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{name}{{thread=\"{t}\",{key}=\"{v}\"}} {}",
+                    value(c, i)
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// `conn_daemon_slow_task_seconds`, all accept threads together.
@@ -468,21 +458,6 @@ fn family(out: &mut Vec<u8>, name: &str, kind: &str, help: &str) -> io::Result<(
 fn gauge(out: &mut Vec<u8>, name: &str, help: &str, value: impl Display) -> io::Result<()> {
     family(out, name, "gauge", help)?;
     writeln!(out, "{name} {value}")
-}
-
-/// One sample of a per-thread metric.
-fn sample(
-    out: &mut Vec<u8>,
-    name: &str,
-    thread: usize,
-    labels: &[(&str, &str)],
-    value: u64,
-) -> io::Result<()> {
-    write!(out, "{name}{{thread=\"{thread}\"")?;
-    for (k, v) in labels {
-        write!(out, ",{k}=\"{v}\"")?;
-    }
-    writeln!(out, "}} {value}")
 }
 
 /// The standard `process_*` metrics, read from `/proc` at scrape time.
@@ -812,6 +787,17 @@ mod tests {
         assert_eq!(
             t1.stats().served + t1.stats().dropped + t1.stats().timed_out,
             3
+        );
+    }
+
+    #[test]
+    fn upgrades_are_counted() {
+        let m = Metrics::new(1, 0);
+        let before = value(&render(&m), "conn_daemon_upgrades_total");
+        count_upgrade();
+        assert_eq!(
+            value(&render(&m), "conn_daemon_upgrades_total"),
+            before + 1.0
         );
     }
 
