@@ -34,6 +34,18 @@ pub fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_conn-daemon").to_string())
 }
 
+pub mod lineage;
+
+/// The loopback address the tests talk to: 127.0.0.1, or `::1` with
+/// `CONN_DAEMON_TEST_HOST=::1`, which runs the same tests over IPv6 (the server
+/// is then started with `--listen [::1]`).
+pub fn host() -> std::net::IpAddr {
+    std::env::var("CONN_DAEMON_TEST_HOST")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, drop).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -93,9 +105,14 @@ impl Server {
         ));
         let stderr_file = fs::File::create(&stderr_path).expect("create stderr log file");
         let port_s = port.to_string();
+        let listen: Vec<String> = match host() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() && ip.octets() == [127, 0, 0, 1] => vec![],
+            ip => vec!["--listen".into(), SocketAddr::new(ip, port).to_string()],
+        };
         let child = Command::new(bin())
             .arg("-p")
             .arg(&port_s)
+            .args(&listen)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -138,9 +155,9 @@ impl Server {
         self.child.id()
     }
 
-    /// 127.0.0.1:PORT (the only address tests may connect to).
+    /// 127.0.0.1:PORT, or [::1]:PORT (see [`host`]).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(host(), self.port)
     }
 
     /// Everything the server wrote to stderr so far.
