@@ -331,8 +331,9 @@ fn bind_addresses(
 /// serves sockets `t`, `t + A`, ... (none is left unserved, or connections the
 /// kernel queued on it would wait forever). With fewer: each thread past them
 /// opens its own `SO_REUSEPORT` socket on the address (joining the group), or,
-/// when the inherited socket lacks `SO_REUSEPORT` (systemd's default), shares
-/// one (a dup: each loop watches it, one of them accepts).
+/// when it cannot (the inherited socket lacks `SO_REUSEPORT`, systemd's
+/// default, or belongs to another user), shares one (a dup: each loop watches
+/// it, one of them accepts).
 fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<Listeners, StartError> {
     let adopt_error = |msg: String| StartError {
         code: EXIT_SYSTEM,
@@ -353,15 +354,17 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
         let reuse_port = socks[0].reuse_port().unwrap_or(false);
         let mut extra = Vec::new();
         for t in k..threads {
-            let sock = if reuse_port {
-                let s = net::listener(addr, defer)
-                    .map_err(|e| StartError::system(format_args!("cannot listen on {addr}"), e))?;
-                handover.push(s.as_raw_fd());
-                s
-            } else {
-                socks[t % k]
+            // The kernel lets only the same user join a SO_REUSEPORT group: a
+            // socket systemd made as root cannot be joined by a service user.
+            let own = reuse_port.then(|| net::listener(addr, defer).ok()).flatten();
+            let sock = match own {
+                Some(s) => {
+                    handover.push(s.as_raw_fd());
+                    s
+                }
+                None => socks[t % k]
                     .try_clone()
-                    .map_err(|e| StartError::system(format_args!("cannot share {addr}"), e))?
+                    .map_err(|e| StartError::system(format_args!("cannot share {addr}"), e))?,
             };
             extra.push((t, sock));
         }
