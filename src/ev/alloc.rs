@@ -221,21 +221,7 @@ pub fn reserve_arrays(loops: usize, connections: usize) -> io::Result<()> {
         .checked_mul(ARRAYS_PER_LOOP + SPARE_PER_LOOP)
         .ok_or_else(no_memory)?;
     let len = region.checked_mul(count).ok_or_else(no_memory)?;
-    // SAFETY: an anonymous mapping with no address hint has no preconditions.
-    // MAP_NORESERVE: untouched regions must not count against the commit limit.
-    let base = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let base = crate::os::reserve(len)?.as_ptr().cast::<c_void>();
     // A transparent huge page would commit 2 MB where libev touched 4 KB: the
     // arrays of an idle loop would cost megabytes. Best effort: without THP
     // support the call fails and nothing is lost.
