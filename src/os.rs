@@ -1,11 +1,13 @@
 //! Process-level system calls: signals owned by one thread, starting a new
-//! binary with inherited sockets, service-manager notification, daemonizing.
+//! binary with inherited sockets, service-manager notification, daemonizing,
+//! address space reserved at start-up.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -429,4 +431,27 @@ pub fn daemonize(keep_output: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Reserves `len` bytes of zeroed, page-aligned, read-write address space
+/// (an anonymous private `mmap`). The kernel commits a page only when it is
+/// first touched, and `MAP_NORESERVE` keeps untouched pages out of the commit
+/// limit: a reservation sized for the worst case costs nothing until used.
+/// Release it with `munmap`, or keep it for the life of the process.
+pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: an anonymous mapping with no address hint has no preconditions.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }

@@ -111,6 +111,9 @@ impl Server {
             }
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
+        // After the limit is raised: libev's arrays are sized from it.
+        crate::ev::reserve_arrays(threads, config.accept_capacity)
+            .map_err(|e| StartError::system("cannot reserve libev's arrays", e))?;
         // Queues sized so they never overflow: one task per connection at most,
         // and none at all without workers (-w 0 answers slow requests inline).
         let (per_loop, all) = if config.worker_threads > 0 {

@@ -74,9 +74,14 @@ impl Server {
     /// server's stderr if it exits first. Retries with another port if the chosen one
     /// was taken in the meantime (bind error on stderr).
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// `start`, with these variables added to the server's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            match Server::try_start(args) {
+            match Server::try_start(args, env) {
                 Ok(s) => return s,
                 Err((status, stderr)) => {
                     let lower = stderr.to_lowercase();
@@ -95,7 +100,10 @@ impl Server {
         panic!("{last_err}");
     }
 
-    fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+    fn try_start(
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
         let port = free_port();
         let stderr_path = std::env::temp_dir().join(format!(
             "conn-daemon-test-{}-{}-{}.stderr",
@@ -114,6 +122,7 @@ impl Server {
             .arg(&port_s)
             .args(&listen)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_file))
@@ -331,6 +340,29 @@ impl Drop for Server {
         }
         let _ = fs::remove_file(&self.stderr_path);
     }
+}
+
+/// Raises this test process's soft RLIMIT_NOFILE to its hard limit, for tests
+/// that hold thousands of sockets; panics if that is below `needed`.
+pub fn raise_own_nofile(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid pointer to an initialised rlimit.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
+    }
+    assert!(
+        lim.rlim_cur >= needed,
+        "RLIMIT_NOFILE hard limit {} is too low for this test (needs {needed})",
+        lim.rlim_max
+    );
 }
 
 /// Inodes of every `socket:[N]` fd of `pid`.
