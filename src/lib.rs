@@ -8,9 +8,10 @@
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
 //! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
 //! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`) and
-//! [`server`]. Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`;
-//! the other modules are `#![forbid(unsafe_code)]`.
+//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`),
+//! [`server`], and [`lifecycle`] (signals, drain, upgrade). Only `sys`, `ev`,
+//! `pool`, `task`, `net` and `os` contain `unsafe`; the other modules are
+//! `#![forbid(unsafe_code)]`.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@
 // porting a libev design need. The rest is crate-private.
 pub mod config;
 pub mod ev;
+pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod os;

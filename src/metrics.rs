@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
+
 use crate::accept::Stats;
 use crate::conn::DropReason;
 use crate::{net, os, sys};
@@ -683,9 +685,27 @@ impl Scraper {
 }
 
 /// Binds the `--metrics` listener (before any thread starts, so that a failure
-/// stops the start-up).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// stops the start-up). An address in use is refused, unless `beside_predecessor`:
+/// an upgrade's new process binds while the old one still serves scrapes, so the
+/// socket has `SO_REUSEPORT` (the kernel shares scrapes between the two until the
+/// old one exits).
+pub fn bind(addr: SocketAddr, beside_predecessor: bool) -> io::Result<TcpListener> {
+    if !beside_predecessor {
+        net::ensure_addr_free(addr)?;
+    }
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(64)?;
+    Ok(sock.into())
 }
 
 /// Serves scrapes on `listener` from a thread of its own, named `metrics`,

@@ -487,3 +487,35 @@ fn a_host_name_is_refused_on_the_command_line() {
     );
     assert!(stderr.contains("Usage: conn-daemon [OPTIONS]"), "{stderr}");
 }
+
+/// A binary upgrade: the new process binds the metrics address while the old one
+/// still holds it, and serves the scrapes once the old one is gone.
+#[test]
+fn an_upgrade_keeps_the_metrics_address() {
+    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let metrics = addr.to_string();
+    let mut lineage = util::lineage::Lineage::start(&["-A", "1", "--metrics", &metrics]);
+    let service = lineage.addr();
+    for _ in 0..5 {
+        let s = TcpStream::connect_timeout(&service, IO_TIMEOUT).unwrap();
+        send(&s, b"GET /test/fast\r\n\r\n");
+        expect_response(&s);
+    }
+    let old = wait_for(addr, "the old process's five responses", |m| {
+        m.sum("conn_daemon_responses_total", &[]) == 5.0
+    });
+    let new = lineage
+        .upgrade()
+        .unwrap_or_else(|e| panic!("upgrade with --metrics: {e}; stderr:\n{}", lineage.stderr()));
+    // The old process is gone: this is the new one's scrape, with its own counts.
+    let m = Scrape::get(addr);
+    assert_eq!(m.sum("conn_daemon_responses_total", &[]), 0.0, "{}", m.text);
+    assert!(
+        m.one("process_start_time_seconds") >= old.one("process_start_time_seconds"),
+        "{}",
+        m.text
+    );
+    assert!(!lineage.stderr().contains("cannot listen for metrics"));
+    assert!(util::lineage::alive(new));
+    lineage.stop(Duration::from_secs(10)).expect("stop");
+}
