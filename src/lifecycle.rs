@@ -344,6 +344,7 @@ impl Supervisor {
         let _ = os::reap(pending.pid, false);
         if self.shutdown.hand_over() {
             self.plan.upgrades += 1;
+            crate::metrics::count_upgrade();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }
     }

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
     };
+    conn_daemon::metrics::set_upgrades(inherited.upgrades);
     let server = match Server::bind_with(&config, inherited.listeners) {
         Ok(server) => server,
         Err(e) => return fail(e.code, &e),

@@ -249,11 +249,17 @@ impl AcceptMetrics {
     }
 }
 
-/// Upgrades of the running binary (`conn_daemon_upgrades_total`): one process-wide
-/// counter, rare enough for a read-modify-write from any thread.
+/// Binary upgrades in this process's lineage (`conn_daemon_upgrades_total`): one
+/// process-wide counter, rare enough for a read-modify-write from any thread.
 static UPGRADES: AtomicU64 = AtomicU64::new(0);
 
-/// Counts one binary upgrade (the upgrade code calls it once it has succeeded).
+/// The upgrades that came before this process (a new process inherits its
+/// predecessor's count, plus the upgrade that started it).
+pub fn set_upgrades(n: u64) {
+    UPGRADES.store(n, Ordering::Relaxed);
+}
+
+/// Counts one binary upgrade (once the new process serves).
 pub fn count_upgrade() {
     UPGRADES.fetch_add(1, Ordering::Relaxed);
 }
@@ -368,7 +374,7 @@ impl Metrics {
             out,
             "conn_daemon_upgrades_total",
             "counter",
-            "Binary upgrades this process took part in.",
+            "Binary upgrades in this process's lineage (SIGUSR2, SIGHUP).",
         )?;
         writeln!(
             out,

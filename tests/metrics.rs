@@ -504,12 +504,15 @@ fn an_upgrade_keeps_the_metrics_address() {
     let old = wait_for(addr, "the old process's five responses", |m| {
         m.sum("conn_daemon_responses_total", &[]) == 5.0
     });
+    assert_eq!(old.one("conn_daemon_upgrades_total"), 0.0);
     let new = lineage
         .upgrade()
         .unwrap_or_else(|e| panic!("upgrade with --metrics: {e}; stderr:\n{}", lineage.stderr()));
     // The old process is gone: this is the new one's scrape, with its own counts.
     let m = Scrape::get(addr);
     assert_eq!(m.sum("conn_daemon_responses_total", &[]), 0.0, "{}", m.text);
+    // The lineage's count: one upgrade so far.
+    assert_eq!(m.one("conn_daemon_upgrades_total"), 1.0);
     assert!(
         m.one("process_start_time_seconds") >= old.one("process_start_time_seconds"),
         "{}",
