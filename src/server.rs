@@ -359,7 +359,9 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
         for t in k..threads {
             // The kernel lets only the same user join a SO_REUSEPORT group: a
             // socket systemd made as root cannot be joined by a service user.
-            let own = reuse_port.then(|| net::listener(addr, defer).ok()).flatten();
+            let own = reuse_port
+                .then(|| net::listener(addr, defer).ok())
+                .flatten();
             let sock = match own {
                 Some(s) => {
                     handover.push(s.as_raw_fd());
