@@ -3,8 +3,8 @@
 #
 #   bench/upgrade.sh [--upgrades N] [--seconds S] [--tool wrk|ab] [--baseline]
 #
-# Starts a private copy of target/release/conn-daemon (built with cargo if it
-# is older than the sources) with --pid-file on 127.0.0.1, drives it for S
+# Starts a private copy of target/release/conn-daemon (after `cargo build
+# --release`, a no-op when up to date) with --pid-file on 127.0.0.1, drives it for S
 # seconds (default 20) with two load generators at once, one on /test/fast and
 # one on /test/slow, and meanwhile upgrades it N times (default 10), evenly
 # spaced: each time a new copy of the binary is installed the way an operator
