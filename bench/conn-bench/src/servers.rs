@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The nginx peer's config template (`{port}`, `{dir}` placeholders).
-pub const NGINX_TEMPLATE: &str = include_str!("../../../bench/nginx.conf");
+pub const NGINX_TEMPLATE: &str = include_str!("../../nginx.conf");
 
 /// How to start one server.
 #[derive(Debug, Clone)]

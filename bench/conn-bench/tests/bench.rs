@@ -1,5 +1,12 @@
 //! End to end: `conn-bench` benchmarks conn-daemon against itself for one
 //! short round and writes all three outputs.
+//!
+//! The server under test is the workspace's `conn-daemon` binary. Cargo only
+//! hands a package's own binaries to its tests, so it is looked up beside
+//! this test's executable (`target/<profile>/`), where `cargo test
+//! --workspace` builds it before running any test; `CONN_DAEMON_BIN` names
+//! another. Run alone, build it first: `cargo build -p conn-daemon && cargo
+//! test -p conn-bench`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -24,10 +31,7 @@ fn benchmarks_conn_daemon_against_itself() {
     );
     let dir = scratch();
     let out = dir.join("out");
-    let server = format!(
-        "{} -A 1 -w 1 -p {{port}}",
-        env!("CARGO_BIN_EXE_conn-daemon")
-    );
+    let server = format!("{} -A 1 -w 1 -p {{port}}", conn_daemon().display());
     let stdout_path = dir.join("stdout.md");
     let stderr_path = dir.join("stderr.txt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
@@ -119,6 +123,27 @@ fn benchmarks_conn_daemon_against_itself() {
         );
     }
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// The conn-daemon binary: `CONN_DAEMON_BIN`, else the workspace build in
+/// the directory above this test's `deps/`.
+fn conn_daemon() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CONN_DAEMON_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps");
+    let bin = profile_dir.join("conn-daemon");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo test --workspace`, or `cargo build -p conn-daemon` first \
+         (or set CONN_DAEMON_BIN)",
+        bin.display()
+    );
+    bin
 }
 
 fn read(path: &std::path::Path) -> String {
