@@ -1,12 +1,17 @@
 //! `conn-bench`: benchmarks conn-daemon against other servers (the C++
 //! original, nginx) with standard load generators and writes a Markdown
-//! table, `report.json` and `report.svg`.
+//! table, `report.json` and `report.svg` (and `scaling.svg` for a
+//! `--threads` sweep).
 //!
 //! ```text
 //! conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -p {port}' \
 //!            --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \
 //!            --peer nginx --scenario fast --rounds 5 --out bench-out
 //! ```
+//!
+//! With `--threads 1,2,4`, the flow below runs once per value, the servers
+//! pinned to that many CPUs and the generator to the rest; every row
+//! records the generator's CPU share so a client-bound row is flagged.
 //!
 //! Flow: start every server (pinned to the server CPUs) and time exec to
 //! listening; read idle memory; then for each round run the load against
@@ -28,11 +33,12 @@ mod sys;
 
 use args::{Args, Generator, Peer, Scenario};
 use clap::Parser;
+use cpus::Plan;
 use load::{LoadKind, LoadSpec, RunResult, Tool};
 use report::{LoadReport, Report, ServerReport};
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default fast requests per round: a few seconds of load on one core.
 const DEFAULT_FAST_REQUESTS: u64 = 20_000;
@@ -95,6 +101,20 @@ struct Measured {
     runs: Vec<Vec<RunResult>>,
     cpu_ticks: u64,
     idle_rss_kib: u64,
+    /// Wall time of the runs, summed.
+    wall_s: f64,
+    /// CPU of the generators and of conn-bench over the runs, µs.
+    client_cpu_us: f64,
+}
+
+/// What every sweep value shares.
+struct Setup<'a> {
+    args: &'a Args,
+    loads: Vec<LoadSpec>,
+    program: std::path::PathBuf,
+    nginx: Option<std::path::PathBuf>,
+    out: std::path::PathBuf,
+    ticks_per_second: u64,
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -115,56 +135,31 @@ fn run(args: &Args) -> Result<(), String> {
             None
         }
     };
+    if args.servers.is_empty() && nginx.is_none() {
+        return Err("nothing to benchmark: nginx serves /test/fast only; add a --server".into());
+    }
 
     fs::create_dir_all(&args.out).map_err(|e| format!("creating {}: {e}", args.out.display()))?;
     let out = fs::canonicalize(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let work = out.join("work");
-    let logs = out.join("logs");
-    for dir in [&work, &logs] {
-        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for dir in [out.join("work"), out.join("logs")] {
+        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
 
-    // Pin this thread (and so the generators it forks, and the memory
-    // sampler) to the generator CPUs; servers switch to theirs at spawn.
-    let pinning = if args.no_pin {
-        notes.push("Not pinned (--no-pin): servers and generator share all CPUs.".into());
-        None
-    } else {
-        let allowed = cpus::allowed_cpus().unwrap_or_default();
-        let plan = cpus::plan(&allowed, args.server_cpus.as_deref())?;
-        match &plan {
-            Some(p) => {
-                sys::set_thread_affinity(&p.generator)
-                    .map_err(|e| format!("pinning the generator: {e}"))?;
-                notes.push(format!(
-                    "Servers pinned to CPUs {:?}, load generator to CPUs {:?}.",
-                    p.server, p.generator
-                ));
-            }
-            None => notes.push("Not pinned: only one CPU is available.".into()),
-        }
-        plan
-    };
     let ticks_per_second = sys::clock_ticks_per_second();
-    let tool = Tool {
-        generator: args.generator,
-        program,
-        duration_s: args.duration,
-        threads: pinning.as_ref().map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            |p| p.generator.len() as u32,
-        ),
-    };
     notes.push(match args.generator {
-        Generator::Ab => "ab: one connection per request; p50/p99 from ab -e (µs precision), p99.9 from ab -g \
-                          (whole ms) clamped between ab's p99 and maximum."
+        Generator::Ab => "ab: one connection per request, one thread per ab process (so one client CPU \
+                          per load, however many the generator is pinned to; --generator wrk uses them \
+                          all); p50/p99 from ab -e (µs precision), p99.9 from ab -g (whole ms) clamped \
+                          between ab's p99 and maximum."
             .into(),
-        Generator::Wrk => "wrk: runs for --duration; it uses keep-alive but these servers close after each \
-                           response, so it reconnects per request (its reconnect cost is in the latency)."
+        Generator::Wrk => "wrk: runs for --duration with one thread per client CPU; it uses keep-alive \
+                           but these servers close after each response, so it reconnects per request \
+                           (its reconnect cost is in the latency)."
             .into(),
     });
     notes.push(format!(
-        "Server CPU: utime+stime of all threads/processes from /proc, {ticks_per_second} ticks/s, so ±1 tick per run."
+        "Server CPU: utime+stime of all threads/processes from /proc, {ticks_per_second} ticks/s, so ±1 tick \
+         per run. Client CPU: getrusage of the generators and conn-bench itself."
     ));
     if args.scenario == Scenario::Mixed {
         notes.push(
@@ -173,46 +168,163 @@ fn run(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
+    let setup = Setup {
+        args,
+        loads,
+        program,
+        nginx,
+        out,
+        ticks_per_second,
+    };
 
-    // Ports first: the nginx config needs its port written in.
-    let count = args.servers.len() + usize::from(nginx.is_some());
-    if count == 0 {
-        return Err("nothing to benchmark: nginx serves /test/fast only; add a --server".into());
+    // One pass per thread count; without --threads, one pass as given.
+    let mut sweep: Vec<Option<u32>> = Vec::new();
+    for t in &args.threads {
+        if !sweep.contains(&Some(*t)) {
+            sweep.push(Some(*t));
+        }
     }
+    if sweep.is_empty() {
+        sweep.push(None);
+    }
+    let allowed = cpus::allowed_cpus().unwrap_or_default();
+    let mut rows = Vec::new();
+    for threads in sweep {
+        let plan = if args.no_pin {
+            Plan::Unpinned
+        } else {
+            cpus::plan(
+                &allowed,
+                threads,
+                args.server_cpus.as_deref(),
+                args.client_cpus.as_deref(),
+            )?
+        };
+        let at = threads.map_or(String::new(), |t| format!("threads={t}: "));
+        let pinning = match plan {
+            Plan::Skip(note) => {
+                eprintln!("conn-bench: {note}");
+                notes.push(note);
+                continue;
+            }
+            Plan::Unpinned => {
+                notes.push(if args.no_pin {
+                    format!("{at}Not pinned (--no-pin): servers and generator share all CPUs.")
+                } else {
+                    format!("{at}Not pinned: only one CPU is available.")
+                });
+                None
+            }
+            Plan::Pinned(p) => {
+                notes.push(format!(
+                    "{at}Servers pinned to CPUs {:?}, load generator to CPUs {:?}.",
+                    p.server, p.generator
+                ));
+                Some(p)
+            }
+        };
+        rows.extend(run_at(&setup, threads, pinning.as_ref())?);
+    }
+    if rows.is_empty() {
+        return Err(format!("nothing ran: {}", notes.join(" ")));
+    }
+    report::fill_ratios(&mut rows);
+    let report = Report {
+        tool: "conn-bench",
+        scenario: args.scenario,
+        generator: args.generator,
+        rounds: args.rounds,
+        workers: args.workers,
+        slow_ms: args.slow_ms,
+        wrk_duration_s: (args.generator == Generator::Wrk).then_some(args.duration),
+        loads: setup.loads.clone(),
+        threads: args.threads.clone(),
+        clock_ticks_per_second: ticks_per_second,
+        notes,
+        servers: rows,
+    };
+    write_outputs(&report, &setup.out)
+}
+
+/// Starts every server for `threads` (pinned as `pinning` says), runs the
+/// rounds, stops the servers and returns their report rows.
+fn run_at(
+    setup: &Setup,
+    threads: Option<u32>,
+    pinning: Option<&cpus::Pinning>,
+) -> Result<Vec<ServerReport>, String> {
+    let args = setup.args;
+    let loads = &setup.loads;
+    let work = setup.out.join("work");
+    let logs = setup.out.join("logs");
+    // Pin this thread (and so the generators it forks, and the memory
+    // sampler) to the generator CPUs; servers switch to theirs at spawn.
+    let allowed_now = cpus::allowed_cpus().unwrap_or_default();
+    let client = pinning.map_or(allowed_now, |p| p.generator.clone());
+    sys::set_thread_affinity(&client).map_err(|e| format!("pinning the generator: {e}"))?;
+    let tool = Tool {
+        generator: args.generator,
+        program: setup.program.clone(),
+        duration_s: args.duration,
+        threads: client.len().max(1) as u32,
+    };
+    // The generator threads that can run at once: what "saturated" is measured against.
+    let client_threads = loads
+        .iter()
+        .map(|l| match args.generator {
+            Generator::Ab => 1,
+            Generator::Wrk => tool.threads.clamp(1, l.concurrency),
+        })
+        .sum::<u32>()
+        .min(client.len().max(1) as u32);
+
+    let suffix = threads.map_or(String::new(), |t| format!("-t{t}"));
+    let with_threads = |w: &str| match threads {
+        Some(t) => w.replace("{threads}", &t.to_string()),
+        None => w.to_string(),
+    };
+    let count = args.servers.len() + usize::from(setup.nginx.is_some());
+    // Ports first: the nginx config needs its port written in.
     let ports = servers::free_ports(count).map_err(|e| format!("picking free ports: {e}"))?;
     let mut launches: Vec<servers::Launch> = args
         .servers
         .iter()
         .map(|s| servers::Launch {
             name: s.name.clone(),
-            command: s.command.clone(),
-            argv: s.argv.clone(),
+            command: with_threads(&s.command),
+            argv: s.argv.iter().map(|w| with_threads(w)).collect(),
             extra_log: None,
         })
         .collect();
-    if let Some(nginx) = &nginx {
+    if let Some(nginx) = &setup.nginx {
         launches.push(servers::nginx_launch(
             nginx,
-            &out.join("nginx"),
+            &setup.out.join(format!("nginx{suffix}")),
             ports[count - 1],
+            threads.unwrap_or(1),
         )?);
     }
 
     let mut progress = progress::Progress::new();
+    let at = threads.map_or(String::new(), |t| format!("threads={t}: "));
     let timeout = Duration::from_secs(args.start_timeout);
     let mut running = Vec::new();
     for (launch, &port) in launches.iter().zip(&ports) {
-        progress.update(&format!("starting {} on port {port}", launch.name));
-        let server_cpus = pinning.as_ref().map(|p| p.server.as_slice());
-        let restore = pinning.as_ref().map(|p| p.generator.as_slice());
-        running.push(servers::start(
-            launch,
+        progress.update(&format!("{at}starting {} on port {port}", launch.name));
+        let log_name = servers::Launch {
+            name: format!("{}{suffix}", launch.name),
+            ..launch.clone()
+        };
+        let mut server = servers::start(
+            &log_name,
             port,
-            server_cpus,
-            restore,
+            pinning.map(|p| p.server.as_slice()),
+            Some(&client),
             &logs,
             timeout,
-        )?);
+        )?;
+        server.name = launch.name.clone();
+        running.push(server);
     }
     // Let start-up allocations settle before calling the memory "idle".
     std::thread::sleep(Duration::from_millis(200));
@@ -220,8 +332,8 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|s| Measured {
             runs: vec![Vec::new(); loads.len()],
-            cpu_ticks: 0,
             idle_rss_kib: procstat::tree_rss_kib(s.pid()),
+            ..Measured::default()
         })
         .collect();
     let sampler = procstat::RssSampler::start(running.iter().map(|s| s.pid()).collect());
@@ -235,13 +347,15 @@ fn run(args: &Args) -> Result<(), String> {
                 return Err("interrupted".into());
             }
             progress.update(&format!(
-                "[{step}/{total}] round {round}/{}: {} ...",
+                "{at}[{step}/{total}] round {round}/{}: {} ...",
                 args.rounds, server.name
             ));
             let before = procstat::tree_cpu_ticks(server.pid());
+            let client_before = sys::client_side_cpu_us();
+            let started = Instant::now();
             let mut inflight = Vec::new();
-            for spec in &loads {
-                let tag = format!("{}-r{round}-{}", server.name, spec.kind.name());
+            for spec in loads {
+                let tag = format!("{}{suffix}-r{round}-{}", server.name, spec.kind.name());
                 inflight.push(load::start(&tool, spec, server.port, &work, &tag)?);
             }
             let mut summary = Vec::new();
@@ -254,10 +368,12 @@ fn run(args: &Args) -> Result<(), String> {
                 ));
                 m.runs[i].push(result);
             }
+            m.wall_s += started.elapsed().as_secs_f64();
+            m.client_cpu_us += sys::client_side_cpu_us() - client_before;
             m.cpu_ticks += procstat::tree_cpu_ticks(server.pid()).saturating_sub(before);
             server.check_alive()?;
             progress.update(&format!(
-                "[{step}/{total}] round {round}/{}: {}: {}",
+                "{at}[{step}/{total}] round {round}/{}: {}: {}",
                 args.rounds,
                 server.name,
                 summary.join(", ")
@@ -265,53 +381,72 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let peaks = sampler.finish();
-    progress.update("stopping servers");
+    progress.update(&format!("{at}stopping servers"));
     for server in &mut running {
         server.stop();
     }
     progress.finish();
 
-    let mut reports: Vec<ServerReport> = running
+    let cpus = Cpus {
+        threads,
+        server: pinning.map(|p| p.server.clone()),
+        client,
+        client_threads,
+        pinned: pinning.is_some(),
+    };
+    Ok(running
         .iter()
         .zip(measured)
         .zip(peaks)
-        .map(|((server, m), peak)| server_report(args, &loads, server, m, peak, ticks_per_second))
-        .collect();
-    report::fill_ratios(&mut reports);
-    let report = Report {
-        tool: "conn-bench",
-        scenario: args.scenario,
-        generator: args.generator,
-        rounds: args.rounds,
-        workers: args.workers,
-        slow_ms: args.slow_ms,
-        wrk_duration_s: (args.generator == Generator::Wrk).then_some(args.duration),
-        loads: loads.clone(),
-        server_cpus: pinning.as_ref().map(|p| p.server.clone()),
-        generator_cpus: pinning.as_ref().map(|p| p.generator.clone()),
-        clock_ticks_per_second: ticks_per_second,
-        notes,
-        servers: reports,
-    };
-    drop(running);
-    write_outputs(&report, &out)
+        .map(|((server, m), peak)| server_report(setup, &cpus, server, m, peak))
+        .collect())
 }
 
-/// Turns one server's measurements into its report entry.
+/// Where one pass ran, for its rows.
+struct Cpus {
+    threads: Option<u32>,
+    server: Option<Vec<usize>>,
+    client: Vec<usize>,
+    client_threads: u32,
+    pinned: bool,
+}
+
+/// Turns one server's measurements into its report row.
 fn server_report(
-    args: &Args,
-    loads: &[LoadSpec],
+    setup: &Setup,
+    cpus: &Cpus,
     server: &servers::Server,
     m: Measured,
     peak_rss_kib: u64,
-    ticks_per_second: u64,
 ) -> ServerReport {
+    let args = setup.args;
     let requests_total: u64 = m.runs.iter().flatten().map(|r| r.completed).sum();
-    let cpu_us_total = procstat::ticks_to_us(m.cpu_ticks, ticks_per_second);
+    let cpu_us_total = procstat::ticks_to_us(m.cpu_ticks, setup.ticks_per_second);
+    let wall_us = m.wall_s * 1e6;
+    let server_cpu_count = cpus.server.as_ref().map_or(cpus.client.len(), Vec::len);
+    let share = |used: f64, cpus: usize| {
+        if wall_us > 0.0 && cpus > 0 {
+            used / (wall_us * cpus as f64)
+        } else {
+            f64::NAN
+        }
+    };
+    let server_cpu_util = share(cpu_us_total, server_cpu_count);
+    let client_cpu_util = share(m.client_cpu_us, cpus.client_threads as usize);
     ServerReport {
         name: server.name.clone(),
         command: server.command.clone(),
         port: server.port,
+        threads: cpus.threads,
+        server_cpus: cpus.server.clone(),
+        client_cpus: cpus.pinned.then(|| cpus.client.clone()),
+        client_threads: cpus.client_threads,
+        wall_s_total: m.wall_s,
+        server_cpu_util,
+        client_cpu_us_total: m.client_cpu_us,
+        client_cpu_util,
+        // Unpinned, generator and server share CPUs: no side can be blamed.
+        client_bound: cpus.pinned && report::is_client_bound(server_cpu_util, client_cpu_util),
         startup_ms: server.startup.as_secs_f64() * 1000.0,
         idle_rss_kib: m.idle_rss_kib,
         peak_rss_kib: peak_rss_kib.max(m.idle_rss_kib),
@@ -322,7 +457,8 @@ fn server_report(
         } else {
             f64::NAN
         },
-        loads: loads
+        loads: setup
+            .loads
             .iter()
             .zip(m.runs)
             .map(|(spec, runs)| {
@@ -335,18 +471,25 @@ fn server_report(
 
 /// Prints the table and writes report.json and report.svg into `out`.
 fn write_outputs(report: &Report, out: &Path) -> Result<(), String> {
-    let json_path = out.join("report.json");
-    fs::write(&json_path, report::json(report))
-        .map_err(|e| format!("writing {}: {e}", json_path.display()))?;
-    let svg_path = out.join("report.svg");
-    let svg = report::svg(report).map_err(|e| format!("drawing the chart: {e}"))?;
-    fs::write(&svg_path, svg).map_err(|e| format!("writing {}: {e}", svg_path.display()))?;
+    let mut files = vec![("report.json", report::json(report))];
+    files.push((
+        "report.svg",
+        report::svg(report).map_err(|e| format!("drawing the chart: {e}"))?,
+    ));
+    if !report.threads.is_empty() {
+        files.push((
+            "scaling.svg",
+            report::scaling_svg(report).map_err(|e| format!("drawing the scaling chart: {e}"))?,
+        ));
+    }
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = out.join(name);
+        fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        written.push(path.display().to_string());
+    }
     print!("{}", report::markdown(report));
-    eprintln!(
-        "conn-bench: wrote {} and {}",
-        json_path.display(),
-        svg_path.display()
-    );
+    eprintln!("conn-bench: wrote {}", written.join(", "));
     Ok(())
 }
 

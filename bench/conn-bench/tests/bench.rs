@@ -32,14 +32,14 @@ fn benchmarks_conn_daemon_against_itself() {
     let dir = scratch();
     let out = dir.join("out");
     let server = format!("{} -A 1 -w 1 -p {{port}}", conn_daemon().display());
-    let stdout_path = dir.join("stdout.md");
-    let stderr_path = dir.join("stderr.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
-        .arg("--server")
-        .arg(format!("first={server}"))
-        .arg("--server")
-        .arg(format!("second={server}"))
-        .args([
+    let mut args = vec![
+        "--server".to_string(),
+        format!("first={server}"),
+        "--server".into(),
+        format!("second={server}"),
+    ];
+    args.extend(
+        [
             "--scenario",
             "fast",
             "--rounds",
@@ -48,33 +48,10 @@ fn benchmarks_conn_daemon_against_itself() {
             "300",
             "-c",
             "10",
-            "--out",
-        ])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(fs::File::create(&stdout_path).unwrap())
-        .stderr(fs::File::create(&stderr_path).unwrap())
-        .spawn()
-        .expect("running conn-bench");
-
-    // Bounded: a hung server or generator must fail the test, not CI.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "conn-bench still running after 120 s; stderr: {}",
-                read(&stderr_path)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stdout = read(&stdout_path);
-    let stderr = read(&stderr_path);
+        ]
+        .map(String::from),
+    );
+    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
     assert!(
         status.success(),
         "conn-bench failed ({status}):\n{stderr}\n{stdout}"
@@ -144,6 +121,120 @@ fn conn_daemon() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs conn-bench with `args` and `--out out`, bounded in time; returns
+/// its status, stdout and stderr.
+fn conn_bench(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    args: &[String],
+) -> (std::process::ExitStatus, String, String) {
+    let stdout_path = dir.join("stdout.md");
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path).unwrap())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("running conn-bench");
+
+    // Bounded: a hung server or generator must fail the test, not CI.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "conn-bench still running after 120 s; stderr: {}",
+                read(&stderr_path)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, read(&stdout_path), read(&stderr_path))
+}
+
+/// The CPUs this process may use, as the kernel lists them.
+fn allowed_cpus() -> usize {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    list.trim()
+        .split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// A sweep over `1` and the machine's whole CPU count: the latter leaves no
+/// CPU for the generator and must be skipped with a note, the former runs
+/// with `{threads}` replaced, pinned, and with the client-side figures.
+#[test]
+fn sweeps_thread_counts_and_skips_what_the_machine_cannot_give() {
+    let n = allowed_cpus();
+    assert!(n >= 2, "this test needs 2 CPUs, the project's machine size");
+    let dir = scratch();
+    let out = dir.join("out");
+    let server = format!(
+        "{} -A {{threads}} -w 1 -p {{port}}",
+        conn_daemon().display()
+    );
+    let args: Vec<String> = [
+        "--server".to_string(),
+        format!("cd={server}"),
+        "--threads".into(),
+        format!("1,{n}"),
+        "--rounds".into(),
+        "1".into(),
+        "-n".into(),
+        "2000".into(),
+        "-c".into(),
+        "10".into(),
+    ]
+    .into();
+    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+    let skipped = format!("threads={n} skipped");
+    assert!(stderr.contains(&skipped), "{stderr}");
+    assert!(
+        stdout.contains(&skipped),
+        "the note is in the report: {stdout}"
+    );
+    assert!(stdout.contains("| threads | server | load |"), "{stdout}");
+    assert!(stdout.contains("| 1 | cd | fast |"), "{stdout}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&read(&out.join("report.json"))).expect("report.json parses");
+    let rows = json["servers"].as_array().expect("servers array");
+    assert_eq!(rows.len(), 1, "only threads=1 ran: {json}");
+    let row = &rows[0];
+    assert_eq!(row["threads"], 1);
+    assert!(row["command"].as_str().unwrap().contains(" -A 1 "), "{row}");
+    assert_eq!(row["server_cpus"].as_array().unwrap().len(), 1, "{row}");
+    assert!(row["client_bound"].is_boolean(), "{row}");
+    assert_eq!(row["loads"][0]["completed"], 2000);
+    assert_eq!(row["loads"][0]["failed"], 0);
+    // ab keeps its one thread busy for the whole run: some client CPU shows.
+    let client = row["client_cpu_util"].as_f64().unwrap_or(0.0);
+    assert!(client > 0.0 && client < 1.5, "client CPU share {client}");
+    assert!(row["wall_s_total"].as_f64().unwrap_or(0.0) > 0.0, "{row}");
+    let chart = read(&out.join("scaling.svg"));
+    assert!(chart.starts_with("<svg") && chart.contains("cd"), "{chart}");
+    let _ = fs::remove_dir_all(&dir);
 }
 
 fn read(path: &std::path::Path) -> String {
