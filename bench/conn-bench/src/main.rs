@@ -105,6 +105,10 @@ struct Measured {
     wall_s: f64,
     /// CPU of the generators and of conn-bench over the runs, µs.
     client_cpu_us: f64,
+    /// Busy and total ticks of the server's CPUs over the runs (/proc/stat).
+    server_cpus_ticks: (u64, u64),
+    /// The same for the generator's CPUs.
+    client_cpus_ticks: (u64, u64),
 }
 
 /// What every sweep value shares.
@@ -228,6 +232,16 @@ fn run(args: &Args) -> Result<(), String> {
     if rows.is_empty() {
         return Err(format!("nothing ran: {}", notes.join(" ")));
     }
+    if rows.iter().any(|r| {
+        r.server_cpus_busy - r.server_cpu_util > 0.25
+            || r.client_cpus_busy - r.client_cpu_util > 0.25
+    }) {
+        notes.push(
+            "Other processes kept the benchmark's CPUs busy during some runs (cells with \"CPUs N%\"): \
+             those rows measure a shared machine; rerun on a quiet one."
+                .into(),
+        );
+    }
     report::fill_ratios(&mut rows);
     let report = Report {
         tool: "conn-bench",
@@ -305,6 +319,7 @@ fn run_at(
         )?);
     }
 
+    let server_cpus = pinning.map_or_else(|| client.clone(), |p| p.server.clone());
     let mut progress = progress::Progress::new();
     let at = threads.map_or(String::new(), |t| format!("threads={t}: "));
     let timeout = Duration::from_secs(args.start_timeout);
@@ -352,6 +367,8 @@ fn run_at(
             ));
             let before = procstat::tree_cpu_ticks(server.pid());
             let client_before = sys::client_side_cpu_us();
+            let server_cpus_before = procstat::cpu_ticks(&server_cpus);
+            let client_cpus_before = procstat::cpu_ticks(&client);
             let started = Instant::now();
             let mut inflight = Vec::new();
             for spec in loads {
@@ -370,6 +387,8 @@ fn run_at(
             }
             m.wall_s += started.elapsed().as_secs_f64();
             m.client_cpu_us += sys::client_side_cpu_us() - client_before;
+            add_ticks(&mut m.server_cpus_ticks, server_cpus_before, &server_cpus);
+            add_ticks(&mut m.client_cpus_ticks, client_cpus_before, &client);
             m.cpu_ticks += procstat::tree_cpu_ticks(server.pid()).saturating_sub(before);
             server.check_alive()?;
             progress.update(&format!(
@@ -400,6 +419,22 @@ fn run_at(
         .zip(peaks)
         .map(|((server, m), peak)| server_report(setup, &cpus, server, m, peak))
         .collect())
+}
+
+/// Adds the busy and total ticks of `cpus` since `before` to `sum`.
+fn add_ticks(sum: &mut (u64, u64), before: (u64, u64), cpus: &[usize]) {
+    let now = procstat::cpu_ticks(cpus);
+    sum.0 += now.0.saturating_sub(before.0);
+    sum.1 += now.1.saturating_sub(before.1);
+}
+
+/// Busy share of ticks counted by `add_ticks`.
+fn busy_share((busy, total): (u64, u64)) -> f64 {
+    if total > 0 {
+        busy as f64 / total as f64
+    } else {
+        f64::NAN
+    }
 }
 
 /// Where one pass ran, for its rows.
@@ -433,6 +468,8 @@ fn server_report(
     };
     let server_cpu_util = share(cpu_us_total, server_cpu_count);
     let client_cpu_util = share(m.client_cpu_us, cpus.client_threads as usize);
+    let server_cpus_busy = busy_share(m.server_cpus_ticks);
+    let client_cpus_busy = busy_share(m.client_cpus_ticks);
     ServerReport {
         name: server.name.clone(),
         command: server.command.clone(),
@@ -443,10 +480,16 @@ fn server_report(
         client_threads: cpus.client_threads,
         wall_s_total: m.wall_s,
         server_cpu_util,
+        server_cpus_busy,
         client_cpu_us_total: m.client_cpu_us,
         client_cpu_util,
+        client_cpus_busy,
         // Unpinned, generator and server share CPUs: no side can be blamed.
-        client_bound: cpus.pinned && report::is_client_bound(server_cpu_util, client_cpu_util),
+        client_bound: cpus.pinned
+            && report::is_client_bound(
+                [server_cpu_util, server_cpus_busy],
+                [client_cpu_util, client_cpus_busy],
+            ),
         startup_ms: server.startup.as_secs_f64() * 1000.0,
         idle_rss_kib: m.idle_rss_kib,
         peak_rss_kib: peak_rss_kib.max(m.idle_rss_kib),

@@ -66,10 +66,15 @@ pub struct ServerReport {
     pub wall_s_total: f64,
     /// Share of its CPUs the server used while loaded (1.0: all busy).
     pub server_cpu_util: f64,
+    /// Share of the server's CPUs busy during the runs, whoever used them
+    /// (`/proc/stat`): above `server_cpu_util` when other processes ran there.
+    pub server_cpus_busy: f64,
     /// CPU of the generators and conn-bench itself over all runs, in µs.
     pub client_cpu_us_total: f64,
     /// Share of the generator threads' CPUs used (1.0: all busy).
     pub client_cpu_util: f64,
+    /// Share of the generator's CPUs busy during the runs, whoever used them.
+    pub client_cpus_busy: f64,
     /// The generator was saturated and the server was not: this row's
     /// throughput measures the client, not the server.
     pub client_bound: bool,
@@ -275,6 +280,16 @@ fn percent(share: f64) -> String {
     }
 }
 
+/// A CPU % cell: the processes' share, and the CPUs' when other processes
+/// made them noticeably busier.
+fn cpu_cell(own: f64, busy: f64) -> String {
+    if busy.is_finite() && own.is_finite() && busy - own > 0.10 {
+        format!("{} (CPUs {})", percent(own), percent(busy))
+    } else {
+        percent(own)
+    }
+}
+
 /// The `limit` cell.
 fn limit(s: &ServerReport) -> &'static str {
     if s.client_bound {
@@ -284,10 +299,14 @@ fn limit(s: &ServerReport) -> &'static str {
     }
 }
 
-/// Whether a row is client-bound: the generator's threads used at least
-/// `SATURATED` of their CPUs while the server used less of its own.
-pub fn is_client_bound(server_util: f64, client_util: f64) -> bool {
-    client_util >= SATURATED && server_util < SATURATED
+/// Whether a row is client-bound: the client side was saturated and the
+/// server side was not. A side counts as saturated when its processes used
+/// at least `SATURATED` of what they can use, or its CPUs were that busy
+/// whoever kept them so (a generator starved by other processes limits the
+/// throughput as surely as a slow one; a starved server is not client-bound).
+pub fn is_client_bound(server: [f64; 2], client: [f64; 2]) -> bool {
+    let saturated = |side: [f64; 2]| side.iter().any(|&v| v >= SATURATED);
+    saturated(client) && !saturated(server)
 }
 
 fn mib(kib: u64) -> String {
@@ -369,8 +388,8 @@ pub fn markdown(report: &Report) -> String {
                     cell(mib(s.idle_rss_kib), s.ratios.idle_rss_kib, first),
                     cell(mib(s.peak_rss_kib), s.ratios.peak_rss_kib, first),
                     cell(fmt_num(s.startup_ms), s.ratios.startup_ms, first),
-                    percent(s.server_cpu_util),
-                    percent(s.client_cpu_util),
+                    cpu_cell(s.server_cpu_util, s.server_cpus_busy),
+                    cpu_cell(s.client_cpu_util, s.client_cpus_busy),
                     limit(s).into(),
                 ]);
                 let _ = writeln!(md, "| {} |", cells.join(" | "));
@@ -843,8 +862,10 @@ mod tests {
             client_threads: 1,
             wall_s_total: 1.0,
             server_cpu_util: 0.3,
+            server_cpus_busy: 0.32,
             client_cpu_us_total: 950_000.0,
             client_cpu_util: 0.95,
+            client_cpus_busy: 0.97,
             client_bound: true,
             startup_ms: 2.0,
             idle_rss_kib: 2048,
@@ -872,8 +893,10 @@ mod tests {
             server("conn-daemon", [100.0, 300.0, 200.0], 20.0, kinds),
             server("cpp", [50.0, 150.0, 100.0], 10.0, kinds),
         ];
-        // The second server kept the generator busy too, but not all of it.
+        // The second server kept the generator busy too, but not all of it,
+        // while something else kept its CPU busier.
         servers[1].client_cpu_util = 0.6;
+        servers[1].client_cpus_busy = 0.75;
         servers[1].client_bound = false;
         fill_ratios(&mut servers);
         Report {
@@ -935,7 +958,7 @@ mod tests {
         let md = markdown(&report(&[LoadKind::Fast, LoadKind::Slow]));
         assert!(md.contains("| server | load | req/s median"), "{md}");
         assert!(md.contains("| conn-daemon | fast | 200 | 100 | 300 | 0.50 | 1.00 | 1.50 | 0 | 0 | 20.0 | 2.00 | 4.00 | 2.00 | 30% | 95% | client-bound |"), "{md}");
-        assert!(md.contains(" | 30% | 60% |  |"), "{md}");
+        assert!(md.contains(" | 30% | 60% (CPUs 75%) |  |"), "{md}");
         assert!(
             !md.contains("| threads |"),
             "no sweep, no threads column: {md}"
@@ -1078,13 +1101,24 @@ mod tests {
 
     #[test]
     fn tells_client_bound_rows() {
-        assert!(is_client_bound(0.33, 0.99));
+        assert!(is_client_bound([0.33, 0.35], [0.99, 0.99]));
         assert!(
-            !is_client_bound(0.95, 0.99),
+            is_client_bound([0.33, 0.35], [0.40, 0.95]),
+            "generator starved by others on its CPUs"
+        );
+        assert!(
+            !is_client_bound([0.95, 0.96], [0.99, 0.99]),
             "both saturated: the server is a limit too"
         );
-        assert!(!is_client_bound(0.50, 0.60), "neither saturated");
-        assert!(!is_client_bound(f64::NAN, f64::NAN));
+        assert!(
+            !is_client_bound([0.15, 0.90], [0.60, 0.60]),
+            "server CPUs busy with others"
+        );
+        assert!(
+            !is_client_bound([0.50, 0.5], [0.60, 0.6]),
+            "neither saturated"
+        );
+        assert!(!is_client_bound([f64::NAN; 2], [f64::NAN; 2]));
     }
 
     fn svg_ok(r: &Report) -> bool {
