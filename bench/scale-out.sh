@@ -137,13 +137,7 @@ s = socket.socket(socket.AF_UNIX)
 s.settimeout(2)
 s.connect(sys.argv[1])
 s.sendall(b"show stat\n")
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-lines = data.decode().splitlines()
+lines = s.makefile("rb").read().decode().splitlines()
 head = lines[0].lstrip("# ").split(",")
 for line in lines[1:]:
     row = dict(zip(head, line.split(",")))
@@ -204,12 +198,7 @@ def one(path):
     req = ("GET %s HTTP/1.1\r\nHost: conn-daemon\r\nConnection: close\r\n\r\n" % path).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(req)
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = s.makefile("rb").read()
     if not data.startswith(b"HTTP/1.1 200 "):
         raise RuntimeError("status: %r" % data[:40])
 

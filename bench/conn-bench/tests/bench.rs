@@ -66,8 +66,7 @@ fn benchmarks_conn_daemon_against_itself() {
     assert!(stdout.contains("| second | fast |"), "{stdout}");
 
     // report.json with both servers and real throughput.
-    let json: serde_json::Value =
-        serde_json::from_str(&read(&out.join("report.json"))).expect("report.json parses");
+    let json = report_json(&out);
     let servers = json["servers"].as_array().expect("servers array");
     assert_eq!(servers.len(), 2, "{json}");
     for (server, name) in servers.iter().zip(["first", "second"]) {
@@ -217,8 +216,7 @@ fn sweeps_thread_counts_and_skips_what_the_machine_cannot_give() {
     assert!(stdout.contains("| threads | server | load |"), "{stdout}");
     assert!(stdout.contains("| 1 | cd | fast |"), "{stdout}");
 
-    let json: serde_json::Value =
-        serde_json::from_str(&read(&out.join("report.json"))).expect("report.json parses");
+    let json = report_json(&out);
     let rows = json["servers"].as_array().expect("servers array");
     assert_eq!(rows.len(), 1, "only threads=1 ran: {json}");
     let row = &rows[0];
@@ -235,6 +233,10 @@ fn sweeps_thread_counts_and_skips_what_the_machine_cannot_give() {
     let chart = read(&out.join("scaling.svg"));
     assert!(chart.starts_with("<svg") && chart.contains("cd"), "{chart}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+fn report_json(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&read(&out.join("report.json"))).expect("report.json parses")
 }
 
 fn read(path: &std::path::Path) -> String {
