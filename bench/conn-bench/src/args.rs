@@ -11,10 +11,15 @@ Example:
              --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \\
              --peer nginx --scenario fast --rounds 5 --out bench-out
 
+Across cores (servers on the first 1, 2, 4, 8 CPUs, wrk on the others):
+  conn-bench --server conn-daemon='target/release/conn-daemon -A {threads} -p {port}' \\
+             --peer nginx --threads 1,2,4,8 --generator wrk --duration 4 --rounds 2
+
 Needs Debian's apache2-utils (ab), or wrk for --generator wrk, and
-nginx-light for --peer nginx. Prints a Markdown table; writes
-OUT/report.json, OUT/report.svg, server logs in OUT/logs and generator
-output in OUT/work.";
+nginx-light for --peer nginx. Prints a Markdown table (a `client-bound`
+row measured the load generator's limit, not the server's); writes
+OUT/report.json, OUT/report.svg (OUT/scaling.svg with --threads), server
+logs in OUT/logs and generator output in OUT/work.";
 
 /// Benchmarks connection servers side by side with standard load generators
 /// (`ab` or `wrk`) and reports throughput, latency, CPU and memory per server.

@@ -172,6 +172,18 @@ fn run(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
+    if !args.threads.is_empty() {
+        for s in args
+            .servers
+            .iter()
+            .filter(|s| !s.command.contains("{threads}"))
+        {
+            notes.push(format!(
+                "{}: its command has no {{threads}}, so every thread count ran it unchanged (only its CPUs changed).",
+                s.name
+            ));
+        }
+    }
     let setup = Setup {
         args,
         loads,
