@@ -15,17 +15,18 @@ use std::time::Duration;
 
 use socket2::Socket;
 
-use crate::conn::{ConnectionCtx, Next, State};
+use crate::conn::{ConnectionCtx, DropReason, Next, State};
 use crate::deadline::{DeadlineList, Linked};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
+use crate::lifecycle::{Drain, Shutdown};
 use crate::net;
 use crate::pool::Pool;
-use crate::server::Shutdown;
 use crate::task::Route;
 use crate::worker::{Shared, SlowTask};
 use crate::{debug, warn};
 
-const LISTENER: usize = usize::MAX;
+/// Listener `i`'s token is `usize::MAX - i`: far above any slot index.
+const LISTENER_TOKENS: usize = u32::MAX as usize;
 const DEADLINE_TIMER: usize = 0;
 const BACKOFF_TIMER: usize = 1;
 const DRAIN_TIMER: usize = 2;
@@ -73,6 +74,14 @@ pub struct Stats {
 }
 
 impl Stats {
+    fn count_drop(&mut self, reason: DropReason) {
+        if reason == DropReason::TimedOut {
+            self.timed_out += 1;
+        } else {
+            self.dropped += 1;
+        }
+    }
+
     /// Adds another thread's counters to these.
     pub fn add(&mut self, other: Stats) {
         self.served += other.served;
@@ -81,11 +90,18 @@ impl Stats {
     }
 }
 
+/// A listening socket and its watcher.
+struct Listener {
+    sock: Socket,
+    io: Pin<Box<Io>>,
+}
+
 /// One accept thread (the C++ `AcceptTask`).
 pub struct AcceptTask {
     settings: Settings,
-    listener: Option<Socket>,
-    listen_io: Pin<Box<Io>>,
+    /// One per listen address (more after an upgrade to fewer threads); empty
+    /// once the drain has closed them.
+    listeners: Vec<Listener>,
     deadline_timer: Pin<Box<Timer>>,
     backoff_timer: Pin<Box<Timer>>,
     drain_timer: Pin<Box<Timer>>,
@@ -106,15 +122,22 @@ impl AcceptTask {
     pub fn new(
         lp: &Loop<Self>,
         settings: Settings,
-        listener: Socket,
+        listeners: Vec<Socket>,
         shared: Arc<Shared>,
         shutdown: Arc<Shutdown>,
     ) -> std::io::Result<Self> {
         let pool = Pool::new(settings.capacity)?;
-        let listen_fd = listener.as_raw_fd();
+        let listeners = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, sock)| {
+                let io = Box::pin(Io::new());
+                io.set_fd(sock.as_raw_fd(), Events::READ, usize::MAX - i);
+                Listener { sock, io }
+            })
+            .collect();
         let task = AcceptTask {
-            listener: Some(listener),
-            listen_io: Box::pin(Io::new()),
+            listeners,
             deadline_timer: Box::pin(Timer::new()),
             backoff_timer: Box::pin(Timer::new()),
             drain_timer: Box::pin(Timer::new()),
@@ -133,16 +156,15 @@ impl AcceptTask {
         task.shared
             .mailbox(task.settings.id)
             .connect(task.wake.as_ref().sender());
-        task.listen_io.set_fd(listen_fd, Events::READ, LISTENER);
-        task.listen_io.as_ref().start(lp);
+        task.start_listeners(lp);
         Ok(task)
     }
 
     /// Runs the loop until the graceful drain is over.
     pub fn run(&mut self, lp: &Loop<Self>) {
         // A shutdown requested before our wake-up was connected would be missed.
-        if self.shutdown.requested() {
-            self.begin_drain(lp);
+        if let Some(how) = self.shutdown.requested() {
+            self.begin_drain(lp, how);
         }
         if !self.draining || self.pool.in_use() > 0 {
             lp.run(self);
@@ -164,32 +186,45 @@ impl AcceptTask {
                 ctx.close(task_out);
             }
         }
-        self.listen_io.stop();
+        self.stop_listeners();
         self.deadline_timer.stop();
         self.backoff_timer.stop();
         self.drain_timer.stop();
         self.wake.stop();
-        self.listener = None;
+        self.listeners.clear();
     }
 
-    fn accept_ready(&mut self, lp: &Loop<Self>) {
+    fn start_listeners(&self, lp: &Loop<Self>) {
+        for l in &self.listeners {
+            l.io.as_ref().start(lp);
+        }
+    }
+
+    fn stop_listeners(&self) {
+        for l in &self.listeners {
+            l.io.stop();
+        }
+    }
+
+    fn accept_ready(&mut self, lp: &Loop<Self>, listener: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if !self.accept_one(lp) {
+            if !self.accept_one(lp, listener) {
                 return;
             }
         }
     }
 
-    /// Accepts and serves one connection; false when the listener should rest.
-    fn accept_one(&mut self, lp: &Loop<Self>) -> bool {
+    /// Accepts and serves one connection from `listener`; false when the
+    /// listener should rest.
+    fn accept_one(&mut self, lp: &Loop<Self>, listener: usize) -> bool {
         if self.pool.is_full() {
             self.pause_for_full_pool();
             return false;
         }
-        let Some(listener) = &self.listener else {
+        let Some(listener) = self.listeners.get(listener) else {
             return false;
         };
-        match net::accept(listener.as_fd()) {
+        match net::accept(listener.sock.as_fd()) {
             Ok(fd) => {
                 if self.exhausted {
                     self.exhausted = false;
@@ -226,7 +261,7 @@ impl AcceptTask {
 
     fn pause_for_full_pool(&mut self) {
         if self.pause == Pause::No {
-            self.listen_io.stop();
+            self.stop_listeners();
             self.pause = Pause::PoolFull;
             warn!(
                 "accept-{}: all {} connections in use; not accepting until one closes",
@@ -245,7 +280,7 @@ impl AcceptTask {
                 (BACKOFF * 1000.0) as u64
             );
         }
-        self.listen_io.stop();
+        self.stop_listeners();
         self.pause = Pause::Backoff;
         self.backoff_timer
             .as_ref()
@@ -263,7 +298,7 @@ impl AcceptTask {
             );
         }
         self.pause = Pause::No;
-        self.listen_io.as_ref().start(lp);
+        self.start_listeners(lp);
     }
 
     /// Carries out what the connection in `idx` asked for.
@@ -305,8 +340,8 @@ impl AcceptTask {
                 debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
                 self.close(lp, idx);
             }
-            Next::Drop => {
-                self.stats.dropped += 1;
+            Next::Drop(reason) => {
+                self.stats.count_drop(reason);
                 debug!(
                     "accept-{}: conn {idx}: closing without a reply",
                     self.settings.id
@@ -403,7 +438,7 @@ impl AcceptTask {
                     .start_once(lp, deadline - now, DEADLINE_TIMER);
                 return;
             }
-            self.stats.timed_out += 1;
+            self.stats.count_drop(DropReason::TimedOut);
             debug!(
                 "accept-{}: conn {idx}: read deadline passed",
                 self.settings.id
@@ -412,23 +447,29 @@ impl AcceptTask {
         }
     }
 
-    /// Graceful stop: take what is already in the backlog, stop listening (new
-    /// connections are refused), close connections that have not completed a
-    /// request, and let complete ones finish within the shutdown timeout.
-    fn begin_drain(&mut self, lp: &Loop<Self>) {
+    /// Graceful stop (see [`Drain`]): stop listening, and let connections finish
+    /// within the shutdown timeout. On `Stop`, first take what is already in the
+    /// backlog (closing the last socket would reset it) and close connections
+    /// that have not completed a request; on `Handover` the backlog is the new
+    /// process's, and every accepted connection is finished.
+    fn begin_drain(&mut self, lp: &Loop<Self>, how: Drain) {
         if self.draining {
             return;
         }
-        debug!("accept-{}: draining", self.settings.id);
-        self.pause = Pause::No;
-        while self.accept_one(lp) {}
+        debug!("accept-{}: draining ({how:?})", self.settings.id);
+        if how == Drain::Stop {
+            self.pause = Pause::No;
+            for i in 0..self.listeners.len() {
+                while self.accept_one(lp, i) {}
+            }
+        }
         self.draining = true;
-        self.listen_io.stop();
+        self.stop_listeners();
         self.backoff_timer.stop();
-        self.listener = None;
+        self.listeners.clear();
         for idx in self.pool.constructed() {
-            if self.pool.get(idx).state() == State::Reading {
-                self.stats.dropped += 1;
+            if how == Drain::Stop && self.pool.get(idx).state() == State::Reading {
+                self.stats.count_drop(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }
@@ -453,7 +494,7 @@ impl AcceptTask {
         for idx in self.pool.constructed() {
             let state = self.pool.get(idx).state();
             if state != State::Free && state != State::Abandoned {
-                self.stats.dropped += 1;
+                self.stats.count_drop(DropReason::Shutdown);
                 self.close(lp, idx);
             }
         }
@@ -464,8 +505,8 @@ impl AcceptTask {
 impl Handler for AcceptTask {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
         crate::log::maybe_inject_panic();
-        if token == LISTENER {
-            self.accept_ready(lp);
+        if token > LISTENER_TOKENS {
+            self.accept_ready(lp, usize::MAX - token);
             return;
         }
         let idx = token as u32;
@@ -490,8 +531,8 @@ impl Handler for AcceptTask {
 
     fn on_async(&mut self, lp: &Loop<Self>, _token: usize) {
         self.take_completions(lp);
-        if self.shutdown.requested() {
-            self.begin_drain(lp);
+        if let Some(how) = self.shutdown.requested() {
+            self.begin_drain(lp, how);
         }
     }
 }

@@ -7,6 +7,8 @@
 //! (`--port 70000` used to listen on 4464, `-w -1` used to be accepted).
 
 use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -25,6 +27,9 @@ const DEFAULT_SLOW_MS: u64 = 30;
 const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
 /// Default bound on the graceful drain, in milliseconds (the reference drops requests).
 const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default time a new binary has to serve after SIGUSR2 before the upgrade is
+/// abandoned, in milliseconds: start-up takes a few ms, a loaded machine far more.
+const DEFAULT_UPGRADE_TIMEOUT_MS: u64 = 10_000;
 
 /// The server's settings, from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +40,15 @@ pub struct Config {
     pub daemonize: bool,
     /// `-p/--port`: the TCP port every accept thread's listener binds (never 0).
     pub port: u16,
+    /// `--listen`: the addresses to listen on, each with its port resolved (`-p`
+    /// where the address had none); `0.0.0.0:<port>` without `--listen`. Never
+    /// empty, no address twice.
+    pub listen: Vec<SocketAddr>,
+    /// `--pid-file`: where the serving process writes its pid (absolute, so that
+    /// `-d`'s change of directory does not move it).
+    pub pid_file: Option<PathBuf>,
+    /// `--upgrade-timeout`: how long a new binary started by SIGUSR2 has to serve.
+    pub upgrade_timeout: Duration,
     /// `-A/--accept-threads`: number of accept threads, the main thread included (>= 1).
     pub accept_threads: usize,
     /// `-C/--accept-capacity`: connections each accept thread can hold at once
@@ -60,6 +74,9 @@ impl Default for Config {
             verbose: false,
             daemonize: false,
             port: DEFAULT_PORT,
+            listen: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))],
+            pid_file: None,
+            upgrade_timeout: Duration::from_millis(DEFAULT_UPGRADE_TIMEOUT_MS),
             accept_threads,
             accept_capacity: DEFAULT_ACCEPT_CAPACITY,
             worker_threads: accept_threads,
@@ -82,7 +99,7 @@ impl Config {
         // settings `command()` adds below.
         let mut matches = command().try_get_matches_from(args)?;
         let args = Args::from_arg_matches_mut(&mut matches)?;
-        Ok(args.into_config())
+        args.into_config()
     }
 
     /// Parses `std::env::args_os()`; on an error prints it and exits: help and version
@@ -190,6 +207,55 @@ fn parse_port(text: &str) -> Result<u16, String> {
     number(text, 1, u64::from(u16::MAX))
 }
 
+/// A `--listen` address as written: the port is optional (`-p` fills it in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ListenArg {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+/// `--listen`: an IP address, not a host name (a name would resolve differently
+/// from one start to the next), with an optional port: `127.0.0.1`,
+/// `0.0.0.0:9001`, `[::1]:9002`, `[::]`, or a bare IPv6 address such as `::1`.
+fn parse_listen(text: &str) -> Result<ListenArg, String> {
+    let refuse = || {
+        String::from(
+            "expected an IP address with an optional port (127.0.0.1, 0.0.0.0:9001, \
+             [::1]:9002, [::]); host names are not resolved",
+        )
+    };
+    let (ip, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(refuse)?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| refuse())?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(refuse)?),
+        };
+        (IpAddr::V6(ip), port)
+    } else if let Ok(ip) = text.parse::<Ipv6Addr>() {
+        (IpAddr::V6(ip), None)
+    } else {
+        let (ip, port) = match text.split_once(':') {
+            Some((ip, port)) => (ip, Some(port)),
+            None => (text, None),
+        };
+        let ip: Ipv4Addr = ip.parse().map_err(|_| refuse())?;
+        (IpAddr::V4(ip), port)
+    };
+    let port = port
+        .map(|p| parse_port(p).map_err(|e| format!("port: {e}")))
+        .transpose()?;
+    Ok(ListenArg { ip, port })
+}
+
+/// `--pid-file`: made absolute at once, before `-d` changes directory.
+fn parse_pid_file(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("expected a file path".into());
+    }
+    std::path::absolute(text).map_err(|e| format!("{text}: {e}"))
+}
+
 /// `--accept-threads`: at least the main thread.
 fn parse_accept_threads(text: &str) -> Result<usize, String> {
     number(text, 1, usize_max())
@@ -237,12 +303,25 @@ struct Args {
     #[arg(
         short = 'p',
         long = "port",
+        // `--p` was a unique prefix of `--port` in the reference; `--pid-file`
+        // would make it ambiguous.
+        alias = "p",
         value_name = "PORT",
         default_value_t = DEFAULT_PORT,
         value_parser = parse_port,
         allow_negative_numbers = true
     )]
     port: u16,
+
+    /// Address to listen on, with an optional port (default: -p); repeatable:
+    /// 127.0.0.1, 0.0.0.0:9001, [::1]:9002, [::] [default: 0.0.0.0]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        value_parser = parse_listen,
+        action = ArgAction::Append
+    )]
+    listen: Vec<ListenArg>,
 
     /// Accept threads, each with its own listening socket and event loop (>= 1)
     /// [default: number of CPUs]
@@ -309,6 +388,22 @@ struct Args {
     )]
     shutdown_timeout: u64,
 
+    /// File the serving process writes its pid to (rewritten by an upgrade's new
+    /// process, removed at exit)
+    #[arg(long = "pid-file", value_name = "PATH", value_parser = parse_pid_file)]
+    pid_file: Option<PathBuf>,
+
+    /// Milliseconds a new binary started by SIGUSR2 or SIGHUP has to serve before
+    /// the upgrade is abandoned
+    #[arg(
+        long = "upgrade-timeout",
+        value_name = "MS",
+        default_value_t = DEFAULT_UPGRADE_TIMEOUT_MS,
+        value_parser = parse_millis,
+        allow_negative_numbers = true
+    )]
+    upgrade_timeout: u64,
+
     /// Print this help and exit
     #[arg(short = '?', long = "help", short_alias = 'h', action = ArgAction::Help)]
     help: Option<bool>,
@@ -319,13 +414,31 @@ struct Args {
 }
 
 impl Args {
-    /// Resolves the defaults that depend on other options (workers = accept threads).
-    fn into_config(self) -> Config {
+    /// Resolves the defaults that depend on other options (workers = accept threads,
+    /// listen ports = `-p`).
+    fn into_config(self) -> Result<Config, clap::Error> {
         let accept_threads = self.accept_threads.unwrap_or_else(default_accept_threads);
-        Config {
+        let mut listen: Vec<SocketAddr> = Vec::new();
+        for arg in &self.listen {
+            let addr = SocketAddr::new(arg.ip, arg.port.unwrap_or(self.port));
+            if listen.contains(&addr) {
+                return Err(command().error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--listen {addr} is given twice"),
+                ));
+            }
+            listen.push(addr);
+        }
+        if listen.is_empty() {
+            listen.push(SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port)));
+        }
+        Ok(Config {
             verbose: self.verbose,
             daemonize: self.daemonize,
             port: self.port,
+            listen,
+            pid_file: self.pid_file,
+            upgrade_timeout: Duration::from_millis(self.upgrade_timeout),
             accept_threads,
             accept_capacity: self.accept_capacity,
             worker_threads: self.worker_threads.unwrap_or(accept_threads),
@@ -335,7 +448,7 @@ impl Args {
                 ms => Some(Duration::from_millis(ms)),
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
-        }
+        })
     }
 }
 
@@ -404,6 +517,9 @@ mod tests {
             verbose: false,
             daemonize: false,
             port: 9000,
+            listen: vec!["0.0.0.0:9000".parse().unwrap()],
+            pid_file: None,
+            upgrade_timeout: Duration::from_millis(10_000),
             accept_threads: cpus,
             accept_capacity: 100_000,
             worker_threads: cpus,
@@ -543,6 +659,11 @@ mod tests {
             "--read-timeout",
             "0",
             "--shut=200",
+            "--listen",
+            "127.0.0.1",
+            "--pid-file=/run/cd.pid",
+            "--upgrade-timeout",
+            "500",
         ]);
         assert_eq!(
             c,
@@ -550,6 +671,9 @@ mod tests {
                 verbose: true,
                 daemonize: true,
                 port: 9100,
+                listen: vec!["127.0.0.1:9100".parse().unwrap()],
+                pid_file: Some("/run/cd.pid".into()),
+                upgrade_timeout: Duration::from_millis(500),
                 accept_threads: 2,
                 accept_capacity: 64,
                 worker_threads: 1,
@@ -558,6 +682,72 @@ mod tests {
                 shutdown_timeout: Duration::from_millis(200),
             }
         );
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let addrs = |args: &[&str]| -> Vec<String> {
+            ok(args).listen.iter().map(|a| a.to_string()).collect()
+        };
+        assert_eq!(addrs(&["-p", "9001"]), ["0.0.0.0:9001"]);
+        assert_eq!(
+            addrs(&[
+                "-p",
+                "9001",
+                "--listen",
+                "127.0.0.1",
+                "--listen=0.0.0.0:9002",
+                "--listen",
+                "[::1]:9003",
+                "--listen",
+                "[::]",
+                "--lis",
+                "::1",
+            ]),
+            [
+                "127.0.0.1:9001",
+                "0.0.0.0:9002",
+                "[::1]:9003",
+                "[::]:9001",
+                "[::1]:9001"
+            ]
+        );
+        // The port of a later -p still applies to addresses without one.
+        assert_eq!(
+            addrs(&["--listen", "127.0.0.1", "-p", "9005"]),
+            ["127.0.0.1:9005"]
+        );
+        for bad in [
+            "localhost",
+            "example.com:80",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "127.0.0.1:",
+            "127.0.0.256",
+            "[::1]9000",
+            "[::1",
+            "::1:9000:",
+            "[127.0.0.1]:9000",
+            "",
+        ] {
+            let e = refused(&["--listen", bad]);
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "--listen {bad:?}");
+        }
+        let e = refused(&[
+            "--listen",
+            "127.0.0.1:9000",
+            "--listen",
+            "127.0.0.1",
+            "-p9000",
+        ]);
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn relative_pid_file_becomes_absolute() {
+        let c = ok(&["--pid-file", "cd.pid"]);
+        let path = c.pid_file.unwrap();
+        assert!(path.is_absolute() && path.ends_with("cd.pid"), "{path:?}");
     }
 
     #[test]

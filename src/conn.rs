@@ -46,8 +46,53 @@ pub enum Next {
     Finished,
     /// Bad input, a misbehaving or vanished client, or a socket error: close
     /// without a response.
-    Drop,
+    Drop(DropReason),
 }
+
+/// Why a connection was closed without a response: the `reason` label of
+/// `conn_daemon_connections_dropped_total`. A connection decides the first three
+/// itself; the accept task the other two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The bytes break the protocol (SPEC rules 1-3).
+    Invalid,
+    /// `REQUEST_MAX` bytes without the end of the request (SPEC rule 4).
+    TooLarge,
+    /// EOF, reset, a socket error, or bytes after a complete request before the
+    /// response went out (SPEC rule 7).
+    ClientGone,
+    /// The read deadline passed.
+    TimedOut,
+    /// The graceful drain closed it (incomplete at the drain's start, or still
+    /// open at its timeout).
+    Shutdown,
+}
+
+// `ALL` and `label` name the reasons for the metrics.
+#[allow(dead_code)]
+impl DropReason {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Invalid,
+        DropReason::TooLarge,
+        DropReason::ClientGone,
+        DropReason::TimedOut,
+        DropReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Invalid => "invalid",
+            DropReason::TooLarge => "too_large",
+            DropReason::ClientGone => "client_gone",
+            DropReason::TimedOut => "timed_out",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+const GONE: Next = Next::Drop(DropReason::ClientGone);
 
 /// One connection (the C++ `ConnectionCtx`), living in a pool slot.
 pub struct ConnectionCtx {
@@ -122,23 +167,24 @@ impl ConnectionCtx {
             State::Reading => self.read_request(slow_inline),
             // Bytes or EOF after a complete request, before the response: the
             // client is misbehaving or gone (SPEC rule 7).
-            State::Delegated => Next::Drop,
+            State::Delegated => GONE,
             State::Writing => Next::Write,
-            State::Free | State::Abandoned => Next::Drop,
+            State::Free | State::Abandoned => GONE,
         }
     }
 
     fn read_request(&mut self, slow_inline: bool) -> Next {
         let Some(fd) = self.fd.as_ref() else {
-            return Next::Drop;
+            return GONE;
         };
         match net::recv(fd.as_fd(), &mut self.buf[self.filled..]) {
-            Ok(0) => Next::Drop,
+            Ok(0) => GONE,
             Ok(n) => {
                 self.filled += n;
                 match self.parser.parse(&self.buf[..self.filled]) {
                     Verdict::Incomplete => Next::Read,
-                    Verdict::Invalid => Next::Drop,
+                    Verdict::Invalid => Next::Drop(DropReason::Invalid),
+                    Verdict::TooLarge => Next::Drop(DropReason::TooLarge),
                     Verdict::Fast => self.respond(),
                     Verdict::Slow if slow_inline => self.respond(),
                     Verdict::Slow => {
@@ -148,7 +194,7 @@ impl ConnectionCtx {
                 }
             }
             Err(e) if net::is_transient(&e) => Next::Read,
-            Err(_) => Next::Drop,
+            Err(_) => GONE,
         }
     }
 
@@ -156,7 +202,7 @@ impl ConnectionCtx {
     pub fn on_writable(&mut self) -> Next {
         match self.state {
             State::Writing => self.respond(),
-            _ => Next::Drop,
+            _ => GONE,
         }
     }
 
@@ -164,7 +210,7 @@ impl ConnectionCtx {
     pub fn on_task_done(&mut self) -> Next {
         match self.state {
             State::Delegated => self.respond(),
-            _ => Next::Drop,
+            _ => GONE,
         }
     }
 
@@ -173,14 +219,14 @@ impl ConnectionCtx {
     fn respond(&mut self) -> Next {
         self.state = State::Writing;
         let Some(fd) = self.fd.as_ref() else {
-            return Next::Drop;
+            return GONE;
         };
         while self.sent < RESPONSE.len() {
             match net::send_final(fd.as_fd(), &RESPONSE[self.sent..]) {
                 Ok(n) => self.sent += n,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if net::is_transient(&e) => return Next::Write,
-                Err(_) => return Next::Drop,
+                Err(_) => return GONE,
             }
         }
         Next::Finished
@@ -255,13 +301,13 @@ mod tests {
     fn invalid_request_and_eof_drop_without_a_byte() {
         let (mut ctx, mut client) = open();
         client.write_all(b"PUT /test/fast\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Drop);
+        assert_eq!(ctx.on_readable(false), Next::Drop(DropReason::Invalid));
         ctx.close(false);
         assert_eq!(received(&mut client), b"");
 
         let (mut ctx, client) = open();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Drop);
+        assert_eq!(ctx.on_readable(false), GONE);
     }
 
     #[test]
@@ -285,12 +331,12 @@ mod tests {
         client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
         assert_eq!(ctx.on_readable(false), Next::Delegate);
         client.write_all(b"more").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Drop);
+        assert_eq!(ctx.on_readable(false), GONE);
         ctx.close(true);
         assert_eq!(ctx.state(), State::Abandoned);
         assert_eq!(ctx.fd(), -1);
         // The task coming back later finds nothing to answer.
-        assert_eq!(ctx.on_task_done(), Next::Drop);
+        assert_eq!(ctx.on_task_done(), GONE);
         assert_eq!(received(&mut client), b"");
     }
 

@@ -10,6 +10,9 @@
 //! watcher carries a `token` (libev's `data` pointer holds it), and the loop's
 //! trampolines call `Handler::on_io/on_timer/on_async` with that token. No panic
 //! crosses into C: each trampoline catches it, reports it and aborts.
+//!
+//! Memory: libev's own arrays come from address space reserved at start-up
+//! ([`reserve_arrays`]), so they grow without `malloc` (module `alloc`).
 
 use std::cell::{Cell, OnceCell, UnsafeCell};
 use std::ffi::c_void;
@@ -22,6 +25,9 @@ use std::ptr;
 use std::sync::{Arc, RwLock};
 
 use crate::sys;
+
+mod alloc;
+pub use alloc::reserve_arrays;
 
 /// Event bits libev reports to a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +85,7 @@ struct RunCtx<H: Handler> {
 impl<H: Handler> Loop<H> {
     /// A new loop on the epoll backend, ignoring `LIBEV_FLAGS` from the environment.
     pub fn new() -> io::Result<Self> {
+        alloc::install();
         // SAFETY: ev_loop_new has no preconditions; null means failure.
         let raw = unsafe { sys::ev_loop_new(sys::EVBACKEND_EPOLL | sys::EVFLAG_NOENV) };
         if raw.is_null() {

@@ -8,7 +8,8 @@
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
 //! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
 //! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), and [`server`]. Only `sys`, `ev`, `pool`,
+//! threads), `accept` (`AcceptTask`), [`server`], and [`lifecycle`] (signals,
+//! drain, upgrade). Only `sys`, `ev`, `pool`,
 //! `task`, `net` and `os` contain `unsafe`; the other modules are
 //! `#![forbid(unsafe_code)]`.
 
@@ -18,6 +19,7 @@
 // porting a libev design need. The rest is crate-private.
 pub mod config;
 pub mod ev;
+pub mod lifecycle;
 pub mod log;
 pub mod os;
 pub mod parser;

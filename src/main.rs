@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use conn_daemon::config::Config;
+use conn_daemon::lifecycle::{self, Supervisor, UpgradePlan};
 use conn_daemon::server::{Server, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
@@ -11,39 +12,50 @@ fn main() -> ExitCode {
     let config = Config::from_env();
     log::set_verbose(config.verbose);
     // First, before any other thread exists, so that all of them inherit the mask
-    // and only the signal thread below sees SIGTERM/SIGINT; a signal that arrives
-    // while we start up waits for it instead of killing a process that already
-    // has connections in its listen backlog.
-    if let Err(e) = os::block_stop_signals() {
+    // and only the supervisor sees the signals; a signal that arrives while we
+    // start up waits for it instead of killing a process that already has
+    // connections in its listen backlog.
+    if let Err(e) = os::block_signals() {
         return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
     }
-    let server = match Server::bind(&config) {
+    let inherited = match os::take_inherited() {
+        Ok(inherited) => inherited,
+        Err(e) => return fail(EXIT_SYSTEM, &e),
+    };
+    let server = match Server::bind_with(&config, inherited.listeners) {
         Ok(server) => server,
         Err(e) => return fail(e.code, &e),
+    };
+    // Read before -d changes directory (a relative argv[0] would then miss).
+    let plan = match UpgradePlan::new(&config, server.listener_fds(), inherited.upgrades) {
+        Ok(plan) => plan,
+        Err(e) => {
+            return fail(
+                EXIT_SYSTEM,
+                &format_args!("cannot find our executable: {e}"),
+            )
+        }
     };
     if config.daemonize {
         if let Err(e) = os::daemonize(config.verbose) {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }
     }
-    let stop = server.shutdown_handle();
-    let signals = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let sig = os::wait_stop_signal();
-            conn_daemon::debug!("signal {sig}: draining (a second signal stops at once)");
-            stop.shutdown();
-            os::wait_stop_signal();
-            conn_daemon::warn!("second signal: exiting without draining");
-            os::exit_now(1);
-        });
-    if let Err(e) = signals {
+    let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
+    if let Err(e) = supervisor {
         return fail(
             EXIT_SYSTEM,
             &format_args!("cannot start the signal thread: {e}"),
         );
     }
-    match server.run() {
+    let addresses = server.addresses().len();
+    let ready = inherited.ready;
+    let pid_file = config.pid_file.as_deref();
+    let result = server.run_with(|| lifecycle::announce_ready(pid_file, ready, addresses));
+    if let Some(path) = pid_file {
+        lifecycle::remove_pid_file(path);
+    }
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(e.code, &e),
     }

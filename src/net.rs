@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -107,41 +107,75 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
-/// Fails with `EADDRINUSE` if anything already listens on (or holds) `port`.
+/// Fails with `EADDRINUSE` if anything already listens on (or holds) `addr`.
 ///
 /// `SO_REUSEPORT` would otherwise let us silently join another server's group and
 /// steal half its connections, as the reference does. A socket without
-/// `SO_REUSEPORT` cannot bind a port some other socket holds; `SO_REUSEADDR` keeps
-/// our own TIME_WAIT connections from a previous run from counting.
-pub fn ensure_port_free(port: u16) -> io::Result<()> {
-    let probe = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+/// `SO_REUSEPORT` cannot bind an address some other socket holds; `SO_REUSEADDR`
+/// keeps our own TIME_WAIT connections from a previous run from counting.
+pub fn ensure_addr_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
     probe.set_reuse_address(true)?;
-    probe.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+    probe.bind(&addr.into())
 }
 
-/// One accept thread's listener: `0.0.0.0:port`, `SO_REUSEPORT` (the kernel
-/// spreads connections across the threads' listeners), non-blocking, backlog
-/// `SOMAXCONN`, and `TCP_DEFER_ACCEPT`, so a connection is accepted once its first
-/// bytes are there and the request can usually be read right after `accept4`.
-pub fn listener(port: u16, defer_secs: u32) -> io::Result<Socket> {
+/// One accept thread's listener on `addr`: `SO_REUSEPORT` (the kernel spreads
+/// connections across the threads' listeners), non-blocking, backlog
+/// `SOMAXCONN`, and `IPV6_V6ONLY` for IPv6, so that `[::]` and `0.0.0.0` can
+/// both be given.
+pub fn listener(addr: SocketAddr, defer_secs: u32) -> io::Result<Socket> {
     let sock = Socket::new(
-        Domain::IPV4,
+        Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
     )?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
-    sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
-    if defer_secs > 0 {
-        set_int_opt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            defer_secs as i32,
-        )?;
-    }
+    sock.bind(&addr.into())?;
+    defer_accept(&sock, defer_secs)?;
     sock.listen(libc::SOMAXCONN)?;
     Ok(sock)
+}
+
+/// `TCP_DEFER_ACCEPT`: a connection is accepted once its first bytes are there,
+/// so the request can usually be read right after `accept4`.
+fn defer_accept(sock: &Socket, defer_secs: u32) -> io::Result<()> {
+    if defer_secs == 0 {
+        return Ok(());
+    }
+    set_int_opt(
+        sock.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        defer_secs as i32,
+    )
+}
+
+/// Takes over an inherited listening socket (socket activation or an upgrade):
+/// checks that it is a listening TCP socket, makes it non-blocking and
+/// close-on-exec, sets `TCP_DEFER_ACCEPT`, and returns it with its address.
+pub fn adopt_listener(fd: OwnedFd, defer_secs: u32) -> Result<(Socket, SocketAddr), String> {
+    let fd_num = fd.as_raw_fd();
+    let sock = Socket::from(fd);
+    let tcp = sock.r#type().is_ok_and(|t| t == Type::STREAM)
+        && sock.protocol().is_ok_and(|p| p == Some(Protocol::TCP));
+    let addr = sock.local_addr().ok().and_then(|a| a.as_socket());
+    let (true, Some(addr), Ok(true)) = (tcp, addr, sock.is_listener()) else {
+        return Err(format!(
+            "inherited fd {fd_num} is not a listening TCP socket"
+        ));
+    };
+    sock.set_nonblocking(true)
+        .and_then(|()| sock.set_cloexec(true))
+        .and_then(|()| defer_accept(&sock, defer_secs))
+        .map_err(|e| format!("inherited fd {fd_num} ({addr}): {e}"))?;
+    Ok((sock, addr))
 }
 
 fn set_int_opt(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {

@@ -14,7 +14,7 @@
 /// Size of a connection's request buffer; a request must end within it.
 ///
 /// Only the first `REQUEST_MAX` bytes of a buffer are ever looked at: a request
-/// whose terminating empty line is not complete within them is `Invalid`, even if
+/// whose terminating empty line is not complete within them is `TooLarge`, even if
 /// a larger buffer holds the rest. That keeps the verdict independent of how the
 /// bytes were split into reads.
 pub const REQUEST_MAX: usize = 4096;
@@ -27,8 +27,8 @@ const METHOD: &[u8; 4] = b"GET ";
 
 /// What the parser knows about a request so far.
 ///
-/// `Fast`, `Slow` and `Invalid` are final: the parser never revises them, so the
-/// caller may act on the first one it sees.
+/// `Fast`, `Slow`, `Invalid` and `TooLarge` are final: the parser never revises
+/// them, so the caller may act on the first one it sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid so far but not yet terminated: read more bytes and call again.
@@ -37,8 +37,11 @@ pub enum Verdict {
     Fast,
     /// A complete `GET /test/slow` request: hand it to a worker thread.
     Slow,
-    /// Not a request this server accepts (or it does not fit in `REQUEST_MAX`).
+    /// Not a request this server accepts.
     Invalid,
+    /// `REQUEST_MAX` bytes, valid so far, without the end of the request (SPEC
+    /// rule 4): closed like `Invalid`, told apart for the metrics.
+    TooLarge,
 }
 
 /// Where the scan stands; the target verdict rides along once the request line is
@@ -82,7 +85,7 @@ impl ReqParser {
     /// `filled` is the connection's whole buffer so far; between calls it only grows
     /// (bytes appended). Resumes scanning where the previous call stopped (do not
     /// rescan from 0: O(total bytes) overall). Once a final verdict (Fast, Slow,
-    /// Invalid) is returned, later calls return the same verdict.
+    /// Invalid, TooLarge) is returned, later calls return the same verdict.
     pub fn parse(&mut self, filled: &[u8]) -> Verdict {
         // Bytes past REQUEST_MAX can never belong to an acceptable request; cutting
         // them off here makes the verdict the same for every split of the input.
@@ -148,7 +151,7 @@ impl ReqParser {
     #[inline]
     fn starve(&mut self, buf: &[u8]) -> Verdict {
         if buf.len() >= REQUEST_MAX {
-            return self.finish(Verdict::Invalid);
+            return self.finish(Verdict::TooLarge);
         }
         // The next call resumes at the first unscanned byte; the phases look back
         // from each LF, so a CRLF split across reads is still found. `buf.len()`
@@ -276,7 +279,7 @@ fn lf_mask(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Verdict::{Fast, Incomplete, Invalid, Slow};
+    use Verdict::{Fast, Incomplete, Invalid, Slow, TooLarge};
 
     /// A deliberately naive whole-buffer reading of the protocol, written straight
     /// from the rules, to check the incremental parser against.
@@ -298,7 +301,7 @@ mod tests {
             return Invalid;
         }
         let Some(cr) = find(buf, b"\r\n", 0) else {
-            return if full { Invalid } else { Incomplete };
+            return if full { TooLarge } else { Incomplete };
         };
         let line = &buf[4..cr];
         let mut i = 0;
@@ -316,7 +319,7 @@ mod tests {
         };
         match find(buf, b"\r\n\r\n", cr) {
             Some(_) => target,
-            None if full => Invalid,
+            None if full => TooLarge,
             None => Incomplete,
         }
     }
@@ -555,20 +558,20 @@ mod tests {
         long.resize(REQUEST_MAX - 3, b'a');
         long.extend_from_slice(b"\r\n\r\n");
         assert_eq!(whole(&long[..REQUEST_MAX - 1]), Incomplete);
-        assert_eq!(whole(&long[..REQUEST_MAX]), Invalid);
+        assert_eq!(whole(&long[..REQUEST_MAX]), TooLarge);
         // Bytes beyond the limit never rescue a request, however they are fed.
-        assert_eq!(whole(&long), Invalid);
+        assert_eq!(whole(&long), TooLarge);
         check_splits(&long);
 
         // A request line that never ends within the buffer.
         let mut line = b"GET /test/fast ".to_vec();
         line.resize(REQUEST_MAX, b'x');
         assert_eq!(whole(&line[..REQUEST_MAX - 1]), Incomplete);
-        assert_eq!(whole(&line), Invalid);
+        assert_eq!(whole(&line), TooLarge);
         let mut p = ReqParser::new();
         assert_eq!(p.parse(&line[..100]), Incomplete);
         assert_eq!(p.parse(&line[..REQUEST_MAX - 1]), Incomplete);
-        assert_eq!(p.parse(&line), Invalid);
+        assert_eq!(p.parse(&line), TooLarge);
     }
 
     #[test]

@@ -48,25 +48,11 @@ impl<T: Default> Pool<T> {
         let map_len = size_of::<Slot<T>>()
             .checked_mul(capacity)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: an anonymous mapping with no address hint has no preconditions.
-        // MAP_NORESERVE: untouched slots must not count against the commit limit.
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        // Untouched slots cost no memory (see `os::reserve`).
+        let base = crate::os::reserve(map_len)?;
         Ok(Pool {
-            // SAFETY: mmap succeeded, so p is non-null and page aligned (enough for
-            // any slot alignment up to a page).
-            base: unsafe { NonNull::new_unchecked(p.cast()) },
+            // Page aligned: enough for any slot alignment up to a page.
+            base: base.cast(),
             map_len,
             capacity: cap,
             constructed: 0,

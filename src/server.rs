@@ -9,7 +9,8 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -18,6 +19,7 @@ use socket2::Socket;
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
 use crate::ev::Loop;
+use crate::lifecycle::{Shutdown, ShutdownHandle};
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
@@ -59,63 +61,41 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// The stop request every loop watches for.
-pub struct Shutdown {
-    requested: AtomicBool,
-    shared: Arc<Shared>,
-}
-
-impl Shutdown {
-    /// Whether a graceful stop was asked for.
-    pub fn requested(&self) -> bool {
-        self.requested.load(Ordering::SeqCst)
-    }
-
-    fn trigger(&self) {
-        if self.requested.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        // A loop that has already stopped ignores the ring (its sender is shut).
-        for mailbox in self.shared.mailboxes() {
-            mailbox.ring();
-        }
-    }
-}
-
-/// Asks a running server to stop gracefully (what SIGTERM does).
-#[derive(Clone)]
-pub struct ShutdownHandle(Arc<Shutdown>);
-
-impl ShutdownHandle {
-    /// Starts the graceful drain; later calls do nothing.
-    pub fn shutdown(&self) {
-        self.0.trigger();
-    }
-}
-
 /// A bound, not yet running server.
 pub struct Server {
     config: Config,
-    listeners: Vec<Socket>,
+    /// Each accept thread's listeners, one per address.
+    listeners: Vec<Vec<Socket>>,
+    /// The distinct listening sockets, for an upgrade to hand over.
+    handover: Vec<RawFd>,
+    /// What the listeners are bound to.
+    addresses: Vec<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
 }
 
 impl Server {
-    /// Refuses a port someone else holds, binds one `SO_REUSEPORT` listener per
-    /// accept thread, and raises the fd limit.
+    /// Binds `config.listen`: refuses an address someone else holds, binds one
+    /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd
+    /// limit.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
+        Server::bind_with(config, Vec::new())
+    }
+
+    /// As [`Server::bind`], but serves `inherited` listening sockets instead of
+    /// binding, when there are any (socket activation, an upgrade): their
+    /// addresses are what the server listens on, and `-p`/`--listen` are not
+    /// bound.
+    pub fn bind_with(config: &Config, inherited: Vec<OwnedFd>) -> Result<Server, StartError> {
         let threads = config.accept_threads;
-        let port = config.port;
-        net::ensure_port_free(port)
-            .map_err(|e| StartError::system(format_args!("port {port} is already in use"), e))?;
         let defer = config
             .read_timeout
             .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
-        let listeners = (0..threads)
-            .map(|_| net::listener(port, defer))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| StartError::system(format_args!("cannot listen on 0.0.0.0:{port}"), e))?;
+        let (listeners, handover) = if inherited.is_empty() {
+            bind_addresses(&config.listen, threads, defer)?
+        } else {
+            adopt_inherited(inherited, threads, defer)?
+        };
         // After the checks that can refuse to start, so a refusal is one line.
         let total = threads.saturating_mul(config.accept_capacity);
         let wanted = total as u64;
@@ -131,6 +111,9 @@ impl Server {
             }
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
+        // After the limit is raised: libev's arrays are sized from it.
+        crate::ev::reserve_arrays(threads, config.accept_capacity)
+            .map_err(|e| StartError::system("cannot reserve libev's arrays", e))?;
         // Queues sized so they never overflow: one task per connection at most,
         // and none at all without workers (-w 0 answers slow requests inline).
         let (per_loop, all) = if config.worker_threads > 0 {
@@ -139,35 +122,61 @@ impl Server {
             (1, 1)
         };
         let shared = Arc::new(Shared::new(threads, per_loop, all));
-        let shutdown = Arc::new(Shutdown {
-            requested: AtomicBool::new(false),
-            shared: Arc::clone(&shared),
-        });
-        debug!(
-            "listening on 0.0.0.0:{port}: {threads} accept threads x {} connections, {} workers",
-            config.accept_capacity, config.worker_threads
-        );
+        let shutdown = Arc::new(Shutdown::new(Arc::clone(&shared)));
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for addr in listeners
+            .iter()
+            .flatten()
+            .filter_map(|s| s.local_addr().ok()?.as_socket())
+        {
+            if !addresses.contains(&addr) {
+                debug!(
+                    "listening on {addr}: {threads} accept threads x {} connections, {} workers",
+                    config.accept_capacity, config.worker_threads
+                );
+                addresses.push(addr);
+            }
+        }
         Ok(Server {
             config: config.clone(),
             listeners,
+            addresses,
+            handover,
             shared,
             shutdown,
         })
     }
 
+    /// The distinct listening sockets (an upgrade hands them over as they are).
+    pub fn listener_fds(&self) -> Vec<RawFd> {
+        self.handover.clone()
+    }
+
+    /// The addresses the server listens on.
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addresses
+    }
+
     /// A handle that stops the server gracefully from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(Arc::clone(&self.shutdown))
+        ShutdownHandle::new(Arc::clone(&self.shutdown))
     }
 
     /// Serves until a graceful stop completes; the calling thread is accept
     /// thread 0. Returns the counters of all accept threads together.
     pub fn run(self) -> Result<Stats, StartError> {
+        self.run_with(|| {})
+    }
+
+    /// As [`Server::run`], calling `on_ready` once every accept thread watches
+    /// its listeners (connections arriving from then on are served).
+    pub fn run_with(self, on_ready: impl FnOnce()) -> Result<Stats, StartError> {
         let Server {
             config,
             listeners,
             shared,
             shutdown,
+            ..
         } = self;
         let workers = if config.worker_threads > 0 {
             Some(
@@ -210,6 +219,7 @@ impl Server {
                 }
             }
         }
+        on_ready();
         // Workers serve every loop, so accept thread 0 stops them only after the
         // other accept threads have drained and ended.
         let mut others = Stats::default();
@@ -243,7 +253,7 @@ impl Server {
 /// the drain ends, runs `after_drain`, then tears down.
 fn accept_thread(
     settings: Settings,
-    listener: Socket,
+    listener: Vec<Socket>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     ready: mpsc::Sender<Result<(), StartError>>,
@@ -282,4 +292,92 @@ fn accept_thread(
         stats.served, stats.dropped, stats.timed_out
     );
     Ok(stats)
+}
+
+/// Each accept thread's listeners and the distinct sockets among them.
+type Listeners = (Vec<Vec<Socket>>, Vec<RawFd>);
+
+/// One new `SO_REUSEPORT` listener per address per thread, after checking that
+/// no one else holds any of the addresses.
+fn bind_addresses(
+    addrs: &[SocketAddr],
+    threads: usize,
+    defer: u32,
+) -> Result<Listeners, StartError> {
+    for &addr in addrs {
+        net::ensure_addr_free(addr).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                let port = addr.port();
+                StartError::system(format_args!("port {port} is already in use ({addr})"), e)
+            } else {
+                StartError::system(format_args!("cannot listen on {addr}"), e)
+            }
+        })?;
+    }
+    let mut per_thread = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let socks = addrs
+            .iter()
+            .map(|&addr| {
+                net::listener(addr, defer)
+                    .map_err(|e| StartError::system(format_args!("cannot listen on {addr}"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        per_thread.push(socks);
+    }
+    let handover = per_thread.iter().flatten().map(|s| s.as_raw_fd()).collect();
+    Ok((per_thread, handover))
+}
+
+/// Inherited listeners, grouped by address, shared out over the accept
+/// threads. An address with at least as many sockets as threads: thread `t`
+/// serves sockets `t`, `t + A`, ... (none is left unserved, or connections the
+/// kernel queued on it would wait forever). With fewer: each thread past them
+/// opens its own `SO_REUSEPORT` socket on the address (joining the group), or,
+/// when it cannot (the inherited socket lacks `SO_REUSEPORT`, systemd's
+/// default, or belongs to another user), shares one (a dup: each loop watches
+/// it, one of them accepts).
+fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<Listeners, StartError> {
+    let adopt_error = |msg: String| StartError {
+        code: EXIT_SYSTEM,
+        message: msg,
+    };
+    let mut groups: Vec<(SocketAddr, Vec<Socket>)> = Vec::new();
+    for fd in fds {
+        let (sock, addr) = net::adopt_listener(fd, defer).map_err(adopt_error)?;
+        match groups.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, socks)) => socks.push(sock),
+            None => groups.push((addr, vec![sock])),
+        }
+    }
+    let mut per_thread: Vec<Vec<Socket>> = (0..threads).map(|_| Vec::new()).collect();
+    let mut handover = Vec::new();
+    for (addr, socks) in groups {
+        let k = socks.len();
+        let reuse_port = socks[0].reuse_port().unwrap_or(false);
+        let mut extra = Vec::new();
+        for t in k..threads {
+            // The kernel lets only the same user join a SO_REUSEPORT group: a
+            // socket systemd made as root cannot be joined by a service user.
+            let own = reuse_port.then(|| net::listener(addr, defer).ok()).flatten();
+            let sock = match own {
+                Some(s) => {
+                    handover.push(s.as_raw_fd());
+                    s
+                }
+                None => socks[t % k]
+                    .try_clone()
+                    .map_err(|e| StartError::system(format_args!("cannot share {addr}"), e))?,
+            };
+            extra.push((t, sock));
+        }
+        for (j, sock) in socks.into_iter().enumerate() {
+            handover.push(sock.as_raw_fd());
+            per_thread[j % threads].push(sock);
+        }
+        for (t, sock) in extra {
+            per_thread[t].push(sock);
+        }
+    }
+    Ok((per_thread, handover))
 }

@@ -6,7 +6,7 @@
 //! `ev.rs` wraps it. `tests/layout.rs` checks every size, alignment, offset and
 //! constant below against the C compiler's view (`conn_ev_layout` in `shim.c`).
 
-use libc::{c_char, c_int, c_uint, c_void};
+use libc::{c_char, c_int, c_long, c_uint, c_void};
 
 /// `ev_tstamp`: seconds as a double.
 pub type ev_tstamp = f64;
@@ -16,6 +16,9 @@ pub type ev_tstamp = f64;
 pub struct ev_loop {
     _opaque: [u8; 0],
 }
+
+/// libev's allocator: `realloc` semantics, a size of 0 frees and returns null.
+pub type ev_allocator = unsafe extern "C" fn(ptr: *mut c_void, size: c_long) -> *mut c_void;
 
 /// Callback type of an `ev_io` watcher.
 pub type ev_io_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_io, c_int);
@@ -108,6 +111,9 @@ pub struct conn_ev_layout_entry {
 }
 
 extern "C" {
+    /// Replaces the process-wide allocator of every loop's arrays and structs;
+    /// must not race with any loop (set it before the first exists).
+    pub fn ev_set_allocator(cb: ev_allocator);
     /// Creates a loop with the given backend flags; null on failure.
     pub fn ev_loop_new(flags: c_uint) -> *mut ev_loop;
     /// Frees a loop (its watchers must be stopped).

@@ -56,7 +56,7 @@ fn reference(filled: &[u8]) -> Verdict {
     }
     let buf = &filled[..filled.len().min(REQUEST_MAX)];
     let starved = if filled.len() >= REQUEST_MAX {
-        Verdict::Invalid
+        Verdict::TooLarge
     } else {
         Verdict::Incomplete
     };
@@ -207,7 +207,7 @@ proptest! {
         req.extend_from_slice(b"\r\n\r\n");
         req.resize(end + extra, b'j');
 
-        let expected = if end <= REQUEST_MAX { Verdict::Slow } else { Verdict::Invalid };
+        let expected = if end <= REQUEST_MAX { Verdict::Slow } else { Verdict::TooLarge };
         prop_assert_eq!(ReqParser::new().parse(&req), expected);
         prop_assert_eq!(feed(&req, &cuts_for(req.len(), &fractions)), expected);
     }

@@ -81,29 +81,6 @@ fn fds_below(pid: u32, limit: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Raises this test process's soft RLIMIT_NOFILE to its hard limit (the tests
-/// below hold a few thousand sockets).
-fn raise_own_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: valid pointer to an initialised rlimit.
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-        assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
-    }
-    assert!(
-        lim.rlim_cur >= 5000,
-        "RLIMIT_NOFILE hard limit {} is too low for these tests",
-        lim.rlim_max
-    );
-}
-
 /// Connects (blocking) to `addr` with a bounded timeout.
 #[track_caller]
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -338,7 +315,7 @@ impl Drop for LimitedServer {
 #[test]
 fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
     let _serial = serial();
-    raise_own_nofile();
+    util::raise_own_nofile(5000);
     const NOFILE: u64 = 64;
     const CLIENTS: usize = 100;
     let mut server = LimitedServer::start(NOFILE, &["-A", "1", "-w", "1"]);
@@ -430,7 +407,7 @@ struct Trickler {
 #[test]
 fn trickling_clients_are_closed_at_the_read_deadline() {
     let _serial = serial();
-    raise_own_nofile();
+    util::raise_own_nofile(5000);
     const CLIENTS: usize = 1500;
     const DEADLINE: Duration = Duration::from_millis(1500);
     const SLACK: Duration = Duration::from_millis(1000);
@@ -614,7 +591,7 @@ fn trickling_clients_are_closed_at_the_read_deadline() {
 #[test]
 fn resets_mid_request_leave_the_server_healthy() {
     let _serial = serial();
-    raise_own_nofile();
+    util::raise_own_nofile(5000);
     const BATCHES: usize = 10;
     const BATCH: usize = 200;
     let mut server = Server::start(&["-A", "2", "-w", "2", "-D", "100"]);
@@ -666,7 +643,7 @@ fn resets_mid_request_leave_the_server_healthy() {
 #[test]
 fn resets_while_slow_requests_are_in_flight_leave_the_server_healthy() {
     let _serial = serial();
-    raise_own_nofile();
+    util::raise_own_nofile(5000);
     const BATCHES: usize = 3;
     const BATCH: usize = 40;
     // 120 abandoned tasks of 200 ms on 8 workers keep them busy ~3 s.

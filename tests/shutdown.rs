@@ -1,6 +1,7 @@
 //! SIGTERM / SIGINT: stop accepting at once, finish complete requests (slow ones
 //! included), close the rest, exit 0; `--shutdown-timeout` bounds the drain; a
-//! second signal exits at once with status 1.
+//! repeated SIGTERM changes nothing, a second SIGINT or a SIGQUIT exits at once
+//! with status 1.
 
 mod util;
 
@@ -88,28 +89,119 @@ fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
     );
 }
 
+/// SIGTERM twice (timeout(1), job control and group kills send it to the
+/// process and then to its group) is the same request: the drain goes on.
 #[test]
-fn a_second_sigterm_exits_at_once_with_status_1() {
+fn a_repeated_sigterm_is_the_same_request() {
+    let mut server = Server::start(&["-w", "2", "-D", "600"]);
+    let streams: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, SLOW);
+            s
+        })
+        .collect();
+    thread::sleep(ms(100));
+    server.signal(libc::SIGTERM);
+    thread::sleep(ms(50));
+    server.signal(libc::SIGTERM);
+    for (i, s) in streams.iter().enumerate() {
+        if let Err(e) = check_response(s, ms(3000)) {
+            panic!(
+                "slow request {i} after two SIGTERMs: {e}; stderr:\n{}",
+                server.stderr()
+            );
+        }
+    }
+    let status = server.wait_exit(ms(3000)).expect("exits after the drain");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}; stderr:\n{}",
+        server.stderr()
+    );
+}
+
+/// What a new user tried: `timeout 1 conn-daemon -w 4 -D 1500` with 4 slow
+/// requests in flight. timeout(1) signals the server and then its process
+/// group; every request must still be answered.
+#[test]
+fn timeout_1_with_slow_requests_in_flight_answers_them_all() {
+    let port = util::free_port();
+    let mut child = std::process::Command::new("timeout")
+        .args([
+            "1",
+            &util::bin(),
+            "-p",
+            &port.to_string(),
+            "-w",
+            "4",
+            "-D",
+            "1500",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn timeout(1)");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + ms(5000);
+    let first = loop {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, ms(200)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server did not listen on {addr}");
+        thread::sleep(ms(10));
+    };
+    let mut streams = vec![first];
+    while streams.len() < 4 {
+        streams.push(TcpStream::connect_timeout(&addr, ms(1000)).expect("connect"));
+    }
+    for s in &streams {
+        send(s, SLOW);
+    }
+    for (i, s) in streams.iter().enumerate() {
+        if let Err(e) = check_response(s, ms(5000)) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "slow request {i} under timeout(1): {e}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let deadline = Instant::now() + ms(5000);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "timeout(1) still running");
+        thread::sleep(ms(10));
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("without draining"), "stderr:\n{stderr}");
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_with_status_1() {
     let mut server = Server::start(&["-w", "1", "-D", "5000"]);
     let s = server.connect();
     send(&s, SLOW);
     thread::sleep(ms(100));
-    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGINT);
     let t_sig = Instant::now();
     // The first signal only starts the drain: the 5 s task keeps it alive.
     if let Some(st) = server.wait_exit(ms(100)) {
-        panic!("exited ({st}) 100 ms after a single SIGTERM, with a 5 s slow request in flight");
+        panic!("exited ({st}) 100 ms after a single SIGINT, with a 5 s slow request in flight");
     }
-    server.signal(libc::SIGTERM);
+    server.signal(libc::SIGINT);
     let t_second = Instant::now();
     let status = server
         .wait_exit(ms(1000))
-        .unwrap_or_else(|| panic!("still running 1 s after the second SIGTERM"));
+        .unwrap_or_else(|| panic!("still running 1 s after the second SIGINT"));
     let elapsed = t_second.elapsed();
     assert_eq!(
         status.code(),
         Some(1),
-        "exit after a second SIGTERM ({elapsed:?} later): {status}; stderr:\n{}",
+        "exit after a second SIGINT ({elapsed:?} later): {status}; stderr:\n{}",
         server.stderr()
     );
     assert!(
@@ -124,6 +216,25 @@ fn a_second_sigterm_exits_at_once_with_status_1() {
         show(&r.bytes),
         r.end
     );
+}
+
+#[test]
+fn sigquit_exits_at_once_with_status_1() {
+    let mut server = Server::start(&["-w", "1", "-D", "5000"]);
+    let s = server.connect();
+    send(&s, SLOW);
+    thread::sleep(ms(100));
+    server.signal(libc::SIGQUIT);
+    let status = server
+        .wait_exit(ms(1000))
+        .unwrap_or_else(|| panic!("still running 1 s after SIGQUIT"));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status}; stderr:\n{}",
+        server.stderr()
+    );
+    assert!(server.stderr().contains("SIGQUIT"), "{}", server.stderr());
 }
 
 #[test]

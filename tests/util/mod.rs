@@ -34,6 +34,18 @@ pub fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_conn-daemon").to_string())
 }
 
+pub mod lineage;
+
+/// The loopback address the tests talk to: 127.0.0.1, or `::1` with
+/// `CONN_DAEMON_TEST_HOST=::1`, which runs the same tests over IPv6 (the server
+/// is then started with `--listen [::1]`).
+pub fn host() -> std::net::IpAddr {
+    std::env::var("CONN_DAEMON_TEST_HOST")
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, drop).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -62,9 +74,14 @@ impl Server {
     /// server's stderr if it exits first. Retries with another port if the chosen one
     /// was taken in the meantime (bind error on stderr).
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// `start`, with these variables added to the server's environment.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            match Server::try_start(args) {
+            match Server::try_start(args, env) {
                 Ok(s) => return s,
                 Err((status, stderr)) => {
                     let lower = stderr.to_lowercase();
@@ -83,7 +100,10 @@ impl Server {
         panic!("{last_err}");
     }
 
-    fn try_start(args: &[&str]) -> Result<Server, (Option<ExitStatus>, String)> {
+    fn try_start(
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Server, (Option<ExitStatus>, String)> {
         let port = free_port();
         let stderr_path = std::env::temp_dir().join(format!(
             "conn-daemon-test-{}-{}-{}.stderr",
@@ -93,10 +113,16 @@ impl Server {
         ));
         let stderr_file = fs::File::create(&stderr_path).expect("create stderr log file");
         let port_s = port.to_string();
+        let listen: Vec<String> = match host() {
+            std::net::IpAddr::V4(ip) if ip.is_loopback() && ip.octets() == [127, 0, 0, 1] => vec![],
+            ip => vec!["--listen".into(), SocketAddr::new(ip, port).to_string()],
+        };
         let child = Command::new(bin())
             .arg("-p")
             .arg(&port_s)
+            .args(&listen)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_file))
@@ -138,9 +164,9 @@ impl Server {
         self.child.id()
     }
 
-    /// 127.0.0.1:PORT (the only address tests may connect to).
+    /// 127.0.0.1:PORT, or [::1]:PORT (see [`host`]).
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(host(), self.port)
     }
 
     /// Everything the server wrote to stderr so far.
@@ -314,6 +340,29 @@ impl Drop for Server {
         }
         let _ = fs::remove_file(&self.stderr_path);
     }
+}
+
+/// Raises this test process's soft RLIMIT_NOFILE to its hard limit, for tests
+/// that hold thousands of sockets; panics if that is below `needed`.
+pub fn raise_own_nofile(needed: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", io::Error::last_os_error());
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid pointer to an initialised rlimit.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit: {}", io::Error::last_os_error());
+    }
+    assert!(
+        lim.rlim_cur >= needed,
+        "RLIMIT_NOFILE hard limit {} is too low for this test (needs {needed})",
+        lim.rlim_max
+    );
 }
 
 /// Inodes of every `socket:[N]` fd of `pid`.

@@ -1,0 +1,413 @@
+//! Signals, the graceful drain and the binary upgrade: one concern.
+//!
+//! One supervisor thread owns every handled signal (they are blocked everywhere
+//! else from the first instruction of `main`) and reads them from a signalfd, so
+//! that one `poll` also watches an upgrade's new process. The accept loops only
+//! see the outcome: a [`Shutdown`] request, in one of two [`Drain`] modes, rung
+//! through their `ev_async`.
+//!
+//! | signal | effect |
+//! |---|---|
+//! | SIGTERM | graceful drain; repeated, the same request (supervisors escalate with SIGKILL) |
+//! | SIGINT | the same drain; a second SIGINT exits at once with status 1 |
+//! | SIGQUIT | exits at once with status 1 |
+//! | SIGUSR2, SIGHUP | zero-downtime upgrade to the executable at our own path |
+//!
+//! The upgrade follows nginx's and HAProxy's: the new process gets our listening
+//! sockets as inherited fds by the systemd socket-activation convention (one
+//! code path for systemd and upgrades), serves on those very sockets (so what
+//! waits in their listen queues is served, not reset), and reports on a pipe
+//! once it serves. Only then do we stop accepting and drain; if it fails in any
+//! way, we log one line and go on serving.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::os::{self, Exec, SignalFd};
+use crate::worker::Shared;
+use crate::{debug, warn};
+
+/// How an accept thread stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// SIGTERM/SIGINT: take what waits in the listen backlog, close the
+    /// listeners (new connections are refused), close connections that have not
+    /// completed a request, answer the complete ones.
+    Stop,
+    /// A new process serves the same sockets: stop accepting at once without
+    /// touching the backlog (it is the new process's now), and finish every
+    /// connection already accepted, incomplete requests included.
+    Handover,
+}
+
+const RUNNING: u8 = 0;
+const STOP: u8 = 1;
+const HANDOVER: u8 = 2;
+
+/// The stop request every loop watches for; the first request wins.
+pub struct Shutdown {
+    state: AtomicU8,
+    shared: Arc<Shared>,
+}
+
+impl Shutdown {
+    pub(crate) fn new(shared: Arc<Shared>) -> Shutdown {
+        Shutdown {
+            state: AtomicU8::new(RUNNING),
+            shared,
+        }
+    }
+
+    /// The requested drain, if any.
+    pub fn requested(&self) -> Option<Drain> {
+        match self.state.load(Ordering::SeqCst) {
+            STOP => Some(Drain::Stop),
+            HANDOVER => Some(Drain::Handover),
+            _ => None,
+        }
+    }
+
+    /// Requests `how`; false if a drain was already requested (which stands).
+    fn trigger(&self, how: Drain) -> bool {
+        let to = match how {
+            Drain::Stop => STOP,
+            Drain::Handover => HANDOVER,
+        };
+        if self
+            .state
+            .compare_exchange(RUNNING, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        // A loop that has already stopped ignores the ring (its sender is shut).
+        for mailbox in self.shared.mailboxes() {
+            mailbox.ring();
+        }
+        true
+    }
+}
+
+/// Asks a running server to stop gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Shutdown>);
+
+impl ShutdownHandle {
+    pub(crate) fn new(shutdown: Arc<Shutdown>) -> ShutdownHandle {
+        ShutdownHandle(shutdown)
+    }
+
+    /// Starts the graceful drain; later calls do nothing.
+    pub fn shutdown(&self) {
+        self.0.trigger(Drain::Stop);
+    }
+
+    /// Stops accepting because another process serves the listeners now.
+    fn hand_over(&self) -> bool {
+        self.0.trigger(Drain::Handover)
+    }
+
+    fn draining(&self) -> bool {
+        self.0.requested().is_some()
+    }
+}
+
+/// What the supervisor needs to start our successor.
+pub struct UpgradePlan {
+    /// The executable's path as we were started from it: a new binary
+    /// installed there is what SIGUSR2 starts.
+    pub exe: PathBuf,
+    /// Our command line, `argv[0]` included, passed on unchanged.
+    pub args: Vec<OsString>,
+    /// Every distinct listening socket, handed over as fds 3, 4, ...
+    pub listeners: Vec<RawFd>,
+    /// How long the new process has to report that it serves.
+    pub timeout: Duration,
+    /// Upgrades in our lineage before us.
+    pub upgrades: u64,
+}
+
+impl UpgradePlan {
+    /// The plan for this process: `exe` and `args` are read now, at start-up,
+    /// before anything can replace the binary or `-d` change directory.
+    pub fn new(config: &Config, listeners: Vec<RawFd>, upgrades: u64) -> io::Result<UpgradePlan> {
+        Ok(UpgradePlan {
+            exe: std::env::current_exe()?,
+            args: std::env::args_os().collect(),
+            listeners,
+            timeout: config.upgrade_timeout,
+            upgrades,
+        })
+    }
+}
+
+/// An upgrade under way: the new process and the read end of its pipe.
+struct Pending {
+    pid: libc::pid_t,
+    ready: fs::File,
+    deadline: Instant,
+}
+
+/// The signal thread.
+pub struct Supervisor {
+    signals: SignalFd,
+    shutdown: ShutdownHandle,
+    plan: UpgradePlan,
+    pending: Option<Pending>,
+    interrupted: bool,
+}
+
+impl Supervisor {
+    /// A supervisor for the server behind `shutdown` (signals must be blocked
+    /// already: see `os::block_signals`).
+    pub fn new(shutdown: ShutdownHandle, plan: UpgradePlan) -> io::Result<Supervisor> {
+        Ok(Supervisor {
+            signals: SignalFd::new()?,
+            shutdown,
+            plan,
+            pending: None,
+            interrupted: false,
+        })
+    }
+
+    /// Starts the thread; it lives as long as the process.
+    pub fn spawn(self) -> io::Result<()> {
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || self.run())
+            .map(drop)
+    }
+
+    fn run(mut self) {
+        loop {
+            let timeout = self
+                .pending
+                .as_ref()
+                .map(|p| p.deadline.saturating_duration_since(Instant::now()));
+            let pipe = self.pending.as_ref().map(|p| p.ready.as_raw_fd());
+            let (signal, ready) = match os::poll2(self.signals.as_raw_fd(), pipe, timeout) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("signal thread: poll failed: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if ready {
+                self.upgrade_answered();
+            } else if self
+                .pending
+                .as_ref()
+                .is_some_and(|p| Instant::now() >= p.deadline)
+            {
+                let ms = self.plan.timeout.as_millis();
+                self.upgrade_failed(&format!("it did not serve within {ms} ms"), true);
+            }
+            if signal {
+                match self.signals.read() {
+                    Ok(sig) => self.on_signal(sig),
+                    Err(e) => warn!("signal thread: {e}"),
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, sig: libc::c_int) {
+        match sig {
+            libc::SIGTERM => self.drain("SIGTERM"),
+            libc::SIGINT if self.interrupted => {
+                warn!("second SIGINT: exiting without draining");
+                os::exit_now(1);
+            }
+            libc::SIGINT => {
+                self.interrupted = true;
+                self.drain("SIGINT (a second one exits at once)");
+            }
+            libc::SIGQUIT => {
+                warn!("SIGQUIT: exiting without draining");
+                os::exit_now(1);
+            }
+            libc::SIGUSR2 | libc::SIGHUP => self.start_upgrade(sig),
+            _ => {}
+        }
+    }
+
+    /// A stop request: the drain, once; an upgrade under way is abandoned.
+    fn drain(&mut self, why: &str) {
+        if self.pending.is_some() {
+            self.upgrade_failed("shutting down", true);
+        }
+        if !self.shutdown.draining() {
+            debug!("{why}: draining");
+            os::sd_notify("STOPPING=1\nSTATUS=draining");
+            self.shutdown.shutdown();
+        }
+    }
+
+    fn start_upgrade(&mut self, sig: libc::c_int) {
+        let name = if sig == libc::SIGHUP {
+            "SIGHUP"
+        } else {
+            "SIGUSR2"
+        };
+        if let Some(p) = &self.pending {
+            warn!(
+                "{name}: an upgrade is in progress (new process {}); ignored",
+                p.pid
+            );
+            return;
+        }
+        if self.shutdown.draining() {
+            warn!("{name}: draining; no upgrade");
+            return;
+        }
+        match self.spawn_successor() {
+            Ok(pending) => {
+                debug!(
+                    "{name}: upgrade: started {} as pid {}",
+                    self.plan.exe.display(),
+                    pending.pid
+                );
+                os::sd_notify(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading: new process {}",
+                    os::monotonic_usec(),
+                    pending.pid
+                ));
+                self.pending = Some(pending);
+            }
+            Err(e) => warn!(
+                "upgrade failed: cannot start {}: {e}; still serving",
+                self.plan.exe.display()
+            ),
+        }
+    }
+
+    /// Everything is prepared here, before the fork: the child may not allocate.
+    fn spawn_successor(&self) -> io::Result<Pending> {
+        let (ready_rx, ready_tx) = os::pipe()?;
+        let n = self.plan.listeners.len();
+        let mut env: Vec<OsString> = std::env::vars_os()
+            .filter(|(k, _)| {
+                !os::ACTIVATION_VARS.iter().any(|v| k == v)
+                    && k != os::READY_FD_VAR
+                    && k != os::UPGRADES_VAR
+            })
+            .map(|(k, v)| {
+                let mut kv = k;
+                kv.push("=");
+                kv.push(v);
+                kv
+            })
+            .collect();
+        env.push(format!("LISTEN_FDS={n}").into());
+        env.push(format!("LISTEN_FDNAMES={}", vec!["conn-daemon"; n].join(":")).into());
+        env.push(format!("{}={}", os::READY_FD_VAR, 3 + n).into());
+        env.push(format!("{}={}", os::UPGRADES_VAR, self.plan.upgrades + 1).into());
+        let mut fds = self.plan.listeners.clone();
+        fds.push(ready_tx.as_raw_fd());
+        let mut exec = Exec::new(self.plan.exe.as_os_str(), &self.plan.args, env, true, fds)?;
+        let pid = exec.spawn()?;
+        // Only the child may hold the write end, so that its exit is our EOF.
+        drop(ready_tx);
+        Ok(Pending {
+            pid,
+            ready: fs::File::from(ready_rx),
+            deadline: Instant::now() + self.plan.timeout,
+        })
+    }
+
+    /// The pipe is readable: the new process's pid (it serves), or EOF (it
+    /// ended, or closed the pipe without a word).
+    fn upgrade_answered(&mut self) {
+        let Some(p) = &self.pending else { return };
+        let mut buf = [0u8; 32];
+        let n = (&p.ready).read(&mut buf);
+        let text = match n {
+            Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
+            _ => String::new(),
+        };
+        if text.is_empty() {
+            self.upgrade_failed("it exited before serving", false);
+            return;
+        }
+        let pending = self.pending.take().expect("checked above");
+        // The daemonized case: our child forked the server and exited.
+        let _ = os::reap(pending.pid, false);
+        if self.shutdown.hand_over() {
+            self.plan.upgrades += 1;
+            warn!("upgrade: new process {text} serves; draining and exiting");
+        }
+    }
+
+    /// Logs one line and goes on serving; the new process is killed if `kill`.
+    fn upgrade_failed(&mut self, why: &str, kill: bool) {
+        let Some(p) = self.pending.take() else { return };
+        if kill {
+            os::kill(p.pid, libc::SIGKILL);
+        }
+        // EOF may come a moment before the exit status: wait a little, then kill.
+        let mut status = os::reap(p.pid, false);
+        let until = Instant::now() + Duration::from_secs(1);
+        while status.is_none() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+            status = os::reap(p.pid, false);
+        }
+        if status.is_none() {
+            os::kill(p.pid, libc::SIGKILL);
+            status = os::reap(p.pid, true);
+        }
+        let status = status.unwrap_or_else(|| "gone".into());
+        warn!(
+            "upgrade failed: {} (pid {}): {why} ({status}); still serving",
+            self.plan.exe.display(),
+            p.pid
+        );
+        if !self.shutdown.draining() {
+            os::sd_notify("READY=1\nSTATUS=serving (upgrade failed)");
+        }
+    }
+}
+
+/// Tells whoever waits that this process serves now: the pid file, the old
+/// process of an upgrade (through its pipe), and the service manager.
+pub fn announce_ready(pid_file: Option<&Path>, ready: Option<OwnedFd>, addresses: usize) {
+    let pid = std::process::id();
+    if let Some(path) = pid_file {
+        if let Err(e) = write_pid_file(path, pid) {
+            warn!("cannot write the pid file {}: {e}", path.display());
+        }
+    }
+    if let Some(fd) = ready {
+        let _ = fs::File::from(fd).write_all(format!("{pid}\n").as_bytes());
+    }
+    os::sd_notify(&format!(
+        "MAINPID={pid}\nREADY=1\nSTATUS=serving on {addresses} address{}",
+        if addresses == 1 { "" } else { "es" }
+    ));
+}
+
+/// Replaces the file at once (write, then rename), so a reader never sees it
+/// half written.
+fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{pid}.tmp"));
+    fs::write(&tmp, format!("{pid}\n"))?;
+    fs::rename(&tmp, path)
+}
+
+/// Removes the pid file at exit, unless a successor has written its own pid.
+pub fn remove_pid_file(path: &Path) {
+    let ours = format!("{}\n", std::process::id());
+    if fs::read_to_string(path).is_ok_and(|text| text == ours) {
+        let _ = fs::remove_file(path);
+    }
+}

@@ -1,0 +1,280 @@
+//! Socket activation (`LISTEN_FDS`/`LISTEN_PID`, as systemd and the upgrade
+//! pass sockets) and service-manager notification (`NOTIFY_SOCKET`).
+
+mod util;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use util::lineage::Lineage;
+use util::{check_response, free_port, listening_sockets_on, socket_inodes_of};
+
+const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
+
+/// A listening socket on 127.0.0.1:`port`, as systemd would make it.
+fn listening_socket(port: u16, reuse_port: bool) -> OwnedFd {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(reuse_port).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    s.listen(128).unwrap();
+    s.into()
+}
+
+/// Starts the server with `fds` as 3, 4, ... and `LISTEN_FDS`/`LISTEN_PID` set
+/// for it (the shell's pid is the server's: it execs).
+fn activated(fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
+    let fds = fds.to_vec();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" \"$@\"",
+            fds.len()
+        ))
+        .arg(util::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(stderr).unwrap());
+    // SAFETY: between fork and exec only dup2/fcntl, which are async-signal-safe;
+    // the fds are moved above the target range first so none is overwritten.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high: Vec<RawFd> = fds
+                .iter()
+                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
+                .collect();
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as RawFd) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let _guard = util::lineage::spawn_guard();
+    cmd.spawn().expect("spawn sh")
+}
+
+fn wait_answering(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            util::send(&s, FAST);
+            if check_response(&s, Duration::from_secs(5)).is_ok() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Every one of `n` connections answered.
+fn all_answered(addr: SocketAddr, n: usize) {
+    for i in 0..n {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+        util::send(&s, FAST);
+        if let Err(e) = check_response(&s, Duration::from_secs(5)) {
+            panic!("connection {i} to {addr}: {e}");
+        }
+    }
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!(
+        "conn-daemon-activation-{}-{name}",
+        std::process::id()
+    ))
+}
+
+/// An inherited fd 3 is served; `-p` is not bound.
+#[test]
+fn serves_an_inherited_socket_and_binds_nothing() {
+    let port = free_port();
+    let other = free_port();
+    let sock = listening_socket(port, false);
+    let err = tmp("one");
+    let child = activated(
+        &[sock.as_raw_fd()],
+        &["-A", "1", "-p", &other.to_string()],
+        &err,
+    );
+    drop(sock);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_answering(addr);
+    all_answered(addr, 20);
+    assert!(
+        TcpStream::connect(("127.0.0.1", other)).is_err(),
+        "-p {other} was bound although sockets were inherited"
+    );
+    // The very socket we made, not a new one.
+    assert_eq!(listening_sockets_on(port).len(), 1);
+    stop(child);
+    let _ = fs::remove_file(err);
+}
+
+/// One inherited `SO_REUSEPORT` socket and `-A 3`: the two other threads open
+/// their own sockets in the same group. Without `SO_REUSEPORT` they share the
+/// inherited one instead.
+#[test]
+fn more_threads_than_inherited_sockets() {
+    for reuse_port in [true, false] {
+        let port = free_port();
+        let sock = listening_socket(port, reuse_port);
+        let err = tmp(&format!("more-{reuse_port}"));
+        let child = activated(&[sock.as_raw_fd()], &["-A", "3"], &err);
+        drop(sock);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_answering(addr);
+        all_answered(addr, 30);
+        let own = socket_inodes_of(child.id());
+        let listening: Vec<u64> = listening_sockets_on(port)
+            .into_iter()
+            .filter(|i| own.contains(i))
+            .collect();
+        let expected = if reuse_port { 3 } else { 1 };
+        assert_eq!(
+            listening.len(),
+            expected,
+            "SO_REUSEPORT {reuse_port}: listening sockets {listening:?}; stderr:\n{}",
+            fs::read_to_string(&err).unwrap_or_default()
+        );
+        stop(child);
+        let _ = fs::remove_file(err);
+    }
+}
+
+/// Three inherited sockets on one address and `-A 1`: the one thread serves
+/// all three (the kernel spreads connections over them; none may be left
+/// unserved).
+#[test]
+fn fewer_threads_than_inherited_sockets() {
+    let port = free_port();
+    let socks: Vec<OwnedFd> = (0..3).map(|_| listening_socket(port, true)).collect();
+    let fds: Vec<RawFd> = socks.iter().map(|s| s.as_raw_fd()).collect();
+    let err = tmp("fewer");
+    let child = activated(&fds, &["-A", "1"], &err);
+    drop(socks);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_answering(addr);
+    all_answered(addr, 60);
+    stop(child);
+    let _ = fs::remove_file(err);
+}
+
+/// An inherited fd that is not a listening TCP socket: exit 100, one line.
+#[test]
+fn an_inherited_fd_that_is_not_a_listener_is_refused() {
+    let port = free_port();
+    let bound_only = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let file = fs::File::open("/dev/null").unwrap();
+    let unconnected: OwnedFd = Socket::new(Domain::IPV4, Type::STREAM, None)
+        .unwrap()
+        .into();
+    let cases: [(&str, RawFd); 3] = [
+        ("udp", udp.as_raw_fd()),
+        ("file", file.as_raw_fd()),
+        ("not listening", unconnected.as_raw_fd()),
+    ];
+    for (what, fd) in cases {
+        let err = tmp(&format!("bad-{}", what.replace(' ', "-")));
+        let mut child = activated(
+            &[bound_only.as_raw_fd(), fd],
+            &["-A", "1", "-p", &port.to_string()],
+            &err,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "{what}: still running");
+            thread::sleep(Duration::from_millis(5));
+        };
+        let stderr = fs::read_to_string(&err).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(100),
+            "{what}: {status}; stderr:\n{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{what}: stderr:\n{stderr}");
+        assert!(
+            stderr.contains("inherited fd 4 is not a listening TCP socket"),
+            "{what}: {stderr}"
+        );
+        let _ = fs::remove_file(err);
+    }
+}
+
+/// Reads the next notification (bounded wait).
+fn next_notification(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no notification within the timeout: {e}"));
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// READY with MAINPID when serving; RELOADING on SIGUSR2; MAINPID and READY
+/// from the new process; STOPPING when the drain starts. Nothing without
+/// NOTIFY_SOCKET (the other tests run without it).
+#[test]
+fn notifies_the_service_manager_in_order() {
+    let path = tmp("notify.sock");
+    let _ = fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut lineage = Lineage::start_with_env(
+        &["-A", "1", "-w", "1"],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let first = lineage.pid();
+    let ready = next_notification(&sock);
+    assert_eq!(
+        ready.lines().take(2).collect::<Vec<_>>(),
+        [format!("MAINPID={first}"), "READY=1".into()],
+        "{ready}"
+    );
+    assert!(ready.contains("STATUS="), "{ready}");
+    let second = lineage.upgrade().expect("upgrade");
+    let reloading = next_notification(&sock);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(
+        reloading.contains(&format!("new process {second}")),
+        "{reloading}"
+    );
+    let ready = next_notification(&sock);
+    assert!(
+        ready.starts_with(&format!("MAINPID={second}\nREADY=1\n")),
+        "{ready}"
+    );
+    lineage.stop(Duration::from_secs(10)).unwrap();
+    let stopping = next_notification(&sock);
+    assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
+    let _ = fs::remove_file(path);
+}

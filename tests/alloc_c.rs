@@ -1,0 +1,235 @@
+//! No heap allocation after start-up in the whole server process, C included.
+//!
+//! `tests/alloc.rs` counts Rust's global allocator only; libev allocates with
+//! its own `realloc` (its arrays grow with the highest fd watched and the
+//! events of one iteration). Here the real binary runs under an LD_PRELOAD
+//! shim (`tests/util/alloc_count.c`, built with `cc`) that counts every
+//! malloc, calloc, realloc, reallocarray, posix_memalign, aligned_alloc,
+//! memalign, valloc and pvalloc of the process into a shared file this test
+//! reads. After a light warm-up at concurrency 4 that takes every path once,
+//! the number of open connections goes far past it (1,500 idle half-requests
+//! held open, slow requests at concurrency 400, fast bursts at 200, trickling,
+//! resetting and timed-out clients), every answer is checked, and the count
+//! must not move.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+mod util;
+
+use util::{expect_closed_silently, expect_response, send, Server};
+
+/// `--read-timeout`: long enough for the loaded phase, short enough to wait
+/// out twice.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const FAST: &[u8] = b"GET /test/fast HTTP/1.1\r\nHost: x\r\n\r\n";
+const SLOW: &[u8] = b"GET /test/slow HTTP/1.1\r\n\r\n";
+/// A request line without the end of the request: the server keeps waiting.
+const HALF: &[u8] = b"GET /test/fast HTTP/1.1\r\n";
+
+/// Builds the counting shim into the test's scratch directory.
+fn build_shim() -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/util/alloc_count.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libconn_alloc_count.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let output = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| panic!("run {cc} (a C compiler is needed, as for libev): {e}"));
+    assert!(
+        output.status.success(),
+        "{cc} {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// The server's allocations so far, as the shim records them.
+fn allocations(counter: &Path) -> u64 {
+    let bytes = fs::read(counter).expect("read the allocation counter");
+    u64::from_ne_bytes(bytes[..8].try_into().expect("an 8-byte counter"))
+}
+
+/// `n` requests `request`, `concurrency` connections open at a time; each gets
+/// exactly the response, then a close.
+fn burst(server: &Server, request: &[u8], n: usize, concurrency: usize) {
+    let mut left = n;
+    while left > 0 {
+        let round: Vec<TcpStream> = (0..concurrency.min(left))
+            .map(|_| server.connect())
+            .collect();
+        for s in &round {
+            send(s, request);
+        }
+        for s in &round {
+            expect_response(s);
+        }
+        left -= round.len();
+    }
+}
+
+/// `n` connections that send `head` and are then reset (SO_LINGER 0).
+fn resets(server: &Server, head: &[u8], n: usize) {
+    let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for s in &conns {
+        send(s, head);
+        socket2::SockRef::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0");
+    }
+    // Give the server the bytes first, so it has watched these connections.
+    thread::sleep(Duration::from_millis(50));
+}
+
+/// `n` connections that each send a whole request in four pieces, one read
+/// apart, so each is watched by the loop while it trickles in.
+fn trickle(server: &Server, n: usize) {
+    let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for piece in [&b"GET "[..], b"/test/", b"fast HTTP/1.1\r\n", b"\r\n"] {
+        for s in &conns {
+            send(s, piece);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    for s in &conns {
+        expect_response(s);
+    }
+}
+
+/// `n` invalid requests, all closed without a byte.
+fn invalid(server: &Server, n: usize) {
+    let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for s in &conns {
+        send(s, b"POST /test/fast HTTP/1.1\r\n\r\n");
+    }
+    for s in &conns {
+        expect_closed_silently(s);
+    }
+}
+
+/// `n` connections that send half a request and stop: the server must keep
+/// them open (watched by the loop) until the read deadline.
+fn idle(server: &Server, n: usize) -> Vec<TcpStream> {
+    let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for s in &conns {
+        send(s, HALF);
+    }
+    conns
+}
+
+/// Waits for the read deadline to close `conns` without a response.
+fn expect_timed_out(conns: &[TcpStream]) {
+    for s in conns {
+        util::check_closed_silently(s, READ_TIMEOUT + Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("a silent client past --read-timeout: {e}"));
+    }
+}
+
+#[test]
+fn no_allocation_after_start_up_in_rust_or_c() {
+    util::raise_own_nofile(5000);
+    let shim = build_shim();
+    let counter =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("alloc-count-{}", std::process::id()));
+    let _ = fs::remove_file(&counter);
+    let timeout_ms = READ_TIMEOUT.as_millis().to_string();
+    let mut server = Server::start_with_env(
+        &[
+            "-A",
+            "2",
+            "-C",
+            "2500",
+            "-w",
+            "8",
+            "-D",
+            "5",
+            "--read-timeout",
+            &timeout_ms,
+        ],
+        &[
+            ("LD_PRELOAD", shim.as_os_str()),
+            ("CONN_ALLOC_COUNT_FILE", counter.as_os_str()),
+        ],
+    );
+    let at_start = allocations(&counter);
+    assert!(
+        at_start > 0,
+        "the shim counted no allocation at start-up: is it loaded?"
+    );
+
+    // Warm-up, light: every path once or a few times, at concurrency 4.
+    let warm_idle = idle(&server, 4);
+    burst(&server, FAST, 200, 4);
+    burst(&server, SLOW, 40, 4);
+    trickle(&server, 4);
+    invalid(&server, 4);
+    resets(&server, HALF, 4);
+    let eof = server.connect();
+    send(&eof, HALF);
+    util::shutdown_write(&eof);
+    expect_closed_silently(&eof);
+    expect_timed_out(&warm_idle);
+    drop(warm_idle);
+    thread::sleep(Duration::from_millis(200));
+    let quiet_fds = server.fd_count();
+    let before = allocations(&counter);
+
+    // Far past the warm-up: the loops now watch over a thousand fds at once,
+    // with fd numbers and events per iteration never seen before.
+    let loaded = Instant::now();
+    let held = idle(&server, 1500);
+    burst(&server, SLOW, 1200, 400);
+    burst(&server, FAST, 6000, 200);
+    trickle(&server, 300);
+    invalid(&server, 400);
+    resets(&server, HALF, 300);
+    // Half of the held connections complete their request: each gets its
+    // response, if its read deadline (counted from accept) has not passed.
+    let (finish, wait) = held.split_at(750);
+    let in_time = loaded.elapsed() + Duration::from_secs(1) < READ_TIMEOUT;
+    for s in finish {
+        send(s, b"\r\n");
+    }
+    for s in finish {
+        if in_time {
+            expect_response(s);
+        } else {
+            util::check_response(s, util::IO_TIMEOUT)
+                .or_else(|_| util::check_closed_silently(s, util::IO_TIMEOUT))
+                .unwrap_or_else(|e| panic!("a completed request: {e}"));
+        }
+    }
+    // The other half, and a new batch, wait out the deadline together.
+    let late = idle(&server, 500);
+    expect_timed_out(wait);
+    expect_timed_out(&late);
+    let phase = loaded.elapsed();
+    drop(held);
+    drop(late);
+    let fds = server.wait_fd_count_at_most(quiet_fds, Duration::from_secs(10));
+    assert!(
+        fds <= quiet_fds,
+        "{fds} fds open after the load, {quiet_fds} before"
+    );
+    server.assert_running();
+    let after = allocations(&counter);
+    eprintln!(
+        "{} allocations at start-up, {} by the warm-up, {} in the loaded phase ({phase:?})",
+        at_start,
+        before - at_start,
+        after - before
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "the server process allocated {} times on the connection path",
+        after - before
+    );
+}

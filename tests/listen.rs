@@ -1,0 +1,155 @@
+//! `--listen ADDR` (repeatable): chosen interfaces, IPv6, and the refusals.
+
+mod util;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use util::{check_response, free_port, send, Server};
+
+const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
+
+fn answered(addr: SocketAddr) -> Result<(), String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    send(&s, FAST);
+    check_response(&s, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))
+}
+
+fn refused(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
+}
+
+/// Whether this host has an IPv6 loopback to test on.
+fn has_ipv6_loopback() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// Runs the binary to completion (it must fail at start-up): status, stderr.
+fn start_fails(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(util::bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--listen 127.0.0.1` listens there and nowhere else (127.0.0.2 is another
+/// loopback address of the same host).
+#[test]
+fn listens_on_the_chosen_address_only() {
+    let server = Server::start(&["-A", "2", "--listen", "127.0.0.1"]);
+    let port = server.port();
+    answered(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    assert!(
+        refused(SocketAddr::from(([127, 0, 0, 2], port))),
+        "127.0.0.2:{port} accepted, the server should listen on 127.0.0.1 only"
+    );
+    // One SO_REUSEPORT listener per accept thread.
+    assert_eq!(server.listening_inodes().len(), 2);
+}
+
+/// Two addresses, one with its own port: each accept thread listens on both.
+#[test]
+fn several_addresses_with_and_without_ports() {
+    let second = free_port();
+    let server = Server::start(&[
+        "-A",
+        "2",
+        "--listen",
+        "127.0.0.1",
+        "--listen",
+        &format!("127.0.0.2:{second}"),
+    ]);
+    for _ in 0..20 {
+        answered(SocketAddr::from(([127, 0, 0, 1], server.port()))).unwrap();
+        answered(SocketAddr::from(([127, 0, 0, 2], second))).unwrap();
+    }
+    assert!(refused(SocketAddr::from(([127, 0, 0, 2], server.port()))));
+    let own = util::socket_inodes_of(server.pid());
+    let on_second = util::listening_sockets_on(second)
+        .into_iter()
+        .filter(|i| own.contains(i))
+        .count();
+    assert_eq!(
+        on_second, 2,
+        "one listener per thread on the second address"
+    );
+}
+
+/// `[::1]` over IPv6, and `[::]` beside `0.0.0.0` on the same port (the IPv6
+/// socket is IPV6_V6ONLY, so both bind).
+#[test]
+fn ipv6_addresses() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: this host has no IPv6 loopback (::1)");
+        return;
+    }
+    let server = Server::start(&["-A", "1", "--listen", "[::1]", "--listen", "127.0.0.1"]);
+    answered(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], server.port()))).unwrap();
+    answered(SocketAddr::from(([127, 0, 0, 1], server.port()))).unwrap();
+    drop(server);
+
+    let server = Server::start(&["-A", "2", "--listen", "[::]", "--listen", "0.0.0.0"]);
+    answered(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], server.port()))).unwrap();
+    answered(SocketAddr::from(([127, 0, 0, 1], server.port()))).unwrap();
+    assert_eq!(server.listening_inodes().len(), 4);
+}
+
+/// Malformed addresses and host names are command-line errors: exit 1, the
+/// reason and the usage.
+#[test]
+fn malformed_addresses_are_refused_at_the_command_line() {
+    for bad in [
+        "localhost",
+        "127.0.0.1:99999",
+        "[::1",
+        "1.2.3",
+        "127.0.0.1:0",
+    ] {
+        let (code, stderr) = start_fails(&["--listen", bad]);
+        assert_eq!(code, Some(1), "--listen {bad}: {stderr}");
+        assert!(stderr.contains("--listen"), "--listen {bad}: {stderr}");
+        assert!(
+            stderr.contains("Usage:"),
+            "--listen {bad}: no usage: {stderr}"
+        );
+    }
+}
+
+/// An address this host does not have, or a port someone holds: exit 100 with
+/// one line naming the address.
+#[test]
+fn addresses_that_cannot_be_bound_are_refused_at_start_up() {
+    let port = free_port();
+    let (code, stderr) = start_fails(&["-p", &port.to_string(), "--listen", "192.0.2.1"]);
+    assert_eq!(code, Some(100), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&format!("192.0.2.1:{port}")), "{stderr}");
+
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap();
+    let (code, stderr) = start_fails(&["--listen", "127.0.0.2", "--listen", &held.to_string()]);
+    assert_eq!(code, Some(100), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("already in use") && stderr.contains(&held.to_string()),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,182 @@
+//! SIGUSR2 / SIGHUP: the executable at the server's own path takes over the
+//! listening sockets; the old process drains once the new one serves. Under
+//! continuous load not one connection may be refused, reset or left
+//! unanswered, and every way a new executable can fail leaves the old one
+//! serving.
+
+mod util;
+
+use std::time::Duration;
+
+use util::lineage::{alive, Lineage, Load};
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Five upgrades in a row under load, one to an executable that fails, one
+/// more after that: every connection answered, only the newest process left.
+#[test]
+fn upgrades_under_load_lose_no_connection() {
+    let mut lineage = Lineage::start(&["-A", "2", "-w", "4", "-D", "20"]);
+    let load = Load::start(lineage.addr(), 8);
+    std::thread::sleep(Duration::from_millis(200));
+    for round in 1..=5 {
+        let before = load.answered();
+        if let Err(e) = lineage.upgrade() {
+            panic!("upgrade {round}: {e}");
+        }
+        // Let the load run on the new process for a moment.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            load.answered() > before,
+            "no answers around upgrade {round}"
+        );
+    }
+    // A new "binary" that exits at once: the old process keeps serving.
+    let pid = lineage.pid();
+    lineage.install(b"#!/bin/sh\nexit 3\n", 0o755);
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("upgrade failed", 1, secs(10)),
+        "no 'upgrade failed' line"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "the old process died with a failed upgrade");
+    // The real binary back, and one more upgrade.
+    lineage.install_real();
+    lineage.upgrade().expect("upgrade after the failed one");
+    std::thread::sleep(Duration::from_millis(200));
+    let report = load.stop();
+    eprintln!(
+        "6 upgrades (1 failed attempt) under load: {} answered, {} failed",
+        report.answered,
+        report.failures.len()
+    );
+    assert!(
+        report.failures.is_empty(),
+        "{} of {} connections failed across 6 upgrades: {:?}",
+        report.failures.len(),
+        report.answered as usize + report.failures.len(),
+        &report.failures[..report.failures.len().min(10)]
+    );
+    assert!(report.answered > 100, "only {} answered", report.answered);
+    let newest = lineage.pid();
+    let others: Vec<u32> = lineage.pids[..lineage.pids.len() - 1]
+        .iter()
+        .copied()
+        .filter(|&p| alive(p))
+        .collect();
+    assert!(others.is_empty(), "old processes still running: {others:?}");
+    assert!(alive(newest));
+    let stderr = lineage.stderr();
+    assert_eq!(stderr.matches("upgrade failed").count(), 1, "{stderr}");
+    lineage.stop(secs(10)).expect("the newest stops on SIGTERM");
+}
+
+/// Every failure mode of the new executable: one line, and the old process
+/// serves on; a later SIGUSR2 succeeds. SIGHUP upgrades as SIGUSR2 does.
+#[test]
+fn a_failed_upgrade_leaves_the_old_process_serving() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "500"]);
+    let pid = lineage.pid();
+    let exe = std::fs::read(&lineage.exe).unwrap();
+    let attempts: [(&str, &[u8], u32); 4] = [
+        ("exits", b"#!/bin/sh\nexit 1\n", 0o755),
+        ("crashes", b"#!/bin/sh\nkill -SEGV $$\n", 0o755),
+        ("is not executable", &exe, 0o644),
+        ("never serves", b"#!/bin/sh\nexec sleep 30\n", 0o755),
+    ];
+    for (n, (what, contents, mode)) in attempts.iter().enumerate() {
+        lineage.install(contents, *mode);
+        lineage.signal(libc::SIGUSR2);
+        assert!(
+            lineage.wait_stderr("upgrade failed", n + 1, secs(10)),
+            "new executable that {what}: no 'upgrade failed' line"
+        );
+        assert!(
+            alive(pid),
+            "old process gone after a new executable that {what}"
+        );
+        let answered = Load::start(lineage.addr(), 1);
+        std::thread::sleep(Duration::from_millis(100));
+        let report = answered.stop();
+        assert!(
+            report.failures.is_empty() && report.answered > 0,
+            "after a new executable that {what}: {report:?}"
+        );
+    }
+    // Missing altogether.
+    std::fs::remove_file(&lineage.exe).unwrap();
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("upgrade failed", 5, secs(10)),
+        "missing executable: no 'upgrade failed' line"
+    );
+    assert_eq!(lineage.stderr().matches("upgrade failed").count(), 5);
+    // One line each, and no process of the failed attempts left behind.
+    for line in lineage
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("upgrade failed"))
+    {
+        assert!(line.ends_with("still serving"), "{line}");
+    }
+    lineage.install_real();
+    lineage
+        .upgrade_with(libc::SIGHUP, secs(10))
+        .expect("SIGHUP upgrades");
+    lineage.stop(secs(10)).unwrap();
+}
+
+/// A second SIGUSR2 while the first upgrade waits for its new process is
+/// ignored with one line.
+#[test]
+fn a_second_sigusr2_during_an_upgrade_is_ignored() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "1500"]);
+    let pid = lineage.pid();
+    lineage.install(b"#!/bin/sh\nexec sleep 30\n", 0o755);
+    lineage.signal(libc::SIGUSR2);
+    std::thread::sleep(Duration::from_millis(200));
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("an upgrade is in progress", 1, secs(5)),
+        "no line for the ignored SIGUSR2; stderr:\n{}",
+        lineage.stderr()
+    );
+    assert!(lineage.wait_stderr("upgrade failed", 1, secs(10)));
+    assert!(alive(pid));
+    lineage.install_real();
+    lineage.upgrade().expect("upgrade after the timed-out one");
+    lineage.stop(secs(10)).unwrap();
+}
+
+/// A daemonized server (`-d`) upgrades too; the pid file names the new one.
+#[test]
+fn a_daemonized_server_upgrades() {
+    let mut lineage = Lineage::start(&["-d", "-A", "1", "-w", "1"]);
+    let first = lineage.pid();
+    let load = Load::start(lineage.addr(), 2);
+    let second = lineage.upgrade().expect("upgrade of a daemon");
+    assert_ne!(first, second);
+    std::thread::sleep(Duration::from_millis(100));
+    let report = load.stop();
+    assert!(report.failures.is_empty(), "{report:?}");
+    lineage.stop(secs(10)).unwrap();
+}
+
+/// SIGTERM while the new process has not yet served: the upgrade is
+/// abandoned (its process killed) and the server drains as usual.
+#[test]
+fn sigterm_during_an_upgrade_abandons_it_and_drains() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "5000"]);
+    lineage.install(b"#!/bin/sh\nexec sleep 30\n", 0o755);
+    lineage.signal(libc::SIGUSR2);
+    std::thread::sleep(Duration::from_millis(200));
+    lineage.stop(secs(5)).expect("drains and exits");
+    assert!(
+        lineage.stderr().contains("shutting down"),
+        "{}",
+        lineage.stderr()
+    );
+}
