@@ -178,7 +178,7 @@ for i in $(seq 1 "$INSTANCES"); do
     wait_up "$i" 10 || { log "haproxy never saw instance $i up"; exit 1; }
 done
 
-# Can this binary upgrade in place? (SIGUSR2 lands with a later release.)
+# Can this binary upgrade in place? (Builds before the SIGUSR2 upgrade cannot.)
 if [ "$UPGRADES" -gt 0 ] && ! "$BIN" --help 2>&1 | grep -qiE 'SIGUSR2|upgrade'; then
     log "note: $BIN --help mentions no SIGUSR2 upgrade; skipping upgrades"
     UPGRADES=0
