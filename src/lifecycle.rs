@@ -141,12 +141,34 @@ impl UpgradePlan {
     /// before anything can replace the binary or `-d` change directory.
     pub fn new(config: &Config, listeners: Vec<RawFd>, upgrades: u64) -> io::Result<UpgradePlan> {
         Ok(UpgradePlan {
-            exe: std::env::current_exe()?,
+            exe: exe_path()?,
             args: std::env::args_os().collect(),
             listeners,
             timeout: config.upgrade_timeout,
             upgrades,
         })
+    }
+}
+
+/// The path we were started from, as the caller wrote it: `argv[0]` made
+/// absolute, or found on `PATH`. Not `/proc/self/exe`, which resolves
+/// symlinks: with the common `current -> releases/v2` layout, re-pointing the
+/// link must upgrade to v2, not restart v1.
+fn exe_path() -> io::Result<PathBuf> {
+    let Some(argv0) = std::env::args_os().next().map(PathBuf::from) else {
+        return std::env::current_exe();
+    };
+    if argv0.components().count() > 1 {
+        return std::path::absolute(&argv0);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(&argv0))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(p) => std::path::absolute(p),
+        None => std::env::current_exe(),
     }
 }
 
@@ -210,7 +232,7 @@ impl Supervisor {
                 .is_some_and(|p| Instant::now() >= p.deadline)
             {
                 let ms = self.plan.timeout.as_millis();
-                self.upgrade_failed(&format!("it did not serve within {ms} ms"), true);
+                self.upgrade_failed(Some(&format!("it did not serve within {ms} ms")), true);
             }
             if signal {
                 match self.signals.read() {
@@ -244,7 +266,7 @@ impl Supervisor {
     /// A stop request: the drain, once; an upgrade under way is abandoned.
     fn drain(&mut self, why: &str) {
         if self.pending.is_some() {
-            self.upgrade_failed("shutting down", true);
+            self.upgrade_failed(None, true);
         }
         if !self.shutdown.draining() {
             debug!("{why}: draining");
@@ -336,7 +358,7 @@ impl Supervisor {
             _ => String::new(),
         };
         if text.is_empty() {
-            self.upgrade_failed("it exited before serving", false);
+            self.upgrade_failed(Some("it exited before serving"), false);
             return;
         }
         let pending = self.pending.take().expect("checked above");
@@ -350,7 +372,8 @@ impl Supervisor {
     }
 
     /// Logs one line and goes on serving; the new process is killed if `kill`.
-    fn upgrade_failed(&mut self, why: &str, kill: bool) {
+    /// `why` None: abandoned because we are shutting down.
+    fn upgrade_failed(&mut self, why: Option<&str>, kill: bool) {
         let Some(p) = self.pending.take() else { return };
         if kill {
             os::kill(p.pid, libc::SIGKILL);
@@ -367,9 +390,16 @@ impl Supervisor {
             status = os::reap(p.pid, true);
         }
         let status = status.unwrap_or_else(|| "gone".into());
+        let exe = self.plan.exe.display();
+        let Some(why) = why else {
+            warn!(
+                "upgrade abandoned: {exe} (pid {}): shutting down ({status})",
+                p.pid
+            );
+            return;
+        };
         warn!(
-            "upgrade failed: {} (pid {}): {why} ({status}); still serving",
-            self.plan.exe.display(),
+            "upgrade failed: {exe} (pid {}): {why} ({status}); still serving",
             p.pid
         );
         if !self.shutdown.draining() {

@@ -85,6 +85,8 @@ fn vcs(server: &Server, tid: u32) -> u64 {
 fn two_accept_threads_two_listeners_both_serving() {
     let mut server = Server::start(&["-A", "2", "-w", "1"]);
     let accept1 = thread_named(&server, "accept-1");
+    // Workers start while the listeners already take connections: wait for them.
+    thread_named(&server, "worker-0");
     let main = server.pid();
     assert_ne!(accept1, main);
     assert_eq!(names_with_prefix(&server, "accept-"), ["accept-1"]);

@@ -32,6 +32,12 @@ fn listening_socket(port: u16, reuse_port: bool) -> OwnedFd {
 /// Starts the server with `fds` as 3, 4, ... and `LISTEN_FDS`/`LISTEN_PID` set
 /// for it (the shell's pid is the server's: it execs).
 fn activated(fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
+    activated_as(None, fds, args, stderr)
+}
+
+/// As [`activated`], switching to `uid` before the exec (as systemd runs a
+/// service as its user with sockets it made as root).
+fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
     let fds = fds.to_vec();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -54,6 +60,11 @@ fn activated(fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
                 .collect();
             for (i, fd) in high.iter().enumerate() {
                 if libc::dup2(*fd, 3 + i as RawFd) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(uid) = uid {
+                if libc::setgid(uid) == -1 || libc::setuid(uid) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -135,14 +146,24 @@ fn serves_an_inherited_socket_and_binds_nothing() {
 
 /// One inherited `SO_REUSEPORT` socket and `-A 3`: the two other threads open
 /// their own sockets in the same group. Without `SO_REUSEPORT` they share the
-/// inherited one instead.
+/// inherited one instead, and so they do when the kernel refuses them the group
+/// (a socket made by root, a server running as another user: systemd's case).
 #[test]
 fn more_threads_than_inherited_sockets() {
-    for reuse_port in [true, false] {
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root {
+        eprintln!("not root: the case of a server running as another user is skipped");
+    }
+    let mut cases = vec![(true, None), (false, None)];
+    if root {
+        cases.push((true, Some(65534)));
+    }
+    for (reuse_port, uid) in cases {
         let port = free_port();
         let sock = listening_socket(port, reuse_port);
-        let err = tmp(&format!("more-{reuse_port}"));
-        let child = activated(&[sock.as_raw_fd()], &["-A", "3"], &err);
+        let err = tmp(&format!("more-{reuse_port}-{uid:?}"));
+        let child = activated_as(uid, &[sock.as_raw_fd()], &["-A", "3"], &err);
         drop(sock);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_answering(addr);
@@ -152,11 +173,11 @@ fn more_threads_than_inherited_sockets() {
             .into_iter()
             .filter(|i| own.contains(i))
             .collect();
-        let expected = if reuse_port { 3 } else { 1 };
+        let expected = if reuse_port && uid.is_none() { 3 } else { 1 };
         assert_eq!(
             listening.len(),
             expected,
-            "SO_REUSEPORT {reuse_port}: listening sockets {listening:?}; stderr:\n{}",
+            "SO_REUSEPORT {reuse_port}, uid {uid:?}: listening sockets {listening:?}; stderr:\n{}",
             fs::read_to_string(&err).unwrap_or_default()
         );
         stop(child);

@@ -180,3 +180,21 @@ fn sigterm_during_an_upgrade_abandons_it_and_drains() {
         lineage.stderr()
     );
 }
+
+/// The versioned layout `current -> releases/vN`: re-pointing the link and
+/// sending SIGUSR2 runs the new version (the path as started, not the resolved
+/// `/proc/self/exe`).
+#[test]
+fn an_upgrade_follows_a_re_pointed_symlink() {
+    let mut lineage = Lineage::start_symlinked(&["-A", "1", "-w", "1"]);
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe_of(lineage.pid()).ends_with("v1/conn-daemon"));
+    lineage.repoint("v2");
+    let new = lineage.upgrade().expect("upgrade");
+    assert!(
+        exe_of(new).ends_with("v2/conn-daemon"),
+        "new process runs {:?}",
+        exe_of(new)
+    );
+    lineage.stop(secs(10)).unwrap();
+}

@@ -61,6 +61,16 @@ impl Lineage {
 
     /// As [`Lineage::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Lineage {
+        Lineage::start_in(false, args, env)
+    }
+
+    /// As [`Lineage::start`], from the versioned layout `DIR/current ->
+    /// DIR/v1`, started as `DIR/current/conn-daemon`; see [`Lineage::repoint`].
+    pub fn start_symlinked(args: &[&str]) -> Lineage {
+        Lineage::start_in(true, args, &[])
+    }
+
+    fn start_in(symlinked: bool, args: &[&str], env: &[(&str, &str)]) -> Lineage {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "conn-daemon-lineage-{}-{}",
@@ -69,9 +79,19 @@ impl Lineage {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the test directory");
-        let exe = dir.join("conn-daemon");
+        let exe = if symlinked {
+            std::os::unix::fs::symlink("v1", dir.join("current")).expect("symlink");
+            dir.join("current/conn-daemon")
+        } else {
+            dir.join("conn-daemon")
+        };
         let guard = spawn_guard();
-        fs::copy(bin(), &exe).expect("copy the binary");
+        if symlinked {
+            fs::create_dir(dir.join("v1")).expect("mkdir v1");
+            fs::copy(bin(), dir.join("v1/conn-daemon")).expect("copy the binary");
+        } else {
+            fs::copy(bin(), &exe).expect("copy the binary");
+        }
         let pid_file = dir.join("pid");
         let stderr_path = dir.join("stderr");
         let port = free_port();
@@ -185,6 +205,17 @@ impl Lineage {
         fs::write(&tmp, contents).expect("write the new executable");
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).expect("chmod");
         fs::rename(&tmp, &self.exe).expect("rename over the executable");
+    }
+
+    /// In the symlinked layout: installs the real binary as `DIR/<version>` and
+    /// re-points `DIR/current` at it (a new link renamed over the old one).
+    pub fn repoint(&self, version: &str) {
+        let _guard = spawn_guard();
+        fs::create_dir(self.dir.join(version)).expect("mkdir");
+        fs::copy(bin(), self.dir.join(version).join("conn-daemon")).expect("copy the binary");
+        let tmp = self.dir.join("current.new");
+        std::os::unix::fs::symlink(version, &tmp).expect("symlink");
+        fs::rename(&tmp, self.dir.join("current")).expect("rename the link");
     }
 
     /// Installs the real binary again.

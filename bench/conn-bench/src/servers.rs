@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The nginx peer's config template (`{port}`, `{dir}` placeholders).
-pub const NGINX_TEMPLATE: &str = include_str!("../../../bench/nginx.conf");
+pub const NGINX_TEMPLATE: &str = include_str!("../../nginx.conf");
 
 /// How to start one server.
 #[derive(Debug, Clone)]
@@ -76,9 +76,12 @@ pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
         .collect()
 }
 
-/// Writes the nginx peer's config for `port` into `dir` and returns how to
-/// start it.
-pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16) -> Result<Launch, String> {
+/// The template's worker count, replaced for a sweep.
+const NGINX_ONE_WORKER: &str = "worker_processes 1;";
+
+/// Writes the nginx peer's config for `port` and `workers` worker processes
+/// into `dir` and returns how to start it.
+pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16, workers: u32) -> Result<Launch, String> {
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let dir_text = dir
         .to_str()
@@ -90,7 +93,8 @@ pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16) -> Result<Launch, Strin
     }
     let config = NGINX_TEMPLATE
         .replace("{dir}", dir_text)
-        .replace("{port}", &port.to_string());
+        .replace("{port}", &port.to_string())
+        .replace(NGINX_ONE_WORKER, &format!("worker_processes {workers};"));
     let conf_path = dir.join("nginx.conf");
     let error_log = dir.join("error.log");
     fs::write(&conf_path, config).map_err(|e| format!("writing {}: {e}", conf_path.display()))?;
@@ -282,6 +286,7 @@ mod tests {
             "{port}",
             "{dir}/nginx.pid",
             "keepalive_timeout 0",
+            NGINX_ONE_WORKER,
             "location = /test/fast",
         ] {
             assert!(NGINX_TEMPLATE.contains(needle), "{needle}");

@@ -29,17 +29,20 @@ pub struct Report {
     pub wrk_duration_s: Option<u64>,
     /// The generator processes of each run.
     pub loads: Vec<LoadSpec>,
-    /// CPUs the servers were pinned to; None when not pinned.
-    pub server_cpus: Option<Vec<usize>>,
-    /// CPUs the generator was pinned to; None when not pinned.
-    pub generator_cpus: Option<Vec<usize>>,
+    /// `--threads` values asked for (empty: no sweep); rows carry the ones run.
+    pub threads: Vec<u32>,
     /// Resolution of the CPU figures (`/proc` ticks per second).
     pub clock_ticks_per_second: u64,
     /// Caveats and skipped servers, also printed under the table.
     pub notes: Vec<String>,
-    /// One entry per server, the reference (first) one first.
+    /// One entry per server and thread count: per thread count, the
+    /// reference (first) server first.
     pub servers: Vec<ServerReport>,
 }
+
+/// A generator CPU share at or above this means the client was the limit
+/// (when the server's share is below it).
+pub const SATURATED: f64 = 0.85;
 
 /// One server's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +53,31 @@ pub struct ServerReport {
     pub command: String,
     /// Port it listened on.
     pub port: u16,
+    /// The `--threads` value of this row (its `{threads}`); None without a sweep.
+    pub threads: Option<u32>,
+    /// CPUs the server was pinned to; None when not pinned.
+    pub server_cpus: Option<Vec<usize>>,
+    /// CPUs the load generator was pinned to; None when not pinned.
+    pub client_cpus: Option<Vec<usize>>,
+    /// Generator threads that could run at once: wrk's `-t` summed over the
+    /// loads, one per ab process, at most the client CPUs.
+    pub client_threads: u32,
+    /// Wall time of the load runs, summed over rounds.
+    pub wall_s_total: f64,
+    /// Share of its CPUs the server used while loaded (1.0: all busy).
+    pub server_cpu_util: f64,
+    /// Share of the server's CPUs busy during the runs, whoever used them
+    /// (`/proc/stat`): above `server_cpu_util` when other processes ran there.
+    pub server_cpus_busy: f64,
+    /// CPU of the generators and conn-bench itself over all runs, in µs.
+    pub client_cpu_us_total: f64,
+    /// Share of the generator threads' CPUs used (1.0: all busy).
+    pub client_cpu_util: f64,
+    /// Share of the generator's CPUs busy during the runs, whoever used them.
+    pub client_cpus_busy: f64,
+    /// The generator was saturated and the server was not: this row's
+    /// throughput measures the client, not the server.
+    pub client_bound: bool,
     /// From exec to the first successful TCP connect.
     pub startup_ms: f64,
     /// Resident memory (KiB, whole process tree) after start, before load.
@@ -182,12 +210,14 @@ impl LoadReport {
     }
 }
 
-/// Fills every server's `ratios` against the first server.
+/// Fills every row's `ratios` against the first server with the same
+/// thread count.
 pub fn fill_ratios(servers: &mut [ServerReport]) {
-    let Some(base) = servers.first().cloned() else {
-        return;
-    };
+    let bases: Vec<ServerReport> = servers.to_vec();
     for server in servers.iter_mut() {
+        let Some(base) = bases.iter().find(|b| b.threads == server.threads) else {
+            continue;
+        };
         server.ratios = ServerRatios {
             startup_ms: ratio(server.startup_ms, base.startup_ms),
             idle_rss_kib: ratio(server.idle_rss_kib as f64, base.idle_rss_kib as f64),
@@ -241,6 +271,44 @@ fn fmt_axis(v: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// A CPU share as a whole percentage.
+fn percent(share: f64) -> String {
+    if share.is_finite() {
+        format!("{:.0}%", share * 100.0)
+    } else {
+        "n/a".into()
+    }
+}
+
+/// A CPU % cell: the processes' share, and the CPUs' when other processes
+/// made them noticeably busier.
+fn cpu_cell(own: f64, busy: f64) -> String {
+    if busy.is_finite() && own.is_finite() && busy - own > 0.10 {
+        format!("{} (CPUs {})", percent(own), percent(busy))
+    } else {
+        percent(own)
+    }
+}
+
+/// The `limit` cell.
+fn limit(s: &ServerReport) -> &'static str {
+    if s.client_bound {
+        "client-bound"
+    } else {
+        ""
+    }
+}
+
+/// Whether a row is client-bound: the client side was saturated and the
+/// server side was not. A side counts as saturated when its processes used
+/// at least `SATURATED` of what they can use, or its CPUs were that busy
+/// whoever kept them so (a generator starved by other processes limits the
+/// throughput as surely as a slow one; a starved server is not client-bound).
+pub fn is_client_bound(server: [f64; 2], client: [f64; 2]) -> bool {
+    let saturated = |side: [f64; 2]| side.iter().any(|&v| v >= SATURATED);
+    saturated(client) && !saturated(server)
+}
+
 fn mib(kib: u64) -> String {
     fmt_num(kib as f64 / 1024.0)
 }
@@ -281,15 +349,23 @@ pub fn markdown(report: &Report) -> String {
     if report.servers.is_empty() {
         let _ = writeln!(md, "No server was benchmarked.\n");
     } else {
+        let sweep = report.servers.iter().any(|s| s.threads.is_some());
+        md += if sweep { "| threads " } else { "" };
         md +=
             "| server | load | req/s median | req/s min | req/s max | p50 ms | p99 ms | p99.9 ms \
-               | failed | non-2xx | CPU µs/req | idle RSS MiB | peak RSS MiB | exec→listen ms |\n";
-        md += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+               | failed | non-2xx | CPU µs/req | idle RSS MiB | peak RSS MiB | exec→listen ms \
+               | server CPU % | client CPU % | limit |\n";
+        md += if sweep { "| ---: " } else { "" };
+        md += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
         for (i, s) in report.servers.iter().enumerate() {
-            let first = i == 0;
+            let first = report.servers.iter().position(|b| b.threads == s.threads) == Some(i);
             for l in &s.loads {
                 let r = &l.ratios;
-                let cells = [
+                let mut cells = Vec::new();
+                if sweep {
+                    cells.push(s.threads.map_or("-".into(), |t| t.to_string()));
+                }
+                cells.extend([
                     s.name.clone(),
                     l.kind.name().to_string(),
                     cell(
@@ -312,15 +388,23 @@ pub fn markdown(report: &Report) -> String {
                     cell(mib(s.idle_rss_kib), s.ratios.idle_rss_kib, first),
                     cell(mib(s.peak_rss_kib), s.ratios.peak_rss_kib, first),
                     cell(fmt_num(s.startup_ms), s.ratios.startup_ms, first),
-                ];
+                    cpu_cell(s.server_cpu_util, s.server_cpus_busy),
+                    cpu_cell(s.client_cpu_util, s.client_cpus_busy),
+                    limit(s).into(),
+                ]);
                 let _ = writeln!(md, "| {} |", cells.join(" | "));
             }
         }
+        let per = if sweep { " with the same threads" } else { "" };
         let _ = writeln!(
             md,
-            "\nIn parentheses: ratio to the first server ({}). CPU and memory cover \
-             all threads and processes of a server and all its loads.",
-            report.servers[0].name
+            "\nIn parentheses: ratio to the first server{per} ({}). CPU and memory cover \
+             all threads and processes of a server and all its loads. CPU %: share of the \
+             server's CPUs, and of the generator's threads' CPUs, busy during the runs; \
+             `client-bound` (generator at {:.0}% or more, server below): that row's \
+             throughput is the load generator's limit, not the server's.",
+            report.servers[0].name,
+            SATURATED * 100.0
         );
     }
 
@@ -391,6 +475,8 @@ struct Bar {
     /// Whisker (min, max), drawn when present.
     range: Option<(f64, f64)>,
     colour: RGBColor,
+    /// A client-bound row: drawn pale, its height is the generator's limit.
+    pale: bool,
 }
 
 /// One bar chart of the SVG.
@@ -401,10 +487,28 @@ struct Panel {
     line: Option<f64>,
 }
 
+/// Names the servers get colours by, in first-seen order, so a server has
+/// the same colour in every row and chart.
+fn server_names(report: &Report) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for s in &report.servers {
+        if !names.contains(&s.name.as_str()) {
+            names.push(&s.name);
+        }
+    }
+    names
+}
+
+fn colour_of(names: &[&str], name: &str) -> RGBColor {
+    let i = names.iter().position(|n| *n == name).unwrap_or(0);
+    PALETTE[i % PALETTE.len()]
+}
+
 /// `report.svg`: per load a panel of requests/s per server (median bar,
 /// min–max whisker; the slow load also shows its ideal), then a panel of
 /// server CPU µs per request. Loads get separate panels because fast and
-/// slow throughputs differ by orders of magnitude.
+/// slow throughputs differ by orders of magnitude. In a sweep each bar is
+/// one server at one thread count (`name ×T`); client-bound bars are pale.
 pub fn svg(report: &Report) -> Result<String, String> {
     let mut panels: Vec<Panel> = report
         .loads
@@ -420,25 +524,32 @@ pub fn svg(report: &Report) -> Result<String, String> {
         bars: Vec::new(),
         line: None,
     };
-    for (i, s) in report.servers.iter().enumerate() {
-        let colour = PALETTE[i % PALETTE.len()];
+    let names = server_names(report);
+    for s in &report.servers {
+        let colour = colour_of(&names, &s.name);
+        let label = match s.threads {
+            Some(t) => format!("{} ×{t}", s.name),
+            None => s.name.clone(),
+        };
         for (panel, spec) in panels.iter_mut().zip(&report.loads) {
             let Some(l) = s.loads.iter().find(|l| l.kind == spec.kind) else {
                 continue;
             };
             panel.line = panel.line.or(l.ideal_requests_per_s);
             panel.bars.push(Bar {
-                label: s.name.clone(),
+                label: label.clone(),
                 value: l.requests_per_s.median,
                 range: Some((l.requests_per_s.min, l.requests_per_s.max)),
                 colour,
+                pale: s.client_bound,
             });
         }
         cpu.bars.push(Bar {
-            label: s.name.clone(),
+            label,
             value: s.cpu_us_per_request,
             range: None,
             colour,
+            pale: s.client_bound,
         });
     }
     panels.push(cpu);
@@ -448,8 +559,13 @@ pub fn svg(report: &Report) -> Result<String, String> {
         let width = 520 * panels.len() as u32;
         let root = SVGBackend::with_string(&mut out, (width, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let pale = if report.servers.iter().any(|s| s.client_bound) {
+            " (pale bars: client-bound)"
+        } else {
+            ""
+        };
         let title = format!(
-            "conn-bench: {} scenario, {} round(s)",
+            "conn-bench: {} scenario, {} round(s){pale}",
             report.scenario.name(),
             report.rounds
         );
@@ -462,6 +578,145 @@ pub fn svg(report: &Report) -> Result<String, String> {
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// A point of the scaling chart: threads, value, client-bound.
+type Point = (f64, f64, bool);
+
+/// One server's points in a panel of the scaling chart.
+type Line<'a> = (&'a str, &'a [Point]);
+
+/// `scaling.svg` for a sweep: requests/s (of the first load) and server CPU
+/// µs per request against the thread count, one line per server. A
+/// client-bound point is drawn hollow: it shows the generator's ceiling, so
+/// the line's slope there says nothing about the server.
+pub fn scaling_svg(report: &Report) -> Result<String, String> {
+    let names = server_names(report);
+    let kind = report.loads.first().map_or(LoadKind::Fast, |l| l.kind);
+    let mut lines: Vec<(&str, Vec<Point>, Vec<Point>)> = Vec::new();
+    for name in &names {
+        let rows = || {
+            report
+                .servers
+                .iter()
+                .filter(move |s| s.name == *name)
+                .filter_map(|s| Some((f64::from(s.threads?), s)))
+        };
+        let rps = rows()
+            .filter_map(|(t, s)| {
+                let l = s.loads.iter().find(|l| l.kind == kind)?;
+                Some((t, l.requests_per_s.median, s.client_bound))
+            })
+            .collect();
+        let cpu = rows()
+            .map(|(t, s)| (t, s.cpu_us_per_request, s.client_bound))
+            .collect();
+        lines.push((name, rps, cpu));
+    }
+    let max_threads = report
+        .servers
+        .iter()
+        .filter_map(|s| s.threads)
+        .max()
+        .unwrap_or(1);
+    let panels: [(String, Vec<Line>); 2] = [
+        (
+            format!("{} requests/s (median) against threads", kind.name()),
+            lines.iter().map(|(n, r, _)| (*n, r.as_slice())).collect(),
+        ),
+        (
+            "server CPU µs per request against threads".into(),
+            lines.iter().map(|(n, _, c)| (*n, c.as_slice())).collect(),
+        ),
+    ];
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1100, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let title = format!(
+            "conn-bench: scaling, {} scenario, {} round(s) (hollow points: client-bound)",
+            report.scenario.name(),
+            report.rounds
+        );
+        let root = root
+            .titled(&title, ("sans-serif", 20))
+            .map_err(|e| e.to_string())?;
+        for (area, (caption, series)) in root.split_evenly((1, 2)).iter().zip(&panels) {
+            draw_lines(area, caption, series, &names, max_threads)?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Draws one panel of `scaling_svg`: a line per server over (threads, value).
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    series: &[Line],
+    names: &[&str],
+    max_threads: u32,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let top = series
+        .iter()
+        .flat_map(|(_, points)| points.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max);
+    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    let right = f64::from(max_threads) + 0.5;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.5..right, 0.0..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("threads (server CPUs)")
+        .x_labels(max_threads as usize + 1)
+        .x_label_formatter(&|v| {
+            if v.fract() == 0.0 && *v >= 1.0 {
+                format!("{v:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v| fmt_axis(*v))
+        .draw()
+        .map_err(err)?;
+    for (name, points) in series {
+        let colour = colour_of(names, name);
+        let finite: Vec<(f64, f64, bool)> =
+            points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        chart
+            .draw_series(LineSeries::new(
+                finite.iter().map(|p| (p.0, p.1)),
+                colour.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
+        chart
+            .draw_series(finite.iter().map(|&(x, y, client_bound)| {
+                let style = if client_bound {
+                    colour.stroke_width(2)
+                } else {
+                    colour.filled()
+                };
+                Circle::new((x, y), 5, style)
+            }))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }
 
 /// Draws one bar panel. Bars sit in slots 1..=n of n+2, so there is air on
@@ -509,7 +764,13 @@ fn draw_panel<DB: DrawingBackend>(
                 .margin(slot_px / 6)
                 .style_func(|x, _| match x {
                     SegmentValue::Exact(slot) | SegmentValue::CenterOf(slot) => {
-                        bar(slot).map_or(BLACK, |b| b.colour).filled()
+                        bar(slot).map_or(BLACK.filled(), |b| {
+                            if b.pale {
+                                b.colour.mix(0.35).filled()
+                            } else {
+                                b.colour.filled()
+                            }
+                        })
                     }
                     SegmentValue::Last => BLACK.filled(),
                 })
@@ -595,6 +856,17 @@ mod tests {
             name: name.into(),
             command: format!("{name} -p {{port}}"),
             port: 8080,
+            threads: None,
+            server_cpus: Some(vec![0]),
+            client_cpus: Some(vec![1]),
+            client_threads: 1,
+            wall_s_total: 1.0,
+            server_cpu_util: 0.3,
+            server_cpus_busy: 0.32,
+            client_cpu_us_total: 950_000.0,
+            client_cpu_util: 0.95,
+            client_cpus_busy: 0.97,
+            client_bound: true,
             startup_ms: 2.0,
             idle_rss_kib: 2048,
             peak_rss_kib: 4096,
@@ -621,6 +893,11 @@ mod tests {
             server("conn-daemon", [100.0, 300.0, 200.0], 20.0, kinds),
             server("cpp", [50.0, 150.0, 100.0], 10.0, kinds),
         ];
+        // The second server kept the generator busy too, but not all of it,
+        // while something else kept its CPU busier.
+        servers[1].client_cpu_util = 0.6;
+        servers[1].client_cpus_busy = 0.75;
+        servers[1].client_bound = false;
         fill_ratios(&mut servers);
         Report {
             tool: "conn-bench",
@@ -638,8 +915,7 @@ mod tests {
                     concurrency: 10,
                 })
                 .collect(),
-            server_cpus: Some(vec![0]),
-            generator_cpus: Some(vec![1]),
+            threads: Vec::new(),
             clock_ticks_per_second: 100,
             notes: vec!["a note".into()],
             servers,
@@ -681,7 +957,12 @@ mod tests {
     fn writes_markdown() {
         let md = markdown(&report(&[LoadKind::Fast, LoadKind::Slow]));
         assert!(md.contains("| server | load | req/s median"), "{md}");
-        assert!(md.contains("| conn-daemon | fast | 200 | 100 | 300 | 0.50 | 1.00 | 1.50 | 0 | 0 | 20.0 | 2.00 | 4.00 | 2.00 |"), "{md}");
+        assert!(md.contains("| conn-daemon | fast | 200 | 100 | 300 | 0.50 | 1.00 | 1.50 | 0 | 0 | 20.0 | 2.00 | 4.00 | 2.00 | 30% | 95% | client-bound |"), "{md}");
+        assert!(md.contains(" | 30% | 60% (CPUs 75%) |  |"), "{md}");
+        assert!(
+            !md.contains("| threads |"),
+            "no sweep, no threads column: {md}"
+        );
         assert!(
             md.contains("| cpp | fast | 100 (0.50×) | 50.0 (0.50×) |"),
             "{md}"
@@ -748,6 +1029,96 @@ mod tests {
         let mut empty = report(&[LoadKind::Fast]);
         empty.servers.clear();
         assert!(svg_ok(&empty));
+    }
+
+    /// Two thread counts: rows of the same count share a reference.
+    fn sweep() -> Report {
+        let mut r = report(&[LoadKind::Fast]);
+        let mut rows = Vec::new();
+        for t in [1, 2] {
+            for s in &r.servers {
+                let mut row = s.clone();
+                row.threads = Some(t);
+                if t == 2 {
+                    row.loads[0].requests_per_s.median *= 3.0;
+                    row.client_bound = false;
+                }
+                rows.push(row);
+            }
+        }
+        fill_ratios(&mut rows);
+        r.threads = vec![1, 2, 4];
+        r.servers = rows;
+        r
+    }
+
+    #[test]
+    fn sweeps_thread_counts() {
+        let r = sweep();
+        // cpp at threads=2 is compared with conn-daemon at threads=2.
+        assert_eq!(
+            r.servers[3].loads[0].ratios.requests_per_s_median,
+            Some(0.5)
+        );
+        assert_eq!(
+            r.servers[2].loads[0].ratios.requests_per_s_median,
+            Some(1.0)
+        );
+        let md = markdown(&r);
+        assert!(md.contains("| threads | server | load |"), "{md}");
+        assert!(md.contains("| 1 | conn-daemon | fast | 200 |"), "{md}");
+        assert!(md.contains("| 2 | cpp | fast | 300 (0.50×) |"), "{md}");
+        assert!(md.contains("with the same threads"), "{md}");
+        assert_eq!(md.matches("client-bound |").count(), 1, "{md}");
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(v["servers"][0]["threads"], 1);
+        assert_eq!(v["servers"][0]["client_bound"], true);
+        assert_eq!(v["servers"][2]["threads"], 2);
+        assert_eq!(v["servers"][2]["client_bound"], false);
+        let chart = scaling_svg(&r).unwrap();
+        assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+        assert!(chart.contains("hollow points: client-bound"));
+        assert!(chart.contains("conn-daemon") && chart.contains("cpp"));
+        // Two panels of two lines of two points; conn-daemon at threads=1,
+        // client-bound, is hollow in both panels.
+        let circles: Vec<&str> = chart.lines().filter(|l| l.starts_with("<circle")).collect();
+        assert_eq!(circles.len(), 8, "{chart}");
+        assert_eq!(
+            circles
+                .iter()
+                .filter(|c| c.contains("fill=\"none\""))
+                .count(),
+            2,
+            "{chart}"
+        );
+        let bars = svg(&r).unwrap();
+        assert!(
+            bars.contains("conn-daemon ×2"),
+            "bar labels carry the thread count"
+        );
+        assert!(bars.contains("pale bars: client-bound"));
+    }
+
+    #[test]
+    fn tells_client_bound_rows() {
+        assert!(is_client_bound([0.33, 0.35], [0.99, 0.99]));
+        assert!(
+            is_client_bound([0.33, 0.35], [0.40, 0.95]),
+            "generator starved by others on its CPUs"
+        );
+        assert!(
+            !is_client_bound([0.95, 0.96], [0.99, 0.99]),
+            "both saturated: the server is a limit too"
+        );
+        assert!(
+            !is_client_bound([0.15, 0.90], [0.60, 0.60]),
+            "server CPUs busy with others"
+        );
+        assert!(
+            !is_client_bound([0.50, 0.5], [0.60, 0.6]),
+            "neither saturated"
+        );
+        assert!(!is_client_bound([f64::NAN; 2], [f64::NAN; 2]));
     }
 
     fn svg_ok(r: &Report) -> bool {

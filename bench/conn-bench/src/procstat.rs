@@ -85,6 +85,39 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// Busy and total clock ticks of `cpus`, summed, from a `/proc/stat` text.
+/// Busy is everything but idle and iowait; steal counts as busy, since a
+/// stolen CPU is one the benchmark could not use either.
+pub fn parse_cpu_ticks(text: &str, cpus: &[usize]) -> (u64, u64) {
+    let mut busy = 0;
+    let mut total = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields
+            .next()
+            .and_then(|f| f.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal (guest is in user).
+        let v: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+        if v.len() == 8 {
+            total += v.iter().sum::<u64>();
+            busy += v.iter().sum::<u64>() - v[3] - v[4];
+        }
+    }
+    (busy, total)
+}
+
+/// Busy and total clock ticks of `cpus` so far, from `/proc/stat`.
+pub fn cpu_ticks(cpus: &[usize]) -> (u64, u64) {
+    fs::read_to_string("/proc/stat").map_or((0, 0), |text| parse_cpu_ticks(&text, cpus))
+}
+
 /// Converts clock ticks to microseconds.
 pub fn ticks_to_us(ticks: u64, ticks_per_second: u64) -> f64 {
     ticks as f64 * 1e6 / ticks_per_second.max(1) as f64
@@ -205,6 +238,19 @@ mod tests {
         assert_eq!(parse_status_kib(text, "VmRSS"), Some(4321));
         assert_eq!(parse_status_kib(text, "VmHWM"), Some(5000));
         assert_eq!(parse_status_kib(text, "VmSwap"), None);
+    }
+
+    #[test]
+    fn reads_cpu_ticks() {
+        let text = "cpu  9 9 9 9 9 9 9 9 0 0\n\
+                    cpu0 10 1 5 100 4 0 2 3 0 0\n\
+                    cpu1 20 0 10 50 0 0 0 0 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(parse_cpu_ticks(text, &[0]), (21, 125));
+        assert_eq!(parse_cpu_ticks(text, &[0, 1]), (51, 205));
+        assert_eq!(parse_cpu_ticks(text, &[7]), (0, 0));
+        let (busy, total) = cpu_ticks(&[0]);
+        assert!(total > 0 && busy <= total);
     }
 
     #[test]

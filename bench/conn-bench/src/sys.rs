@@ -1,5 +1,5 @@
 //! The few libc calls the standard library lacks: signal flag, CPU affinity,
-//! clock ticks and sending a signal. This is the only module with `unsafe`;
+//! clock ticks, CPU time used and sending a signal. This is the only module with `unsafe`;
 //! each block is one call with no pointer juggling beyond a local struct.
 #![allow(unsafe_code)]
 
@@ -66,6 +66,27 @@ pub fn clock_ticks_per_second() -> u64 {
     } else {
         100 // The Linux value on every common architecture.
     }
+}
+
+/// CPU time (user + system, µs) of this process plus that of its children
+/// already waited for. Generators are reaped at the end of each run while the
+/// servers live on until they are stopped, so the difference across a run is
+/// the generators' CPU plus conn-bench's own (which shares their CPUs).
+pub fn client_side_cpu_us() -> f64 {
+    [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
+        .into_iter()
+        .map(|who| {
+            // SAFETY: rusage is plain data, all-zero is valid; getrusage only
+            // writes into the struct it is given.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: `usage` is a live, correctly sized rusage.
+            if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+                return 0.0;
+            }
+            let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+            us(usage.ru_utime) + us(usage.ru_stime)
+        })
+        .sum()
 }
 
 /// Sends `signal` to `pid`; errors (already gone) are ignored because

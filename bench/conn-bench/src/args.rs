@@ -11,10 +11,15 @@ Example:
              --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \\
              --peer nginx --scenario fast --rounds 5 --out bench-out
 
+Across cores (servers on the first 1, 2, 4, 8 CPUs, wrk on the others):
+  conn-bench --server conn-daemon='target/release/conn-daemon -A {threads} -p {port}' \\
+             --peer nginx --threads 1,2,4,8 --generator wrk --duration 4 --rounds 2
+
 Needs Debian's apache2-utils (ab), or wrk for --generator wrk, and
-nginx-light for --peer nginx. Prints a Markdown table; writes
-OUT/report.json, OUT/report.svg, server logs in OUT/logs and generator
-output in OUT/work.";
+nginx-light for --peer nginx. Prints a Markdown table (a `client-bound`
+row measured the load generator's limit, not the server's); writes
+OUT/report.json, OUT/report.svg (OUT/scaling.svg with --threads), server
+logs in OUT/logs and generator output in OUT/work.";
 
 /// Benchmarks connection servers side by side with standard load generators
 /// (`ab` or `wrk`) and reports throughput, latency, CPU and memory per server.
@@ -84,6 +89,20 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     pub server_cpus: Option<String>,
 
+    /// CPUs for the load generator, like `2-7`. Default: the allowed CPUs
+    /// the servers do not get.
+    #[arg(long, value_name = "LIST")]
+    pub client_cpus: Option<String>,
+
+    /// Sweep server thread counts, like `1,2,4,8`: for each value, `{threads}`
+    /// in the server commands is replaced by it (e.g. `-A {threads}`), nginx
+    /// gets that many workers, the servers are pinned to that many CPUs and
+    /// the generator to the others. A value that leaves no CPU for the
+    /// generator is skipped with a note.
+    #[arg(long, value_name = "LIST", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Vec<u32>,
+
     /// Do not pin servers and generator to separate CPUs.
     #[arg(long)]
     pub no_pin: bool,
@@ -100,7 +119,8 @@ pub struct ServerSpec {
     pub name: String,
     /// The command as given, for the report.
     pub command: String,
-    /// `command` split into words; `{port}` is substituted per word at start.
+    /// `command` split into words; `{port}` and `{threads}` are substituted
+    /// per word at start.
     pub argv: Vec<String>,
 }
 
@@ -169,6 +189,12 @@ impl Args {
             return Err(
                 "-c does not apply to the slow scenario: it runs at --workers concurrency".into(),
             );
+        }
+        if self.no_pin && !self.threads.is_empty() {
+            return Err("--threads pins each server to that many CPUs: drop --no-pin".into());
+        }
+        if self.no_pin && (self.server_cpus.is_some() || self.client_cpus.is_some()) {
+            return Err("--no-pin contradicts --server-cpus/--client-cpus".into());
         }
         if self.scenario != Scenario::Mixed && self.slow_requests.is_some() {
             return Err("--slow-requests applies to the mixed scenario only (use -n)".into());
@@ -386,6 +412,18 @@ mod tests {
         assert_eq!(args.generator, Generator::Wrk);
         assert_eq!((args.duration, args.workers, args.slow_ms), (2, 8, 50));
         assert_eq!(args.server_cpus.as_deref(), Some("0-1"));
+        assert!(args.threads.is_empty());
+        let sweep = parse(&[
+            "--server",
+            "a=x -A {threads} -p {port}",
+            "--threads",
+            "1,2,4,8",
+            "--client-cpus",
+            "8-15",
+        ])
+        .unwrap();
+        assert_eq!(sweep.threads, [1, 2, 4, 8]);
+        assert_eq!(sweep.client_cpus.as_deref(), Some("8-15"));
     }
 
     #[test]
@@ -409,6 +447,9 @@ mod tests {
         assert!(parse(&["--server", "a=x {port}", "--scenario", "medium"]).is_err());
         assert!(parse(&["--server", "a=x {port}", "--scenario", "slow", "-c", "3"]).is_err());
         assert!(parse(&["--server", "a=x {port}", "--slow-requests", "3"]).is_err());
+        // Thread counts are positive; a sweep needs pinning.
+        assert!(parse(&["--server", "a=x {port}", "--threads", "0,1"]).is_err());
+        assert!(parse(&["--server", "a=x {port}", "--threads", "1", "--no-pin"]).is_err());
     }
 
     #[test]
