@@ -495,7 +495,7 @@ done
 
 # --- 6b. user-space instructions per request (callgrind) --------------------------
 log "callgrind: idle start/stop and $CG_REQS requests per server"
-for name in "${NAMES[@]}"; do
+for name in "${CPU_NAMES[@]}"; do
     for run in idle load; do
         out=$TMP/cg.$name.$run
         WAIT_S=120 NG_CONF=nginx-cg.conf start "$name" 1 \
@@ -557,6 +557,8 @@ R[onoff]=$(sort -g "$TMP/onoff" | awk '{v[NR] = $1} END {printf "%.3f", (NR % 2)
 echo "| 6c. CPU per fast request, metrics on vs off (us, median of $ROUNDS; \`--metrics\`, scraped once per round) | ${R[cpu_cdm]} (off: ${R[cpu_cd]}) | | | | | on <= 1.03 x off (median of the rounds' on/off) | $(verdict "${R[onoff]}" le 1.03) (${R[onoff]} x; ratio of the medians $(ratio "${R[cpu_cdm]}" "${R[cpu_cd]}" %.3f) x) |"
 ri=$(ratio "${R[ir_cd]}" "${R[ir_eg]}" %.4f)
 echo "| 6. user-space instructions per request (callgrind, $CG_REQS req) | ${R[ir_cd]} | ${R[ir_ng]} | ${R[ir_eg]} | $(ratio "${R[ir_cd]}" "${R[ir_ng]}") | $(ratio "${R[ir_cd]}" "${R[ir_eg]}") | <= 2 x eager | $(verdict "$ri" le 2) |"
+rim=$(ratio "${R[ir_cdm]}" "${R[ir_cd]}" %.4f)
+echo "| 6d. user-space instructions per fast request, metrics on vs off (callgrind, $CG_REQS req; deterministic, unlike 6c) | ${R[ir_cdm]} (off: ${R[ir_cd]}) | | | | | on <= 1.03 x off | $(verdict "$rim" le 1.03) ($(ratio "${R[ir_cdm]}" "${R[ir_cd]}" %.3f) x) |"
 echo
 echo "conn-daemon runs with \`-A 1\` (so 1 accept thread and 1 worker) except in rows 2 and 4 (default options: -A = $NCPU CPUs, -C 100000, unpinned)."
 echo "nginx: bench/nginx.conf (1 worker; RSS = master + worker; CPU = master + worker); row 3 raises its worker_connections to $((HOLD + 1000)); callgrind runs it with \`master_process off\`."
@@ -585,7 +587,7 @@ echo "Its last scrape: $(grep -c '^[a-z]' "$TMP/scrape.last") samples, $(wc -c <
 echo
 echo "For scale: the eager loop costs $(ratio "${R[cpu_eg]}" "${R[cpu_ng]}") x nginx's CPU per request here (the issue measured 8.2 / 13.3 = 0.62), so conn-daemon at 0.70 x nginx would need to be $(awk -v e="${R[cpu_eg]}" -v n="${R[cpu_ng]}" 'BEGIN { if (e > 0) printf "%.2f", 0.70 * n / e; else print "n/a" }') x the eager loop."
 echo
-echo "Callgrind totals (Ir): $(for n in "${NAMES[@]}"; do printf '%s idle %s, loaded %s; ' "${LABEL[$n]}" "${R[ir_${n}_idle]}" "${R[ir_${n}_load]}"; done)"
+echo "Callgrind totals (Ir): $(for n in "${CPU_NAMES[@]}"; do printf '%s idle %s, loaded %s; ' "${LABEL[$n]}" "${R[ir_${n}_idle]}" "${R[ir_${n}_load]}"; done)"
 echo
 echo "### System calls per request by name (strace -c -f, calls / $SYS_REQS)"
 for name in "${NAMES[@]}"; do

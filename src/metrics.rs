@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Type;
 
 use crate::accept::Stats;
 use crate::conn::DropReason;
@@ -699,17 +699,7 @@ pub fn bind(addr: SocketAddr, beside_predecessor: bool) -> io::Result<TcpListene
     if !beside_predecessor {
         net::ensure_addr_free(addr)?;
     }
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.bind(&addr.into())?;
+    let sock = net::bound_reuseport(addr, Type::STREAM.cloexec())?;
     sock.listen(64)?;
     Ok(sock.into())
 }

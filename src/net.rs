@@ -127,19 +127,22 @@ pub fn ensure_addr_free(addr: SocketAddr) -> io::Result<()> {
 /// `SOMAXCONN`, and `IPV6_V6ONLY` for IPv6, so that `[::]` and `0.0.0.0` can
 /// both be given.
 pub fn listener(addr: SocketAddr, defer_secs: u32) -> io::Result<Socket> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let sock = bound_reuseport(addr, Type::STREAM.nonblocking().cloexec())?;
+    defer_accept(&sock, defer_secs)?;
+    sock.listen(libc::SOMAXCONN)?;
+    Ok(sock)
+}
+
+/// A TCP socket of type `ty` bound to `addr`, not yet listening: `SO_REUSEADDR`,
+/// `SO_REUSEPORT`, and `IPV6_V6ONLY` for IPv6.
+pub fn bound_reuseport(addr: SocketAddr, ty: Type) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     sock.bind(&addr.into())?;
-    defer_accept(&sock, defer_secs)?;
-    sock.listen(libc::SOMAXCONN)?;
     Ok(sock)
 }
 

@@ -3,7 +3,6 @@
 mod util;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use util::{check_response, free_port, send, Server};
@@ -24,30 +23,6 @@ fn refused(addr: SocketAddr) -> bool {
 /// Whether this host has an IPv6 loopback to test on.
 fn has_ipv6_loopback() -> bool {
     TcpListener::bind("[::1]:0").is_ok()
-}
-
-/// Runs the binary to completion (it must fail at start-up): status, stderr.
-fn start_fails(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(util::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `--listen 127.0.0.1` listens there and nowhere else (127.0.0.2 is another
@@ -123,7 +98,7 @@ fn malformed_addresses_are_refused_at_the_command_line() {
         "1.2.3",
         "127.0.0.1:0",
     ] {
-        let (code, stderr) = start_fails(&["--listen", bad]);
+        let (code, stderr) = util::start_fails(&["--listen", bad]);
         assert_eq!(code, Some(1), "--listen {bad}: {stderr}");
         assert!(stderr.contains("--listen"), "--listen {bad}: {stderr}");
         assert!(
@@ -138,14 +113,15 @@ fn malformed_addresses_are_refused_at_the_command_line() {
 #[test]
 fn addresses_that_cannot_be_bound_are_refused_at_start_up() {
     let port = free_port();
-    let (code, stderr) = start_fails(&["-p", &port.to_string(), "--listen", "192.0.2.1"]);
+    let (code, stderr) = util::start_fails(&["-p", &port.to_string(), "--listen", "192.0.2.1"]);
     assert_eq!(code, Some(100), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&format!("192.0.2.1:{port}")), "{stderr}");
 
     let holder = TcpListener::bind("127.0.0.1:0").unwrap();
     let held = holder.local_addr().unwrap();
-    let (code, stderr) = start_fails(&["--listen", "127.0.0.2", "--listen", &held.to_string()]);
+    let (code, stderr) =
+        util::start_fails(&["--listen", "127.0.0.2", "--listen", &held.to_string()]);
     assert_eq!(code, Some(100), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(

@@ -446,38 +446,12 @@ fn output_passes_promtool() {
     );
 }
 
-/// Runs the binary with `args`, which must make it exit at start-up (bounded:
-/// `output` would wait forever for a server that started): status and stderr.
-fn refused_start(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(util::bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("conn-daemon {args:?} did not exit within {IO_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn a_busy_metrics_address_stops_the_start_up() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let port = util::free_port().to_string();
-    let (code, stderr) = refused_start(&["-p", &port, "--metrics", &addr.to_string()]);
+    let (code, stderr) = util::start_fails(&["-p", &port, "--metrics", &addr.to_string()]);
     assert_eq!(code, Some(100), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -490,7 +464,7 @@ fn a_busy_metrics_address_stops_the_start_up() {
 
 #[test]
 fn a_host_name_is_refused_on_the_command_line() {
-    let (code, stderr) = refused_start(&["--metrics", "localhost:9100"]);
+    let (code, stderr) = util::start_fails(&["--metrics", "localhost:9100"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.starts_with("error: invalid value 'localhost:9100' for '--metrics <ADDR:PORT>'"),

@@ -608,3 +608,28 @@ pub fn check_outcome(
 pub fn expect_outcome(stream: &TcpStream, outcome: Outcome, pending_window: Duration) {
     check_outcome(stream, outcome, IO_TIMEOUT, pending_window).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Runs the binary to completion (it must fail at start-up): status, stderr.
+pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not exit");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
