@@ -259,7 +259,7 @@ pub fn set_upgrades(n: u64) {
     UPGRADES.store(n, Ordering::Relaxed);
 }
 
-/// Counts one binary upgrade (once the new process serves).
+/// Counts one binary upgrade: the old process calls it once its successor serves.
 pub fn count_upgrade() {
     UPGRADES.fetch_add(1, Ordering::Relaxed);
 }
