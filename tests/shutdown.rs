@@ -28,6 +28,17 @@ fn expect_refused(server: &Server, when: &str) {
     }
 }
 
+/// `n` connections, each with a complete slow request sent.
+fn slow_requests(server: &Server, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, SLOW);
+            s
+        })
+        .collect()
+}
+
 /// Sleeps until `at` (no-op if it is past).
 fn sleep_until(at: Instant) {
     thread::sleep(at.saturating_duration_since(Instant::now()));
@@ -37,13 +48,7 @@ fn sleep_until(at: Instant) {
 fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
     const N: usize = 20;
     let mut server = Server::start(&["-A", "2", "-w", "4", "-D", "500"]);
-    let streams: Vec<TcpStream> = (0..N)
-        .map(|_| {
-            let s = server.connect();
-            send(&s, SLOW);
-            s
-        })
-        .collect();
+    let streams = slow_requests(&server, N);
     thread::sleep(ms(100));
     server.signal(libc::SIGTERM);
     let t_sig = Instant::now();
@@ -94,13 +99,7 @@ fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
 #[test]
 fn a_repeated_sigterm_is_the_same_request() {
     let mut server = Server::start(&["-w", "2", "-D", "600"]);
-    let streams: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let s = server.connect();
-            send(&s, SLOW);
-            s
-        })
-        .collect();
+    let streams = slow_requests(&server, 2);
     thread::sleep(ms(100));
     server.signal(libc::SIGTERM);
     thread::sleep(ms(50));

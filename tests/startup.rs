@@ -6,30 +6,10 @@ mod util;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{bin, expect_response, free_port, Server};
-
-/// Runs the binary to completion, killing it after `limit`.
-fn run_bounded(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("conn-daemon {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
+use util::{bin, expect_response, free_port, run_bounded, Server};
 
 fn assert_refused_busy_port(port: u16) {
     let out = run_bounded(

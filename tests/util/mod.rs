@@ -609,25 +609,31 @@ pub fn expect_outcome(stream: &TcpStream, outcome: Outcome, pending_window: Dura
     check_outcome(stream, outcome, IO_TIMEOUT, pending_window).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Runs the binary to completion (it must fail at start-up): status, stderr.
-pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
+/// Runs the binary to completion with `args`, killing it (and failing) after
+/// `limit`; stdout and stderr captured.
+pub fn run_bounded(args: &[&str], limit: Duration) -> std::process::Output {
     let mut child = Command::new(bin())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
+        if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{args:?} did not exit");
+            panic!("conn-daemon {args:?} still running after {limit:?}");
         }
         thread::sleep(Duration::from_millis(5));
     }
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the binary to completion (it must fail at start-up): status, stderr.
+pub fn start_fails(args: &[&str]) -> (Option<i32>, String) {
+    let out = run_bounded(args, Duration::from_secs(10));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
