@@ -6,9 +6,10 @@
 //! through a lock-free queue and one `ev_async` per loop.
 //!
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
-//! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
-//! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), and [`server`]. Only `sys`, `ev`, `pool`,
+//! [`pool`] and [`task`] (slot storage), [`parser`], [`conn`] (`ConnectionCtx`,
+//! public so that it can be fuzzed over a scripted socket), then the
+//! crate-private `deadline`, `worker` (`SlowTask`, the worker threads), `accept`
+//! (`AcceptTask`), and [`server`]. Only `sys`, `ev`, `pool`,
 //! `task`, `net` and `os` contain `unsafe`; the other modules are
 //! `#![forbid(unsafe_code)]`.
 
@@ -17,6 +18,7 @@
 // The public surface: what the binaries, the integration tests and a reader
 // porting a libev design need. The rest is crate-private.
 pub mod config;
+pub mod conn;
 pub mod ev;
 pub mod log;
 pub mod os;
@@ -27,7 +29,6 @@ pub mod sys;
 pub mod task;
 
 mod accept;
-mod conn;
 mod deadline;
 mod net;
 mod worker;
