@@ -2,10 +2,16 @@
 //! the C++ original (the context is also the request: one request per connection).
 //!
 //! It owns the socket, the 4096-byte request buffer and the parser, and decides
-//! what happens next; the accept task ([`crate::accept`]) carries that out with the
-//! loop, the pool and the workers.
+//! what happens next; the accept task (`accept`) carries that out with the loop,
+//! the pool and the workers.
+//!
+//! Public for one reason: the socket is a type parameter ([`Socket`], an
+//! [`OwnedFd`] in the server), so that the fuzz target `conn` and the unit tests
+//! can drive the state machine with a scripted socket (EAGAIN, EINTR, partial
+//! sends, resets at any point) that a real socket cannot produce on demand.
 #![forbid(unsafe_code)]
 
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use crate::deadline::{Linked, Links};
@@ -94,9 +100,45 @@ impl DropReason {
 
 const GONE: Next = Next::Drop(DropReason::ClientGone);
 
+/// The socket calls a connection makes, one per method.
+///
+/// The server's socket is an [`OwnedFd`]; `ConnectionCtx` is generic over this
+/// trait, so the server's code is monomorphised for it and costs what direct calls
+/// cost. Errors follow the system calls': `EAGAIN` and `EINTR` say "not now".
+pub trait Socket {
+    /// Reads into `buf`, as `recv(2)`: `Ok(0)` is end of stream.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Queues the last bytes the connection will ever send (no `SIGPIPE`), as
+    /// `send(2)`; returns how many were taken.
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize>;
+    /// The descriptor the event loop watches.
+    fn raw_fd(&self) -> RawFd;
+    /// Closes the socket.
+    fn close(self);
+}
+
+impl Socket for OwnedFd {
+    #[inline]
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        net::recv(self.as_fd(), buf)
+    }
+    #[inline]
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+        net::send_final(self.as_fd(), buf)
+    }
+    #[inline]
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+    #[inline]
+    fn close(self) {
+        net::close(self)
+    }
+}
+
 /// One connection (the C++ `ConnectionCtx`), living in a pool slot.
-pub struct ConnectionCtx {
-    fd: Option<OwnedFd>,
+pub struct ConnectionCtx<S: Socket = OwnedFd> {
+    fd: Option<S>,
     gen: u32,
     state: State,
     parser: ReqParser,
@@ -106,7 +148,7 @@ pub struct ConnectionCtx {
     buf: [u8; REQUEST_MAX],
 }
 
-impl Default for ConnectionCtx {
+impl<S: Socket> Default for ConnectionCtx<S> {
     fn default() -> Self {
         ConnectionCtx {
             fd: None,
@@ -121,7 +163,7 @@ impl Default for ConnectionCtx {
     }
 }
 
-impl Linked for ConnectionCtx {
+impl<S: Socket> Linked for ConnectionCtx<S> {
     fn links(&self) -> &Links {
         &self.links
     }
@@ -130,10 +172,10 @@ impl Linked for ConnectionCtx {
     }
 }
 
-impl ConnectionCtx {
+impl<S: Socket> ConnectionCtx<S> {
     /// Starts a new connection in this slot; a new generation tells it apart from
     /// the slot's earlier connections.
-    pub fn open(&mut self, fd: OwnedFd) {
+    pub fn open(&mut self, fd: S) {
         debug_assert!(self.fd.is_none() && self.state == State::Free);
         self.fd = Some(fd);
         self.gen = self.gen.wrapping_add(1);
@@ -145,7 +187,7 @@ impl ConnectionCtx {
 
     /// The socket, or -1 once closed.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
+        self.fd.as_ref().map_or(-1, S::raw_fd)
     }
 
     /// Which connection of this slot this is.
@@ -177,7 +219,7 @@ impl ConnectionCtx {
         let Some(fd) = self.fd.as_ref() else {
             return GONE;
         };
-        match net::recv(fd.as_fd(), &mut self.buf[self.filled..]) {
+        match fd.recv(&mut self.buf[self.filled..]) {
             Ok(0) => GONE,
             Ok(n) => {
                 self.filled += n;
@@ -222,7 +264,7 @@ impl ConnectionCtx {
             return GONE;
         };
         while self.sent < RESPONSE.len() {
-            match net::send_final(fd.as_fd(), &RESPONSE[self.sent..]) {
+            match fd.send_final(&RESPONSE[self.sent..]) {
                 Ok(n) => self.sent += n,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if net::is_transient(&e) => return Next::Write,
@@ -236,7 +278,7 @@ impl ConnectionCtx {
     /// task, in which case it is `Abandoned` until the task comes back.
     pub fn close(&mut self, task_out: bool) {
         if let Some(fd) = self.fd.take() {
-            net::close(fd);
+            fd.close();
         }
         self.state = if task_out {
             State::Abandoned
@@ -257,7 +299,7 @@ mod tests {
         let (server, client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
         client.set_nonblocking(true).unwrap();
-        let mut ctx = ConnectionCtx::default();
+        let mut ctx = ConnectionCtx::<OwnedFd>::default();
         ctx.open(server.into());
         (ctx, client)
     }
@@ -338,6 +380,91 @@ mod tests {
         // The task coming back later finds nothing to answer.
         assert_eq!(ctx.on_task_done(), GONE);
         assert_eq!(received(&mut client), b"");
+    }
+
+    /// A socket whose every call's result the test scripts: errors a real socket
+    /// cannot be made to return on demand (EINTR, a short send).
+    #[derive(Default)]
+    struct Scripted {
+        recvs: std::cell::RefCell<std::collections::VecDeque<io::Result<&'static [u8]>>>,
+        sends: std::cell::RefCell<std::collections::VecDeque<io::Result<usize>>>,
+        out: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+    }
+
+    impl Socket for Scripted {
+        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+            let bytes = self
+                .recvs
+                .borrow_mut()
+                .pop_front()
+                .expect("recv scripted")?;
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+            let n = match self.sends.borrow_mut().pop_front() {
+                Some(res) => res?.min(buf.len()),
+                None => buf.len(),
+            };
+            self.out.borrow_mut().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn raw_fd(&self) -> RawFd {
+            0
+        }
+        fn close(self) {}
+    }
+
+    fn errno(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    #[test]
+    fn interrupted_and_short_calls_resume_where_they_left_off() {
+        let sock = Scripted::default();
+        sock.recvs.borrow_mut().extend([
+            Err(errno(libc::EINTR)),
+            Ok(&b"GET /test/fast\r\n"[..]),
+            Err(errno(libc::EAGAIN)),
+            Ok(&b"\r\n"[..]),
+        ]);
+        sock.sends.borrow_mut().extend([
+            Ok(10),
+            Err(errno(libc::EINTR)),
+            Ok(1),
+            Err(errno(libc::EAGAIN)),
+        ]);
+        let out = std::rc::Rc::clone(&sock.out);
+        let mut ctx = ConnectionCtx::<Scripted>::default();
+        ctx.open(sock);
+        for _ in 0..3 {
+            assert_eq!(ctx.on_readable(false), Next::Read);
+        }
+        // EINTR on send is retried at once; EAGAIN waits for writability.
+        assert_eq!(ctx.on_readable(false), Next::Write);
+        assert_eq!(out.borrow().len(), 11);
+        assert_eq!(ctx.on_writable(), Next::Finished);
+        assert_eq!(&out.borrow()[..], RESPONSE);
+    }
+
+    #[test]
+    fn a_reset_or_a_failed_send_drops_the_connection() {
+        let sock = Scripted::default();
+        sock.recvs
+            .borrow_mut()
+            .push_back(Err(errno(libc::ECONNRESET)));
+        let mut ctx = ConnectionCtx::<Scripted>::default();
+        ctx.open(sock);
+        assert_eq!(ctx.on_readable(false), GONE);
+
+        let sock = Scripted::default();
+        sock.recvs
+            .borrow_mut()
+            .push_back(Ok(&b"GET /test/fast\r\n\r\n"[..]));
+        sock.sends.borrow_mut().push_back(Err(errno(libc::EPIPE)));
+        ctx.close(false);
+        ctx.open(sock);
+        assert_eq!(ctx.on_readable(false), GONE);
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! through a lock-free queue and one `ev_async` per loop.
 //!
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
-//! [`pool`] and [`task`] (slot storage), [`parser`], then the crate-private
-//! `conn` (`ConnectionCtx`), `deadline`, `worker` (`SlowTask`, the worker
-//! threads), `accept` (`AcceptTask`), [`metrics`] (counters, `--metrics`),
-//! [`server`], and [`lifecycle`] (signals, drain, upgrade). Only `sys`, `ev`,
-//! `pool`, `task`, `net` and `os` contain `unsafe`; the other modules are
+//! [`pool`] and [`task`] (slot storage), [`parser`], [`conn`] (`ConnectionCtx`,
+//! public so that it can be fuzzed over a scripted socket), then the
+//! crate-private `deadline`, `worker` (`SlowTask`, the worker threads), `accept`
+//! (`AcceptTask`), [`metrics`] (counters, `--metrics`), [`server`], and
+//! [`lifecycle`] (signals, drain, upgrade). Only `sys`, `ev`, `pool`,
+//! `task`, `net` and `os` contain `unsafe`; the other modules are
 //! `#![forbid(unsafe_code)]`.
 
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@
 // The public surface: what the binaries, the integration tests and a reader
 // porting a libev design need. The rest is crate-private.
 pub mod config;
+pub mod conn;
 pub mod ev;
 pub mod lifecycle;
 pub mod log;
@@ -30,7 +32,6 @@ pub mod sys;
 pub mod task;
 
 mod accept;
-mod conn;
 mod deadline;
 mod net;
 mod worker;

@@ -1,0 +1,4 @@
+//! Oracles shared by the fuzz targets.
+#![forbid(unsafe_code)]
+
+pub mod model;

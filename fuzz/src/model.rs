@@ -1,0 +1,111 @@
+//! An independent model of SPEC.md's protocol rules 1-4: what a connection's
+//! buffer means, decided from the whole buffer at once.
+//!
+//! Written from SPEC, not from `src/parser.rs`, and deliberately naive (plain
+//! substring searches, no state across calls, no word-at-a-time tricks), so that
+//! a disagreement with `ReqParser` points at a bug in one of them rather than at a
+//! shared mistake. Only the verdict type is shared.
+//!
+//! SPEC leaves one thing open: *when* a bad target is noticed. The model judges
+//! the request line once its CRLF has arrived (rule 2 defines the line as the
+//! bytes up to the first CRLF), so `GET /x` followed by 5000 bytes without a CRLF
+//! is `TooLarge`, not `Invalid`. Either way the connection closes without a byte.
+
+use conn_daemon::parser::Verdict;
+
+/// SPEC: "a 4096-byte buffer"; rule 4.
+pub const BUFFER: usize = 4096;
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The verdict on `input`, the bytes a connection has read so far (anything past
+/// `BUFFER` could never be in the buffer and is ignored).
+pub fn verdict(input: &[u8]) -> Verdict {
+    let buf = &input[..input.len().min(BUFFER)];
+    // Rule 4: a full buffer that is still undecided can never be decided.
+    let undecided = if buf.len() == BUFFER {
+        Verdict::TooLarge
+    } else {
+        Verdict::Incomplete
+    };
+    // Rule 1: the method, once 4 bytes are there.
+    let method_ok = buf.len() < 4 || buf[..4] == *b"GET ";
+    let Some(line_end) = find(buf, b"\r\n") else {
+        return if method_ok {
+            undecided
+        } else {
+            Verdict::Invalid
+        };
+    };
+    // Rule 1's second sentence: a CRLF before the method could be checked.
+    if line_end < 4 || !method_ok {
+        return Verdict::Invalid;
+    }
+    // Rule 2: after "GET ", skip spaces; the target runs to a space or the CRLF.
+    let after = &buf[4..line_end];
+    let start = after.iter().position(|&b| b != b' ').unwrap_or(after.len());
+    let after = &after[start..];
+    let target = &after[..after.iter().position(|&b| b == b' ').unwrap_or(after.len())];
+    let kind = match target {
+        b"/test/fast" => Verdict::Fast,
+        b"/test/slow" => Verdict::Slow,
+        _ => return Verdict::Invalid,
+    };
+    // Rule 3: the end is the first CRLF right after another CRLF. The first CRLF
+    // of the buffer ends the request line, so any CRLF CRLF starts at or after it.
+    match find(buf, b"\r\n\r\n") {
+        Some(_) => kind,
+        None => undecided,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Verdict::*;
+
+    #[test]
+    fn spec_examples() {
+        let cases: &[(&[u8], Verdict)] = &[
+            (b"", Incomplete),
+            (b"GE", Incomplete),
+            (b"X", Incomplete),
+            (b"\r\n", Invalid),
+            (b"G\r\n", Invalid),
+            (b"GET\r\n\r\n", Invalid),
+            (b"PUT ", Invalid),
+            (b"get /test/fast\r\n\r\n", Invalid),
+            (b"GET /test/fast", Incomplete),
+            (b"GET /test/fast\r\n", Incomplete),
+            (b"GET /test/fast\r\n\r\n", Fast),
+            (b"GET    /test/slow HTTP/1.1\r\nHost: a\r\n\r\njunk", Slow),
+            (b"GET /test/fast/\r\n\r\n", Invalid),
+            (b"GET /test/fast?x\r\n", Invalid),
+            (b"GET \r\n\r\n", Invalid),
+            (b"GET /test/fast\n\n", Incomplete),
+            (b"GET /test/fast\r\n\n\r\n", Incomplete),
+            (b"GET /test/fast\r\r\n\r\n", Invalid),
+            (b"GET /test/fast\tx\r\n\r\n", Invalid),
+        ];
+        for &(input, want) in cases {
+            assert_eq!(verdict(input), want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn buffer_limit() {
+        let mut long = b"GET /test/fast\r\n".to_vec();
+        long.resize(BUFFER - 4, b'x');
+        long.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(verdict(&long), Fast, "ends exactly at the buffer's end");
+        long.insert(20, b'x');
+        assert_eq!(verdict(&long), TooLarge);
+        assert_eq!(verdict(&long[..BUFFER - 1]), Incomplete);
+        let mut bad = b"GET /x".to_vec();
+        bad.resize(BUFFER + 100, b'y');
+        assert_eq!(verdict(&bad), TooLarge, "the target is judged at the CRLF");
+    }
+}
