@@ -337,7 +337,7 @@ impl AcceptTask {
                 self.watch(lp, idx, Events::READ);
             }
             Next::Finished => {
-                self.metrics.responded();
+                self.metrics.responded(self.pool.get(idx).is_slow());
                 debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
                 self.close(lp, idx);
             }
@@ -419,13 +419,7 @@ impl AcceptTask {
             match ctx.state() {
                 State::Delegated if ctx.gen() == gen => {
                     let next = ctx.on_task_done();
-                    // (A response that needs a second send, never seen on a fresh
-                    // socket, finishes from the write watcher and counts as fast.)
-                    let answered = next == Next::Finished;
                     self.apply(lp, idx, next);
-                    if answered {
-                        self.metrics.responded_slow();
-                    }
                 }
                 State::Abandoned => {
                     ctx.close(false);

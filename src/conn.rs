@@ -190,6 +190,11 @@ impl<S: Socket> ConnectionCtx<S> {
         self.fd.as_ref().map_or(-1, S::raw_fd)
     }
 
+    /// Whether the request is a complete `/test/slow` (the metrics' `kind`).
+    pub fn is_slow(&self) -> bool {
+        self.parser.verdict() == Verdict::Slow
+    }
+
     /// Which connection of this slot this is.
     pub fn gen(&self) -> u32 {
         self.gen

@@ -201,15 +201,13 @@ impl AcceptMetrics {
         self.counters.accepted.bump();
     }
 
-    /// A response went out whole.
-    pub fn responded(&self) {
+    /// A response went out whole, to a `/test/slow` request if `slow` (answered
+    /// after its task, or inline with `-w 0`).
+    pub fn responded(&self, slow: bool) {
         self.counters.responses.bump();
-    }
-
-    /// The response just counted by [`responded`](Self::responded) answered a
-    /// slow task (rather than being answered on the loop at once).
-    pub fn responded_slow(&self) {
-        self.counters.slow_responses.bump();
+        if slow {
+            self.counters.slow_responses.bump();
+        }
     }
 
     /// A connection was closed without a response.
@@ -306,7 +304,7 @@ impl Metrics {
         self.per_thread(
             out,
             ("conn_daemon_responses_total", "counter"),
-            "Responses sent whole; kind=\"slow\": after a worker's slow task.",
+            "Responses sent whole; kind=\"slow\": to /test/slow.",
             Some(("kind", &["fast", "slow"])),
             // Slow first: the owner counts a slow response after the total.
             |c, i| match i {
@@ -744,9 +742,8 @@ mod tests {
         for _ in 0..5 {
             t1.accepted();
         }
-        t1.responded();
-        t1.responded();
-        t1.responded_slow();
+        t1.responded(false);
+        t1.responded(true);
         t1.dropped(DropReason::TooLarge);
         t1.paused(PauseCause::PoolFull);
         t1.delegated(3, 10.0);

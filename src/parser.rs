@@ -139,6 +139,15 @@ impl ReqParser {
         }
     }
 
+    /// The final verdict reached so far, or `Incomplete`: what the last call
+    /// returned, without a buffer.
+    pub fn verdict(&self) -> Verdict {
+        match self.phase {
+            Phase::Done(verdict) => verdict,
+            _ => Verdict::Incomplete,
+        }
+    }
+
     /// Records a final verdict so that later calls skip straight to it.
     #[inline]
     fn finish(&mut self, verdict: Verdict) -> Verdict {

@@ -274,6 +274,31 @@ fn counters_equal_what_the_clients_did() {
     assert_eq!(m.sum("conn_daemon_responses_total", &[]), 110.0);
 }
 
+/// `-w 0` answers slow requests inline: still `kind="slow"`, and no task.
+#[test]
+fn slow_requests_answered_inline_count_as_slow() {
+    let (server, addr) = start(&["-A", "1", "-w", "0"]);
+    for req in [&b"GET /test/slow\r\n\r\n"[..], b"GET /test/fast\r\n\r\n"] {
+        for _ in 0..3 {
+            let s = server.connect();
+            send(&s, req);
+            expect_response(&s);
+        }
+    }
+    let m = wait_for(addr, "the 6 connections closed", |m| {
+        m.sum("conn_daemon_connections_open", &[]) == 0.0
+    });
+    assert_eq!(
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
+        3.0
+    );
+    assert_eq!(
+        m.sum("conn_daemon_responses_total", &[("kind", "fast")]),
+        3.0
+    );
+    assert_eq!(m.one("conn_daemon_slow_task_seconds_count"), 0.0);
+}
+
 #[test]
 fn pause_and_slow_task_gauges_return_to_zero() {
     let (server, addr) = start(&["-A", "1", "-C", "2", "-w", "1", "-D", "700"]);
