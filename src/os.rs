@@ -410,9 +410,9 @@ fn claim_fd(fd: RawFd) -> Result<OwnedFd, String> {
     }
     // SAFETY: as above.
     unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-    // SAFETY: the environment hands this fd to this process, nothing in it has
-    // opened or claimed it (`take_inherited` runs once, at start-up), so we are
-    // its only owner.
+    // The environment hands this fd to this process, and nothing in it has
+    // opened or claimed it (`take_inherited` runs once, at start-up).
+    // SAFETY: so we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
