@@ -6,6 +6,7 @@ mod util;
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -38,28 +39,47 @@ fn activated(fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
 /// As [`activated`], switching to `uid` before the exec (as systemd runs a
 /// service as its user with sockets it made as root).
 fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
-    let fds = fds.to_vec();
+    // Held across the copy below and the fork (see `spawn_guard`).
+    let _guard = util::lineage::spawn_guard();
+    let bin = match uid {
+        // The build directory may not be reachable by another user (a clone under
+        // /root): run a copy from a directory everyone can read.
+        Some(_) => {
+            let dir = tmp("bin");
+            fs::create_dir_all(&dir).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+            let copy = dir.join("conn-daemon");
+            if !copy.exists() {
+                fs::copy(util::bin(), &copy).unwrap();
+                fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            copy.to_string_lossy().into_owned()
+        }
+        None => util::bin(),
+    };
+    let mut targets = [-1 as RawFd; 8];
+    assert!(fds.len() <= targets.len());
+    targets[..fds.len()].copy_from_slice(fds);
+    let n = fds.len();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!(
-            "LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" \"$@\"",
-            fds.len()
-        ))
-        .arg(util::bin())
+        .arg(format!("LISTEN_PID=$$ LISTEN_FDS={n} exec \"$0\" \"$@\""))
+        .arg(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
-    // SAFETY: between fork and exec only dup2/fcntl, which are async-signal-safe;
-    // the fds are moved above the target range first so none is overwritten.
+    // SAFETY: between fork and exec only fcntl/dup2/setgid/setuid on a fixed
+    // array, all async-signal-safe, no allocation; the fds are moved above the
+    // target range first so none is overwritten.
     unsafe {
         cmd.pre_exec(move || {
-            let high: Vec<RawFd> = fds
-                .iter()
-                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
-                .collect();
-            for (i, fd) in high.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as RawFd) == -1 {
+            let mut high = [-1 as RawFd; 8];
+            for (h, &fd) in high.iter_mut().zip(&targets[..n]) {
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+            }
+            for (i, &fd) in high[..n].iter().enumerate() {
+                if libc::dup2(fd, 3 + i as RawFd) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -71,7 +91,6 @@ fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::pa
             Ok(())
         });
     }
-    let _guard = util::lineage::spawn_guard();
     cmd.spawn().expect("spawn sh")
 }
 
@@ -183,6 +202,7 @@ fn more_threads_than_inherited_sockets() {
         stop(child);
         let _ = fs::remove_file(err);
     }
+    let _ = fs::remove_dir_all(tmp("bin"));
 }
 
 /// Three inherited sockets on one address and `-A 1`: the one thread serves
