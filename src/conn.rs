@@ -74,8 +74,6 @@ pub enum DropReason {
     Shutdown,
 }
 
-// `ALL` and `label` name the reasons for the metrics.
-#[allow(dead_code)]
 impl DropReason {
     /// Every reason, in the order the metrics list them.
     pub const ALL: [DropReason; 5] = [

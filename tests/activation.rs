@@ -69,9 +69,9 @@ fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::pa
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
+    // The fds are moved above the target range first so none is overwritten.
     // SAFETY: between fork and exec only fcntl/dup2/setgid/setuid on a fixed
-    // array, all async-signal-safe, no allocation; the fds are moved above the
-    // target range first so none is overwritten.
+    // array: async-signal-safe, no allocation.
     unsafe {
         cmd.pre_exec(move || {
             let mut high = [-1 as RawFd; 8];
