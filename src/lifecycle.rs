@@ -132,20 +132,17 @@ pub struct UpgradePlan {
     pub listeners: Vec<RawFd>,
     /// How long the new process has to report that it serves.
     pub timeout: Duration,
-    /// Upgrades in our lineage before us.
-    pub upgrades: u64,
 }
 
 impl UpgradePlan {
     /// The plan for this process: `exe` and `args` are read now, at start-up,
     /// before anything can replace the binary or `-d` change directory.
-    pub fn new(config: &Config, listeners: Vec<RawFd>, upgrades: u64) -> io::Result<UpgradePlan> {
+    pub fn new(config: &Config, listeners: Vec<RawFd>) -> io::Result<UpgradePlan> {
         Ok(UpgradePlan {
             exe: exe_path()?,
             args: std::env::args_os().collect(),
             listeners,
             timeout: config.upgrade_timeout,
-            upgrades,
         })
     }
 }
@@ -333,7 +330,7 @@ impl Supervisor {
         env.push(format!("LISTEN_FDS={n}").into());
         env.push(format!("LISTEN_FDNAMES={}", vec!["conn-daemon"; n].join(":")).into());
         env.push(format!("{}={}", os::READY_FD_VAR, 3 + n).into());
-        env.push(format!("{}={}", os::UPGRADES_VAR, self.plan.upgrades + 1).into());
+        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
         let mut fds = self.plan.listeners.clone();
         fds.push(ready_tx.as_raw_fd());
         let mut exec = Exec::new(self.plan.exe.as_os_str(), &self.plan.args, env, true, fds)?;
@@ -365,7 +362,6 @@ impl Supervisor {
         // The daemonized case: our child forked the server and exited.
         let _ = os::reap(pending.pid, false);
         if self.shutdown.hand_over() {
-            self.plan.upgrades += 1;
             crate::metrics::count_upgrade();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }

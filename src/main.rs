@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(e.code, &e),
     };
     // Read before -d changes directory (a relative argv[0] would then miss).
-    let plan = match UpgradePlan::new(&config, server.listener_fds(), inherited.upgrades) {
+    let plan = match UpgradePlan::new(&config, server.listener_fds()) {
         Ok(plan) => plan,
         Err(e) => {
             return fail(

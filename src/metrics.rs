@@ -257,6 +257,11 @@ pub fn set_upgrades(n: u64) {
     UPGRADES.store(n, Ordering::Relaxed);
 }
 
+/// Upgrades in this process's lineage so far (what a successor starts from).
+pub fn upgrades() -> u64 {
+    UPGRADES.load(Ordering::Relaxed)
+}
+
 /// Counts one binary upgrade: the old process calls it once its successor serves.
 pub fn count_upgrade() {
     UPGRADES.fetch_add(1, Ordering::Relaxed);
