@@ -138,9 +138,16 @@ impl UpgradePlan {
     /// The plan for this process: `exe` and `args` are read now, at start-up,
     /// before anything can replace the binary or `-d` change directory.
     pub fn new(config: &Config, listeners: Vec<RawFd>) -> io::Result<UpgradePlan> {
+        let exe = exe_path()?;
+        // The successor gets the absolute path as its argv[0]: it resolves its
+        // own successor from it, after -d has moved the cwd to /var/tmp, where a
+        // relative `./conn-daemon` would name a file anybody can put there.
+        let args = std::iter::once(exe.clone().into_os_string())
+            .chain(std::env::args_os().skip(1))
+            .collect();
         Ok(UpgradePlan {
-            exe: exe_path()?,
-            args: std::env::args_os().collect(),
+            exe,
+            args,
             listeners,
             timeout: config.upgrade_timeout,
         })
@@ -423,12 +430,40 @@ pub fn announce_ready(pid_file: Option<&Path>, ready: Option<OwnedFd>, addresses
 }
 
 /// Replaces the file at once (write, then rename), so a reader never sees it
-/// half written.
+/// half written. The temporary file is always a new one (`O_EXCL`, and
+/// `O_NOFOLLOW` besides): a symlink planted under its name is never followed, so
+/// the pid cannot be written through it into another file; a name that exists
+/// is skipped for the next.
 fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{pid}.tmp"));
-    fs::write(&tmp, format!("{pid}\n"))?;
-    fs::rename(&tmp, path)
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for attempt in 0..64u32 {
+        let mut tmp = path.as_os_str().to_owned();
+        match attempt {
+            0 => tmp.push(format!(".{pid}.tmp")),
+            n => tmp.push(format!(".{pid}.{n}.tmp")),
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp);
+        match file {
+            Ok(mut file) => {
+                let written = file.write_all(format!("{pid}\n").as_bytes());
+                drop(file);
+                if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }
 
 /// Removes the pid file at exit, unless a successor has written its own pid.

@@ -90,6 +90,7 @@ impl Server {
     /// addresses are what the server listens on, and `-p`/`--listen` are not
     /// bound.
     pub fn bind_with(config: &Config, inherited: Vec<OwnedFd>) -> Result<Server, StartError> {
+        check_reservation(config, &Host::read())?;
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
@@ -299,12 +300,12 @@ fn accept_thread(
             v
         }
         Err(e) => {
-            let msg = e.to_string();
+            let copy = StartError {
+                code: e.code,
+                message: e.message.clone(),
+            };
             let _ = ready.send(Err(e));
-            return Err(StartError {
-                code: EXIT_SYSTEM,
-                message: msg,
-            });
+            return Err(copy);
         }
     };
     drop(ready);
@@ -318,6 +319,73 @@ fn accept_thread(
         stats.served, stats.dropped, stats.timed_out
     );
     Ok(stats)
+}
+
+/// What the host can give at most, read once at start-up.
+struct Host {
+    /// `/proc/sys/kernel/threads-max`.
+    threads: Option<u64>,
+    /// RAM and swap together, in bytes (`/proc/meminfo`).
+    memory: Option<u64>,
+}
+
+impl Host {
+    fn read() -> Host {
+        let threads = std::fs::read_to_string("/proc/sys/kernel/threads-max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let memory = std::fs::read_to_string("/proc/meminfo").ok().map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("MemTotal:") || l.starts_with("SwapTotal:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map(|kib| kib.saturating_mul(1024))
+                .sum()
+        });
+        Host { threads, memory }
+    }
+}
+
+/// Bytes committed at start-up per connection slot when there are workers: a slot
+/// in the shared task queue and one in the loop's mailbox (`ArrayQueue`
+/// initialises every slot). The pools themselves are reserved address space,
+/// committed only when touched.
+const QUEUED_BYTES_PER_SLOT: u64 = 2 * 2 * std::mem::size_of::<usize>() as u64;
+
+/// Refuses, before anything is allocated, what the host can never give: more
+/// threads than it allows, or queues larger than its memory. Without this a huge
+/// `-A`, `-w` or `-A x -C` aborts in the allocator with a backtrace instead of
+/// the one line and exit status 10 of a pool that cannot be reserved.
+fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
+    let no_memory = |message: String| StartError {
+        code: EXIT_NO_MEMORY,
+        message,
+    };
+    let (threads, workers) = (config.accept_threads, config.worker_threads);
+    let all_threads = (threads as u64).saturating_add(workers as u64);
+    if let Some(max) = host.threads.filter(|&max| all_threads > max) {
+        return Err(no_memory(format!(
+            "cannot start {threads} accept threads and {workers} workers: \
+             the host allows {max} threads"
+        )));
+    }
+    if workers == 0 {
+        return Ok(());
+    }
+    let needed = (threads as u64)
+        .checked_mul(config.accept_capacity as u64)
+        .and_then(|slots| slots.checked_mul(QUEUED_BYTES_PER_SLOT))
+        .filter(|&bytes| usize::try_from(bytes).is_ok());
+    match (needed, host.memory) {
+        (Some(bytes), Some(memory)) if bytes <= memory => Ok(()),
+        (Some(_), None) => Ok(()),
+        (bytes, memory) => Err(no_memory(format!(
+            "cannot reserve the task queues for {threads} accept threads x {} connections: \
+             {} bytes needed, the host has {} (lower -A or -C)",
+            config.accept_capacity,
+            bytes.map_or("more than 2^64".to_string(), |b| b.to_string()),
+            memory.unwrap_or(0)
+        ))),
+    }
 }
 
 /// Each accept thread's listeners and the distinct sockets among them.
@@ -408,4 +476,44 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
         }
     }
     Ok((per_thread, handover))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
+            .expect("valid command line")
+    }
+
+    const HOST: Host = Host {
+        threads: Some(100_000),
+        memory: Some(24 << 30),
+    };
+
+    #[test]
+    fn reservations_the_host_cannot_give_are_refused_with_status_10() {
+        for args in [
+            &["-A", "18446744073709551615"][..],
+            &["-A", "1", "-w", "18446744073709551615"],
+            &["-A", "128", "-C", "16777216", "-w", "1"],
+        ] {
+            let e = check_reservation(&config(args), &HOST).unwrap_err();
+            assert_eq!(e.code, EXIT_NO_MEMORY, "{args:?}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn what_the_host_can_give_passes() {
+        for args in [
+            &["-A", "2"][..],
+            &["-A", "512"],
+            &["-A", "128", "-C", "16777216", "-w", "0"],
+            &["-A", "1", "-C", "16777216"],
+        ] {
+            assert!(check_reservation(&config(args), &HOST).is_ok(), "{args:?}");
+        }
+    }
 }

@@ -175,3 +175,122 @@ impl Drop for KillOnDrop {
 fn scopeguard(pid: u32) -> KillOnDrop {
     KillOnDrop(pid)
 }
+
+/// Runs the binary to completion under an address-space limit of `limit_kib`
+/// (`ulimit -v`), as an operator with a tight limit would: status, stderr.
+fn run_with_address_limit(args: &[&str], limit_kib: u64) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let limit = limit_kib * 1024;
+    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        // SAFETY: signalling our own child if it is still there after the bound.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(killer);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_status_10(code: Option<i32>, stderr: &str, args: &[&str]) {
+    assert_eq!(code, Some(10), "{args:?}: {stderr}");
+    // A huge -C may also warn that the fd limit is lower (a warning, not the error).
+    let errors = stderr.lines().filter(|l| !l.contains("open files limit"));
+    assert_eq!(errors.count(), 1, "{args:?}: one line: {stderr:?}");
+    assert!(stderr.starts_with("conn-daemon: "), "{stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr:?}");
+}
+
+#[test]
+fn sizes_the_host_cannot_give_are_one_line_and_status_10() {
+    let port = free_port().to_string();
+    for args in [
+        &["-A", "18446744073709551615"][..],
+        &["-A", "1", "-w", "18446744073709551615"],
+        &["-A", "128", "-C", "16777216", "-w", "1"],
+    ] {
+        let mut all = vec!["-p", &port];
+        all.extend_from_slice(args);
+        let (code, stderr) = util::start_fails(&all);
+        assert_one_line_status_10(code, &stderr, args);
+    }
+}
+
+#[test]
+fn pools_that_cannot_be_reserved_exit_10_whatever_the_accept_threads() {
+    let port = free_port().to_string();
+    for threads in ["1", "2"] {
+        let args = ["-p", &port, "-A", threads, "-C", "16777216", "-w", "0"];
+        let (code, stderr) = run_with_address_limit(&args, 2_000_000);
+        assert_one_line_status_10(code, &stderr, &args);
+    }
+}
+
+/// The pid file's temporary name is never followed as a symlink: with links
+/// planted under every name the next pids would use, pointing at another file,
+/// that file is left alone and the pid file still names the server.
+#[test]
+fn the_pid_file_is_not_written_through_a_planted_symlink() {
+    let dir = std::env::temp_dir().join(format!("conn-daemon-pidlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let pid_file = dir.join("cd.pid");
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in last + 1..last + 3000 {
+        let link = dir.join(format!("cd.pid.{pid}.tmp"));
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    let pid_arg = pid_file.to_str().unwrap();
+    let server = Server::start(&["-A", "1", "-w", "0", "--pid-file", pid_arg]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let written = loop {
+        match std::fs::read_to_string(&pid_file) {
+            Ok(text) if !text.is_empty() => break text,
+            _ => {
+                assert!(Instant::now() < deadline, "no pid file");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    assert!(
+        (last + 1..last + 3000).contains(&server.pid()),
+        "the server's pid {} is outside the planted range: the test proves nothing",
+        server.pid()
+    );
+    assert_eq!(written, format!("{}\n", server.pid()));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(!std::fs::symlink_metadata(&pid_file)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

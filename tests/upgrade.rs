@@ -198,3 +198,20 @@ fn an_upgrade_follows_a_re_pointed_symlink() {
     );
     lineage.stop(secs(10)).unwrap();
 }
+
+/// A relative `argv[0]` with `-d` (which moves the cwd to /var/tmp): every
+/// upgrade, the second included, runs the file we were started from, never
+/// `/var/tmp/conn-daemon` (a file anybody may put there).
+#[test]
+fn a_relative_argv0_with_daemonize_upgrades_from_the_same_file_every_time() {
+    let mut lineage = Lineage::start_relative(&["-d", "-A", "1", "-w", "1"]);
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let original = std::fs::canonicalize(&lineage.exe).unwrap();
+    for round in 0..2 {
+        let new = lineage
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade {round}: {e}\n{}", lineage.stderr()));
+        assert_eq!(exe_of(new), original, "upgrade {round}");
+    }
+    lineage.stop(secs(10)).unwrap();
+}

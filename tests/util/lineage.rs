@@ -39,6 +39,17 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// How [`Lineage::start_in`] runs the copied binary.
+#[derive(PartialEq)]
+enum Launch {
+    /// By its absolute path.
+    Plain,
+    /// Through `DIR/current -> v1`.
+    Symlinked,
+    /// As `./conn-daemon`, from `DIR`.
+    Relative,
+}
+
 /// A server started from a private copy of the binary, followed across upgrades.
 pub struct Lineage {
     dir: PathBuf,
@@ -61,16 +72,23 @@ impl Lineage {
 
     /// As [`Lineage::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Lineage {
-        Lineage::start_in(false, args, env)
+        Lineage::start_in(Launch::Plain, args, env)
+    }
+
+    /// As [`Lineage::start`], started as `./conn-daemon` from its directory (a
+    /// relative `argv[0]`, as an operator in that directory would type it).
+    pub fn start_relative(args: &[&str]) -> Lineage {
+        Lineage::start_in(Launch::Relative, args, &[])
     }
 
     /// As [`Lineage::start`], from the versioned layout `DIR/current ->
     /// DIR/v1`, started as `DIR/current/conn-daemon`; see [`Lineage::repoint`].
     pub fn start_symlinked(args: &[&str]) -> Lineage {
-        Lineage::start_in(true, args, &[])
+        Lineage::start_in(Launch::Symlinked, args, &[])
     }
 
-    fn start_in(symlinked: bool, args: &[&str], env: &[(&str, &str)]) -> Lineage {
+    fn start_in(how: Launch, args: &[&str], env: &[(&str, &str)]) -> Lineage {
+        let symlinked = how == Launch::Symlinked;
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "conn-daemon-lineage-{}-{}",
@@ -95,7 +113,12 @@ impl Lineage {
         let pid_file = dir.join("pid");
         let stderr_path = dir.join("stderr");
         let port = free_port();
-        let first = Command::new(&exe)
+        let mut cmd = match how {
+            Launch::Relative => Command::new("./conn-daemon"),
+            _ => Command::new(&exe),
+        };
+        let first = cmd
+            .current_dir(&dir)
             .arg("-p")
             .arg(port.to_string())
             .arg("--pid-file")
