@@ -60,12 +60,12 @@ pub enum Next {
 /// itself; the accept task the other two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// The bytes break the protocol (SPEC rules 1-3).
+    /// The bytes break the protocol (docs/protocol.md rules 1-3).
     Invalid,
-    /// `REQUEST_MAX` bytes without the end of the request (SPEC rule 4).
+    /// `REQUEST_MAX` bytes without the end of the request (docs/protocol.md rule 4).
     TooLarge,
     /// EOF, reset, a socket error, or bytes after a complete request before the
-    /// response went out (SPEC rule 7).
+    /// response went out (docs/protocol.md rule 7).
     ClientGone,
     /// The read deadline passed.
     TimedOut,
@@ -211,7 +211,7 @@ impl<S: Socket> ConnectionCtx<S> {
         match self.state {
             State::Reading => self.read_request(slow_inline),
             // Bytes or EOF after a complete request, before the response: the
-            // client is misbehaving or gone (SPEC rule 7).
+            // client is misbehaving or gone (docs/protocol.md rule 7).
             State::Delegated => GONE,
             State::Writing => Next::Write,
             State::Free | State::Abandoned => GONE,

@@ -39,8 +39,8 @@ pub enum Verdict {
     Slow,
     /// Not a request this server accepts.
     Invalid,
-    /// `REQUEST_MAX` bytes, valid so far, without the end of the request (SPEC
-    /// rule 4): closed like `Invalid`, told apart for the metrics.
+    /// `REQUEST_MAX` bytes, valid so far, without the end of the request
+    /// (docs/protocol.md rule 4): closed like `Invalid`, told apart for the metrics.
     TooLarge,
 }
 

@@ -1,5 +1,5 @@
 //! A panic inside a libev callback must not unwind into C: the trampoline catches
-//! it, says so on stderr and aborts the process (documented in the README). The
+//! it, says so on stderr and aborts the process (documented in docs/operating.md). The
 //! debug build's test-only hook `CONN_DAEMON_TEST_PANIC=1` makes the first io
 //! callback panic.
 

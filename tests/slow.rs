@@ -1,4 +1,4 @@
-//! The slow path (SPEC rules 6 and 7): `/test/slow` waits `-D` ms on a worker, the
+//! The slow path (docs/protocol.md rules 6 and 7): `/test/slow` waits `-D` ms on a worker, the
 //! workers bound the concurrency, no workers means no wait, and a client that
 //! leaves while its task runs does not disturb whoever gets its slot next.
 

@@ -1,9 +1,9 @@
-//! Protocol conformance (SPEC.md rules 1-8) against the real binary, over loopback.
+//! Protocol conformance (docs/protocol.md rules 1-8) against the real binary, over loopback.
 //!
-//! Every expectation is also checked against `model`, a direct transcription of the
-//! SPEC into a function of the bytes received so far, so the hand-written tables
-//! cannot silently drift from the rules, and the split / random tests can ask the
-//! model what the server must have done after each piece.
+//! Every expectation is also checked against `model`, a direct transcription of
+//! docs/protocol.md's rules into a function of the bytes received so far, so the
+//! hand-written tables cannot silently drift from the rules, and the split / random
+//! tests can ask the model what the server must have done after each piece.
 
 mod util;
 
@@ -18,7 +18,7 @@ use util::{
 };
 use Outcome::{Closed, Pending, Response};
 
-/// Size of the server's per-connection read buffer (SPEC rule 4).
+/// Size of the server's per-connection read buffer (docs/protocol.md rule 4).
 const BUF: usize = 4096;
 /// Pause between two writes so they reach the server as separate reads (TCP_NODELAY
 /// is on for every test stream).
@@ -34,8 +34,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The SPEC as a function: what the server must have done once exactly `input` has
-/// arrived on a connection (in any split across reads).
+/// docs/protocol.md rules 1-8 as a function: what the server must have done once
+/// exactly `input` has arrived on a connection (in any split across reads).
 ///
 /// - rule 4: only the first 4096 bytes can ever be looked at;
 /// - rule 1: fewer than 4 bytes: closed if they hold a CRLF, else pending; then the
@@ -735,7 +735,7 @@ fn eof_before_the_end_of_the_request_closes_silently() {
 }
 
 // ---------------------------------------------------------------------------
-// Random requests from SPEC fragments, randomly split, against the model.
+// Random requests from docs/protocol.md fragments, randomly split, against the model.
 
 struct Rng(u64);
 

@@ -11,9 +11,9 @@
 //!
 //! Invariants, per connection: at most one response, only ever a prefix of the 57
 //! bytes, all 57 exactly when the connection finishes, and only for a complete
-//! valid request (the SPEC model's verdict on the bytes read) whose slow task, if
+//! valid request (the docs/protocol.md model's verdict on the bytes read) whose slow task, if
 //! delegated, is done; no byte once the server could have seen EOF, a reset or
-//! bytes after the request (SPEC rule 7); every drop has a cause the script gave;
+//! bytes after the request (docs/protocol.md rule 7); every drop has a cause the script gave;
 //! and every path ends in one close of the socket and the slot released.
 #![no_main]
 

@@ -1,5 +1,5 @@
 //! Differential: `ReqParser` must give the model's verdict (`conn_daemon_fuzz::
-//! model`, written from SPEC) on every input and on every prefix it is fed, however
+//! model`, written from docs/protocol.md) on every input and on every prefix it is fed, however
 //! the input is split into reads.
 #![no_main]
 

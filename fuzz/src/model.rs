@@ -1,19 +1,19 @@
-//! An independent model of SPEC.md's protocol rules 1-4: what a connection's
+//! An independent model of docs/protocol.md's rules 1-4: what a connection's
 //! buffer means, decided from the whole buffer at once.
 //!
-//! Written from SPEC, not from `src/parser.rs`, and deliberately naive (plain
+//! Written from docs/protocol.md, not from `src/parser.rs`, and deliberately naive (plain
 //! substring searches, no state across calls, no word-at-a-time tricks), so that
 //! a disagreement with `ReqParser` points at a bug in one of them rather than at a
 //! shared mistake. Only the verdict type is shared.
 //!
-//! SPEC leaves one thing open: *when* a bad target is noticed. The model judges
+//! docs/protocol.md leaves one thing open: *when* a bad target is noticed. The model judges
 //! the request line once its CRLF has arrived (rule 2 defines the line as the
 //! bytes up to the first CRLF), so `GET /x` followed by 5000 bytes without a CRLF
 //! is `TooLarge`, not `Invalid`. Either way the connection closes without a byte.
 
 use conn_daemon::parser::Verdict;
 
-/// SPEC: "a 4096-byte buffer"; rule 4.
+/// docs/protocol.md: "a 4096-byte buffer"; rule 4.
 pub const BUFFER: usize = 4096;
 
 /// Where `needle` first occurs in `hay`.

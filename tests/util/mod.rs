@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The one response the server ever sends (SPEC rule 5): exactly 57 bytes.
+/// The one response the server ever sends (docs/protocol.md rule 5): exactly 57 bytes.
 pub const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// Read/write timeout of the streams `Server::connect` returns, and the bound on
