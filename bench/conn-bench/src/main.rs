@@ -846,6 +846,62 @@ mod tests {
         Args::try_parse_from(argv).unwrap()
     }
 
+    fn delta_of(wall_s: f64) -> Delta {
+        Delta {
+            wall_s,
+            server_us: 0.0,
+            resolution_us: 0.0,
+            client_us: 0.0,
+            server_cpus: (0, 0),
+            client_cpus: (0, 0),
+        }
+    }
+
+    #[test]
+    fn counts_requests_per_load_window() {
+        let run = |completed| RunResult {
+            completed,
+            ..RunResult::default()
+        };
+        let (fast, slow) = (Ok(run(3000)), Ok(run(200)));
+        let runs = [Some(&fast), Some(&slow)];
+        // The fast load ended after 1 s, the slow one after 4 s: the fast
+        // window holds all fast requests and a quarter of the slow ones.
+        let deltas = [delta_of(1.0), delta_of(4.0)];
+        assert_eq!(requests_in_window(0, &runs, &deltas), Some(3050.0));
+        assert_eq!(requests_in_window(1, &runs, &deltas), Some(3200.0));
+        // A failed run: its count is unknown, so no CPU per request.
+        let failed = Err("garbage".to_string());
+        let runs = [Some(&fast), Some(&failed)];
+        assert_eq!(requests_in_window(0, &runs, &deltas), None);
+        assert_eq!(requests_in_window(1, &runs, &deltas), None);
+    }
+
+    #[test]
+    fn fills_placeholders() {
+        let a = args(&["--workers", "3", "--slow-ms", "20", "--delegate", "loop"]);
+        assert_eq!(
+            fill_placeholders(
+                "-w{workers}:{slow_ms}:{delegate}:{threads}:{port}",
+                &a,
+                None
+            ),
+            "-w3:20:loop:{threads}:{port}"
+        );
+        assert_eq!(fill_placeholders("{threads}", &a, Some(2)), "2");
+        // The ideal follows the smaller of workers and slow concurrency.
+        assert_eq!(ideal_rps(&a), 150.0);
+        let a = args(&[
+            "--workers",
+            "4",
+            "--slow-concurrency",
+            "2",
+            "--scenario",
+            "slow",
+        ]);
+        assert_eq!(ideal_rps(&a), 2.0 * 1000.0 / 30.0);
+    }
+
     #[test]
     fn plans_loads_per_scenario() {
         let fast = plan_loads(&args(&[]));
@@ -888,5 +944,9 @@ mod tests {
             (mixed[1].kind, mixed[1].requests, mixed[1].concurrency),
             (LoadKind::Slow, 9, 4)
         );
+        // --slow-concurrency above the workers: the ideal stays 4 / 30 ms,
+        // the default count covers the connections.
+        let wide = plan_loads(&args(&["--scenario", "slow", "--slow-concurrency", "300"]));
+        assert_eq!((wide[0].requests, wide[0].concurrency), (300, 300));
     }
 }

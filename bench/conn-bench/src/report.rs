@@ -1495,6 +1495,55 @@ mod tests {
         assert!(bars.contains("pale bars: client-bound"));
     }
 
+    /// The slow run: CPU from 10 ms ticks over 267 requests, one
+    /// round, 74.9 vs 99.9 µs/req: "1.33x" was inside the rounding. In ns
+    /// the same medians are a real difference.
+    #[test]
+    fn ratios_inside_the_resolution_are_within_noise() {
+        let mut servers = vec![
+            server("conn-daemon", [120.0; 3], 74.9, &[LoadKind::Slow]),
+            server("cpp", [120.0; 3], 99.9, &[LoadKind::Slow]),
+        ];
+        let tick_per_request = 2.0 * 10_000.0 / 267.0;
+        for (s, cpu) in servers.iter_mut().zip([74.9, 99.9]) {
+            s.whole = window(cpu, tick_per_request, false);
+            s.whole.cpu_us_per_request_rounds = vec![cpu];
+            s.whole.cpu_source = "ticks";
+            s.loads[0].window = s.whole.clone();
+        }
+        let mut noisy = servers.clone();
+        fill_ratios(&mut noisy);
+        assert_eq!(
+            noisy[1].loads[0].within_noise,
+            [
+                "requests_per_s_median",
+                "requests_per_s_min",
+                "requests_per_s_max",
+                "p50_ms",
+                "p99_ms",
+                "p999_ms",
+                "cpu_us_per_request"
+            ]
+        );
+        assert!(noisy[1].within_noise.contains(&"cpu_us_per_request"));
+        let mut r = report(&[LoadKind::Slow]);
+        r.servers = noisy;
+        let md = markdown(&r);
+        assert!(md.contains("| 99.9 (within noise) |"), "{md}");
+        assert!(!md.contains("1.33×"), "{md}");
+        // Measured in ns: the same figures are 1.33x apart.
+        for s in servers.iter_mut() {
+            s.whole.cpu_us_per_request_resolution = 2.0 / 267.0 / 1000.0;
+            s.loads[0].window.cpu_us_per_request_resolution = 2.0 / 267.0 / 1000.0;
+        }
+        fill_ratios(&mut servers);
+        assert!(!servers[1].loads[0]
+            .within_noise
+            .contains(&"cpu_us_per_request"));
+        r.servers = servers;
+        assert!(markdown(&r).contains("| 99.9 (1.33×) |"));
+    }
+
     #[test]
     fn names_the_cause_of_a_slow_shortfall() {
         let mut s = server("one", [33.0, 33.0, 33.0], 10.0, &[LoadKind::Slow]);
