@@ -348,6 +348,8 @@ pub fn fill_ratios(servers: &mut [ServerReport]) {
             peak_rss_kib: ratio(server.peak_rss_kib as f64, base.peak_rss_kib as f64),
             cpu_us_per_request: ratio(server.cpu_us_per_request, base.cpu_us_per_request),
         };
+        // The reference against itself: ratios of 1, no noise to judge.
+        let itself = base.name == server.name;
         let single = |a: f64, b: f64, res: f64| within_noise(&[a], res, &[b], res);
         let (mine, mine_res) = (
             &server.whole.cpu_us_per_request_rounds,
@@ -384,7 +386,7 @@ pub fn fill_ratios(servers: &mut [ServerReport]) {
             ),
         ]
         .into_iter()
-        .filter_map(|(name, noisy)| noisy.then_some(name))
+        .filter_map(|(name, noisy)| (noisy && !itself).then_some(name))
         .collect();
         for load in server.loads.iter_mut() {
             let Some(b) = base.loads.iter().find(|l| l.kind == load.kind) else {
@@ -434,7 +436,7 @@ pub fn fill_ratios(servers: &mut [ServerReport]) {
                 ),
             ]
             .into_iter()
-            .filter_map(|(name, noisy)| noisy.then_some(name))
+            .filter_map(|(name, noisy)| (noisy && !itself).then_some(name))
             .collect();
         }
     }
@@ -1526,6 +1528,8 @@ mod tests {
             ]
         );
         assert!(noisy[1].within_noise.contains(&"cpu_us_per_request"));
+        // The reference is not judged against itself.
+        assert!(noisy[0].within_noise.is_empty() && noisy[0].loads[0].within_noise.is_empty());
         let mut r = report(&[LoadKind::Slow]);
         r.servers = noisy;
         let md = markdown(&r);
