@@ -152,7 +152,8 @@ pub fn start(
             let script = work.join("conn-bench.lua");
             fs::write(&script, WRK_SCRIPT)
                 .map_err(|e| format!("writing {}: {e}", script.display()))?;
-            let threads = tool.threads.clamp(1, spec.concurrency);
+            // Both are at least 1 (clap ranges), but min/max cannot panic.
+            let threads = tool.threads.min(spec.concurrency).max(1);
             cmd.args([
                 "-t",
                 &threads.to_string(),

@@ -226,6 +226,14 @@ fn run(args: &Args) -> Result<(), String> {
          only when the two medians differ by more than the measurement's resolution and the larger \
          min-max spread of the rounds; otherwise the cell says \"within noise\"."
     ));
+    if args.rounds < 2 {
+        notes.push(
+            "One round: there is no spread between rounds to judge a difference by, so a ratio \
+             here has only passed the resolution check; run --rounds 3 or more before trusting \
+             one."
+                .into(),
+        );
+    }
     if args.scenario == Scenario::Mixed {
         notes.push(
             "mixed: the fast and slow loads start together from two generator processes; with ab each \
@@ -407,7 +415,7 @@ fn run_at(
         .iter()
         .map(|l| match args.generator {
             Generator::Ab => 1,
-            Generator::Wrk => tool.threads.clamp(1, l.concurrency),
+            Generator::Wrk => tool.threads.min(l.concurrency).max(1),
         })
         .sum::<u32>()
         .min(client.len().max(1) as u32);
