@@ -18,7 +18,7 @@ mkdir -p "$S/ovl" "$R"
 mount -n -t tmpfs -o mode=755 check-ovl "$S/ovl"
 mkdir -p "$S/ovl/upper" "$S/ovl/work"
 # Every write inside lands in the tmpfs: /etc, /usr, /var vanish at halt.
-mount -n -t overlay overlay -o lowerdir=/,upperdir="$S/ovl/upper",workdir="$S/ovl/work" "$R"
+mount -n -t overlay overlay -o "lowerdir=/,upperdir=$S/ovl/upper,workdir=$S/ovl/work" "$R"
 
 mount -n -t proc -o nosuid,nodev,noexec proc "$R/proc"
 mount -n --bind "$R/proc/sys" "$R/proc/sys"           # the host's sysctls stay untouched

@@ -50,6 +50,7 @@ sb_descendants() {
   for p in "$@"; do
     echo "$p"
     c=$(cat /proc/"$p"/task/*/children 2>/dev/null)
+    # shellcheck disable=SC2086 # one pid per word
     [ -z "$c" ] || sb_descendants $c
   done
 }
@@ -69,9 +70,9 @@ sb_boot() {
   echo "$cg" >"$SB_DIR/cgroup"
   # The shell moves itself into the sandbox's cgroup, then unshares: the new
   # cgroup namespace is rooted there.
-  SB_DIR=$SB_DIR SB_SHARE=$share setsid bash -c "echo \$\$ > $cg/cgroup.procs; exec $SB_PY $SB_HERE/pty_run.py $SB_DIR/console.log \
-    unshare --pid --fork --mount --net --uts --ipc --cgroup --mount-proc $SB_HERE/inner.sh" \
-    </dev/null >"$SB_DIR/boot.out" 2>&1 &
+  local run="echo \$\$ > $cg/cgroup.procs; exec $SB_PY $SB_HERE/pty_run.py $SB_DIR/console.log \
+    unshare --pid --fork --mount --net --uts --ipc --cgroup --mount-proc $SB_HERE/inner.sh"
+  SB_DIR=$SB_DIR SB_SHARE=$share setsid bash -c "$run" </dev/null >"$SB_DIR/boot.out" 2>&1 &
   echo $! >"$SB_DIR/wrapper.pid"
   # PID 1 is the wrapper's descendant that has become systemd.
   for _ in $(seq 100); do
@@ -114,7 +115,7 @@ sb_halt() {
   fi
   cg=$(cat "$SB_DIR/cgroup" 2>/dev/null || true)
   if [ -n "$cg" ] && [ -d "$cg" ]; then
-    left=$(cat $(find "$cg" -name cgroup.procs) 2>/dev/null || true)
+    left=$(find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null || true)
     if [ -n "$left" ]; then echo "sandbox: processes left in $cg: $left"; return 1; fi
     find "$cg" -depth -type d -exec rmdir {} \;
   fi
