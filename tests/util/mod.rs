@@ -577,16 +577,9 @@ pub fn expect_nothing_for(stream: &TcpStream, window: Duration) {
     check_nothing_for(stream, window).unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The outcome of a request, as the tests state expectations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Exactly `RESPONSE`, then close.
-    Response,
-    /// Close without a byte.
-    Closed,
-    /// Neither a byte nor a close (the request is incomplete).
-    Pending,
-}
+/// The outcome of a request, as the tests state expectations: the protocol
+/// model's (`tests/protocol-model`), so that a table and the model compare.
+pub use protocol_model::Outcome;
 
 /// Checks `outcome` on `stream`: `Response`/`Closed` must happen within `timeout`,
 /// `Pending` must hold for `pending_window`.
