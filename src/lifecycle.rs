@@ -12,6 +12,7 @@
 //! | SIGINT | the same drain; a second SIGINT exits at once with status 1 |
 //! | SIGQUIT | exits at once with status 1 |
 //! | SIGUSR2, SIGHUP | zero-downtime upgrade to the executable at our own path |
+//! | SIGUSR1, SIGALRM, SIGVTALRM, SIGPROF, SIGPWR, SIGSTKFLT | one line (`SIGUSR1: ignored`), nothing else |
 //!
 //! The upgrade follows nginx's and HAProxy's: the new process gets our listening
 //! sockets as inherited fds by the systemd socket-activation convention (one
@@ -263,7 +264,7 @@ impl Supervisor {
                 os::exit_now(1);
             }
             libc::SIGUSR2 | libc::SIGHUP => self.start_upgrade(sig),
-            _ => {}
+            other => warn!("{}: ignored", os::signal_name(other)),
         }
     }
 

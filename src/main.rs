@@ -9,15 +9,16 @@ use conn_daemon::server::{Server, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
 fn main() -> ExitCode {
-    let config = Config::from_env();
-    log::set_verbose(config.verbose);
-    // First, before any other thread exists, so that all of them inherit the mask
-    // and only the supervisor sees the signals; a signal that arrives while we
-    // start up waits for it instead of killing a process that already has
-    // connections in its listen backlog.
+    // The very first thing, before the arguments are even read and before any
+    // other thread exists, so that all of them inherit the mask and only the
+    // supervisor sees the signals; a signal that arrives while we start up
+    // waits for it instead of killing a process that may already have
+    // connections in its listen backlog (an upgrade's, an activated one's).
     if let Err(e) = os::block_signals() {
         return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
     }
+    let config = Config::from_env();
+    log::set_verbose(config.verbose);
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
