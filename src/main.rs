@@ -38,7 +38,10 @@ fn main() -> ExitCode {
             )
         }
     };
-    if config.daemonize {
+    // An upgrade's new process is detached already (its parent is the daemon),
+    // and daemonizing again would hide it from the old process, which must be
+    // able to stop it if it does not take over.
+    if config.daemonize && !inherited.from_upgrade {
         if let Err(e) = os::daemonize(config.verbose) {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }

@@ -189,13 +189,14 @@ const PID_DIGITS: usize = 10;
 
 impl Exec {
     /// `path` with `argv` (argv\[0\] included) and `env` (`NAME=value`); the fds
-    /// become 3, 4, ... in the new process. With `listen_pid`, `LISTEN_PID` is set
-    /// to the new process's own pid, known only after the fork.
+    /// become 3, 4, ... in the new process. With [`ListenPid::OfTheChild`],
+    /// `LISTEN_PID` is set to the new process's own pid, known only after the
+    /// fork.
     pub fn new(
         path: &OsStr,
         argv: &[OsString],
         env: Vec<OsString>,
-        listen_pid: bool,
+        listen_pid: ListenPid,
         fds: Vec<RawFd>,
     ) -> io::Result<Exec> {
         let cstring = |s: &OsStr| {
@@ -215,7 +216,7 @@ impl Exec {
                 v
             })
             .collect();
-        let pid_var = listen_pid.then(|| {
+        let pid_var = (listen_pid == ListenPid::OfTheChild).then(|| {
             let mut v = b"LISTEN_PID=".to_vec();
             v.resize(v.len() + PID_DIGITS + 1, 0);
             env.push(v);
@@ -239,7 +240,9 @@ impl Exec {
     }
 
     /// Forks and executes; returns the child's pid. If `execve` fails the child
-    /// exits with status 127, which the caller sees as an early exit.
+    /// exits with status 127, which the caller sees as an early exit. The child
+    /// leads a process group of its own (its pid), so that [`kill_group`] reaches
+    /// whatever it forks too.
     pub fn spawn(&mut self) -> io::Result<libc::pid_t> {
         // SAFETY: fork has no preconditions; the child runs only async-signal-safe
         // calls on memory prepared above, then execs or _exits.
@@ -247,7 +250,14 @@ impl Exec {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: we are the child of a fork (see `exec_child`).
             0 => unsafe { self.exec_child() },
-            pid => Ok(pid),
+            pid => {
+                // Both sides, as shells do: whichever runs first, the group exists
+                // before we might signal it. It fails harmlessly (EACCES) once
+                // the child has exec'd.
+                // SAFETY: setpgid has no memory preconditions.
+                unsafe { libc::setpgid(pid, pid) };
+                Ok(pid)
+            }
         }
     }
 
@@ -294,6 +304,7 @@ impl Exec {
                     libc::_exit(126);
                 }
             }
+            libc::setpgid(0, 0);
             // The new program starts with no signal blocked and SIGPIPE default,
             // as after any ordinary exec.
             let empty = signal_set(&[]);
@@ -315,11 +326,46 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
-/// Reaps `pid` if it has ended (or waits for it with `block`); returns its
-/// status as text for a log line.
-pub fn reap(pid: libc::pid_t, block: bool) -> Option<String> {
+/// Sends `sig` to the process group `pgid` (a child of [`Exec::spawn`] and
+/// everything it forked that stayed in its group), and to `pgid` itself in case
+/// the group was never made. Errors mean they are gone already.
+pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(-pgid, sig);
+        libc::kill(pgid, sig);
+    }
+}
+
+/// Whether `LISTEN_PID` names the new process (see [`Exec::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenPid {
+    /// `LISTEN_PID` is set to the child's own pid.
+    OfTheChild,
+    /// No `LISTEN_PID` is added.
+    Unset,
+}
+
+/// Whether [`reap`] waits for the process to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Until it ends.
+    Block,
+    /// Not at all (`WNOHANG`).
+    NoHang,
+}
+
+/// Reaps `pid` if it has ended (or waits for it with [`Wait::Block`]); returns
+/// its status as text for a log line.
+pub fn reap(pid: libc::pid_t, wait: Wait) -> Option<String> {
     let mut status = 0;
-    let flags = if block { 0 } else { libc::WNOHANG };
+    let flags = match wait {
+        Wait::Block => 0,
+        Wait::NoHang => libc::WNOHANG,
+    };
     // SAFETY: valid out-pointer.
     let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
     if rc != pid {
@@ -397,6 +443,10 @@ pub struct Inherited {
     pub ready: Option<OwnedFd>,
     /// Upgrades in this server's lineage so far.
     pub upgrades: u64,
+    /// Whether an upgrading conn-daemon started us (it counts upgrades, and
+    /// handed us sockets): we are detached already if it was (`-d`), and must
+    /// stay the process it started, the one it can stop.
+    pub from_upgrade: bool,
 }
 
 /// Environment variable naming the readiness pipe of an upgrade.
@@ -480,6 +530,7 @@ pub fn take_inherited() -> Result<Inherited, InheritError> {
     }
     let ours = var("LISTEN_PID").is_some_and(|p| p.parse::<u32>() == Ok(std::process::id()));
     if let (true, Some(text)) = (ours, var("LISTEN_FDS")) {
+        inherited.from_upgrade = var(UPGRADES_VAR).is_some();
         let n = number("LISTEN_FDS", text)?;
         for fd in 3..3u32.saturating_add(n) {
             inherited.listeners.push(claim_fd(fd as RawFd)?);
