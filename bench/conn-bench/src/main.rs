@@ -1,11 +1,12 @@
 //! `conn-bench`: benchmarks conn-daemon against other servers (the C++
 //! original, nginx) with standard load generators and writes a Markdown
-//! table, `report.json` and `report.svg` (and `scaling.svg` for a
-//! `--threads` sweep).
+//! table (stdout and `report.md`), `report.json` and `report.svg` (and
+//! `scaling.svg` for a `--threads` sweep). docs/conn-bench.md describes
+//! the options and how to read the report.
 //!
 //! ```text
-//! conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -p {port}' \
-//!            --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \
+//! conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -w {workers} -D {slow_ms} -p {port}' \
+//!            --server cpp='/opt/conn-daemon/server-demo -A 1 -w {workers} -D {slow_ms} -p {port}' \
 //!            --peer nginx --scenario fast --rounds 5 --out bench-out
 //! ```
 //!
@@ -16,9 +17,14 @@
 //! Flow: start every server (pinned to the server CPUs) and time exec to
 //! listening; read idle memory; then for each round run the load against
 //! each server in turn (A B A B ...) so slow drift of the machine hits all
-//! alike, reading the server's CPU time from /proc around each run while a
-//! thread samples memory; stop the servers; write the report. Servers and
-//! generators are killed on every exit path, Ctrl-C included.
+//! alike, reading the server's CPU time from /proc at the start of each run
+//! and at the end of each load (its window) while a thread samples memory;
+//! stop the servers; write the report. A run whose generator output fails
+//! the checks is reported as failed, the others still count. Servers and
+//! generators are killed on every exit path, Ctrl-C included, and die with
+//! conn-bench even when it is SIGKILLed (see `sys`). Servers and generators
+//! are spawned from the main thread only: the parent-death signal follows
+//! the thread that forked.
 #![deny(unsafe_code)] // Only `sys` may opt out, for its libc calls.
 
 mod args;
