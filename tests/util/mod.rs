@@ -693,12 +693,6 @@ pub fn check_outcome(
     }
 }
 
-/// Asserts `outcome` on `stream` (`IO_TIMEOUT`; `Pending` over `pending_window`).
-#[track_caller]
-pub fn expect_outcome(stream: &TcpStream, outcome: Outcome, pending_window: Duration) {
-    check_outcome(stream, outcome, IO_TIMEOUT, pending_window).unwrap_or_else(|e| panic!("{e}"));
-}
-
 /// Runs the binary to completion with `args`, killing it (and failing) after
 /// `limit`; stdout and stderr captured.
 pub fn run_bounded(args: &[&str], limit: Duration) -> std::process::Output {
