@@ -347,6 +347,7 @@ if [ -n "$deb_old" ]; then
   section "the Debian package: upgrade with dpkg -i under load"
   old=$(prop MainPID)
   inv=$(prop InvocationID)
+  ino_old=$(sb stat -c %i /usr/bin/conn-daemon)
   c=$(cursor)
   load_start upgrade
   sb timeout 120 dpkg -i /srv/share/new.deb >"$work/dpkg-up.out" 2>&1 || fail "dpkg -i (upgrade): $(cat "$work/dpkg-up.out")"
@@ -359,7 +360,10 @@ if [ -n "$deb_old" ]; then
   journal_since "$c" | grep -q 'Reloaded conn-daemon.service' || fail "no reload in the journal"
   journal_since "$c" | grep -qE 'Stopped conn-daemon|Starting conn-daemon' && fail "the upgrade stopped or started the service: $(journal_since "$c")"
   [ "$(sb readlink "/proc/$new/exe")" = /usr/bin/conn-daemon ] || fail "the new process runs $(sb readlink "/proc/$new/exe")"
-  pass "dpkg -i $(sb dpkg-query -W -f='${Version}' conn-daemon): reloaded, MainPID $old -> $new, same invocation, the new /usr/bin/conn-daemon serves"
+  ino_new=$(sb stat -c %i /usr/bin/conn-daemon)
+  [ "$ino_new" != "$ino_old" ] || fail "dpkg did not replace /usr/bin/conn-daemon"
+  [ "$(sb stat -L -c %i "/proc/$new/exe")" = "$ino_new" ] || fail "pid $new does not run the newly unpacked file"
+  pass "dpkg -i $(sb dpkg-query -W -f='${Version}' conn-daemon): reloaded, MainPID $old -> $new, same invocation, the newly unpacked /usr/bin/conn-daemon serves"
   sed 's/^/       postinst: /' "$work/dpkg-up.out" | grep 'upgraded'
 
   section "the Debian package: dpkg -r drains, dpkg -P leaves nothing"
