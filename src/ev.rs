@@ -133,10 +133,15 @@ impl<H: Handler> Loop<H> {
         unsafe { sys::ev_break(self.core.raw, sys::EVBREAK_ALL) }
     }
 
-    /// The loop's cached time in seconds (updated once per iteration: no syscall).
+    /// The loop's cached monotonic time in seconds (`CLOCK_MONOTONIC`, the clock
+    /// its timers run on), updated once per iteration: no clock call.
+    ///
+    /// Not libev's `ev_now`, which is the wall clock: a deadline computed from it
+    /// moves when the system time is stepped (an hour back keeps a connection
+    /// open for an hour). Compare these values only with each other.
     pub fn now(&self) -> f64 {
-        // SAFETY: valid loop.
-        unsafe { sys::ev_now(self.core.raw) }
+        // SAFETY: valid loop; the accessor only reads a field of it.
+        unsafe { sys::conn_ev_mono_now(self.core.raw) }
     }
 
     /// The backend libev chose (always epoll for loops made by [`Loop::new`]).

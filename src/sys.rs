@@ -122,8 +122,11 @@ extern "C" {
     pub fn ev_run(l: *mut ev_loop, flags: c_int) -> c_int;
     /// Makes `ev_run` return.
     pub fn ev_break(l: *mut ev_loop, how: c_int);
-    /// The loop's cached time.
+    /// The loop's cached wall-clock time (follows steps of `CLOCK_REALTIME`).
     pub fn ev_now(l: *mut ev_loop) -> ev_tstamp;
+    /// `ev_unit.c`: the loop's cached `CLOCK_MONOTONIC` time (libev's `mn_now`,
+    /// the clock its timers run on).
+    pub fn conn_ev_mono_now(l: *mut ev_loop) -> ev_tstamp;
     /// The backend in use (`EVBACKEND_*`).
     pub fn ev_backend(l: *mut ev_loop) -> c_uint;
     /// Stores a pointer in the loop.
