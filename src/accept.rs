@@ -37,7 +37,7 @@ const WAKE: usize = 0;
 /// cannot starve the connections and timers of its loop.
 const ACCEPT_BATCH: usize = 128;
 /// How long the listener rests after EMFILE/ENFILE/ENOBUFS/ENOMEM.
-const BACKOFF: f64 = 0.25;
+const BACKOFF: Duration = Duration::from_millis(250);
 
 /// What an accept thread is told at start-up.
 pub struct Settings {
@@ -276,7 +276,7 @@ impl AcceptTask {
             warn!(
                 "accept-{}: accept failed ({err}); pausing accept for {} ms",
                 self.settings.id,
-                (BACKOFF * 1000.0) as u64
+                BACKOFF.as_millis()
             );
         }
         self.stop_listeners();
@@ -327,7 +327,7 @@ impl AcceptTask {
                     .pool
                     .delegate(idx, SlowTask { duration }, route)
                     .expect("a reading connection has no task out");
-                self.metrics.delegated(idx, lp.now());
+                self.metrics.delegated(idx, lp.now().as_secs_f64());
                 self.shared.submit(task);
                 debug!(
                     "accept-{}: conn {idx}: slow request delegated",
@@ -361,15 +361,14 @@ impl AcceptTask {
         if self.pool.get(idx).links().is_linked() {
             return;
         }
-        let after = timeout.as_secs_f64();
-        self.deadlines
-            .push_back(&mut self.pool, idx, lp.now() + after);
+        let deadline = (lp.now() + timeout).as_secs_f64();
+        self.deadlines.push_back(&mut self.pool, idx, deadline);
         // An active timer is armed for an earlier deadline (the list is FIFO);
         // it re-arms itself for the head when it fires.
         if !self.deadline_timer.is_active() {
             self.deadline_timer
                 .as_ref()
-                .start_once(lp, after, DEADLINE_TIMER);
+                .start_once(lp, timeout, DEADLINE_TIMER);
         }
     }
 
@@ -414,7 +413,7 @@ impl AcceptTask {
             };
             let (idx, gen) = (route.slot, route.gen);
             debug!("accept-{}: conn {idx}: slow task done", self.settings.id);
-            self.metrics.task_back(idx, lp.now());
+            self.metrics.task_back(idx, lp.now().as_secs_f64());
             let ctx = self.pool.get_mut(idx);
             match ctx.state() {
                 State::Delegated if ctx.gen() == gen => {
@@ -432,12 +431,14 @@ impl AcceptTask {
     }
 
     fn expire_deadlines(&mut self, lp: &Loop<Self>) {
-        let now = lp.now();
+        let now = lp.now().as_secs_f64();
         while let Some((idx, deadline)) = self.deadlines.front(&self.pool) {
             if deadline > now {
-                self.deadline_timer
-                    .as_ref()
-                    .start_once(lp, deadline - now, DEADLINE_TIMER);
+                self.deadline_timer.as_ref().start_once(
+                    lp,
+                    Duration::from_secs_f64(deadline - now),
+                    DEADLINE_TIMER,
+                );
                 return;
             }
             self.metrics.dropped(DropReason::TimedOut);
@@ -479,11 +480,9 @@ impl AcceptTask {
         if self.pool.in_use() == 0 {
             lp.break_all();
         } else {
-            self.drain_timer.as_ref().start_once(
-                lp,
-                self.settings.shutdown_timeout.as_secs_f64(),
-                DRAIN_TIMER,
-            );
+            self.drain_timer
+                .as_ref()
+                .start_once(lp, self.settings.shutdown_timeout, DRAIN_TIMER);
         }
     }
 

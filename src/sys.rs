@@ -138,6 +138,12 @@ extern "C" {
     pub fn ev_io_start(l: *mut ev_loop, w: *mut ev_io);
     /// Stops an io watcher and clears its pending event.
     pub fn ev_io_stop(l: *mut ev_loop, w: *mut ev_io);
+    /// Refreshes the loop's cached times.
+    pub fn ev_now_update(l: *mut ev_loop);
+    /// Restarts a repeating timer at `repeat` from now; stops a one-shot one.
+    pub fn ev_timer_again(l: *mut ev_loop, w: *mut ev_timer);
+    /// Seconds until an active timer fires.
+    pub fn ev_timer_remaining(l: *mut ev_loop, w: *mut ev_timer) -> ev_tstamp;
     /// Starts a timer.
     pub fn ev_timer_start(l: *mut ev_loop, w: *mut ev_timer);
     /// Stops a timer.
