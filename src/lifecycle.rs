@@ -228,6 +228,8 @@ pub struct Supervisor {
     shutdown: ShutdownHandle,
     plan: UpgradePlan,
     pending: Option<Pending>,
+    /// The new process that took over while we drain: SIGQUIT ends it too.
+    successor: Option<libc::pid_t>,
     interrupted: bool,
 }
 
@@ -240,6 +242,7 @@ impl Supervisor {
             shutdown,
             plan,
             pending: None,
+            successor: None,
             interrupted: false,
         })
     }
@@ -307,11 +310,16 @@ impl Supervisor {
         }
     }
 
-    /// Exits with status 1 at once; a new process that has not taken over yet
-    /// goes with us (its whole group), so that nothing serves afterwards.
+    /// Exits with status 1 at once. An upgrade's new process goes with us (its
+    /// whole group), whether it has taken over or not yet: "at once, nothing
+    /// drained" must mean nothing serves afterwards, whichever side of the
+    /// handover the signal lands on.
     fn exit_now(&mut self) -> ! {
         if let Some(p) = self.pending.take() {
             os::kill_group(p.pid, libc::SIGKILL);
+        }
+        if let Some(pid) = self.successor.take() {
+            os::kill_group(pid, libc::SIGKILL);
         }
         os::exit_now(1)
     }
@@ -432,6 +440,8 @@ impl Supervisor {
         // child forked the server and exited.
         let _ = os::reap(pending.pid, Wait::NoHang);
         if self.shutdown.hand_over() {
+            // The pid it wrote is the server's, even if it daemonized after all.
+            self.successor = Some(text.parse().unwrap_or(pending.pid));
             crate::metrics::count_upgrade();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }

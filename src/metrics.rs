@@ -699,11 +699,13 @@ impl Scraper {
 /// socket has `SO_REUSEPORT` (the kernel shares scrapes between the two until the
 /// old one exits).
 pub fn bind(addr: SocketAddr, beside_predecessor: bool) -> io::Result<TcpListener> {
-    if !beside_predecessor {
-        net::ensure_addr_free(addr)?;
-    }
-    let sock = net::bound_reuseport(addr, Type::STREAM.cloexec())?;
-    sock.listen(64)?;
+    let sock = if beside_predecessor {
+        let sock = net::bound_reuseport(addr, Type::STREAM.cloexec())?;
+        sock.listen(64)?;
+        sock
+    } else {
+        net::exclusive_listener(addr, Type::STREAM.cloexec(), 64, 0)?
+    };
     Ok(sock.into())
 }
 

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use socket2::Socket;
+use socket2::{Socket, Type};
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
@@ -391,25 +391,31 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
 /// Each accept thread's listeners and the distinct sockets among them.
 type Listeners = (Vec<Vec<Socket>>, Vec<RawFd>);
 
-/// One new `SO_REUSEPORT` listener per address per thread, after checking that
-/// no one else holds any of the addresses.
+/// One listener per address per thread: thread 0's claim each address
+/// exclusively (refused if anyone holds it, atomically: see
+/// [`net::exclusive_listener`]), the other threads' join them by `SO_REUSEPORT`.
 fn bind_addresses(
     addrs: &[SocketAddr],
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
-    for &addr in addrs {
-        net::ensure_addr_free(addr).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                let port = addr.port();
-                StartError::system(format_args!("port {port} is already in use ({addr})"), e)
-            } else {
-                StartError::system(format_args!("cannot listen on {addr}"), e)
-            }
-        })?;
-    }
     let mut per_thread = Vec::with_capacity(threads);
-    for _ in 0..threads {
+    let first = addrs
+        .iter()
+        .map(|&addr| {
+            let ty = Type::STREAM.nonblocking().cloexec();
+            net::exclusive_listener(addr, ty, libc::SOMAXCONN, defer).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    let port = addr.port();
+                    StartError::system(format_args!("port {port} is already in use ({addr})"), e)
+                } else {
+                    StartError::system(format_args!("cannot listen on {addr}"), e)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    per_thread.push(first);
+    for _ in 1..threads {
         let socks = addrs
             .iter()
             .map(|&addr| {

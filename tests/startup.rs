@@ -294,3 +294,64 @@ fn the_pid_file_is_not_written_through_a_planted_symlink() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Thirty instances started at once on one port: exactly one listens, every
+/// other exits 100 with the busy-port line. Claiming the port and opening the
+/// `SO_REUSEPORT` group are one step, so no two can both pass a check first.
+#[test]
+fn of_instances_started_at_once_on_one_port_one_listens() {
+    const N: usize = 30;
+    for round in 0..2 {
+        let port = free_port();
+        let args = ["-p", &port.to_string(), "-A", "2", "-w", "0", "-C", "64"];
+        let mut children: Vec<_> = (0..N)
+            .map(|_| {
+                Command::new(bin())
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut refused = Vec::new();
+        while refused.len() < N - 1 && Instant::now() < deadline {
+            for child in &mut children {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    refused.push((child.id(), status.code(), err));
+                }
+            }
+            children.retain(|c| c.stderr.is_some());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Let a second listener show itself (it would be running, not exited).
+        std::thread::sleep(Duration::from_millis(200));
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(
+            children.len(),
+            1,
+            "round {round}: {} instances still running on port {port}",
+            children.len()
+        );
+        for (pid, code, err) in &refused {
+            assert_eq!(*code, Some(100), "round {round}: pid {pid}: {err}");
+            assert!(
+                err.starts_with(&format!("conn-daemon: port {port} is already in use")),
+                "round {round}: pid {pid}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
