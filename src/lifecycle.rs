@@ -131,6 +131,9 @@ pub struct UpgradePlan {
     pub args: Vec<OsString>,
     /// Every distinct listening socket, handed over as fds 3, 4, ...
     pub listeners: Vec<RawFd>,
+    /// The `--metrics` listener, handed over after them (named `metrics`), so
+    /// that scrapes go on across the upgrade on one socket.
+    pub metrics: Option<RawFd>,
     /// How long the new process has to report that it serves.
     pub timeout: Duration,
     /// How long a new process that did not serve has, after SIGTERM, before
@@ -144,7 +147,11 @@ pub struct UpgradePlan {
 impl UpgradePlan {
     /// The plan for this process: `exe` and `args` are read now, at start-up,
     /// before anything can replace the binary or `-d` change directory.
-    pub fn new(config: &Config, listeners: Vec<RawFd>) -> io::Result<UpgradePlan> {
+    pub fn new(
+        config: &Config,
+        listeners: Vec<RawFd>,
+        metrics: Option<RawFd>,
+    ) -> io::Result<UpgradePlan> {
         let exe = exe_path()?;
         // The successor gets the absolute path as its argv[0]: it resolves its
         // own successor from it, after -d has moved the cwd to /var/tmp, where a
@@ -156,6 +163,7 @@ impl UpgradePlan {
             exe,
             args,
             listeners,
+            metrics,
             timeout: config.upgrade_timeout,
             stop_grace: config.shutdown_timeout + Duration::from_millis(500),
             pid_file: config.pid_file.clone(),
@@ -391,11 +399,16 @@ impl Supervisor {
                 kv
             })
             .collect();
-        env.push(format!("LISTEN_FDS={n}").into());
-        env.push(format!("LISTEN_FDNAMES={}", vec!["conn-daemon"; n].join(":")).into());
-        env.push(format!("{}={}", os::READY_FD_VAR, 3 + n).into());
-        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
+        let mut names = vec!["conn-daemon"; n];
         let mut fds = self.plan.listeners.clone();
+        if let Some(fd) = self.plan.metrics {
+            names.push(os::METRICS_FD_NAME);
+            fds.push(fd);
+        }
+        env.push(format!("LISTEN_FDS={}", fds.len()).into());
+        env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
+        env.push(format!("{}={}", os::READY_FD_VAR, 3 + fds.len()).into());
+        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
         fds.push(ready_tx.as_raw_fd());
         let mut exec = Exec::new(
             self.plan.exe.as_os_str(),
