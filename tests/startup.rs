@@ -355,3 +355,47 @@ fn of_instances_started_at_once_on_one_port_one_listens() {
         }
     }
 }
+
+/// Resident memory of `pid` in bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// What an idle server costs per reserved connection is what `--help` and the
+/// docs say: 32 bytes of task queue per slot with workers, the pools nothing.
+#[test]
+fn idle_memory_per_reserved_slot_is_the_documented_32_bytes() {
+    const SLOTS: u64 = 2_000_000;
+    let c = SLOTS.to_string();
+    let with = Server::start(&["-A", "1", "-C", &c, "-w", "1"]);
+    let without = Server::start(&["-A", "1", "-C", &c, "-w", "0"]);
+    // Served: every start-up allocation is done (the listeners take
+    // connections before the queues are built).
+    for server in [&with, &without] {
+        expect_response(&{
+            let s = server.connect();
+            util::send(&s, b"GET /test/fast\r\n\r\n");
+            s
+        });
+    }
+    let (a, b) = (rss(with.pid()), rss(without.pid()));
+    let per_slot = a.saturating_sub(b) as f64 / SLOTS as f64;
+    assert!(
+        (28.0..=36.0).contains(&per_slot),
+        "{per_slot:.1} bytes per slot ({a} with a worker, {b} without)"
+    );
+    // Without workers, a server reserving 2M connections stays small.
+    assert!(b < 32 << 20, "{b} bytes resident with -w 0");
+    let help = run_bounded(&["--help"], Duration::from_secs(10));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("32 bytes of task queue per connection"),
+        "{help}"
+    );
+}
