@@ -373,7 +373,9 @@ struct Args {
     )]
     accept_threads: Option<usize>,
 
-    /// Connections each accept thread can hold at once, preallocated (1..=16777216)
+    /// Connections each accept thread can hold at once, reserved at start-up
+    /// (1..=16777216); with workers, 32 bytes of task queue per connection are
+    /// committed at once, the rest only when used
     #[arg(
         short = 'C',
         long = "accept-capacity",

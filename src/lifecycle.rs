@@ -131,6 +131,9 @@ pub struct UpgradePlan {
     pub args: Vec<OsString>,
     /// Every distinct listening socket, handed over as fds 3, 4, ...
     pub listeners: Vec<RawFd>,
+    /// The `--metrics` listener, handed over after them (named `metrics`), so
+    /// that scrapes go on across the upgrade on one socket.
+    pub metrics: Option<RawFd>,
     /// How long the new process has to report that it serves.
     pub timeout: Duration,
     /// How long a new process that did not serve has, after SIGTERM, before
@@ -144,7 +147,11 @@ pub struct UpgradePlan {
 impl UpgradePlan {
     /// The plan for this process: `exe` and `args` are read now, at start-up,
     /// before anything can replace the binary or `-d` change directory.
-    pub fn new(config: &Config, listeners: Vec<RawFd>) -> io::Result<UpgradePlan> {
+    pub fn new(
+        config: &Config,
+        listeners: Vec<RawFd>,
+        metrics: Option<RawFd>,
+    ) -> io::Result<UpgradePlan> {
         let exe = exe_path()?;
         // The successor gets the absolute path as its argv[0]: it resolves its
         // own successor from it, after -d has moved the cwd to /var/tmp, where a
@@ -156,6 +163,7 @@ impl UpgradePlan {
             exe,
             args,
             listeners,
+            metrics,
             timeout: config.upgrade_timeout,
             stop_grace: config.shutdown_timeout + Duration::from_millis(500),
             pid_file: config.pid_file.clone(),
@@ -228,6 +236,8 @@ pub struct Supervisor {
     shutdown: ShutdownHandle,
     plan: UpgradePlan,
     pending: Option<Pending>,
+    /// The new process that took over while we drain: SIGQUIT ends it too.
+    successor: Option<libc::pid_t>,
     interrupted: bool,
 }
 
@@ -240,6 +250,7 @@ impl Supervisor {
             shutdown,
             plan,
             pending: None,
+            successor: None,
             interrupted: false,
         })
     }
@@ -307,11 +318,16 @@ impl Supervisor {
         }
     }
 
-    /// Exits with status 1 at once; a new process that has not taken over yet
-    /// goes with us (its whole group), so that nothing serves afterwards.
+    /// Exits with status 1 at once. An upgrade's new process goes with us (its
+    /// whole group), whether it has taken over or not yet: "at once, nothing
+    /// drained" must mean nothing serves afterwards, whichever side of the
+    /// handover the signal lands on.
     fn exit_now(&mut self) -> ! {
         if let Some(p) = self.pending.take() {
             os::kill_group(p.pid, libc::SIGKILL);
+        }
+        if let Some(pid) = self.successor.take() {
+            os::kill_group(pid, libc::SIGKILL);
         }
         os::exit_now(1)
     }
@@ -383,11 +399,16 @@ impl Supervisor {
                 kv
             })
             .collect();
-        env.push(format!("LISTEN_FDS={n}").into());
-        env.push(format!("LISTEN_FDNAMES={}", vec!["conn-daemon"; n].join(":")).into());
-        env.push(format!("{}={}", os::READY_FD_VAR, 3 + n).into());
-        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
+        let mut names = vec!["conn-daemon"; n];
         let mut fds = self.plan.listeners.clone();
+        if let Some(fd) = self.plan.metrics {
+            names.push(os::METRICS_FD_NAME);
+            fds.push(fd);
+        }
+        env.push(format!("LISTEN_FDS={}", fds.len()).into());
+        env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
+        env.push(format!("{}={}", os::READY_FD_VAR, 3 + fds.len()).into());
+        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
         fds.push(ready_tx.as_raw_fd());
         let mut exec = Exec::new(
             self.plan.exe.as_os_str(),
@@ -432,6 +453,8 @@ impl Supervisor {
         // child forked the server and exited.
         let _ = os::reap(pending.pid, Wait::NoHang);
         if self.shutdown.hand_over() {
+            // The pid it wrote is the server's, even if it daemonized after all.
+            self.successor = Some(text.parse().unwrap_or(pending.pid));
             crate::metrics::count_upgrade();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }

@@ -107,25 +107,42 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
-/// Fails with `EADDRINUSE` if anything already listens on (or holds) `addr`.
+/// The first listener on `addr`, claimed in one step: `EADDRINUSE` if anything
+/// already listens on (or holds) it, else a listening socket that later
+/// [`listener`]s of ours can join.
 ///
-/// `SO_REUSEPORT` would otherwise let us silently join another server's group and
-/// steal half its connections, as the reference does. A socket without
-/// `SO_REUSEPORT` cannot bind an address some other socket holds; `SO_REUSEADDR`
-/// keeps our own TIME_WAIT connections from a previous run from counting.
-pub fn ensure_addr_free(addr: SocketAddr) -> io::Result<()> {
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+/// `SO_REUSEPORT` on the first socket would let us silently join another
+/// server's group and steal half its connections, as the reference does; and a
+/// free-port probe followed by the `SO_REUSEPORT` bind is two steps that two
+/// instances started at once can both pass. So the socket binds and listens
+/// without `SO_REUSEPORT` (the kernel lets only one socket reach `listen` on an
+/// address then: of two that bound it meanwhile, thanks to `SO_REUSEADDR`, the
+/// second's `listen` fails), and sets `SO_REUSEPORT` only once it listens, for
+/// our other threads' sockets to join it. `SO_REUSEADDR` keeps our own
+/// TIME_WAIT connections from a previous run from counting.
+pub fn exclusive_listener(
+    addr: SocketAddr,
+    ty: Type,
+    backlog: i32,
+    defer_secs: u32,
+) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
+        sock.set_only_v6(true)?;
     }
-    probe.set_reuse_address(true)?;
-    probe.bind(&addr.into())
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    defer_accept(&sock, defer_secs)?;
+    sock.listen(backlog)?;
+    sock.set_reuse_port(true)?;
+    Ok(sock)
 }
 
 /// One accept thread's listener on `addr`: `SO_REUSEPORT` (the kernel spreads
 /// connections across the threads' listeners), non-blocking, backlog
 /// `SOMAXCONN`, and `IPV6_V6ONLY` for IPv6, so that `[::]` and `0.0.0.0` can
-/// both be given.
+/// both be given. It joins the group an [`exclusive_listener`] opened (or an
+/// inherited socket's).
 pub fn listener(addr: SocketAddr, defer_secs: u32) -> io::Result<Socket> {
     let sock = bound_reuseport(addr, Type::STREAM.nonblocking().cloexec())?;
     defer_accept(&sock, defer_secs)?;

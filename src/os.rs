@@ -158,6 +158,27 @@ pub fn poll2(a: RawFd, b: Option<RawFd>, timeout: Option<Duration>) -> io::Resul
     Ok((fds[0].revents != 0, fds[1].revents != 0))
 }
 
+/// `poll(2)` over `fds` for at most `timeout` (`None`: no bound); the number of
+/// fds with events, 0 on timeout or when a signal interrupted the wait.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = timeout.map_or(-1, |t| {
+        // Rounded up, so that a deadline 0.4 ms away is not a busy loop.
+        let ms = t.as_micros().div_ceil(1000);
+        ms.min(i32::MAX as u128) as libc::c_int
+    });
+    // SAFETY: a valid slice of pollfds and its true length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc == -1 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(rc as usize)
+}
+
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
@@ -439,6 +460,9 @@ pub fn monotonic_usec() -> u64 {
 pub struct Inherited {
     /// The listening sockets, in the order given (not yet checked).
     pub listeners: Vec<OwnedFd>,
+    /// The socket named `metrics` in `LISTEN_FDNAMES`: the `--metrics`
+    /// listener an upgrading conn-daemon hands over (not yet checked).
+    pub metrics: Option<OwnedFd>,
     /// Where to write our pid once we serve, if an old process waits for it.
     pub ready: Option<OwnedFd>,
     /// Upgrades in this server's lineage so far.
@@ -453,6 +477,8 @@ pub struct Inherited {
 pub const READY_FD_VAR: &str = "CONN_DAEMON_READY_FD";
 /// Environment variable counting the upgrades in a lineage.
 pub const UPGRADES_VAR: &str = "CONN_DAEMON_UPGRADES";
+/// The `LISTEN_FDNAMES` name of the `--metrics` listener among inherited fds.
+pub const METRICS_FD_NAME: &str = "metrics";
 /// The socket-activation variables, which are never passed on as they are.
 pub const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
@@ -532,8 +558,16 @@ pub fn take_inherited() -> Result<Inherited, InheritError> {
     if let (true, Some(text)) = (ours, var("LISTEN_FDS")) {
         inherited.from_upgrade = var(UPGRADES_VAR).is_some();
         let n = number("LISTEN_FDS", text)?;
+        let names = var("LISTEN_FDNAMES").unwrap_or_default();
+        let mut names = names.split(':');
         for fd in 3..3u32.saturating_add(n) {
-            inherited.listeners.push(claim_fd(fd as RawFd)?);
+            let fd = claim_fd(fd as RawFd)?;
+            match names.next() {
+                Some(METRICS_FD_NAME) if inherited.metrics.is_none() => {
+                    inherited.metrics = Some(fd)
+                }
+                _ => inherited.listeners.push(fd),
+            }
         }
         if let Some(text) = var(READY_FD_VAR) {
             let fd = number(READY_FD_VAR, text)? as RawFd;

@@ -14,18 +14,21 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use socket2::Socket;
+use socket2::{Socket, Type};
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
 use crate::ev::Loop;
-use crate::lifecycle::{Shutdown, ShutdownHandle};
+use crate::lifecycle::{Drain, Shutdown, ShutdownHandle};
 use crate::metrics::{self, Metrics};
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
 /// Exit status for a failed system call at start-up (the reference's).
 pub const EXIT_SYSTEM: i32 = 100;
+/// Exit status for a refused command line (the reference's), here one that only
+/// the sockets handed over show to be wrong.
+pub const EXIT_USAGE: i32 = 1;
 /// Exit status when the pools cannot be reserved (the reference's).
 pub const EXIT_NO_MEMORY: i32 = 10;
 
@@ -62,6 +65,19 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// What a parent process handed this one for the server (socket activation, an
+/// upgrade): see `os::Inherited`.
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// Listening sockets to serve instead of binding `-p`/`--listen`.
+    pub listeners: Vec<OwnedFd>,
+    /// The `--metrics` listener of the process we take over from.
+    pub metrics: Option<OwnedFd>,
+    /// Whether an upgrading conn-daemon is the parent (it still holds
+    /// `--metrics`, even if it is an older version that did not hand it over).
+    pub from_upgrade: bool,
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     config: Config,
@@ -82,35 +98,38 @@ impl Server {
     /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd
     /// limit.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
-        Server::bind_with(config, Vec::new())
+        Server::bind_with(config, Handed::default())
     }
 
-    /// As [`Server::bind`], but serves `inherited` listening sockets instead of
+    /// As [`Server::bind`], but serves `handed` listening sockets instead of
     /// binding, when there are any (socket activation, an upgrade): their
     /// addresses are what the server listens on, and `-p`/`--listen` are not
-    /// bound.
-    pub fn bind_with(config: &Config, inherited: Vec<OwnedFd>) -> Result<Server, StartError> {
+    /// bound. A handed metrics listener is served as `--metrics`.
+    pub fn bind_with(config: &Config, handed: Handed) -> Result<Server, StartError> {
+        let Handed {
+            listeners: inherited,
+            metrics: inherited_metrics,
+            from_upgrade,
+        } = handed;
         check_reservation(config, &Host::read())?;
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
             .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
-        // An upgrade's new process (or an activated one) binds --metrics next to
-        // its predecessor's listener, which is still open.
-        let upgrading = !inherited.is_empty();
         let (listeners, handover) = if inherited.is_empty() {
             bind_addresses(&config.listen, threads, defer)?
         } else {
             adopt_inherited(inherited, threads, defer)?
         };
-        let metrics_listener = config
-            .metrics
-            .map(|addr| {
-                metrics::bind(addr, upgrading).map_err(|e| {
-                    StartError::system(format_args!("cannot listen for metrics on {addr}"), e)
-                })
-            })
-            .transpose()?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(metrics_listener(
+                addr,
+                inherited_metrics,
+                from_upgrade,
+                &listeners,
+            )?),
+            None => None,
+        };
         // After the checks that can refuse to start, so a refusal is one line.
         let total = threads.saturating_mul(config.accept_capacity);
         let wanted = total as u64;
@@ -169,6 +188,11 @@ impl Server {
         self.handover.clone()
     }
 
+    /// The `--metrics` listener, if any (an upgrade hands it over too).
+    pub fn metrics_fd(&self) -> Option<RawFd> {
+        self.metrics_listener.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
     /// The addresses the server listens on.
     pub fn addresses(&self) -> &[SocketAddr] {
         &self.addresses
@@ -201,7 +225,12 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 debug!("metrics on http://{addr}/metrics");
             }
-            metrics::serve(listener, Arc::clone(&metrics))
+            // Once a new process serves (it shares this very socket, handed over),
+            // scrapes are its to answer: ours finish, no new one starts here, so
+            // that none is cut short when we exit.
+            let shutdown = Arc::clone(&shutdown);
+            let accepting = Box::new(move || shutdown.requested() != Some(Drain::Handover));
+            metrics::serve(listener, Arc::clone(&metrics), accepting)
                 .map_err(|e| StartError::system("cannot start the metrics thread", e))?;
         }
         let workers = if config.worker_threads > 0 {
@@ -388,28 +417,79 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     }
 }
 
+/// The `--metrics` listener on `addr`: the one handed over by the process we
+/// take over from, else bound here, refused if anyone holds the address (another
+/// instance's metrics, say) or if it is the port of a service socket (which
+/// under socket activation the command line could not check). Only beside a
+/// predecessor that did not hand it over (an older version) is the address
+/// shared, by `SO_REUSEPORT`.
+fn metrics_listener(
+    addr: SocketAddr,
+    inherited: Option<OwnedFd>,
+    from_upgrade: bool,
+    listeners: &[Vec<Socket>],
+) -> Result<std::net::TcpListener, StartError> {
+    let cannot = |e| StartError::system(format_args!("cannot listen for metrics on {addr}"), e);
+    if let Some(fd) = inherited {
+        let (sock, at) = net::adopt_listener(fd, 0).map_err(|e| StartError {
+            code: EXIT_SYSTEM,
+            message: e,
+        })?;
+        if at != addr {
+            return Err(StartError {
+                code: EXIT_SYSTEM,
+                message: format!(
+                    "the inherited metrics socket is on {at}, not on --metrics {addr}"
+                ),
+            });
+        }
+        return Ok(sock.into());
+    }
+    let service_port = listeners
+        .iter()
+        .flatten()
+        .filter_map(|s| s.local_addr().ok()?.as_socket())
+        .any(|a| a.port() == addr.port());
+    if service_port {
+        return Err(StartError {
+            code: EXIT_USAGE,
+            message: format!(
+                "--metrics must not use the service port {}: give it a port of its own",
+                addr.port()
+            ),
+        });
+    }
+    metrics::bind(addr, from_upgrade).map_err(cannot)
+}
+
 /// Each accept thread's listeners and the distinct sockets among them.
 type Listeners = (Vec<Vec<Socket>>, Vec<RawFd>);
 
-/// One new `SO_REUSEPORT` listener per address per thread, after checking that
-/// no one else holds any of the addresses.
+/// One listener per address per thread: thread 0's claim each address
+/// exclusively (refused if anyone holds it, atomically: see
+/// [`net::exclusive_listener`]), the other threads' join them by `SO_REUSEPORT`.
 fn bind_addresses(
     addrs: &[SocketAddr],
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
-    for &addr in addrs {
-        net::ensure_addr_free(addr).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                let port = addr.port();
-                StartError::system(format_args!("port {port} is already in use ({addr})"), e)
-            } else {
-                StartError::system(format_args!("cannot listen on {addr}"), e)
-            }
-        })?;
-    }
     let mut per_thread = Vec::with_capacity(threads);
-    for _ in 0..threads {
+    let first = addrs
+        .iter()
+        .map(|&addr| {
+            let ty = Type::STREAM.nonblocking().cloexec();
+            net::exclusive_listener(addr, ty, libc::SOMAXCONN, defer).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    let port = addr.port();
+                    StartError::system(format_args!("port {port} is already in use ({addr})"), e)
+                } else {
+                    StartError::system(format_args!("cannot listen on {addr}"), e)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    per_thread.push(first);
+    for _ in 1..threads {
         let socks = addrs
             .iter()
             .map(|&addr| {
