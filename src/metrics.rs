@@ -120,6 +120,8 @@ pub struct AcceptCounters {
     slow_responses: Counter,
     /// Slow tasks given to the workers.
     delegated: Counter,
+    /// Of those, withdrawn before a worker took them (the client left).
+    cancelled: Counter,
     capacity: Counter,
     /// 0/1 per [`PauseCause`].
     paused: [Counter; PauseCause::ALL.len()],
@@ -237,6 +239,11 @@ impl AcceptMetrics {
     pub fn delegated(&mut self, slot: u32, now: f64) {
         self.counters.delegated.bump();
         self.delegated_at[slot as usize] = now;
+    }
+
+    /// A queued slow task was withdrawn before a worker took it.
+    pub fn cancelled(&self) {
+        self.counters.cancelled.bump();
     }
 
     /// Slot `slot`'s slow task came back at loop time `now`: queue wait plus run
@@ -360,11 +367,12 @@ impl Metrics {
         let finished: u64 = self.workers.iter().map(|w| w.finished.get()).sum();
         let started: u64 = self.workers.iter().map(|w| w.started.get()).sum();
         let delegated: u64 = accept.iter().map(|c| c.delegated.get()).sum();
+        let cancelled: u64 = accept.iter().map(|c| c.cancelled.get()).sum();
         gauge(
             out,
             "conn_daemon_slow_tasks_queued",
             "Slow tasks waiting for a worker.",
-            delegated.saturating_sub(started),
+            delegated.saturating_sub(started).saturating_sub(cancelled),
         )?;
         gauge(
             out,
