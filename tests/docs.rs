@@ -202,3 +202,197 @@ fn every_markdown_file_named_in_the_repository_exists() {
         missing.join("\n")
     );
 }
+
+/// `bench/build-reference.sh` without a source: one line, exit 0.
+#[test]
+fn build_reference_without_a_source_skips_with_one_line() {
+    let out = Command::new("bash")
+        .arg(Path::new(ROOT).join("bench/build-reference.sh"))
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout,
+        "build-reference: skipped: no upstream source given (usage: bench/build-reference.sh SRC [OUT])\n"
+    );
+}
+
+/// A fake upstream tree with the two defective functions as upstream has them,
+/// small enough to compile, and stand-ins for cmake and dpkg-query (a real
+/// cmake needs AutoOpts and libev). `make` is a stand-in too, but it really
+/// compiles main.cc with g++ -Wreturn-type at the build type's -O level.
+const FAKE_THREADS_H: &str = "#include <cstddef>
+#include <new>
+class Task { public: virtual void execute() = 0; };
+class TaskHolder
+{
+    char data_[96];
+public:
+    TaskHolder() {}
+
+    template <class T>
+    TaskHolder (T &&y)
+    {
+        assign(y);
+    }
+
+    template <class T>
+    TaskHolder& operator= (T &&y)
+    {
+        assign(y);
+    }
+
+private:
+    template <class T>
+    void assign (T &y) { new (data_) T(y); }
+};
+";
+
+const FAKE_MAIN_CC: &str = "#include <memory>
+#include \"threads.h\"
+template <class O> struct Pool { static size_t memsize(size_t c) { return c * sizeof(O); } };
+struct SlowTask : Task { void execute() {} };
+class AcceptTask : public Task
+{
+    std::unique_ptr<Pool<int> > pool;
+public:
+    static size_t
+    pool_size(size_t capacity)
+    {
+        decltype(pool)::element_type::memsize(capacity);
+    }
+
+    void execute() {}
+};
+int main() { TaskHolder h; SlowTask s; h = s; return AcceptTask::pool_size(3) == 3 * sizeof(int) ? 0 : 1; }
+";
+
+/// `cmake -S SRC -B DIR ...`: remembers the source and the arguments.
+const FAKE_CMAKE: &str = r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in -S) src=$2; shift ;; -B) dir=$2; shift ;; *) args="$args $1" ;; esac
+  shift
+done
+mkdir -p "$dir" && echo "$src" > "$dir/source" && echo "$args" > "$dir/cmake.args"
+"#;
+
+/// `make -C DIR -j N`: compiles the remembered source like the Makefile would.
+const FAKE_MAKE: &str = r#"#!/bin/sh
+dir=$2
+src=$(cat "$dir/source")
+case "$(cat "$dir/cmake.args")" in *-O2*) opt=-O2 ;; *) opt=-O0 ;; esac
+exec g++ -std=gnu++11 $opt -Wreturn-type -o "$dir/server-demo" "$src/main.cc" 2> "$dir/warnings.txt"
+"#;
+
+#[test]
+fn build_reference_patches_a_copy_and_builds_debug_and_o2() {
+    let tmp = std::env::temp_dir().join(format!("conn-daemon-build-ref-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (src, out, bin) = (tmp.join("server-demo"), tmp.join("out"), tmp.join("bin"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        src.join("CMakeLists.txt"),
+        "add_executable(server-demo main.cc main_opts.c threads.cc)\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("main.cc"), FAKE_MAIN_CC).unwrap();
+    std::fs::write(src.join("threads.h"), FAKE_THREADS_H).unwrap();
+    for (name, body) in [
+        ("cmake", FAKE_CMAKE),
+        ("make", FAKE_MAKE),
+        ("dpkg-query", "#!/bin/sh\nprintf 'install ok installed'\n"),
+    ] {
+        let path = bin.join(name);
+        std::fs::write(&path, body).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = Command::new("bash")
+        .arg(Path::new(ROOT).join("bench/build-reference.sh"))
+        .args([&src, &out])
+        .env("PATH", path)
+        .output()
+        .expect("run bash");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(
+        run.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        run.status
+    );
+
+    // It says where the binaries are, and they are there.
+    let (debug, release) = (
+        out.join("debug/server-demo"),
+        out.join("release/server-demo"),
+    );
+    assert!(
+        stdout.contains(&format!("debug:   {}", debug.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("release: {}", release.display())),
+        "{stdout}"
+    );
+    // Debug from the untouched checkout, as upstream's build.sh: both warnings.
+    assert_eq!(
+        std::fs::read_to_string(src.join("main.cc")).unwrap(),
+        FAKE_MAIN_CC
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("threads.h")).unwrap(),
+        FAKE_THREADS_H
+    );
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    assert!(read("debug/cmake.args").contains("CMAKE_BUILD_TYPE:STRING=Debug"));
+    assert_eq!(
+        read("debug/warnings.txt")
+            .matches("no return statement")
+            .count(),
+        2,
+        "{}",
+        read("debug/warnings.txt")
+    );
+    // Release -O2 from the patched copy: no warning left, and it runs.
+    let args = read("release/cmake.args");
+    assert!(
+        args.contains("CMAKE_BUILD_TYPE:STRING=Release") && args.contains("-O2"),
+        "{args}"
+    );
+    assert_eq!(read("release/warnings.txt"), "");
+    assert!(read("src-O2/threads.h").contains("        assign(y);\n        return *this;\n    }"));
+    assert!(read("src-O2/main.cc")
+        .contains("        return decltype(pool)::element_type::memsize(capacity);"));
+    let status = Command::new(&release).status().expect("run the -O2 build");
+    assert!(status.success(), "{status:?}");
+
+    // A second run over the same OUT starts from a fresh copy: still applies.
+    let again = Command::new("bash")
+        .arg(Path::new(ROOT).join("bench/build-reference.sh"))
+        .args([&src, &out])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
