@@ -31,7 +31,7 @@ use std::time::Duration;
 use conn_daemon::ev::{Async, AsyncSender, Events, Handler, Io, Loop};
 use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
 use conn_daemon::pool::Pool;
-use conn_daemon::task::{Done, Route, Task, TaskRef};
+use conn_daemon::task::{Done, Filled, Route, Task, TaskRef};
 use crossbeam_queue::ArrayQueue;
 use socket2::{Domain, Socket, Type};
 
@@ -72,7 +72,11 @@ impl ThreadPool {
                 };
                 // Task::execute(), then what SlowTask::execute ends with:
                 // ev_async_send(event_loop, async_watcher).
-                let done = task.run();
+                // `None`: the task was cancelled while queued (this port never
+                // cancels; the server does when a client leaves).
+                let Some(done) = task.run() else {
+                    continue;
+                };
                 let owner = &owners[done.route().owner as usize];
                 // One task per pool slot at most: the mailbox (capacity -C) has room.
                 assert!(owner.done.push(done).is_ok(), "mailbox sized for the pool");
@@ -299,7 +303,10 @@ impl AcceptTask {
                     .pool
                     .delegate(idx, task, route)
                     .expect("one task per connection");
-                self.thread_pool.add_task(task);
+                // `Requeued` only follows a cancel, which this port never does.
+                if let Filled::New(task) = task {
+                    self.thread_pool.add_task(task);
+                }
             }
         }
     }
