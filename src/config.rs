@@ -134,8 +134,9 @@ fn default_accept_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The clap command, with the settings the derive attributes cannot express.
-fn command() -> clap::Command {
+/// The clap command, with the settings the derive attributes cannot express:
+/// what parses the command line, and what `contrib/man` renders as the man page.
+pub fn command() -> clap::Command {
     // Fixed name: the usage text must not depend on how the binary was invoked, so
     // scripts and tests can match it.
     Args::command().bin_name("conn-daemon")
