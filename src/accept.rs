@@ -15,8 +15,8 @@ use socket2::Socket;
 
 use crate::engine::{Engine, Host, Interest};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
-use crate::lifecycle::Shutdown;
 use crate::net;
+use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
 use crate::worker::Shared;

@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
-use crate::lifecycle::Drain;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
+use crate::shutdown::Drain;
 use crate::task::{Done, Route, TaskRef};
 use crate::token::TimerId;
 use crate::worker::SlowTask;
@@ -41,25 +41,7 @@ pub const ACCEPT_BATCH: usize = 128;
 /// How long the listeners rest after EMFILE/ENFILE/ENOBUFS/ENOMEM, in seconds.
 pub const BACKOFF: f64 = 0.25;
 
-/// Counters for the log and the tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    /// Responses sent whole.
-    pub served: u64,
-    /// Connections closed without a response (bad input, client gone, errors).
-    pub dropped: u64,
-    /// Connections closed by the read deadline.
-    pub timed_out: u64,
-}
-
-impl Stats {
-    /// Adds another loop's counters to these.
-    pub fn add(&mut self, other: Stats) {
-        self.served += other.served;
-        self.dropped += other.dropped;
-        self.timed_out += other.timed_out;
-    }
-}
+pub use crate::metrics::Stats;
 
 /// What an engine is told at start-up.
 #[derive(Debug)]

@@ -27,98 +27,43 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::os::{self, Exec, ListenPid, SignalFd, Wait};
-use crate::worker::Shared;
+pub use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 use crate::{debug, warn};
 
-/// How an accept thread stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drain {
-    /// SIGTERM/SIGINT: take what waits in the listen backlog, close the
-    /// listeners (new connections are refused), close connections that have not
-    /// completed a request, answer the complete ones.
-    Stop,
-    /// A new process serves the same sockets: stop accepting at once without
-    /// touching the backlog (it is the new process's now), and finish every
-    /// connection already accepted, incomplete requests included.
-    Handover,
-}
+/// Binary upgrades in this server's lineage (`conn_daemon_upgrades_total`):
+/// counted here, by the process whose successor took over, and shown by the
+/// metrics, which get [`UpgradeCount::shared`]. Rare enough for a
+/// read-modify-write from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct UpgradeCount(Arc<AtomicU64>);
 
-const RUNNING: u8 = 0;
-const STOP: u8 = 1;
-const HANDOVER: u8 = 2;
-
-/// The stop request every loop watches for; the first request wins.
-pub struct Shutdown {
-    state: AtomicU8,
-    shared: Arc<Shared>,
-}
-
-impl Shutdown {
-    pub(crate) fn new(shared: Arc<Shared>) -> Shutdown {
-        Shutdown {
-            state: AtomicU8::new(RUNNING),
-            shared,
-        }
+impl UpgradeCount {
+    /// Starts from the upgrades that came before this process (a new process
+    /// inherits its predecessor's count, plus the upgrade that started it).
+    pub fn new(before: u64) -> UpgradeCount {
+        UpgradeCount(Arc::new(AtomicU64::new(before)))
     }
 
-    /// The requested drain, if any.
-    pub fn requested(&self) -> Option<Drain> {
-        match self.state.load(Ordering::SeqCst) {
-            STOP => Some(Drain::Stop),
-            HANDOVER => Some(Drain::Handover),
-            _ => None,
-        }
+    /// Upgrades so far (a successor starts from this plus one).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 
-    /// Requests `how`; false if a drain was already requested (which stands).
-    fn trigger(&self, how: Drain) -> bool {
-        let to = match how {
-            Drain::Stop => STOP,
-            Drain::Handover => HANDOVER,
-        };
-        if self
-            .state
-            .compare_exchange(RUNNING, to, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return false;
-        }
-        // A loop that has already stopped ignores the ring (its sender is shut).
-        for mailbox in self.shared.mailboxes() {
-            mailbox.ring();
-        }
-        true
-    }
-}
-
-/// Asks a running server to stop gracefully (what SIGTERM does).
-#[derive(Clone)]
-pub struct ShutdownHandle(Arc<Shutdown>);
-
-impl ShutdownHandle {
-    pub(crate) fn new(shutdown: Arc<Shutdown>) -> ShutdownHandle {
-        ShutdownHandle(shutdown)
+    /// The counter itself, for the metrics to read.
+    pub fn shared(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.0)
     }
 
-    /// Starts the graceful drain; later calls do nothing.
-    pub fn shutdown(&self) {
-        self.0.trigger(Drain::Stop);
-    }
-
-    /// Stops accepting because another process serves the listeners now.
-    fn hand_over(&self) -> bool {
-        self.0.trigger(Drain::Handover)
-    }
-
-    fn draining(&self) -> bool {
-        self.0.requested().is_some()
+    /// Counts one upgrade: our successor serves.
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -142,6 +87,8 @@ pub struct UpgradePlan {
     /// `--pid-file`: a new process that wrote its pid there and then did not
     /// take over leaves it naming a process that is gone; we write ours again.
     pub pid_file: Option<PathBuf>,
+    /// The lineage's upgrades: passed on (plus one), and counted on success.
+    pub upgrades: UpgradeCount,
 }
 
 impl UpgradePlan {
@@ -151,6 +98,7 @@ impl UpgradePlan {
         config: &Config,
         listeners: Vec<RawFd>,
         metrics: Option<RawFd>,
+        upgrades: UpgradeCount,
     ) -> io::Result<UpgradePlan> {
         let exe = exe_path()?;
         // The successor gets the absolute path as its argv[0]: it resolves its
@@ -167,6 +115,7 @@ impl UpgradePlan {
             timeout: config.upgrade_timeout,
             stop_grace: config.shutdown_timeout + Duration::from_millis(500),
             pid_file: config.pid_file.clone(),
+            upgrades,
         })
     }
 }
@@ -408,7 +357,7 @@ impl Supervisor {
         env.push(format!("LISTEN_FDS={}", fds.len()).into());
         env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
         env.push(format!("{}={}", os::READY_FD_VAR, 3 + fds.len()).into());
-        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
+        env.push(format!("{}={}", os::UPGRADES_VAR, self.plan.upgrades.get() + 1).into());
         fds.push(ready_tx.as_raw_fd());
         let mut exec = Exec::new(
             self.plan.exe.as_os_str(),
@@ -455,7 +404,7 @@ impl Supervisor {
         if self.shutdown.hand_over() {
             // The pid it wrote is the server's, even if it daemonized after all.
             self.successor = Some(text.parse().unwrap_or(pending.pid));
-            crate::metrics::count_upgrade();
+            self.plan.upgrades.count();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }
     }

@@ -11,6 +11,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -19,8 +20,8 @@ use socket2::{Socket, Type};
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
 use crate::ev::Loop;
-use crate::lifecycle::{Drain, Shutdown, ShutdownHandle};
 use crate::metrics::{self, Metrics};
+use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
@@ -76,6 +77,9 @@ pub struct Handed {
     /// Whether an upgrading conn-daemon is the parent (it still holds
     /// `--metrics`, even if it is an older version that did not hand it over).
     pub from_upgrade: bool,
+    /// The lineage's upgrade count, which the metrics show (the lifecycle
+    /// counts it: `lifecycle::UpgradeCount`).
+    pub upgrades: Arc<AtomicU64>,
 }
 
 /// A bound, not yet running server.
@@ -110,6 +114,7 @@ impl Server {
             listeners: inherited,
             metrics: inherited_metrics,
             from_upgrade,
+            upgrades,
         } = handed;
         check_reservation(config, &Host::read())?;
         let threads = config.accept_threads;
@@ -156,7 +161,12 @@ impl Server {
             (1, 1)
         };
         let shared = Arc::new(Shared::new(threads, per_loop, all));
-        let shutdown = Arc::new(Shutdown::new(Arc::clone(&shared)));
+        let wake = Arc::clone(&shared);
+        let shutdown = Arc::new(Shutdown::new(move || {
+            for mailbox in wake.mailboxes() {
+                mailbox.ring();
+            }
+        }));
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for addr in listeners
             .iter()
@@ -178,7 +188,7 @@ impl Server {
             handover,
             shared,
             shutdown,
-            metrics: Arc::new(Metrics::new(threads, config.worker_threads)),
+            metrics: Arc::new(Metrics::new(threads, config.worker_threads, upgrades)),
             metrics_listener,
         })
     }
