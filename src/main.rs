@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     };
     let server = match Server::bind_with(&config, handed) {
         Ok(server) => server,
-        Err(e) => return fail(e.code, &e),
+        Err(e) => return fail(e.exit_status(), &e),
     };
     // Read before -d changes directory (a relative argv[0] would then miss).
     let plan = match UpgradePlan::new(
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e.code, &e),
+        Err(e) => fail(e.exit_status(), &e),
     }
 }
 

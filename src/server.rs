@@ -36,24 +36,99 @@ pub const EXIT_NO_MEMORY: i32 = 10;
 /// How long the end of a drain waits for workers to leave their tasks.
 const WORKER_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Why the server did not start: one line for stderr, and the exit status.
+/// What kind of start-up failure a [`StartError`] is: it decides the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The command line is wrong in a way only the sockets handed over show.
+    Usage,
+    /// A system call failed, or what was handed over is not what it must be.
+    System,
+    /// The host cannot give what the command line asks for (threads, memory).
+    NoMemory,
+}
+
+/// Why the server did not start: one line for stderr ([`fmt::Display`]), the
+/// cause ([`std::error::Error::source`]) and the exit status
+/// ([`StartError::exit_status`]).
 #[derive(Debug)]
 pub struct StartError {
-    /// Process exit status to use.
-    pub code: i32,
+    failure: StartFailure,
     message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StartError {
+    /// `what` failed with `err`; the line is `what: err`.
     fn system(what: impl fmt::Display, err: io::Error) -> Self {
-        let code = if err.raw_os_error() == Some(libc::ENOMEM) {
-            EXIT_NO_MEMORY
-        } else {
-            EXIT_SYSTEM
-        };
         StartError {
-            code,
+            failure: StartFailure::System,
             message: format!("{what}: {err}"),
+            source: Some(Box::new(err)),
+        }
+    }
+
+    /// A failure with no error below it.
+    fn new(failure: StartFailure, message: String) -> Self {
+        StartError {
+            failure,
+            message,
+            source: None,
+        }
+    }
+
+    /// A failure whose line is its cause's own.
+    fn from_cause(
+        failure: StartFailure,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StartError {
+            failure,
+            message: cause.to_string(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// What kind of failure it is.
+    pub fn failure(&self) -> StartFailure {
+        self.failure
+    }
+
+    /// The process exit status for this error, the one place it is decided:
+    /// 1 for a command line only the handed sockets refute, 10 when the pools
+    /// or threads cannot be had (a system call that failed with ENOMEM
+    /// included, whichever thread it was in), 100 for any other system error.
+    pub fn exit_status(&self) -> i32 {
+        let enomem = self
+            .source
+            .as_deref()
+            .and_then(|e| e.downcast_ref::<io::Error>())
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOMEM));
+        match self.failure {
+            StartFailure::Usage => EXIT_USAGE,
+            StartFailure::NoMemory => EXIT_NO_MEMORY,
+            StartFailure::System if enomem => EXIT_NO_MEMORY,
+            StartFailure::System => EXIT_SYSTEM,
+        }
+    }
+
+    /// The same error again (a thread's error goes both to the thread that
+    /// waits for it and to its own caller); an `io::Error` cause is rebuilt
+    /// from its OS error code, or its kind and text.
+    fn duplicate(&self) -> StartError {
+        let source = self.source.as_deref().map(|e| {
+            let copy = match e.downcast_ref::<io::Error>() {
+                Some(io) => match io.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(io.kind(), io.to_string()),
+                },
+                None => io::Error::other(e.to_string()),
+            };
+            Box::new(copy) as Box<dyn std::error::Error + Send + Sync>
+        });
+        StartError {
+            failure: self.failure,
+            message: self.message.clone(),
+            source,
         }
     }
 }
@@ -64,7 +139,13 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// What a parent process handed this one for the server (socket activation, an
 /// upgrade): see `os::Inherited`.
@@ -339,10 +420,7 @@ fn accept_thread(
             v
         }
         Err(e) => {
-            let copy = StartError {
-                code: e.code,
-                message: e.message.clone(),
-            };
+            let copy = e.duplicate();
             let _ = ready.send(Err(e));
             return Err(copy);
         }
@@ -395,10 +473,7 @@ const QUEUED_BYTES_PER_SLOT: u64 = 2 * 2 * std::mem::size_of::<usize>() as u64;
 /// `-A`, `-w` or `-A x -C` aborts in the allocator with a backtrace instead of
 /// the one line and exit status 10 of a pool that cannot be reserved.
 fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
-    let no_memory = |message: String| StartError {
-        code: EXIT_NO_MEMORY,
-        message,
-    };
+    let no_memory = |message: String| StartError::new(StartFailure::NoMemory, message);
     let (threads, workers) = (config.accept_threads, config.worker_threads);
     let all_threads = (threads as u64).saturating_add(workers as u64);
     if let Some(max) = host.threads.filter(|&max| all_threads > max) {
@@ -441,17 +516,13 @@ fn metrics_listener(
 ) -> Result<std::net::TcpListener, StartError> {
     let cannot = |e| StartError::system(format_args!("cannot listen for metrics on {addr}"), e);
     if let Some(fd) = inherited {
-        let (sock, at) = net::adopt_listener(fd, 0).map_err(|e| StartError {
-            code: EXIT_SYSTEM,
-            message: e,
-        })?;
+        let (sock, at) = net::adopt_listener(fd, 0)
+            .map_err(|e| StartError::from_cause(StartFailure::System, e))?;
         if at != addr {
-            return Err(StartError {
-                code: EXIT_SYSTEM,
-                message: format!(
-                    "the inherited metrics socket is on {at}, not on --metrics {addr}"
-                ),
-            });
+            return Err(StartError::new(
+                StartFailure::System,
+                format!("the inherited metrics socket is on {at}, not on --metrics {addr}"),
+            ));
         }
         return Ok(sock.into());
     }
@@ -461,13 +532,13 @@ fn metrics_listener(
         .filter_map(|s| s.local_addr().ok()?.as_socket())
         .any(|a| a.port() == addr.port());
     if service_port {
-        return Err(StartError {
-            code: EXIT_USAGE,
-            message: format!(
+        return Err(StartError::new(
+            StartFailure::Usage,
+            format!(
                 "--metrics must not use the service port {}: give it a port of its own",
                 addr.port()
             ),
-        });
+        ));
     }
     metrics::bind(addr, from_upgrade).map_err(cannot)
 }
@@ -522,10 +593,7 @@ fn bind_addresses(
 /// default, or belongs to another user), shares one (a dup: each loop watches
 /// it, one of them accepts).
 fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<Listeners, StartError> {
-    let adopt_error = |msg: String| StartError {
-        code: EXIT_SYSTEM,
-        message: msg,
-    };
+    let adopt_error = |e| StartError::from_cause(StartFailure::System, e);
     let mut groups: Vec<(SocketAddr, Vec<Socket>)> = Vec::new();
     for fd in fds {
         let (sock, addr) = net::adopt_listener(fd, defer).map_err(adopt_error)?;
@@ -572,6 +640,28 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
 mod tests {
     use super::*;
 
+    #[test]
+    fn one_function_maps_errors_to_exit_statuses_and_causes_are_kept() {
+        let enomem =
+            StartError::system("cannot reserve", io::Error::from_raw_os_error(libc::ENOMEM));
+        assert_eq!(enomem.exit_status(), EXIT_NO_MEMORY);
+        let source = std::error::Error::source(&enomem).expect("a source");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOMEM));
+        assert_eq!(enomem.duplicate().exit_status(), EXIT_NO_MEMORY);
+        assert_eq!(enomem.duplicate().to_string(), enomem.to_string());
+        let busy = StartError::system("port", io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert_eq!(busy.exit_status(), EXIT_SYSTEM);
+        assert_eq!(
+            StartError::new(StartFailure::Usage, "x".into()).exit_status(),
+            EXIT_USAGE
+        );
+        assert_eq!(
+            StartError::new(StartFailure::NoMemory, "x".into()).exit_status(),
+            EXIT_NO_MEMORY
+        );
+    }
+
     fn config(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
             .expect("valid command line")
@@ -590,7 +680,7 @@ mod tests {
             &["-A", "128", "-C", "16777216", "-w", "1"],
         ] {
             let e = check_reservation(&config(args), &HOST).unwrap_err();
-            assert_eq!(e.code, EXIT_NO_MEMORY, "{args:?}: {e}");
+            assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
