@@ -26,6 +26,11 @@
 //!
 //! Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`; the other
 //! modules are `#![forbid(unsafe_code)]`.
+//!
+//! Features: `cli` (default) is the command line (`Config::from_env`,
+//! `config::command`, clap) and the binary; with `default-features = false`
+//! the library builds without clap, and a `Config` is made in code from
+//! `Config::default()`.
 
 #![warn(missing_docs)]
 

@@ -662,16 +662,19 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "cli")]
     fn config(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
             .expect("valid command line")
     }
 
+    #[cfg(feature = "cli")]
     const HOST: Host = Host {
         threads: Some(100_000),
         memory: Some(24 << 30),
     };
 
+    #[cfg(feature = "cli")]
     #[test]
     fn reservations_the_host_cannot_give_are_refused_with_status_10() {
         for args in [
@@ -685,6 +688,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn what_the_host_can_give_passes() {
         for args in [
