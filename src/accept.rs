@@ -220,7 +220,7 @@ impl AcceptTask {
 
 impl Handler for AcceptTask {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
-        crate::log::maybe_inject_panic();
+        crate::fault::maybe_inject_panic();
         let mut host = EvHost {
             lp,
             side: &mut self.side,

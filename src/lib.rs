@@ -9,7 +9,7 @@
 //! from modules above it in this list; `contrib/import-cycles.py` prints the
 //! layers from the `crate::` paths and fails on a cycle):
 //! - the base: [`sys`] (raw libev FFI), [`os`] (process-level system calls),
-//!   `net` (socket calls), [`config`], [`log`], [`parser`], [`task`],
+//!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`parser`], [`task`],
 //!   [`token`] (what a watcher's event is for), [`shutdown`] (the stop request
 //!   and the loops' wake-up, knowing neither the loops nor the workers);
 //! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
@@ -54,6 +54,7 @@ pub mod token;
 
 mod accept;
 mod deadline;
+mod fault;
 mod net;
 mod worker;
 
