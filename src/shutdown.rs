@@ -104,6 +104,11 @@ impl ShutdownHandle {
         self.0.trigger(Drain::Handover)
     }
 
+    /// The requested drain, if any.
+    pub fn requested(&self) -> Option<Drain> {
+        self.0.requested()
+    }
+
     /// Whether a drain of either kind was requested.
     pub fn draining(&self) -> bool {
         self.0.requested().is_some()

@@ -1,7 +1,8 @@
-//! Counting this process's open fds without allocating.
+//! Fds and pids: counting this process's open fds without allocating, copying
+//! an fd, whether a process exists.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Number of open file descriptors of this process: the entries of
 /// `/proc/self/fd`, read with `getdents64` into a stack buffer, since
@@ -47,4 +48,22 @@ pub fn open_fds() -> io::Result<u64> {
     }
     // Not counting the directory we had open to count.
     Ok(count.saturating_sub(1))
+}
+
+/// A close-on-exec copy of `fd` (numbered 3 or above), owned by the caller.
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on any number is harmless; it fails for a closed fd.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if copy == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// Whether `pid` exists (a zombie included: reap a child first).
+pub fn alive(pid: libc::pid_t) -> bool {
+    // SAFETY: kill with signal 0 sends nothing and has no memory preconditions.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -13,7 +13,7 @@ mod process;
 mod signals;
 mod spawn;
 
-pub use fds::open_fds;
+pub use fds::{alive, dup, open_fds};
 pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
     UPGRADES_VAR,
