@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
-use crate::lifecycle::Drain;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
+use crate::shutdown::Drain;
 use crate::task::{Cancel, Done, Filled, Route, TaskRef};
 use crate::token::TimerId;
 use crate::worker::SlowTask;
@@ -44,25 +44,7 @@ pub const BACKOFF: f64 = 0.25;
 /// that neither reads its EOF nor closes is then closed on.
 pub const LINGER: f64 = 2.0;
 
-/// Counters for the log and the tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    /// Responses sent whole.
-    pub served: u64,
-    /// Connections closed without a response (bad input, client gone, errors).
-    pub dropped: u64,
-    /// Connections closed by the read deadline.
-    pub timed_out: u64,
-}
-
-impl Stats {
-    /// Adds another loop's counters to these.
-    pub fn add(&mut self, other: Stats) {
-        self.served += other.served;
-        self.dropped += other.dropped;
-        self.timed_out += other.timed_out;
-    }
-}
+pub use crate::metrics::Stats;
 
 /// What an engine is told at start-up.
 #[derive(Debug)]
@@ -1150,7 +1132,7 @@ mod tests {
 
     #[test]
     fn the_back_off_ends_the_exhaustion_when_accept_finds_an_empty_queue() {
-        let metrics = crate::metrics::Metrics::new(1, 0);
+        let metrics = crate::metrics::Metrics::new(1, 0, Arc::default());
         let (mut e, mut host) = engine_counting(4, None, metrics.accept_thread(0));
         let paused = r#"conn_daemon_accept_paused{thread="0",cause="fd_exhaustion"}"#;
         host.backlog
@@ -1181,7 +1163,7 @@ mod tests {
 
     #[test]
     fn a_drain_with_a_full_pool_pauses_once_and_serves_the_backlog_in_freed_slots() {
-        let metrics = crate::metrics::Metrics::new(1, 1);
+        let metrics = crate::metrics::Metrics::new(1, 1, Arc::default());
         let (mut e, mut host) = engine_counting(2, None, metrics.accept_thread(0));
         let slow = client(&mut host, SLOW);
         let partial = client(&mut host, PARTIAL);

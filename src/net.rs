@@ -177,24 +177,68 @@ fn defer_accept(sock: &Socket, defer_secs: u32) -> io::Result<()> {
     )
 }
 
+/// Why an inherited socket cannot be served.
+#[derive(Debug)]
+pub enum AdoptError {
+    /// It is not a listening TCP socket (a file, a UDP socket, one not
+    /// listening, ...).
+    NotAListener {
+        /// The fd.
+        fd: RawFd,
+    },
+    /// Setting it up for serving failed.
+    Setup {
+        /// The fd.
+        fd: RawFd,
+        /// Its address.
+        addr: SocketAddr,
+        /// What failed.
+        cause: io::Error,
+    },
+}
+
+impl std::fmt::Display for AdoptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdoptError::NotAListener { fd } => {
+                write!(f, "inherited fd {fd} is not a listening TCP socket")
+            }
+            AdoptError::Setup { fd, addr, cause } => {
+                write!(f, "inherited fd {fd} ({addr}): {cause}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AdoptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdoptError::NotAListener { .. } => None,
+            AdoptError::Setup { cause, .. } => Some(cause),
+        }
+    }
+}
+
 /// Takes over an inherited listening socket (socket activation or an upgrade):
 /// checks that it is a listening TCP socket, makes it non-blocking and
 /// close-on-exec, sets `TCP_DEFER_ACCEPT`, and returns it with its address.
-pub fn adopt_listener(fd: OwnedFd, defer_secs: u32) -> Result<(Socket, SocketAddr), String> {
+pub fn adopt_listener(fd: OwnedFd, defer_secs: u32) -> Result<(Socket, SocketAddr), AdoptError> {
     let fd_num = fd.as_raw_fd();
     let sock = Socket::from(fd);
     let tcp = sock.r#type().is_ok_and(|t| t == Type::STREAM)
         && sock.protocol().is_ok_and(|p| p == Some(Protocol::TCP));
     let addr = sock.local_addr().ok().and_then(|a| a.as_socket());
     let (true, Some(addr), Ok(true)) = (tcp, addr, sock.is_listener()) else {
-        return Err(format!(
-            "inherited fd {fd_num} is not a listening TCP socket"
-        ));
+        return Err(AdoptError::NotAListener { fd: fd_num });
     };
     sock.set_nonblocking(true)
         .and_then(|()| sock.set_cloexec(true))
         .and_then(|()| defer_accept(&sock, defer_secs))
-        .map_err(|e| format!("inherited fd {fd_num} ({addr}): {e}"))?;
+        .map_err(|cause| AdoptError::Setup {
+            fd: fd_num,
+            addr,
+            cause,
+        })?;
     Ok((sock, addr))
 }
 

@@ -15,7 +15,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::accept::Stats;
 use crate::conn::DropReason;
 
 mod process;
@@ -93,6 +92,27 @@ impl Histogram {
         self.buckets[i].bump();
         self.sum
             .set((f64::from_bits(self.sum.get()) + seconds).to_bits());
+    }
+}
+
+/// An accept thread's counters as its loop reports them (at exit, `-v`), and
+/// a server's, all threads together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Responses sent whole.
+    pub served: u64,
+    /// Connections closed without a response (bad input, client gone, errors).
+    pub dropped: u64,
+    /// Connections closed by the read deadline.
+    pub timed_out: u64,
+}
+
+impl Stats {
+    /// Adds another loop's counters to these.
+    pub fn add(&mut self, other: Stats) {
+        self.served += other.served;
+        self.dropped += other.dropped;
+        self.timed_out += other.timed_out;
     }
 }
 
@@ -244,39 +264,24 @@ impl AcceptMetrics {
     }
 }
 
-/// Binary upgrades in this process's lineage (`conn_daemon_upgrades_total`): one
-/// process-wide counter, rare enough for a read-modify-write from any thread.
-static UPGRADES: AtomicU64 = AtomicU64::new(0);
-
-/// The upgrades that came before this process (a new process inherits its
-/// predecessor's count, plus the upgrade that started it).
-pub fn set_upgrades(n: u64) {
-    UPGRADES.store(n, Ordering::Relaxed);
-}
-
-/// Upgrades in this process's lineage so far (what a successor starts from).
-pub fn upgrades() -> u64 {
-    UPGRADES.load(Ordering::Relaxed)
-}
-
-/// Counts one binary upgrade: the old process calls it once its successor serves.
-pub fn count_upgrade() {
-    UPGRADES.fetch_add(1, Ordering::Relaxed);
-}
-
 /// Every counter of one server: one block per accept thread and per worker.
 #[derive(Debug)]
 pub struct Metrics {
     accept: Box<[Arc<AcceptCounters>]>,
     workers: Box<[Arc<WorkerCounters>]>,
+    /// Binary upgrades in this process's lineage (`conn_daemon_upgrades_total`):
+    /// counted by the lifecycle (`lifecycle::UpgradeCount`), only read here.
+    upgrades: Arc<AtomicU64>,
 }
 
 impl Metrics {
-    /// Zeroed counters for `accept_threads` accept threads and `workers` workers.
-    pub fn new(accept_threads: usize, workers: usize) -> Self {
+    /// Zeroed counters for `accept_threads` accept threads and `workers` workers;
+    /// `upgrades` is the lineage's upgrade count, kept by whoever upgrades.
+    pub fn new(accept_threads: usize, workers: usize, upgrades: Arc<AtomicU64>) -> Self {
         Metrics {
             accept: (0..accept_threads).map(|_| Arc::default()).collect(),
             workers: (0..workers).map(|_| Arc::default()).collect(),
+            upgrades,
         }
     }
 
@@ -312,7 +317,7 @@ mod tests {
 
     #[test]
     fn counters_render_per_thread() {
-        let m = Metrics::new(2, 1);
+        let m = Metrics::new(2, 1, Arc::default());
         let mut t1 = AcceptMetrics::new(m.accept_thread(1), 64);
         for _ in 0..5 {
             t1.accepted();
@@ -380,9 +385,11 @@ mod tests {
 
     #[test]
     fn upgrades_are_counted() {
-        let m = Metrics::new(1, 0);
+        let upgrades = Arc::new(AtomicU64::new(4));
+        let m = Metrics::new(1, 0, Arc::clone(&upgrades));
         let before = value(&render(&m), "conn_daemon_upgrades_total");
-        count_upgrade();
+        assert_eq!(before, 4.0);
+        upgrades.fetch_add(1, Ordering::Relaxed);
         assert_eq!(
             value(&render(&m), "conn_daemon_upgrades_total"),
             before + 1.0
@@ -391,7 +398,7 @@ mod tests {
 
     #[test]
     fn process_metrics_are_read() {
-        let text = render(&Metrics::new(1, 0));
+        let text = render(&Metrics::new(1, 0, Arc::default()));
         assert!(value(&text, "process_resident_memory_bytes") > 0.0);
         assert!(value(&text, "process_open_fds") >= 3.0);
         assert!(value(&text, "process_max_fds") >= value(&text, "process_open_fds"));

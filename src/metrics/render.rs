@@ -4,7 +4,7 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
-use super::{AcceptCounters, Metrics, PauseCause, Process, SLOW_BUCKETS, UPGRADES};
+use super::{AcceptCounters, Metrics, PauseCause, Process, SLOW_BUCKETS};
 use crate::conn::DropReason;
 use crate::sys;
 
@@ -99,7 +99,7 @@ impl Metrics {
         writeln!(
             out,
             "conn_daemon_upgrades_total {}",
-            UPGRADES.load(Ordering::Relaxed)
+            self.upgrades.load(Ordering::Relaxed)
         )?;
         family(
             out,
