@@ -9,8 +9,8 @@
 //! The accept threads host it on libev (`accept::AcceptTask`); the fuzz target
 //! `conn` hosts it on a scripted loop over scripted sockets, and the unit tests
 //! below on a recording one. Another kind of loop (a worker's own) can host it
-//! the same way: nothing here is specific to accept threads but the optional
-//! listeners.
+//! the same way ([`Engine::named`] for its log lines): nothing here is specific
+//! to accept threads but the optional listeners.
 //!
 //! The fast path is eager: accept, read at once (the listener defers accept until
 //! bytes are there), parse, send at once, close. A request that arrives whole never
@@ -141,9 +141,23 @@ enum Pause {
     Backoff,
 }
 
+/// How a loop names itself in the log: `accept-3`.
+#[derive(Clone, Copy, Debug)]
+struct Name {
+    role: &'static str,
+    id: u32,
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.role, self.id)
+    }
+}
+
 /// One loop's connections (see the module doc).
 pub struct Engine<S: Socket, W: SlotWatcher> {
     settings: Settings,
+    name: Name,
     pool: Pool<ConnectionCtx<S>, W>,
     /// Read deadlines, of connections that are reading or writing.
     deadlines: DeadlineList,
@@ -171,7 +185,7 @@ enum Phase {
 impl<S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<S, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("id", &self.settings.id)
+            .field("name", &self.name)
             .field("in_use", &self.pool.in_use())
             .field("pause", &self.pause)
             .field("exhausted", &self.exhausted)
@@ -181,10 +195,21 @@ impl<S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<S, W> {
 }
 
 impl<S: Socket, W: SlotWatcher> Engine<S, W> {
-    /// Reserves the pool (fails if its address space cannot be reserved).
+    /// Reserves the pool (fails if its address space cannot be reserved), for
+    /// an accept thread's loop.
     pub fn new(settings: Settings) -> io::Result<Self> {
+        Self::named(settings, "accept")
+    }
+
+    /// As [`Engine::new`], for a loop whose log lines say `role-ID` (a worker's
+    /// own loop, say).
+    pub fn named(settings: Settings, role: &'static str) -> io::Result<Self> {
         let pool = Pool::new(settings.capacity)?;
         Ok(Engine {
+            name: Name {
+                role,
+                id: settings.id,
+            },
             pool,
             deadlines: DeadlineList::default(),
             lingering: DeadlineList::default(),
@@ -299,11 +324,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 self.metrics.accepted();
                 let ctx = self.pool.get_mut(idx);
                 ctx.open(fd);
-                debug!(
-                    "accept-{}: conn {idx}: accepted fd {}",
-                    self.settings.id,
-                    ctx.fd()
-                );
+                debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
                 let next = ctx.on_readable(self.settings.slow.is_none());
                 self.apply(host, idx, next);
                 Accepted::Conn(idx)
@@ -324,7 +345,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                     Accepted::Rest
                 }
                 _ => {
-                    warn!("accept-{}: accept failed: {e}", self.settings.id);
+                    warn!("{}: accept failed: {e}", self.name);
                     self.pause_for_backoff(host, &e);
                     Accepted::Rest
                 }
@@ -344,7 +365,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     fn end_exhaustion(&mut self) {
         self.exhausted = false;
         self.metrics.resumed(PauseCause::FdExhaustion);
-        warn!("accept-{}: accept works again", self.settings.id);
+        warn!("{}: accept works again", self.name);
     }
 
     fn pause_for_full_pool(&mut self, host: &mut impl Host<S, Watcher = W>) {
@@ -353,8 +374,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             self.pause = Pause::PoolFull;
             self.metrics.paused(PauseCause::PoolFull);
             warn!(
-                "accept-{}: all {} connections in use; not accepting until one closes",
-                self.settings.id,
+                "{}: all {} connections in use; not accepting until one closes",
+                self.name,
                 self.pool.capacity()
             );
         }
@@ -365,8 +386,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             self.exhausted = true;
             self.metrics.paused(PauseCause::FdExhaustion);
             warn!(
-                "accept-{}: accept failed ({err}); pausing accept for {} ms",
-                self.settings.id,
+                "{}: accept failed ({err}); pausing accept for {} ms",
+                self.name,
                 (BACKOFF * 1000.0) as u64
             );
         }
@@ -381,10 +402,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         }
         if self.pause == Pause::PoolFull {
             self.metrics.resumed(PauseCause::PoolFull);
-            warn!(
-                "accept-{}: a connection closed; accepting again",
-                self.settings.id
-            );
+            warn!("{}: a connection closed; accepting again", self.name);
         }
         self.pause = Pause::No;
         host.watch_listeners();
@@ -406,21 +424,18 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             Next::Delegate => self.delegate(host, idx),
             Next::Finished => {
                 self.metrics.responded(self.pool.get(idx).is_slow());
-                debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
+                debug!("{}: conn {idx}: replied, closing", self.name);
                 self.close(host, idx, next);
             }
             Next::Linger => {
                 self.metrics.responded(self.pool.get(idx).is_slow());
-                debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
+                debug!("{}: conn {idx}: replied, closing", self.name);
                 self.linger(host, idx);
             }
             Next::Close => self.close(host, idx, next),
             Next::Drop(reason) => {
                 self.metrics.dropped(reason);
-                debug!(
-                    "accept-{}: conn {idx}: closing without a reply",
-                    self.settings.id
-                );
+                debug!("{}: conn {idx}: closing without a reply", self.name);
                 self.close(host, idx, next);
             }
         }
@@ -445,10 +460,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         if let Filled::New(task) = filled {
             host.submit(task);
         }
-        debug!(
-            "accept-{}: conn {idx}: slow request delegated",
-            self.settings.id
-        );
+        debug!("{}: conn {idx}: slow request delegated", self.name);
         // Watch for the client leaving (or misbehaving) meanwhile.
         self.watch(host, idx, Interest::Read);
     }
@@ -536,7 +548,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             self.resume_accepting(host);
         }
         if self.phase == Phase::Draining && self.pool.in_use() == 0 {
-            debug!("accept-{}: drained", self.settings.id);
+            debug!("{}: drained", self.name);
             host.stop();
         }
     }
@@ -548,7 +560,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             return;
         };
         let (idx, gen) = (route.slot, route.gen);
-        debug!("accept-{}: conn {idx}: slow task done", self.settings.id);
+        debug!("{}: conn {idx}: slow task done", self.name);
         self.metrics.task_back(idx, host.now());
         let ctx = self.pool.get_mut(idx);
         match ctx.state() {
@@ -573,10 +585,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 return;
             }
             self.metrics.dropped(DropReason::TimedOut);
-            debug!(
-                "accept-{}: conn {idx}: read deadline passed",
-                self.settings.id
-            );
+            debug!("{}: conn {idx}: read deadline passed", self.name);
             self.close(host, idx, Next::Drop(DropReason::TimedOut));
         }
     }
@@ -602,7 +611,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         if self.phase != Phase::Serving {
             return;
         }
-        debug!("accept-{}: draining ({how:?})", self.settings.id);
+        debug!("{}: draining ({how:?})", self.name);
         self.phase = Phase::Beginning;
         if how == Drain::Stop {
             for idx in self.pool.constructed() {
@@ -642,8 +651,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// The drain took too long: close what is left and stop.
     fn end_drain(&mut self, host: &mut impl Host<S, Watcher = W>) {
         warn!(
-            "accept-{}: shutdown timeout; closing {} connections",
-            self.settings.id,
+            "{}: shutdown timeout; closing {} connections",
+            self.name,
             self.pool.in_use()
         );
         for idx in self.pool.constructed() {
