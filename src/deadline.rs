@@ -7,7 +7,7 @@
 //! in the pool slots, so the list allocates nothing.
 #![forbid(unsafe_code)]
 
-use crate::pool::Pool;
+use crate::pool::{Pool, SlotWatcher};
 
 const NIL: u32 = u32::MAX;
 
@@ -65,7 +65,12 @@ impl Default for DeadlineList {
 impl DeadlineList {
     /// Appends `idx` with `deadline`, which must not be earlier than the tail's
     /// (true with one constant timeout and a monotonic clock).
-    pub fn push_back<T: Linked>(&mut self, pool: &mut Pool<T>, idx: u32, deadline: f64) {
+    pub fn push_back<T: Linked, W: SlotWatcher>(
+        &mut self,
+        pool: &mut Pool<T, W>,
+        idx: u32,
+        deadline: f64,
+    ) {
         if pool.get(idx).links().linked {
             self.remove(pool, idx);
         }
@@ -85,7 +90,7 @@ impl DeadlineList {
     }
 
     /// Unlinks `idx` if it is linked.
-    pub fn remove<T: Linked>(&mut self, pool: &mut Pool<T>, idx: u32) {
+    pub fn remove<T: Linked, W: SlotWatcher>(&mut self, pool: &mut Pool<T, W>, idx: u32) {
         let links = *pool.get(idx).links();
         if !links.linked {
             return;
@@ -104,7 +109,7 @@ impl DeadlineList {
     }
 
     /// The earliest deadline and its slot.
-    pub fn front<T: Linked>(&self, pool: &Pool<T>) -> Option<(u32, f64)> {
+    pub fn front<T: Linked, W: SlotWatcher>(&self, pool: &Pool<T, W>) -> Option<(u32, f64)> {
         (self.head != NIL).then(|| (self.head, pool.get(self.head).links().deadline))
     }
 }

@@ -6,10 +6,13 @@
 //! through a lock-free queue and one `ev_async` per loop.
 //!
 //! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
-//! [`pool`] and [`task`] (slot storage), [`parser`], [`conn`] (`ConnectionCtx`,
-//! public so that it can be fuzzed over a scripted socket), then the
-//! crate-private `deadline`, `worker` (`SlowTask`, the worker threads), `accept`
-//! (`AcceptTask`), [`metrics`] (counters, `--metrics`), [`server`], and
+//! [`pool`] and [`task`] (slot storage), [`token`] (what a watcher's event is
+//! for), [`parser`], [`conn`] (`ConnectionCtx`, public so that it can be fuzzed
+//! over a scripted socket), the crate-private `deadline` and `worker` (`SlowTask`,
+//! the worker threads), [`engine`] (one loop's connections, over any loop that
+//! implements its `Host`: public so that the fuzz target drives it over a
+//! scripted loop), then `accept` (`AcceptTask`: the engine on libev),
+//! [`metrics`] (counters, `--metrics`), [`server`], and
 //! [`lifecycle`] (signals, drain, upgrade). Only `sys`, `ev`, `pool`,
 //! `task`, `net` and `os` contain `unsafe`; the other modules are
 //! `#![forbid(unsafe_code)]`.
@@ -20,6 +23,7 @@
 // porting a libev design need. The rest is crate-private.
 pub mod config;
 pub mod conn;
+pub mod engine;
 pub mod ev;
 pub mod lifecycle;
 pub mod log;
@@ -30,6 +34,7 @@ pub mod pool;
 pub mod server;
 pub mod sys;
 pub mod task;
+pub mod token;
 
 mod accept;
 mod deadline;

@@ -5,8 +5,9 @@
 //! The slots are one anonymous mapping, so the kernel commits a page only when a
 //! slot on it is first used: a pool of 100,000 connections costs nothing until
 //! connections arrive. Slots are constructed on first use (a high-water mark) and
-//! never move, which is what lets each carry the libev watcher of its connection
-//! and the holder of its delegated task.
+//! never move, which is what lets each carry the event-loop watcher of its
+//! connection (libev's [`Io`] in the server; any [`SlotWatcher`]) and the holder of
+//! its delegated task.
 
 use std::io;
 use std::marker::PhantomData;
@@ -17,27 +18,41 @@ use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 use crate::ev::Io;
 use crate::task::{Done, Route, Task, TaskHolder, TaskRef};
 
+/// The per-slot watcher of an event loop: what a slot must know of it is whether
+/// the loop still holds it (a slot is only released once it does not).
+pub trait SlotWatcher: Default {
+    /// Whether the loop holds the watcher (it must then not move or be dropped).
+    fn is_active(&self) -> bool;
+}
+
+impl SlotWatcher for Io {
+    #[inline]
+    fn is_active(&self) -> bool {
+        Io::is_active(self)
+    }
+}
+
 /// One slot: the watcher and task holder the pool manages, and the user's value.
-struct Slot<T> {
-    io: Io,
+struct Slot<T, W> {
+    io: W,
     task: TaskHolder,
     value: T,
 }
 
-/// A fixed-capacity pool of `T`, each with its own [`Io`] watcher and
-/// [`TaskHolder`], addressed by `u32` index.
-pub struct Pool<T> {
-    base: NonNull<Slot<T>>,
+/// A fixed-capacity pool of `T`, each with its own watcher `W` ([`Io`] unless
+/// said otherwise) and [`TaskHolder`], addressed by `u32` index.
+pub struct Pool<T, W: SlotWatcher = Io> {
+    base: NonNull<Slot<T, W>>,
     map_len: usize,
     capacity: u32,
     /// Slots `0..constructed` hold a value; the rest are untouched memory.
     constructed: u32,
     /// Released slots, reused last-in first-out so hot memory is reused first.
     free: Vec<u32>,
-    _owns: PhantomData<Slot<T>>,
+    _owns: PhantomData<Slot<T, W>>,
 }
 
-impl<T: Default> Pool<T> {
+impl<T: Default, W: SlotWatcher> Pool<T, W> {
     /// Reserves `capacity` slots. Fails (`ENOMEM`, or `EINVAL` for 0 or more than
     /// `u32::MAX` slots) if the address space cannot be reserved.
     pub fn new(capacity: usize) -> io::Result<Self> {
@@ -45,7 +60,7 @@ impl<T: Default> Pool<T> {
             .ok()
             .filter(|&c| c > 0)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let map_len = size_of::<Slot<T>>()
+        let map_len = size_of::<Slot<T, W>>()
             .checked_mul(capacity)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
         // Untouched slots cost no memory (see `os::reserve`).
@@ -72,7 +87,7 @@ impl<T: Default> Pool<T> {
                     ptr::write(
                         self.base.as_ptr().add(idx as usize),
                         Slot {
-                            io: Io::new(),
+                            io: W::default(),
                             task: TaskHolder::new(),
                             value: T::default(),
                         },
@@ -87,7 +102,7 @@ impl<T: Default> Pool<T> {
     }
 }
 
-impl<T> Pool<T> {
+impl<T, W: SlotWatcher> Pool<T, W> {
     /// Returns slot `idx` to the free list. Its watcher must be stopped and its
     /// task holder free: the slot's next user starts clean.
     ///
@@ -126,15 +141,15 @@ impl<T> Pool<T> {
         unsafe { &mut *addr_of_mut!((*self.slot(idx)).value) }
     }
 
-    /// The io watcher of slot `idx`, pinned: slots never move while the pool lives.
-    pub fn io(&self, idx: u32) -> Pin<&Io> {
-        // SAFETY: constructed slot; pool memory never moves while the pool lives,
-        // and Io's Drop aborts if it is still active, so the pin promise holds.
+    /// The watcher of slot `idx`, pinned: slots never move while the pool lives.
+    pub fn watcher(&self, idx: u32) -> Pin<&W> {
+        // SAFETY: constructed slot; pool memory never moves while the pool lives
+        // and a slot is dropped in place (Pool's Drop) or never: what Pin asks.
         unsafe { Pin::new_unchecked(&*addr_of!((*self.slot(idx)).io)) }
     }
 
     /// The value and the watcher of slot `idx` together.
-    pub fn split(&mut self, idx: u32) -> (&mut T, Pin<&Io>) {
+    pub fn split(&mut self, idx: u32) -> (&mut T, Pin<&W>) {
         let slot = self.slot(idx);
         // SAFETY: disjoint fields of one constructed slot; see `get_mut` and `io`.
         unsafe {
@@ -193,14 +208,14 @@ impl<T> Pool<T> {
         0..self.constructed
     }
 
-    fn slot(&self, idx: u32) -> *mut Slot<T> {
+    fn slot(&self, idx: u32) -> *mut Slot<T, W> {
         assert!(idx < self.constructed, "pool index {idx} out of range");
         // SAFETY: idx < constructed <= capacity: inside the mapping.
         unsafe { self.base.as_ptr().add(idx as usize) }
     }
 }
 
-impl<T> Drop for Pool<T> {
+impl<T, W: SlotWatcher> Drop for Pool<T, W> {
     fn drop(&mut self) {
         if self.constructed().any(|i| self.is_delegated(i)) {
             // A worker still holds a pointer into this memory: leaking it is the

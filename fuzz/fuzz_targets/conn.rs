@@ -1,13 +1,12 @@
-//! Fuzzes `ConnectionCtx`'s state machine over a scripted socket: the input is a
-//! script of what the client and the kernel do (bytes arriving in any chunks, EOF,
-//! reset, EAGAIN and EINTR on recv, partial, refused and failed sends) and of what
-//! the event loop delivers (readable, writable, the slow task's completion, the
-//! read deadline, a shutdown), in any order.
-//!
-//! `Driver` carries out each `Next` the way `src/accept.rs` does (watchers,
-//! deadline, delegation, close and slot release): it mirrors `AcceptTask::apply`,
-//! `close`, `take_completions`, `expire_deadlines`, `begin_drain` and `end_drain`,
-//! and must follow them when they change.
+//! Fuzzes the connection engine (`conn_daemon::engine::Engine`, the very code
+//! every accept loop runs) over a scripted socket and a scripted loop: the input
+//! is a script of what the client and the kernel do (bytes arriving in any
+//! chunks, EOF, reset, EAGAIN and EINTR on recv, partial, refused and failed
+//! sends) and of what the event loop delivers (the listener or the socket
+//! readable, writable, the slow task's completion, the read deadline, a drain of
+//! either kind and its timeout), in any order. Clients come one after another on
+//! the same slot; after a drain has stopped the loop, the next client gets a
+//! fresh engine.
 //!
 //! Invariants, per connection: at most one response, only ever a prefix of the 57
 //! bytes, all 57 exactly when the connection finishes, and only for a complete
@@ -22,8 +21,18 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
-use conn_daemon::conn::{ConnectionCtx, DropReason, Next, Socket, State, RESPONSE};
+use std::cell::Cell;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conn_daemon::conn::{DropReason, Next, Socket, State, RESPONSE};
+use conn_daemon::engine::{Engine, Host, Interest, Settings};
+use conn_daemon::lifecycle::Drain;
 use conn_daemon::parser::Verdict;
+use conn_daemon::pool::SlotWatcher;
+use conn_daemon::task::TaskRef;
+use conn_daemon::token::TimerId;
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 
@@ -180,214 +189,333 @@ impl Socket for Fake<'_> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Watch {
-    None,
-    Read,
-    Write,
+/// A slot watcher of the scripted loop: what it waits for, if anything.
+#[derive(Default)]
+struct Watch(Cell<Option<Interest>>);
+
+impl SlotWatcher for Watch {
+    fn is_active(&self) -> bool {
+        self.0.get().is_some()
+    }
 }
 
-/// One pool slot and the accept task's view of it (mirrors `src/accept.rs`).
-struct Driver<'a> {
+/// The scripted loop: one listener, whose backlog holds the next client when
+/// the script says one connects; timers fire when the script says so.
+struct Loop<'a> {
     peer: &'a RefCell<Peer>,
-    ctx: ConnectionCtx<Fake<'a>>,
-    /// No workers: slow requests are answered inline.
     slow_inline: bool,
-    /// The slot is taken (from accept until released).
-    held: bool,
-    watch: Watch,
-    deadline: bool,
-    task_out: bool,
-    /// How the current connection ended.
+    now: f64,
+    timers: [Option<f64>; TimerId::ALL.len()],
+    /// Tasks handed to the (scripted) workers, not yet run.
+    tasks: VecDeque<TaskRef>,
+    stopped: bool,
+    /// A client waits in the backlog.
+    pending: bool,
+    listener_open: bool,
+    listening: bool,
+    /// What slot 0's watcher waits for.
+    watched: Option<Interest>,
+    /// How the current connection ended, told by the engine (until its slot
+    /// is released).
     outcome: Option<Next>,
+}
+
+impl<'a> Host<Fake<'a>> for Loop<'a> {
+    type Watcher = Watch;
+
+    fn now(&self) -> f64 {
+        self.now
+    }
+    fn watch(&mut self, w: Pin<&Watch>, fd: RawFd, interest: Interest, slot: u32) {
+        assert_eq!((fd, slot), (7, 0), "watching another fd or slot");
+        w.0.set(Some(interest));
+        self.watched = Some(interest);
+    }
+    fn unwatch(&mut self, w: Pin<&Watch>) {
+        w.0.set(None);
+        self.watched = None;
+    }
+    fn start_timer(&mut self, timer: TimerId, after: f64) {
+        assert!(after >= 0.0, "{timer:?} armed in the past");
+        self.timers[timer as usize] = Some(self.now + after);
+    }
+    fn timer_active(&self, timer: TimerId) -> bool {
+        self.timers[timer as usize].is_some()
+    }
+    fn stop_timer(&mut self, timer: TimerId) {
+        self.timers[timer as usize] = None;
+    }
+    fn submit(&mut self, task: TaskRef) {
+        assert!(!self.slow_inline, "delegated without workers");
+        assert!(self.tasks.is_empty(), "a second task for one slot");
+        self.tasks.push_back(task);
+    }
+    fn stop(&mut self) {
+        self.stopped = true;
+    }
+    fn listeners(&self) -> usize {
+        usize::from(self.listener_open)
+    }
+    fn accept(&mut self, listener: usize) -> Option<io::Result<Fake<'a>>> {
+        assert_eq!(listener, 0);
+        assert!(
+            self.listening || !self.listener_open,
+            "accept on a paused listener"
+        );
+        if !self.listener_open {
+            return None;
+        }
+        if !std::mem::take(&mut self.pending) {
+            return Some(Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+        }
+        Some(Ok(Fake(self.peer)))
+    }
+    fn watch_listeners(&mut self) {
+        assert!(self.listener_open);
+        self.listening = true;
+    }
+    fn unwatch_listeners(&mut self) {
+        self.listening = false;
+    }
+    fn close_listeners(&mut self) {
+        self.listening = false;
+        self.listener_open = false;
+    }
+    fn closed(&mut self, slot: u32, how: Next) {
+        assert_eq!(slot, 0);
+        assert!(self.outcome.is_none(), "ended twice: {how:?}");
+        self.outcome = Some(how);
+        let p = self.peer.borrow();
+        assert_eq!(p.closes, 1, "one close of the socket");
+        match how {
+            Next::Finished => {
+                assert_eq!(p.sent, RESPONSE, "finished without the whole response");
+                if p.verdict == Verdict::Slow && !self.slow_inline {
+                    assert!(p.task_done, "slow response before the task was done");
+                }
+            }
+            Next::Drop(DropReason::Invalid) => {
+                assert_eq!(p.verdict, Verdict::Invalid, "dropped as invalid");
+                assert!(p.sent.is_empty());
+            }
+            Next::Drop(DropReason::TooLarge) => {
+                assert_eq!(p.verdict, Verdict::TooLarge, "dropped as too large");
+                assert!(p.sent.is_empty());
+            }
+            Next::Drop(DropReason::ClientGone) => assert!(
+                p.read_end || p.extra_seen || p.send_failed,
+                "dropped as gone, but the client did not leave"
+            ),
+            // The read deadline ends at the end of the request: a task's wait
+            // is not the client's fault.
+            Next::Drop(DropReason::TimedOut) => assert!(
+                self.tasks.is_empty(),
+                "timed out while its slow task was out"
+            ),
+            Next::Drop(DropReason::Shutdown) => {}
+            other => panic!("ended with {other:?}"),
+        }
+    }
+}
+
+/// The engine, its loop, and the checks between the script's steps.
+struct Driver<'a> {
+    engine: Engine<Fake<'a>, Watch>,
+    lp: Loop<'a>,
+    /// The generation of the last connection in slot 0.
     gen: u32,
 }
 
+fn new_engine<'a>(slow_inline: bool) -> Engine<Fake<'a>, Watch> {
+    Engine::new(Settings {
+        id: 0,
+        // Room for the one client and more, so that a full pool is never the cause.
+        capacity: 2,
+        slow: (!slow_inline).then_some(Duration::ZERO),
+        read_timeout: Some(Duration::from_secs(1)),
+        shutdown_timeout: Duration::from_secs(5),
+        counters: Arc::default(),
+    })
+    .expect("a pool of 2")
+}
+
 impl<'a> Driver<'a> {
+    /// Slot 0 is held: a connection open, or waiting for its task.
+    fn held(&self) -> bool {
+        self.engine.in_use() > 0
+    }
+
+    /// A connection is open in slot 0 (not ended).
     fn open(&self) -> bool {
-        self.held && self.ctx.state() != State::Abandoned
+        self.held() && self.lp.outcome.is_none()
     }
 
-    /// `accept_one`: a new connection in the free slot, read at once.
-    fn accept(&mut self) {
-        assert!(!self.held);
-        self.held = true;
-        self.outcome = None;
-        self.ctx.open(Fake(self.peer));
+    fn state(&self) -> State {
+        self.engine.connection(0).state()
+    }
+
+    fn watching(&self) -> Option<Interest> {
+        self.lp.watched
+    }
+
+    /// A client connects (the listener is readable).
+    fn connect(&mut self) {
+        if self.lp.stopped {
+            // The last loop has drained and stopped: a new process, in effect.
+            self.restart();
+        }
+        if self.held() || !self.lp.listener_open || !self.lp.listening {
+            return;
+        }
+        self.lp.pending = true;
+        self.lp.outcome = None;
+        self.engine.on_listener(&mut self.lp, 0);
+        assert!(
+            !self.lp.pending,
+            "a listening engine with room did not accept"
+        );
         self.gen = self.gen.wrapping_add(1);
-        assert_eq!(self.ctx.gen(), self.gen, "a new generation per connection");
-        assert_eq!(self.ctx.state(), State::Reading);
-        let next = self.ctx.on_readable(self.slow_inline);
-        self.after_read(next);
+        self.check();
     }
 
-    /// `on_io` with a readable event.
+    fn restart(&mut self) {
+        while let Some(task) = self.lp.tasks.pop_front() {
+            self.engine.on_task_done(&mut self.lp, task.run());
+        }
+        assert_eq!(self.engine.in_use(), 0, "a stopped loop with a slot held");
+        self.engine.teardown(|w| w.0.set(None));
+        self.lp.watched = None;
+        self.engine = new_engine(self.lp.slow_inline);
+        self.gen = 0;
+        self.lp.stopped = false;
+        self.lp.listener_open = true;
+        self.lp.listening = true;
+        self.lp.timers = [None; TimerId::ALL.len()];
+        *self.lp.peer.borrow_mut() = Peer::default();
+    }
+
+    /// The socket is readable (when its watcher waits for that).
     fn readable(&mut self) {
-        let was_reading = self.ctx.state() == State::Reading;
+        if !self.open() || self.watching() != Some(Interest::Read) {
+            return;
+        }
+        if !self.lp.peer.borrow().readable() {
+            return;
+        }
         {
-            let mut p = self.peer.borrow_mut();
+            let mut p = self.lp.peer.borrow_mut();
             if p.complete() && p.sent.is_empty() {
                 p.extra_seen = true;
             }
         }
-        let next = self.ctx.on_readable(self.slow_inline);
-        if was_reading {
-            self.after_read(next);
-        } else {
-            self.apply(next);
+        self.engine.on_io(&mut self.lp, 0, Interest::Read);
+        self.check();
+    }
+
+    /// The socket is writable (when its watcher waits for that).
+    fn writable(&mut self) {
+        if self.open() && self.watching() == Some(Interest::Write) {
+            self.engine.on_io(&mut self.lp, 0, Interest::Write);
+            self.check();
         }
     }
 
-    /// Checks what a read in `Reading` decided against the model, then applies it.
-    fn after_read(&mut self, next: Next) {
-        let (v, read_end, send_failed) = {
-            let p = self.peer.borrow();
-            (p.verdict, p.read_end, p.send_failed)
-        };
-        let ok = match next {
-            Next::Read => v == Verdict::Incomplete && !read_end,
-            Next::Delegate => v == Verdict::Slow && !self.slow_inline,
-            Next::Write | Next::Finished => {
-                v == Verdict::Fast || (v == Verdict::Slow && self.slow_inline)
-            }
-            Next::Drop(DropReason::Invalid) => v == Verdict::Invalid,
-            Next::Drop(DropReason::TooLarge) => v == Verdict::TooLarge,
-            Next::Drop(DropReason::ClientGone) => {
-                (v == Verdict::Incomplete && read_end)
-                    || (send_failed && matches!(v, Verdict::Fast | Verdict::Slow))
-            }
-            Next::Drop(_) => false,
-        };
-        assert!(ok, "read decided {next:?} on bytes the model calls {v:?}");
-        self.apply(next);
-    }
-
-    /// `AcceptTask::apply`.
-    fn apply(&mut self, next: Next) {
-        match next {
-            Next::Read | Next::Write => {
-                // `arm_deadline`: a deadline is total, set once.
-                self.deadline = true;
-                self.watch = if next == Next::Read {
-                    Watch::Read
-                } else {
-                    Watch::Write
-                };
-            }
-            Next::Delegate => {
-                assert!(!self.slow_inline, "delegated without workers");
-                assert!(!self.task_out, "a second task");
-                self.deadline = false;
-                self.task_out = true;
-                self.watch = Watch::Read;
-            }
-            Next::Finished | Next::Drop(_) => self.end(next),
-        }
-    }
-
-    /// Records how the connection ended and closes it (`AcceptTask::close`).
-    fn end(&mut self, how: Next) {
-        assert!(self.outcome.is_none(), "ended twice: {how:?}");
-        self.outcome = Some(how);
-        {
-            let p = self.peer.borrow();
-            match how {
-                Next::Finished => {
-                    assert_eq!(p.sent, RESPONSE, "finished without the whole response");
-                    if p.verdict == Verdict::Slow && !self.slow_inline {
-                        assert!(p.task_done, "slow response before the task was done");
-                    }
-                }
-                Next::Drop(DropReason::ClientGone) => assert!(
-                    p.read_end || p.extra_seen || p.send_failed,
-                    "dropped as gone, but the client did not leave"
-                ),
-                Next::Drop(DropReason::TimedOut | DropReason::Shutdown) => {}
-                Next::Drop(DropReason::Invalid | DropReason::TooLarge) => {
-                    assert!(p.sent.is_empty())
-                }
-                other => panic!("ended with {other:?}"),
-            }
-        }
-        self.deadline = false;
-        self.watch = Watch::None;
-        let task_out = self.task_out;
-        self.ctx.close(task_out);
-        assert_eq!(self.peer.borrow().closes, 1, "one close of the socket");
-        assert_eq!(self.ctx.fd(), -1);
-        if task_out {
-            assert_eq!(self.ctx.state(), State::Abandoned);
-        } else {
-            self.release();
-        }
-    }
-
-    fn release(&mut self) {
-        assert_eq!(self.ctx.state(), State::Free, "released a busy slot");
-        assert!(self.held);
-        self.held = false;
-        assert!(!self.task_out);
-        // The next connection starts with a fresh client.
-        *self.peer.borrow_mut() = Peer::default();
-    }
-
-    /// `take_completions` for this slot.
+    /// The worker finishes the task it has.
     fn task_done(&mut self) {
-        if !self.task_out {
-            return;
-        }
-        self.task_out = false;
-        self.peer.borrow_mut().task_done = true;
-        match self.ctx.state() {
-            State::Delegated => {
-                let next = self.ctx.on_task_done();
-                assert!(
-                    matches!(next, Next::Finished | Next::Write | Next::Drop(_)),
-                    "{next:?} after the task"
-                );
-                self.apply(next);
-            }
-            State::Abandoned => {
-                self.ctx.close(false);
-                self.release();
-            }
-            other => panic!("task came back to a slot in {other:?}"),
+        if let Some(task) = self.lp.tasks.pop_front() {
+            self.lp.peer.borrow_mut().task_done = true;
+            let done = task.run();
+            self.engine.on_task_done(&mut self.lp, done);
+            self.check();
         }
     }
 
-    /// `expire_deadlines` for this slot.
-    fn deadline(&mut self) {
-        if self.open() && self.deadline {
-            self.end(Next::Drop(DropReason::TimedOut));
-        }
-    }
-
-    /// `begin_drain` (closes what is still reading) or `end_drain` (closes all).
-    fn shutdown(&mut self, all: bool) {
-        if !self.open() {
-            return;
-        }
-        let state = self.ctx.state();
-        if state == State::Reading || (all && state != State::Free) {
-            self.end(Next::Drop(DropReason::Shutdown));
-        }
-    }
-
-    /// One loop iteration's io callback for this slot, if the watcher would fire.
-    fn poll(&mut self) -> bool {
-        if !self.open() {
+    /// `timer` fires, if armed.
+    fn fire(&mut self, timer: TimerId) -> bool {
+        let Some(at) = self.lp.timers[timer as usize].take() else {
             return false;
-        }
-        let readable = self.peer.borrow().readable();
-        match self.watch {
-            Watch::Read if readable => self.readable(),
-            Watch::Write => {
-                let next = self.ctx.on_writable();
-                self.apply(next);
-            }
-            _ => return false,
-        }
+        };
+        self.lp.now = self.lp.now.max(at);
+        self.engine.on_timer(&mut self.lp, timer);
+        self.check();
         true
+    }
+
+    /// A shutdown request, or the drain's timeout once one has begun.
+    fn shutdown(&mut self, how: Drain) {
+        if self.engine.is_draining() {
+            self.fire(TimerId::Drain);
+        } else if !self.lp.stopped {
+            self.engine.begin_drain(&mut self.lp, how);
+            assert!(!self.lp.listener_open, "the drain closes the listener");
+            self.check();
+        }
+    }
+
+    /// What must hold between two events.
+    fn check(&mut self) {
+        if let Some(how) = self.lp.outcome {
+            if self.held() {
+                // Ended while its task is out: the slot waits for it.
+                assert!(!self.lp.tasks.is_empty(), "{how:?}: slot held for nothing");
+                assert_eq!(self.state(), State::Abandoned);
+            } else {
+                assert_eq!(self.state(), State::Free);
+                // The next connection starts with a fresh client.
+                *self.lp.peer.borrow_mut() = Peer::default();
+                self.lp.outcome = None;
+            }
+            assert_eq!(self.watching(), None, "a closed connection still watched");
+            assert_eq!(self.engine.connection(0).fd(), -1);
+            if self.engine.in_use() == 0 && self.engine.is_draining() {
+                assert!(self.lp.stopped, "drained but the loop goes on");
+            }
+            return;
+        }
+        if !self.held() {
+            return;
+        }
+        let ctx = self.engine.connection(0);
+        assert_eq!(ctx.gen(), self.gen, "a new generation per connection");
+        let (v, read_end) = {
+            let p = self.lp.peer.borrow();
+            (p.verdict, p.read_end)
+        };
+        match ctx.state() {
+            State::Reading => {
+                assert_eq!(
+                    v,
+                    Verdict::Incomplete,
+                    "still reading a request the model calls {v:?}"
+                );
+                assert!(!read_end, "still reading after EOF or a reset");
+                assert_eq!(self.watching(), Some(Interest::Read));
+                assert!(
+                    self.lp.timers[TimerId::Deadline as usize].is_some(),
+                    "no deadline"
+                );
+            }
+            State::Delegated => {
+                assert!(
+                    v == Verdict::Slow && !self.lp.slow_inline,
+                    "delegated a {v:?}"
+                );
+                assert_eq!(self.lp.tasks.len(), 1, "delegated without a task out");
+                assert_eq!(
+                    self.watching(),
+                    Some(Interest::Read),
+                    "not watching for the client leaving"
+                );
+            }
+            State::Writing => {
+                assert!(
+                    matches!(v, Verdict::Fast | Verdict::Slow),
+                    "answering a {v:?}"
+                );
+                assert_eq!(self.watching(), Some(Interest::Write));
+            }
+            other => panic!("an open connection in {other:?}"),
+        }
     }
 
     /// The script ran out: the loop runs on until the connection is gone (the
@@ -395,20 +523,30 @@ impl<'a> Driver<'a> {
     fn finish(&mut self) {
         for round in 0.. {
             assert!(round < 10_000, "the connection never ends");
-            if self.poll() {
-                continue;
-            }
-            if self.task_out {
-                self.task_done();
-            } else if self.open() {
-                assert!(self.deadline, "an idle connection without a deadline");
-                self.deadline();
-            } else {
+            if !self.held() {
                 break;
             }
+            if self.open() {
+                let readable = self.lp.peer.borrow().readable();
+                match self.watching() {
+                    Some(Interest::Read) if readable => {
+                        self.readable();
+                        continue;
+                    }
+                    Some(Interest::Write) => {
+                        self.writable();
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if !self.lp.tasks.is_empty() {
+                self.task_done();
+            } else if !self.fire(TimerId::Deadline) && !self.fire(TimerId::Drain) {
+                panic!("an idle connection with nothing to end it");
+            }
         }
-        assert!(!self.held, "slot not released");
-        assert_eq!(self.ctx.state(), State::Free);
+        assert_eq!(self.engine.in_use(), 0, "slot not released");
     }
 }
 
@@ -431,15 +569,22 @@ impl Script<'_> {
 fuzz_target!(|data: &[u8]| {
     let mut script = Script(data);
     let peer = RefCell::new(Peer::default());
+    let slow_inline = script.byte() & 1 == 1;
     let mut d = Driver {
-        peer: &peer,
-        ctx: ConnectionCtx::default(),
-        slow_inline: script.byte() & 1 == 1,
-        held: false,
-        watch: Watch::None,
-        deadline: false,
-        task_out: false,
-        outcome: None,
+        engine: new_engine(slow_inline),
+        lp: Loop {
+            peer: &peer,
+            slow_inline,
+            now: 0.0,
+            timers: [None; TimerId::ALL.len()],
+            tasks: VecDeque::new(),
+            stopped: false,
+            pending: false,
+            listener_open: true,
+            listening: true,
+            watched: None,
+            outcome: None,
+        },
         gen: 0,
     };
     while !script.0.is_empty() {
@@ -480,25 +625,22 @@ fuzz_target!(|data: &[u8]| {
                 .push_back(SendOp::Errno(libc::EPIPE)),
             // The listener or the socket is readable: accept, or read.
             11 => {
-                if !d.held {
-                    d.accept();
-                } else if d.open() && d.watch == Watch::Read && peer.borrow().readable() {
+                if d.held() {
                     d.readable();
+                } else {
+                    d.connect();
                 }
             }
-            12 => {
-                if d.watch == Watch::Write {
-                    d.poll();
-                }
-            }
+            12 => d.writable(),
             13 => d.task_done(),
-            14 => d.deadline(),
-            _ => d.shutdown(op & 0x10 != 0),
+            14 => {
+                d.fire(TimerId::Deadline);
+            }
+            _ if op & 0x10 != 0 => d.shutdown(Drain::Handover),
+            _ => d.shutdown(Drain::Stop),
         }
-        // A connection that ended with its slot free is done: the next ops are
-        // the next client's, on the same slot.
     }
-    if d.held {
+    if d.held() {
         d.finish();
     }
 });
