@@ -23,6 +23,7 @@
 // porting a libev design need. The rest is crate-private.
 pub mod config;
 pub mod conn;
+pub mod delegate;
 pub mod engine;
 pub mod ev;
 pub mod lifecycle;
@@ -38,7 +39,10 @@ pub mod token;
 
 mod accept;
 mod deadline;
+mod handoff;
 mod net;
+mod socket_worker;
 mod worker;
+mod worker_loop;
 
 pub use accept::Stats;

@@ -24,6 +24,7 @@ use socket2::Type;
 
 use crate::accept::Stats;
 use crate::conn::DropReason;
+use crate::delegate::Delegate;
 use crate::{net, os, sys};
 
 /// Upper bounds (seconds) of the slow-task histogram's buckets, around the default
@@ -120,6 +121,9 @@ pub struct AcceptCounters {
     slow_responses: Counter,
     /// Slow tasks given to the workers.
     delegated: Counter,
+    /// Connections handed to the worker side (`--delegate socket|loop`); for a
+    /// worker's counters: connections it took from its queue.
+    handed_off: Counter,
     capacity: Counter,
     /// 0/1 per [`PauseCause`].
     paused: [Counter; PauseCause::ALL.len()],
@@ -137,7 +141,7 @@ impl AcceptCounters {
     /// difference cannot go below 0 but for reordering, which `saturating_sub`
     /// absorbs.
     fn open(&self) -> u64 {
-        let closed = self.responses.get() + self.dropped_total();
+        let closed = self.responses.get() + self.dropped_total() + self.handed_off.get();
         self.accepted.get().saturating_sub(closed)
     }
 
@@ -233,6 +237,11 @@ impl AcceptMetrics {
         }
     }
 
+    /// A connection left for the worker side (`--delegate socket|loop`).
+    pub fn handed_off(&self) {
+        self.counters.handed_off.bump();
+    }
+
     /// Slot `slot` gave its slow task to the workers at loop time `now`.
     pub fn delegated(&mut self, slot: u32, now: f64) {
         self.counters.delegated.bump();
@@ -272,6 +281,10 @@ pub fn count_upgrade() {
 pub struct Metrics {
     accept: Box<[Arc<AcceptCounters>]>,
     workers: Box<[Arc<WorkerCounters>]>,
+    /// `--delegate socket|loop`: the counters of each worker that answers
+    /// connections itself (empty in `task` mode).
+    worker_side: Box<[Arc<AcceptCounters>]>,
+    delegate: Delegate,
 }
 
 impl Metrics {
@@ -280,7 +293,24 @@ impl Metrics {
         Metrics {
             accept: (0..accept_threads).map(|_| Arc::default()).collect(),
             workers: (0..workers).map(|_| Arc::default()).collect(),
+            worker_side: Box::default(),
+            delegate: Delegate::Task,
         }
+    }
+
+    /// These counters for `--delegate mode`: in `socket` and `loop` modes each of
+    /// the `workers` workers answers connections and gets counters of its own.
+    pub fn for_mode(mut self, mode: Delegate) -> Self {
+        self.delegate = mode;
+        if mode.hands_off() {
+            self.worker_side = (0..self.workers.len()).map(|_| Arc::default()).collect();
+        }
+        self
+    }
+
+    /// The connection counters of worker `n` (`--delegate socket|loop`).
+    pub fn worker_side(&self, n: usize) -> Arc<AcceptCounters> {
+        Arc::clone(&self.worker_side[n])
     }
 
     /// The counters of accept thread `id`.
@@ -320,6 +350,12 @@ impl Metrics {
                 _ => c.slow_responses.get(),
             },
         )?;
+        self.per_worker(
+            out,
+            "conn_daemon_responses_total",
+            Some(("kind", &["slow"])),
+            |c, _| c.slow_responses.get(),
+        )?;
         self.per_thread(
             out,
             ("conn_daemon_connections_dropped_total", "counter"),
@@ -327,13 +363,21 @@ impl Metrics {
             Some(("reason", &reasons)),
             |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
         )?;
+        self.per_worker(
+            out,
+            "conn_daemon_connections_dropped_total",
+            Some(("reason", &reasons)),
+            |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
+        )?;
         self.per_thread(
             out,
             ("conn_daemon_connections_open", "gauge"),
-            "Connections accepted and not yet answered or dropped.",
+            "Connections accepted and not yet answered or dropped (by an accept \
+             thread, or with --delegate socket|loop by a worker: worker=\"N\").",
             None,
             |c, _| c.open(),
         )?;
+        self.per_worker(out, "conn_daemon_connections_open", None, |c, _| c.open())?;
         self.per_thread(
             out,
             ("conn_daemon_pool_capacity", "gauge"),
@@ -360,17 +404,32 @@ impl Metrics {
         let finished: u64 = self.workers.iter().map(|w| w.finished.get()).sum();
         let started: u64 = self.workers.iter().map(|w| w.started.get()).sum();
         let delegated: u64 = accept.iter().map(|c| c.delegated.get()).sum();
+        let (queued, running) = if self.worker_side.is_empty() {
+            (
+                delegated.saturating_sub(started),
+                started.saturating_sub(finished),
+            )
+        } else {
+            // --delegate socket|loop: the connection is the task. Taken last,
+            // so that a connection counted as taken is counted as handed over.
+            let handed: u64 = accept.iter().map(|c| c.handed_off.get()).sum();
+            let held: u64 = self.worker_side.iter().map(|c| c.open()).sum();
+            let taken: u64 = self.worker_side.iter().map(|c| c.accepted.get()).sum();
+            (handed.saturating_sub(taken), held)
+        };
         gauge(
             out,
             "conn_daemon_slow_tasks_queued",
-            "Slow tasks waiting for a worker.",
-            delegated.saturating_sub(started),
+            "Slow tasks waiting for a worker (with --delegate socket|loop: \
+             connections handed over, not yet taken by their worker).",
+            queued,
         )?;
         gauge(
             out,
             "conn_daemon_slow_tasks_running",
-            "Slow tasks a worker is running.",
-            started.saturating_sub(finished),
+            "Slow tasks a worker is running (with --delegate socket|loop: \
+             connections the workers hold).",
+            running,
         )?;
         self.render_slow_histogram(out)?;
         family(
@@ -388,14 +447,16 @@ impl Metrics {
             out,
             "conn_daemon_build_info",
             "gauge",
-            "Version of conn-daemon and of its vendored libev; always 1.",
+            "Version of conn-daemon and of its vendored libev, and the --delegate \
+             mode; always 1.",
         )?;
         writeln!(
             out,
-            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\"}} 1",
+            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
             sys::EV_VERSION_MAJOR,
-            sys::EV_VERSION_MINOR
+            sys::EV_VERSION_MINOR,
+            self.delegate.label()
         )?;
         process.render(out)
     }
@@ -428,6 +489,31 @@ impl Metrics {
         Ok(())
     }
 
+    /// The series of `name` (whose family the accept threads' [`Metrics::per_thread`]
+    /// has opened) for each worker that answers connections, labelled `worker`.
+    fn per_worker(
+        &self,
+        out: &mut Vec<u8>,
+        name: &str,
+        label: Option<(&str, &[&str])>,
+        value: impl Fn(&AcceptCounters, usize) -> u64,
+    ) -> io::Result<()> {
+        for (w, c) in self.worker_side.iter().enumerate() {
+            let Some((key, values)) = label else {
+                writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(c, 0))?;
+                continue;
+            };
+            for (i, v) in values.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",{key}=\"{v}\"}} {}",
+                    value(c, i)
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// `conn_daemon_slow_task_seconds`, all accept threads together.
     fn render_slow_histogram(&self, out: &mut Vec<u8>) -> io::Result<()> {
         const NAME: &str = "conn_daemon_slow_task_seconds";
@@ -440,7 +526,7 @@ impl Metrics {
         )?;
         let mut buckets = [0u64; SLOW_BUCKETS.len() + 1];
         let mut sum = 0.0;
-        for c in self.accept.iter() {
+        for c in self.accept.iter().chain(self.worker_side.iter()) {
             let h = &c.slow_seconds;
             for (total, b) in buckets.iter_mut().zip(&h.buckets) {
                 *total += b.get();
