@@ -57,6 +57,8 @@ const LIBEV_DEFINES: &[(&str, &str)] = &[
 
 const LIBEV_DIR: &str = "vendor/libev";
 const SHIM: &str = "src/shim.c";
+/// `ev.c` plus the accessors that need libev's private loop struct.
+const UNIT: &str = "src/ev_unit.c";
 
 fn main() {
     rerun_if_changed();
@@ -70,6 +72,7 @@ fn rerun_if_changed() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={LIBEV_DIR}");
     println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-changed={UNIT}");
 }
 
 /// A `cc::Build` with the libev defines; both C libraries start from it.
@@ -82,10 +85,15 @@ fn configured() -> cc::Build {
     build
 }
 
-/// libev itself. Its warnings are upstream's business: silenced for this file only.
+/// libev itself, compiled through `src/ev_unit.c` (which includes `ev.c`). Its
+/// warnings are upstream's business: silenced for this file only.
 fn build_libev() {
+    println!(
+        "cargo:rerun-if-changed={}",
+        Path::new(LIBEV_DIR).join("ev.c").display()
+    );
     configured()
-        .file(Path::new(LIBEV_DIR).join("ev.c"))
+        .file(UNIT)
         .warnings(false)
         .flag_if_supported("-w")
         .compile("ev");

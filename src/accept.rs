@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use socket2::Socket;
@@ -67,6 +68,12 @@ pub struct AcceptTask {
     side: Side,
 }
 
+/// The engine's seconds as the wrapper's `Duration`: a deadline already
+/// passed (negative) fires at once.
+fn seconds(after: f64) -> Duration {
+    Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO)
+}
+
 /// The engine's view of the loop during one callback.
 struct EvHost<'a> {
     lp: &'a Loop<AcceptTask>,
@@ -78,7 +85,7 @@ impl Host<OwnedFd> for EvHost<'_> {
 
     #[inline]
     fn now(&self) -> f64 {
-        self.lp.now()
+        self.lp.now().as_secs_f64()
     }
 
     #[inline]
@@ -101,7 +108,7 @@ impl Host<OwnedFd> for EvHost<'_> {
     fn start_timer(&mut self, timer: TimerId, after: f64) {
         self.side
             .timer(timer)
-            .start_once(self.lp, after, Token::Timer(timer).encode());
+            .start_once(self.lp, seconds(after), Token::Timer(timer).encode());
     }
 
     fn timer_active(&self, timer: TimerId) -> bool {

@@ -139,8 +139,9 @@ fn default_accept_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// The clap command, with the settings the derive attributes cannot express.
-fn command() -> clap::Command {
+/// The clap command, with the settings the derive attributes cannot express:
+/// what parses the command line, and what `contrib/man` renders as the man page.
+pub fn command() -> clap::Command {
     // Fixed name: the usage text must not depend on how the binary was invoked, so
     // scripts and tests can match it.
     Args::command().bin_name("conn-daemon")
@@ -190,20 +191,41 @@ fn ambiguity(err: &clap::Error) -> Option<String> {
     })
 }
 
-/// Parses a decimal whole number in `min..=max` into `T`. Hand-written rather than
-/// `str::parse` so that "+5", " 5" and "-1" are refused with one clear message, and
-/// an out-of-range value is refused instead of wrapping as it did in the reference.
+/// Parses a whole number in `min..=max` into `T`, written as the reference's
+/// AutoOpts reads it (C's `strtol` with base 0, then "nothing may follow"):
+/// decimal, `0x`/`0X` hexadecimal (`0x57e4` is 22500), or octal after a leading
+/// `0` (`054000` is 22528), after optional leading blanks and an optional `+`.
+/// Unlike the reference, a value out of range (a negative one included) is
+/// refused instead of wrapping, and so is anything after the digits.
 fn number<T: TryFrom<u64>>(text: &str, min: u64, max: u64) -> Result<T, String> {
     let refuse = || format!("expected a whole number from {min} to {max}");
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(refuse());
-    }
-    // A parse error here can only be overflow: the digits were checked above.
-    let value: u64 = text.parse().map_err(|_| refuse())?;
+    let value = c_number(text).ok_or_else(refuse)?;
     if !(min..=max).contains(&value) {
         return Err(refuse());
     }
     T::try_from(value).map_err(|_| refuse())
+}
+
+/// The value of `text` as `strtoul(text, &end, 0)` reads it with `*end == '\0'`
+/// required; `None` for anything else, a sign other than `+` and overflow
+/// included.
+fn c_number(text: &str) -> Option<u64> {
+    // strtol skips what isspace() accepts in the C locale.
+    let text = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (digits, radix) =
+        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            (hex, 16)
+        } else if text.len() > 1 && text.starts_with('0') {
+            (&text[1..], 8)
+        } else {
+            (text, 10)
+        };
+    // Checked by hand: from_str_radix would take a second sign.
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
 }
 
 /// `usize::MAX` as u64 (u64 is at least as wide on every supported target).
@@ -464,7 +486,8 @@ struct Args {
     upgrade_timeout: u64,
 
     /// Print this help and exit
-    #[arg(short = '?', long = "help", short_alias = 'h', action = ArgAction::Help)]
+    // `-!` is AutoOpts' "help through a pager": here the same help, without one.
+    #[arg(short = '?', long = "help", short_aliases = ['h', '!'], action = ArgAction::Help)]
     help: Option<bool>,
 
     /// Print the version and exit
@@ -651,8 +674,47 @@ mod tests {
         check_all(Some('p'), "port", "por", "65535", |c| {
             assert_eq!(c.port, 65535)
         });
-        // Leading zeros are decimal, not octal.
-        assert_eq!(ok(&["-p", "09000"]).port, 9000);
+        // As C's strtol with base 0 reads them (AutoOpts): hexadecimal, octal.
+        assert_eq!(ok(&["-p", "0x57e4"]).port, 22500);
+        assert_eq!(ok(&["-p", "0X57E4"]).port, 22500);
+        assert_eq!(ok(&["-p", "054000"]).port, 22528);
+        assert_eq!(ok(&["--port=+9000"]).port, 9000);
+        assert_eq!(ok(&["-p", " 9000"]).port, 9000);
+        for bad in ["09000", "0x", "0x-1", "08", "0b1", "++9", "+-9", "-0x1"] {
+            refused(&["-p", bad]);
+        }
+    }
+
+    #[test]
+    fn every_numeric_option_reads_c_numbers() {
+        let c = ok(&[
+            "-A",
+            "0x3",
+            "-C",
+            "010",
+            "-w",
+            "0",
+            "-D",
+            "0x10",
+            "--read-timeout",
+            "0100",
+            "--shutdown-timeout",
+            "0x20",
+            "--upgrade-timeout",
+            "+07",
+        ]);
+        assert_eq!(c.accept_threads, 3);
+        assert_eq!(c.accept_capacity, 8);
+        assert_eq!(c.worker_threads, 0);
+        assert_eq!(c.slow_duration, Duration::from_millis(16));
+        assert_eq!(c.read_timeout, Some(Duration::from_millis(64)));
+        assert_eq!(c.shutdown_timeout, Duration::from_millis(32));
+        assert_eq!(c.upgrade_timeout, Duration::from_millis(7));
+        assert_eq!(ok(&["-w", "00"]).worker_threads, 0);
+        assert_eq!(ok(&["-C", "0x1000000"]).accept_capacity, 16_777_216);
+        refused(&["-C", "0x1000001"]);
+        refused(&["-A", "0x0"]);
+        refused(&["-D", "0x10000000000000000"]);
     }
 
     #[test]
@@ -903,10 +965,8 @@ mod tests {
             &["-p", "abc"],
             &["-p", ""],
             &["--port="],
-            &["-p", "+9000"],
-            &["-p", " 9000"],
             &["-p", "9000 "],
-            &["-p", "0x2328"],
+            &["-p", "0x2328g"],
             &["-p", "90.5"],
             // Negative numbers, every spelling.
             &["-w", "-1"],
@@ -985,6 +1045,7 @@ mod tests {
             &["--help"][..],
             &["-?"],
             &["-h"],
+            &["-!"],
             &["--he"],
             &["--h"],
             &["-v", "-?"],

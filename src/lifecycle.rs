@@ -12,6 +12,7 @@
 //! | SIGINT | the same drain; a second SIGINT exits at once with status 1 |
 //! | SIGQUIT | exits at once with status 1 |
 //! | SIGUSR2, SIGHUP | zero-downtime upgrade to the executable at our own path |
+//! | SIGUSR1, SIGALRM, SIGVTALRM, SIGPROF, SIGPWR, SIGSTKFLT | one line (`SIGUSR1: ignored`), nothing else |
 //!
 //! The upgrade follows nginx's and HAProxy's: the new process gets our listening
 //! sockets as inherited fds by the systemd socket-activation convention (one
@@ -32,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::os::{self, Exec, SignalFd};
+use crate::os::{self, Exec, ListenPid, SignalFd, Wait};
 use crate::worker::Shared;
 use crate::{debug, warn};
 
@@ -132,6 +133,12 @@ pub struct UpgradePlan {
     pub listeners: Vec<RawFd>,
     /// How long the new process has to report that it serves.
     pub timeout: Duration,
+    /// How long a new process that did not serve has, after SIGTERM, before
+    /// SIGKILL: our own drain bound (it has our command line), and a little.
+    pub stop_grace: Duration,
+    /// `--pid-file`: a new process that wrote its pid there and then did not
+    /// take over leaves it naming a process that is gone; we write ours again.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl UpgradePlan {
@@ -150,6 +157,8 @@ impl UpgradePlan {
             args,
             listeners,
             timeout: config.upgrade_timeout,
+            stop_grace: config.shutdown_timeout + Duration::from_millis(500),
+            pid_file: config.pid_file.clone(),
         })
     }
 }
@@ -176,12 +185,42 @@ fn exe_path() -> io::Result<PathBuf> {
     }
 }
 
-/// An upgrade under way: the new process and the read end of its pipe.
+/// An upgrade under way: the new process (the leader of a process group of its
+/// own) and where it stands.
 struct Pending {
     pid: libc::pid_t,
-    ready: fs::File,
-    deadline: Instant,
+    phase: Phase,
 }
+
+/// Where a new process stands.
+enum Phase {
+    /// Started; we wait for its pid on the pipe until `deadline`.
+    Starting { ready: fs::File, deadline: Instant },
+    /// Given up on for `why`: its group was sent SIGTERM (unless it had exited
+    /// already); SIGKILL follows at `deadline` if it has not ended by then.
+    Stopping {
+        why: Failure,
+        deadline: Instant,
+        sent_term: bool,
+    },
+}
+
+/// Why an upgrade did not complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// It did not report that it serves within `--upgrade-timeout`.
+    Silent,
+    /// Its pipe closed without a pid: it ended (or closed it) before serving.
+    Exited,
+    /// We are shutting down (SIGTERM, SIGINT) before it reported.
+    Abandoned,
+}
+
+/// How long a new process that ended by itself may take to be reaped after its
+/// pipe closed, before its group is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+/// How often the signal thread looks for the end of a new process it stops.
+const STOP_POLL: Duration = Duration::from_millis(10);
 
 /// The signal thread.
 pub struct Supervisor {
@@ -215,11 +254,18 @@ impl Supervisor {
 
     fn run(mut self) {
         loop {
-            let timeout = self
-                .pending
-                .as_ref()
-                .map(|p| p.deadline.saturating_duration_since(Instant::now()));
-            let pipe = self.pending.as_ref().map(|p| p.ready.as_raw_fd());
+            let now = Instant::now();
+            let (pipe, timeout) = match self.pending.as_ref().map(|p| &p.phase) {
+                None => (None, None),
+                Some(Phase::Starting { ready, deadline }) => (
+                    Some(ready.as_raw_fd()),
+                    Some(deadline.saturating_duration_since(now)),
+                ),
+                Some(Phase::Stopping { deadline, .. }) => (
+                    None,
+                    Some(deadline.saturating_duration_since(now).min(STOP_POLL)),
+                ),
+            };
             let (signal, ready) = match os::poll2(self.signals.as_raw_fd(), pipe, timeout) {
                 Ok(r) => r,
                 Err(e) => {
@@ -230,14 +276,8 @@ impl Supervisor {
             };
             if ready {
                 self.upgrade_answered();
-            } else if self
-                .pending
-                .as_ref()
-                .is_some_and(|p| Instant::now() >= p.deadline)
-            {
-                let ms = self.plan.timeout.as_millis();
-                self.upgrade_failed(Some(&format!("it did not serve within {ms} ms")), true);
             }
+            self.check_pending();
             if signal {
                 match self.signals.read() {
                     Ok(sig) => self.on_signal(sig),
@@ -252,7 +292,7 @@ impl Supervisor {
             libc::SIGTERM => self.drain("SIGTERM"),
             libc::SIGINT if self.interrupted => {
                 warn!("second SIGINT: exiting without draining");
-                os::exit_now(1);
+                self.exit_now();
             }
             libc::SIGINT => {
                 self.interrupted = true;
@@ -260,31 +300,40 @@ impl Supervisor {
             }
             libc::SIGQUIT => {
                 warn!("SIGQUIT: exiting without draining");
-                os::exit_now(1);
+                self.exit_now();
             }
             libc::SIGUSR2 | libc::SIGHUP => self.start_upgrade(sig),
-            _ => {}
+            other => warn!("{}: ignored", os::signal_name(other)),
         }
+    }
+
+    /// Exits with status 1 at once; a new process that has not taken over yet
+    /// goes with us (its whole group), so that nothing serves afterwards.
+    fn exit_now(&mut self) -> ! {
+        if let Some(p) = self.pending.take() {
+            os::kill_group(p.pid, libc::SIGKILL);
+        }
+        os::exit_now(1)
     }
 
     /// A stop request: the drain, once; an upgrade under way is abandoned.
     fn drain(&mut self, why: &str) {
-        if self.pending.is_some() {
-            self.upgrade_failed(None, true);
-        }
         if !self.shutdown.draining() {
             debug!("{why}: draining");
             os::sd_notify("STOPPING=1\nSTATUS=draining");
             self.shutdown.shutdown();
         }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| matches!(p.phase, Phase::Starting { .. }))
+        {
+            self.upgrade_failed(Failure::Abandoned);
+        }
     }
 
     fn start_upgrade(&mut self, sig: libc::c_int) {
-        let name = if sig == libc::SIGHUP {
-            "SIGHUP"
-        } else {
-            "SIGUSR2"
-        };
+        let name = os::signal_name(sig);
         if let Some(p) = &self.pending {
             warn!(
                 "{name}: an upgrade is in progress (new process {}); ignored",
@@ -340,72 +389,151 @@ impl Supervisor {
         env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
         let mut fds = self.plan.listeners.clone();
         fds.push(ready_tx.as_raw_fd());
-        let mut exec = Exec::new(self.plan.exe.as_os_str(), &self.plan.args, env, true, fds)?;
+        let mut exec = Exec::new(
+            self.plan.exe.as_os_str(),
+            &self.plan.args,
+            env,
+            ListenPid::OfTheChild,
+            fds,
+        )?;
         let pid = exec.spawn()?;
         // Only the child may hold the write end, so that its exit is our EOF.
         drop(ready_tx);
         Ok(Pending {
             pid,
-            ready: fs::File::from(ready_rx),
-            deadline: Instant::now() + self.plan.timeout,
+            phase: Phase::Starting {
+                ready: fs::File::from(ready_rx),
+                deadline: Instant::now() + self.plan.timeout,
+            },
         })
     }
 
     /// The pipe is readable: the new process's pid (it serves), or EOF (it
     /// ended, or closed the pipe without a word).
     fn upgrade_answered(&mut self) {
-        let Some(p) = &self.pending else { return };
+        let Some(Pending {
+            phase: Phase::Starting { ready, .. },
+            ..
+        }) = &self.pending
+        else {
+            return;
+        };
         let mut buf = [0u8; 32];
-        let n = (&p.ready).read(&mut buf);
-        let text = match n {
+        let text = match (&*ready).read(&mut buf) {
             Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n]).trim().to_string(),
             _ => String::new(),
         };
         if text.is_empty() {
-            self.upgrade_failed(Some("it exited before serving"), false);
+            self.upgrade_failed(Failure::Exited);
             return;
         }
         let pending = self.pending.take().expect("checked above");
-        // The daemonized case: our child forked the server and exited.
-        let _ = os::reap(pending.pid, false);
+        // A new executable that daemonized after all (an older version): our
+        // child forked the server and exited.
+        let _ = os::reap(pending.pid, Wait::NoHang);
         if self.shutdown.hand_over() {
             crate::metrics::count_upgrade();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }
     }
 
-    /// Logs one line and goes on serving; the new process is killed if `kill`.
-    /// `why` None: abandoned because we are shutting down.
-    fn upgrade_failed(&mut self, why: Option<&str>, kill: bool) {
-        let Some(p) = self.pending.take() else { return };
-        if kill {
-            os::kill(p.pid, libc::SIGKILL);
+    /// Moves a new process that did not serve to [`Phase::Stopping`]: SIGTERM
+    /// to its whole group (a new process that serves without saying so drains
+    /// what it accepted, as any conn-daemon does on SIGTERM), and the line for
+    /// an abandoned upgrade at once (we may exit before it ends).
+    fn upgrade_failed(&mut self, why: Failure) {
+        let Some(p) = &mut self.pending else { return };
+        // One that closed its pipe has most likely ended: give it a moment to
+        // be reaped before anything is sent.
+        let sent_term = why != Failure::Exited;
+        let grace = match why {
+            Failure::Exited => EXIT_GRACE,
+            // The new process has our command line, so our drain bound.
+            Failure::Silent | Failure::Abandoned => self.plan.stop_grace,
+        };
+        if sent_term {
+            os::kill_group(p.pid, libc::SIGTERM);
         }
-        // EOF may come a moment before the exit status: wait a little, then kill.
-        let mut status = os::reap(p.pid, false);
-        let until = Instant::now() + Duration::from_secs(1);
-        while status.is_none() && Instant::now() < until {
-            thread::sleep(Duration::from_millis(5));
-            status = os::reap(p.pid, false);
-        }
-        if status.is_none() {
-            os::kill(p.pid, libc::SIGKILL);
-            status = os::reap(p.pid, true);
-        }
-        let status = status.unwrap_or_else(|| "gone".into());
-        let exe = self.plan.exe.display();
-        let Some(why) = why else {
+        if why == Failure::Abandoned {
             warn!(
-                "upgrade abandoned: {exe} (pid {}): shutting down ({status})",
+                "upgrade abandoned: {} (pid {}): shutting down; sent it SIGTERM",
+                self.plan.exe.display(),
                 p.pid
             );
-            return;
+        }
+        p.phase = Phase::Stopping {
+            why,
+            deadline: Instant::now() + grace,
+            sent_term,
         };
-        warn!(
-            "upgrade failed: {exe} (pid {}): {why} ({status}); still serving",
-            p.pid
-        );
+        self.check_pending();
+    }
+
+    /// The upgrade's timeout, and the end of a new process being stopped.
+    fn check_pending(&mut self) {
+        let Some(p) = &self.pending else { return };
+        let now = Instant::now();
+        let (why, deadline, sent_term) = match p.phase {
+            Phase::Starting { deadline, .. } => {
+                if now >= deadline {
+                    self.upgrade_failed(Failure::Silent);
+                }
+                return;
+            }
+            Phase::Stopping {
+                why,
+                deadline,
+                sent_term,
+            } => (why, deadline, sent_term),
+        };
+        let pid = p.pid;
+        let (status, killed) = match os::reap(pid, Wait::NoHang) {
+            Some(status) => (status, false),
+            None if now < deadline => return,
+            None => {
+                os::kill_group(pid, libc::SIGKILL);
+                (
+                    os::reap(pid, Wait::Block).unwrap_or_else(|| "gone".into()),
+                    true,
+                )
+            }
+        };
+        self.pending = None;
+        // Whatever it left in its group (a script's children holding our
+        // listening sockets) goes with it. Its pid cannot name another group
+        // meanwhile: a pid still in use as a group id is not reused.
+        os::kill_group(pid, libc::SIGKILL);
+        let exe = self.plan.exe.display();
+        let ms = self.plan.timeout.as_millis();
+        let grace = self.plan.stop_grace.as_millis();
+        let seen = match (why, sent_term, killed) {
+            (Failure::Abandoned, _, false) => return,
+            (Failure::Abandoned, _, true) => {
+                warn!(
+                    "upgrade abandoned: {exe} (pid {pid}): it did not stop within \
+                     {grace} ms of SIGTERM ({status})"
+                );
+                return;
+            }
+            (Failure::Exited, _, false) => "it exited before serving".to_string(),
+            (Failure::Exited, _, true) => {
+                "it closed its pipe before serving and did not exit: killed".to_string()
+            }
+            (Failure::Silent, _, false) => {
+                format!("it did not report that it serves within {ms} ms; stopped with SIGTERM")
+            }
+            (Failure::Silent, _, true) => format!(
+                "it did not report that it serves within {ms} ms, nor stop within \
+                 {grace} ms of SIGTERM: killed"
+            ),
+        };
+        warn!("upgrade failed: {exe} (pid {pid}): {seen} ({status}); still serving");
         if !self.shutdown.draining() {
+            if let Some(path) = &self.plan.pid_file {
+                if let Err(e) = write_pid_file(path, std::process::id()) {
+                    warn!("cannot write the pid file {}: {e}", path.display());
+                }
+            }
             os::sd_notify("READY=1\nSTATUS=serving (upgrade failed)");
         }
     }

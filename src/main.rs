@@ -9,15 +9,16 @@ use conn_daemon::server::{Server, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
 fn main() -> ExitCode {
-    let config = Config::from_env();
-    log::set_verbose(config.verbose);
-    // First, before any other thread exists, so that all of them inherit the mask
-    // and only the supervisor sees the signals; a signal that arrives while we
-    // start up waits for it instead of killing a process that already has
-    // connections in its listen backlog.
+    // The very first thing, before the arguments are even read and before any
+    // other thread exists, so that all of them inherit the mask and only the
+    // supervisor sees the signals; a signal that arrives while we start up
+    // waits for it instead of killing a process that may already have
+    // connections in its listen backlog (an upgrade's, an activated one's).
     if let Err(e) = os::block_signals() {
         return fail(EXIT_SYSTEM, &format_args!("cannot block signals: {e}"));
     }
+    let config = Config::from_env();
+    log::set_verbose(config.verbose);
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
@@ -37,7 +38,10 @@ fn main() -> ExitCode {
             )
         }
     };
-    if config.daemonize {
+    // An upgrade's new process is detached already (its parent is the daemon),
+    // and daemonizing again would hide it from the old process, which must be
+    // able to stop it if it does not take over.
+    if config.daemonize && !inherited.from_upgrade {
         if let Err(e) = os::daemonize(config.verbose) {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }

@@ -21,6 +21,44 @@ const HANDLED_SIGNALS: [libc::c_int; 5] = [
     libc::SIGHUP,
 ];
 
+/// Signals a user or supervisor may send that would end the process by default
+/// but mean nothing to the server: the supervisor thread reads them too, and
+/// logs one line each (`SIGUSR1: ignored`) instead of dying.
+pub const IGNORED_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGUSR1,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGPWR,
+    libc::SIGSTKFLT,
+];
+
+/// The name of a signal the [`SignalFd`] reads, for a log line.
+pub fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        _ => "a signal",
+    }
+}
+
+/// Every signal read from the [`SignalFd`].
+fn watched_signals() -> libc::sigset_t {
+    let mut all = [0; HANDLED_SIGNALS.len() + IGNORED_SIGNALS.len()];
+    all[..HANDLED_SIGNALS.len()].copy_from_slice(&HANDLED_SIGNALS);
+    all[HANDLED_SIGNALS.len()..].copy_from_slice(&IGNORED_SIGNALS);
+    signal_set(&all)
+}
+
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     let mut set = MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigemptyset initialises the set; sigaddset takes valid signal numbers.
@@ -37,7 +75,7 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
 /// starts afterwards: only [`SignalFd`] receives them. SIGPIPE is ignored
 /// outright (sends use MSG_NOSIGNAL anyway).
 pub fn block_signals() -> io::Result<()> {
-    let set = signal_set(&HANDLED_SIGNALS);
+    let set = watched_signals();
     // SAFETY: a valid, initialised set; the old mask is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -56,7 +94,7 @@ pub struct SignalFd(OwnedFd);
 impl SignalFd {
     /// A close-on-exec signalfd for the handled signals.
     pub fn new() -> io::Result<SignalFd> {
-        let set = signal_set(&HANDLED_SIGNALS);
+        let set = watched_signals();
         // SAFETY: a valid set; -1 asks for a new fd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
         if fd == -1 {
@@ -151,13 +189,14 @@ const PID_DIGITS: usize = 10;
 
 impl Exec {
     /// `path` with `argv` (argv\[0\] included) and `env` (`NAME=value`); the fds
-    /// become 3, 4, ... in the new process. With `listen_pid`, `LISTEN_PID` is set
-    /// to the new process's own pid, known only after the fork.
+    /// become 3, 4, ... in the new process. With [`ListenPid::OfTheChild`],
+    /// `LISTEN_PID` is set to the new process's own pid, known only after the
+    /// fork.
     pub fn new(
         path: &OsStr,
         argv: &[OsString],
         env: Vec<OsString>,
-        listen_pid: bool,
+        listen_pid: ListenPid,
         fds: Vec<RawFd>,
     ) -> io::Result<Exec> {
         let cstring = |s: &OsStr| {
@@ -177,7 +216,7 @@ impl Exec {
                 v
             })
             .collect();
-        let pid_var = listen_pid.then(|| {
+        let pid_var = (listen_pid == ListenPid::OfTheChild).then(|| {
             let mut v = b"LISTEN_PID=".to_vec();
             v.resize(v.len() + PID_DIGITS + 1, 0);
             env.push(v);
@@ -201,7 +240,9 @@ impl Exec {
     }
 
     /// Forks and executes; returns the child's pid. If `execve` fails the child
-    /// exits with status 127, which the caller sees as an early exit.
+    /// exits with status 127, which the caller sees as an early exit. The child
+    /// leads a process group of its own (its pid), so that [`kill_group`] reaches
+    /// whatever it forks too.
     pub fn spawn(&mut self) -> io::Result<libc::pid_t> {
         // SAFETY: fork has no preconditions; the child runs only async-signal-safe
         // calls on memory prepared above, then execs or _exits.
@@ -209,7 +250,14 @@ impl Exec {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: we are the child of a fork (see `exec_child`).
             0 => unsafe { self.exec_child() },
-            pid => Ok(pid),
+            pid => {
+                // Both sides, as shells do: whichever runs first, the group exists
+                // before we might signal it. It fails harmlessly (EACCES) once
+                // the child has exec'd.
+                // SAFETY: setpgid has no memory preconditions.
+                unsafe { libc::setpgid(pid, pid) };
+                Ok(pid)
+            }
         }
     }
 
@@ -256,6 +304,7 @@ impl Exec {
                     libc::_exit(126);
                 }
             }
+            libc::setpgid(0, 0);
             // The new program starts with no signal blocked and SIGPIPE default,
             // as after any ordinary exec.
             let empty = signal_set(&[]);
@@ -277,11 +326,46 @@ pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
-/// Reaps `pid` if it has ended (or waits for it with `block`); returns its
-/// status as text for a log line.
-pub fn reap(pid: libc::pid_t, block: bool) -> Option<String> {
+/// Sends `sig` to the process group `pgid` (a child of [`Exec::spawn`] and
+/// everything it forked that stayed in its group), and to `pgid` itself in case
+/// the group was never made. Errors mean they are gone already.
+pub fn kill_group(pgid: libc::pid_t, sig: libc::c_int) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe {
+        libc::kill(-pgid, sig);
+        libc::kill(pgid, sig);
+    }
+}
+
+/// Whether `LISTEN_PID` names the new process (see [`Exec::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenPid {
+    /// `LISTEN_PID` is set to the child's own pid.
+    OfTheChild,
+    /// No `LISTEN_PID` is added.
+    Unset,
+}
+
+/// Whether [`reap`] waits for the process to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Until it ends.
+    Block,
+    /// Not at all (`WNOHANG`).
+    NoHang,
+}
+
+/// Reaps `pid` if it has ended (or waits for it with [`Wait::Block`]); returns
+/// its status as text for a log line.
+pub fn reap(pid: libc::pid_t, wait: Wait) -> Option<String> {
     let mut status = 0;
-    let flags = if block { 0 } else { libc::WNOHANG };
+    let flags = match wait {
+        Wait::Block => 0,
+        Wait::NoHang => libc::WNOHANG,
+    };
     // SAFETY: valid out-pointer.
     let rc = unsafe { libc::waitpid(pid, &mut status, flags) };
     if rc != pid {
@@ -359,6 +443,10 @@ pub struct Inherited {
     pub ready: Option<OwnedFd>,
     /// Upgrades in this server's lineage so far.
     pub upgrades: u64,
+    /// Whether an upgrading conn-daemon started us (it counts upgrades, and
+    /// handed us sockets): we are detached already if it was (`-d`), and must
+    /// stay the process it started, the one it can stop.
+    pub from_upgrade: bool,
 }
 
 /// Environment variable naming the readiness pipe of an upgrade.
@@ -368,50 +456,111 @@ pub const UPGRADES_VAR: &str = "CONN_DAEMON_UPGRADES";
 /// The socket-activation variables, which are never passed on as they are.
 pub const ACTIVATION_VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
+/// Why what the environment hands this process cannot be taken.
+#[derive(Debug)]
+pub enum InheritError {
+    /// A variable is set but is not a number.
+    NotANumber {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        text: String,
+    },
+    /// A variable names an fd that is not open.
+    NotOpen {
+        /// The fd.
+        fd: RawFd,
+        /// What `fcntl(F_GETFD)` said.
+        cause: io::Error,
+    },
+    /// `CONN_DAEMON_READY_FD` names standard input, output or error.
+    Stdio {
+        /// The fd (0, 1 or 2).
+        fd: RawFd,
+    },
+}
+
+impl std::fmt::Display for InheritError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InheritError::NotANumber { var, text } => write!(f, "{var}={text:?} is not a number"),
+            InheritError::NotOpen { fd, .. } => write!(f, "inherited fd {fd} is not open"),
+            InheritError::Stdio { fd } => {
+                let name = ["standard input", "standard output", "standard error"]
+                    .get(*fd as usize)
+                    .copied()
+                    .unwrap_or("a standard stream");
+                write!(
+                    f,
+                    "{READY_FD_VAR}={fd} names {name}, not a readiness pipe \
+                     (an upgrading conn-daemon hands it over as fd 3 or above)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for InheritError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InheritError::NotOpen { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+}
+
 /// Claims what the environment hands this process (see [`Inherited`]); the
 /// fds are claimed on the first call only, later calls get nothing. Sockets
 /// meant for another pid (`LISTEN_PID` differs) are ignored, as systemd's
 /// `sd_listen_fds` does. Err: a variable that is set but malformed or names an fd
-/// that is not open.
-pub fn take_inherited() -> Result<Inherited, String> {
+/// that is not open, or a readiness pipe on fd 0, 1 or 2.
+pub fn take_inherited() -> Result<Inherited, InheritError> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(Inherited::default());
     }
     let var = |name: &str| std::env::var(name).ok();
-    let number = |name: &str, text: &str| {
+    let number = |var: &'static str, text: String| {
         text.parse::<u32>()
-            .map_err(|_| format!("{name}={text:?} is not a number"))
+            .map_err(|_| InheritError::NotANumber { var, text })
     };
     let mut inherited = Inherited::default();
     if let Some(text) = var(UPGRADES_VAR) {
-        inherited.upgrades = u64::from(number(UPGRADES_VAR, &text)?);
+        inherited.upgrades = u64::from(number(UPGRADES_VAR, text)?);
     }
     let ours = var("LISTEN_PID").is_some_and(|p| p.parse::<u32>() == Ok(std::process::id()));
     if let (true, Some(text)) = (ours, var("LISTEN_FDS")) {
-        let n = number("LISTEN_FDS", &text)?;
+        inherited.from_upgrade = var(UPGRADES_VAR).is_some();
+        let n = number("LISTEN_FDS", text)?;
         for fd in 3..3u32.saturating_add(n) {
             inherited.listeners.push(claim_fd(fd as RawFd)?);
         }
         if let Some(text) = var(READY_FD_VAR) {
-            inherited.ready = Some(claim_fd(number(READY_FD_VAR, &text)? as RawFd)?);
+            let fd = number(READY_FD_VAR, text)? as RawFd;
+            // Closing a standard stream on the way would hide our own output.
+            if (0..3).contains(&fd) {
+                return Err(InheritError::Stdio { fd });
+            }
+            inherited.ready = Some(claim_fd(fd)?);
         }
     }
     Ok(inherited)
 }
 
-/// Takes ownership of an inherited fd and makes it close-on-exec, so that it
-/// reaches a later upgrade only when handed over on purpose.
-fn claim_fd(fd: RawFd) -> Result<OwnedFd, String> {
+/// Takes ownership of an inherited fd (3 or above) and makes it close-on-exec,
+/// so that it reaches a later upgrade only when handed over on purpose.
+fn claim_fd(fd: RawFd) -> Result<OwnedFd, InheritError> {
     // SAFETY: fcntl on any number is harmless; it fails for a closed fd.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags == -1 || fd < 3 {
-        return Err(format!("inherited fd {fd} is not open"));
+    if flags == -1 {
+        let cause = io::Error::last_os_error();
+        return Err(InheritError::NotOpen { fd, cause });
     }
     // SAFETY: as above.
     unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
     // The environment hands this fd to this process, and nothing in it has
-    // opened or claimed it (`take_inherited` runs once, at start-up).
+    // opened or claimed it (`take_inherited` runs once, at start-up, and fds 0-2
+    // are refused before this).
     // SAFETY: so we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -122,8 +122,11 @@ extern "C" {
     pub fn ev_run(l: *mut ev_loop, flags: c_int) -> c_int;
     /// Makes `ev_run` return.
     pub fn ev_break(l: *mut ev_loop, how: c_int);
-    /// The loop's cached time.
+    /// The loop's cached wall-clock time (follows steps of `CLOCK_REALTIME`).
     pub fn ev_now(l: *mut ev_loop) -> ev_tstamp;
+    /// `ev_unit.c`: the loop's cached `CLOCK_MONOTONIC` time (libev's `mn_now`,
+    /// the clock its timers run on).
+    pub fn conn_ev_mono_now(l: *mut ev_loop) -> ev_tstamp;
     /// The backend in use (`EVBACKEND_*`).
     pub fn ev_backend(l: *mut ev_loop) -> c_uint;
     /// Stores a pointer in the loop.
@@ -135,6 +138,12 @@ extern "C" {
     pub fn ev_io_start(l: *mut ev_loop, w: *mut ev_io);
     /// Stops an io watcher and clears its pending event.
     pub fn ev_io_stop(l: *mut ev_loop, w: *mut ev_io);
+    /// Refreshes the loop's cached times.
+    pub fn ev_now_update(l: *mut ev_loop);
+    /// Restarts a repeating timer at `repeat` from now; stops a one-shot one.
+    pub fn ev_timer_again(l: *mut ev_loop, w: *mut ev_timer);
+    /// Seconds until an active timer fires.
+    pub fn ev_timer_remaining(l: *mut ev_loop, w: *mut ev_timer) -> ev_tstamp;
     /// Starts a timer.
     pub fn ev_timer_start(l: *mut ev_loop, w: *mut ev_timer);
     /// Stops a timer.

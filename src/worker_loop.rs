@@ -104,10 +104,11 @@ struct Side {
     timers: [Pin<Box<Timer>>; TimerId::ALL.len()],
     slow_timer: Pin<Box<Timer>>,
     wake: Pin<Box<Async>>,
-    slow: f64,
-    /// Delegated tasks and when they fall due, earliest first; room for one per
-    /// pool slot, reserved at start-up (a slot has at most one task out).
-    pending: VecDeque<(f64, TaskRef)>,
+    slow: Duration,
+    /// Delegated tasks and when they fall due (loop time), earliest first; room
+    /// for one per pool slot, reserved at start-up (a slot has at most one task
+    /// out).
+    pending: VecDeque<(Duration, TaskRef)>,
     /// The engine watches its "listener" (it has room).
     listening: bool,
     /// The queue is still taken from (the drain closes it once it took the rest).
@@ -140,7 +141,7 @@ impl Host<Adopted> for LoopHost<'_> {
     type Watcher = Io;
 
     fn now(&self) -> f64 {
-        self.lp.now()
+        self.lp.now().as_secs_f64()
     }
 
     fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
@@ -159,9 +160,11 @@ impl Host<Adopted> for LoopHost<'_> {
     }
 
     fn start_timer(&mut self, timer: TimerId, after: f64) {
-        self.side
-            .timer(timer)
-            .start_once(self.lp, after, Token::Timer(timer).encode());
+        self.side.timer(timer).start_once(
+            self.lp,
+            Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO),
+            Token::Timer(timer).encode(),
+        );
     }
 
     fn timer_active(&self, timer: TimerId) -> bool {
@@ -239,7 +242,7 @@ impl WorkerLoop {
             timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
             slow_timer: Box::pin(Timer::new()),
             wake: Box::pin(Async::new()),
-            slow: settings.slow.as_secs_f64(),
+            slow: settings.slow,
             pending: VecDeque::with_capacity(capacity),
             listening: true,
             open: true,

@@ -39,6 +39,17 @@ fn activated(fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
 /// As [`activated`], switching to `uid` before the exec (as systemd runs a
 /// service as its user with sockets it made as root).
 fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::path::Path) -> Child {
+    activated_with(uid, fds, args, &[], stderr)
+}
+
+/// As [`activated_as`], with `env` added to the server's environment.
+fn activated_with(
+    uid: Option<u32>,
+    fds: &[RawFd],
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: &std::path::Path,
+) -> Child {
     // Held across the copy below and the fork (see `spawn_guard`).
     let _guard = util::lineage::spawn_guard();
     let bin = match uid {
@@ -66,6 +77,7 @@ fn activated_as(uid: Option<u32>, fds: &[RawFd], args: &[&str], stderr: &std::pa
         .arg(format!("LISTEN_PID=$$ LISTEN_FDS={n} exec \"$0\" \"$@\""))
         .arg(bin)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
@@ -263,6 +275,51 @@ fn an_inherited_fd_that_is_not_a_listener_is_refused() {
         assert!(
             stderr.contains("inherited fd 4 is not a listening TCP socket"),
             "{what}: {stderr}"
+        );
+        let _ = fs::remove_file(err);
+    }
+}
+
+/// A readiness pipe on a standard stream (`CONN_DAEMON_READY_FD=1`) is named
+/// for what it is, not as an fd that is not open; nothing is closed on the way.
+#[test]
+fn a_readiness_fd_on_a_standard_stream_is_refused_by_name() {
+    let port = free_port();
+    let sock = listening_socket(port, true);
+    for (fd, name) in [
+        ("0", "standard input"),
+        ("1", "standard output"),
+        ("2", "standard error"),
+    ] {
+        let err = tmp(&format!("ready-fd-{fd}"));
+        let mut child = activated_with(
+            None,
+            &[sock.as_raw_fd()],
+            &["-A", "1", "-p", &port.to_string()],
+            &[("CONN_DAEMON_READY_FD", fd)],
+            &err,
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "fd {fd}: still running");
+            thread::sleep(Duration::from_millis(5));
+        };
+        let stderr = fs::read_to_string(&err).unwrap();
+        assert_eq!(
+            status.code(),
+            Some(100),
+            "fd {fd}: {status}; stderr:\n{stderr}"
+        );
+        assert_eq!(
+            stderr,
+            format!(
+                "conn-daemon: CONN_DAEMON_READY_FD={fd} names {name}, not a readiness pipe \
+                 (an upgrading conn-daemon hands it over as fd 3 or above)\n"
+            ),
+            "fd {fd}"
         );
         let _ = fs::remove_file(err);
     }

@@ -114,6 +114,7 @@ fn help_goes_to_stdout_and_exits_0() {
         &["--help"][..],
         &["-?"],
         &["-h"],
+        &["-!"],
         &["--he"],
         &["-v", "--help"],
     ] {

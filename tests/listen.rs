@@ -129,3 +129,21 @@ fn addresses_that_cannot_be_bound_are_refused_at_start_up() {
         "{stderr}"
     );
 }
+
+/// Ports written as C's `strtol` reads them (AutoOpts, the reference's parser):
+/// `0x...` hexadecimal and `0...` octal listen on the port they denote.
+#[test]
+fn hexadecimal_and_octal_ports_listen_where_c_reads_them() {
+    let (hex, octal) = (free_port(), free_port());
+    let server = Server::start(&[
+        "--listen",
+        "127.0.0.1",
+        "--listen",
+        &format!("127.0.0.1:{hex:#x}"),
+        "--listen",
+        &format!("127.0.0.1:0{octal:o}"),
+    ]);
+    for port in [server.port(), hex, octal] {
+        answered(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+    }
+}

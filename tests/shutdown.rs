@@ -329,3 +329,95 @@ fn the_listen_backlog_is_served_before_the_listener_closes() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     expect_refused(&server, "after exit");
 }
+
+/// Whether `pid`'s std runtime has run (it ignores SIGPIPE just before `main`),
+/// so that a signal sent a moment later lands in `main`, past the dynamic loader.
+fn runtime_started(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGPIPE - 1)) != 0)
+}
+
+/// A SIGTERM that arrives while the arguments are read does not kill the
+/// process: signals are blocked before anything else in `main`. The command line
+/// is long (5000 `--listen` values) so that reading it takes a while, and
+/// refused at its end, so that the process exits with the command line's status
+/// 1, unless the signal killed it first.
+#[test]
+fn a_signal_while_the_arguments_are_read_waits() {
+    let mut args: Vec<String> = Vec::new();
+    for port in 1..=5000 {
+        args.push("--listen".into());
+        args.push(format!("127.0.0.1:{port}"));
+    }
+    args.push("--bogus".into());
+    for round in 0..3 {
+        let started = Instant::now();
+        let child = std::process::Command::new(util::bin())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + ms(5000);
+        while !runtime_started(pid) && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        // Well past the instructions between the runtime's start and `main`'s.
+        thread::sleep(ms(1));
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "round {round}: {} after {:?}; stderr: {}",
+            out.status,
+            started.elapsed(),
+            stderr.lines().next().unwrap_or("")
+        );
+        assert!(stderr.contains("--bogus"), "round {round}: {stderr}");
+    }
+}
+
+/// Signals that mean nothing to the server (SIGUSR1, SIGALRM, ...) are one line
+/// each on stderr; the server serves on, and SIGTERM still drains it.
+#[test]
+fn signals_without_a_use_are_logged_and_ignored() {
+    let mut server = Server::start(&["-A", "1", "-w", "1"]);
+    let signals = [
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGVTALRM, "SIGVTALRM"),
+        (libc::SIGPROF, "SIGPROF"),
+        (libc::SIGPWR, "SIGPWR"),
+    ];
+    for (sig, name) in signals {
+        server.signal(sig);
+        let line = format!("conn-daemon: {name}: ignored");
+        let deadline = Instant::now() + ms(5000);
+        while !server.stderr().contains(&line) {
+            server.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?}: {}",
+                server.stderr()
+            );
+            thread::sleep(ms(5));
+        }
+        let s = server.connect();
+        send(&s, b"GET /test/fast\r\n\r\n");
+        check_response(&s, ms(5000)).unwrap();
+    }
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(ms(10_000)).expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", server.stderr());
+}

@@ -6,7 +6,10 @@
 
 mod util;
 
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use util::lineage::{alive, Lineage, Load};
 
@@ -214,4 +217,226 @@ fn a_relative_argv0_with_daemonize_upgrades_from_the_same_file_every_time() {
         assert_eq!(exe_of(new), original, "upgrade {round}");
     }
     lineage.stop(secs(10)).unwrap();
+}
+
+const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
+
+/// A new executable that serves but never reports it: the real binary with the
+/// readiness pipe taken out of its environment (an older version, a wrapper).
+fn silent_server() -> Vec<u8> {
+    format!(
+        "#!/bin/sh\nunset CONN_DAEMON_READY_FD\nexec '{}' \"$@\"\n",
+        util::bin()
+    )
+    .into_bytes()
+}
+
+/// Clients that send slow requests back to back from `threads` threads until
+/// stopped; every one must be answered with the 57 bytes.
+struct SlowLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl SlowLoad {
+    fn start(addr: SocketAddr, threads: usize) -> SlowLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let (mut answered, mut failures) = (0, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        let outcome = TcpStream::connect_timeout(&addr, secs(2))
+                            .map_err(|e| format!("connect: {e}"))
+                            .and_then(|s| {
+                                util::send(&s, SLOW);
+                                util::check_response(&s, secs(10))
+                            });
+                        match outcome {
+                            Ok(()) => answered += 1,
+                            Err(e) => failures.push(e),
+                        }
+                    }
+                    (answered, failures)
+                })
+            })
+            .collect();
+        SlowLoad { stop, threads }
+    }
+
+    /// Answered, and every failure.
+    fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = (0, Vec::new());
+        for t in self.threads {
+            let (answered, failures) = t.join().unwrap();
+            total.0 += answered;
+            total.1.extend(failures);
+        }
+        total
+    }
+}
+
+/// Waits (bounded) until connecting to `addr` is refused: nothing listens.
+fn refused_within(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+            other => {
+                if Instant::now() >= deadline {
+                    return Err(format!("{addr} still accepts connections: {other:?}"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A new process that serves without reporting it is stopped with SIGTERM when
+/// the upgrade times out, so it finishes what it accepted: no slow request is
+/// lost, the line says what was seen, and the pid file names the old process.
+#[test]
+fn a_new_process_that_serves_silently_is_stopped_gracefully() {
+    let mut lineage = Lineage::start(&[
+        "-A",
+        "1",
+        "-w",
+        "4",
+        "-D",
+        "200",
+        "--upgrade-timeout",
+        "800",
+    ]);
+    let old = lineage.pid();
+    lineage.install(&silent_server(), 0o755);
+    let load = SlowLoad::start(lineage.addr(), 6);
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("upgrade failed", 1, secs(20)),
+        "{}",
+        lineage.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (answered, failures) = load.stop();
+    assert!(
+        failures.is_empty() && answered > 0,
+        "{answered} answered, {failures:?}"
+    );
+    let line = lineage
+        .stderr()
+        .lines()
+        .find(|l| l.contains("upgrade failed"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("it did not report that it serves within 800 ms; stopped with SIGTERM (exited with status 0); still serving"),
+        "{line}"
+    );
+    assert!(alive(old));
+    assert_eq!(lineage.wait_pid_file(|p| p == old, secs(5)), Some(old));
+    lineage.install_real();
+    lineage.stop(secs(10)).unwrap();
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}
+
+/// With `-d`, the upgrade's timeout reaches the process that serves (the new
+/// process does not daemonize again, out of reach): once the old one exits,
+/// nothing listens.
+#[test]
+fn a_daemonized_new_process_is_stopped_by_the_timeout() {
+    let mut lineage = Lineage::start(&[
+        // -v keeps stderr (the daemon would close it otherwise).
+        "-d",
+        "-v",
+        "-A",
+        "1",
+        "-w",
+        "1",
+        "--upgrade-timeout",
+        "800",
+    ]);
+    lineage.install(&silent_server(), 0o755);
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("upgrade failed", 1, secs(20)),
+        "{}",
+        lineage.stderr()
+    );
+    lineage.install_real();
+    lineage.stop(secs(10)).unwrap();
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}
+
+/// With `-d`, a SIGTERM during an upgrade reaches the new process as well.
+#[test]
+fn sigterm_during_a_daemonized_upgrade_stops_the_new_process_too() {
+    let mut lineage = Lineage::start(&[
+        "-d",
+        "-v",
+        "-A",
+        "1",
+        "-w",
+        "1",
+        "--upgrade-timeout",
+        "20000",
+    ]);
+    lineage.install(&silent_server(), 0o755);
+    lineage.signal(libc::SIGUSR2);
+    // The new process serves by now (it starts in a few ms).
+    std::thread::sleep(Duration::from_millis(500));
+    lineage.stop(secs(10)).unwrap();
+    assert!(
+        lineage.stderr().contains("upgrade abandoned"),
+        "{}",
+        lineage.stderr()
+    );
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}
+
+/// A new executable that forks (a script whose child holds our listening
+/// sockets) is stopped with its whole process group: after the old process
+/// exits, connections are refused, not left hanging in an orphan's backlog.
+#[test]
+fn a_failed_new_executable_that_forked_leaves_nothing_behind() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "500"]);
+    for (n, script) in [
+        &b"#!/bin/sh\nsleep 1000\n"[..],
+        b"#!/bin/sh\nsleep 1000 &\nexit 0\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        lineage.install(script, 0o755);
+        lineage.signal(libc::SIGUSR2);
+        assert!(
+            lineage.wait_stderr("upgrade failed", n + 1, secs(20)),
+            "{}",
+            lineage.stderr()
+        );
+    }
+    lineage.install_real();
+    lineage.stop(secs(10)).unwrap();
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}
+
+/// SIGQUIT right after SIGUSR2 exits at once, and the new process (not yet
+/// serving in our place) goes too: nothing serves afterwards.
+#[test]
+fn sigquit_right_after_sigusr2_leaves_nothing_serving() {
+    let lineage = Lineage::start(&["-A", "1", "-w", "1"]);
+    let old = lineage.pid();
+    lineage.signal(libc::SIGUSR2);
+    std::thread::sleep(Duration::from_millis(3));
+    lineage.signal(libc::SIGQUIT);
+    let deadline = Instant::now() + secs(5);
+    while alive(old) {
+        assert!(Instant::now() < deadline, "old process still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    refused_within(lineage.addr(), secs(2)).unwrap();
+    // And it stays so: no new process comes up late.
+    std::thread::sleep(Duration::from_millis(500));
+    refused_within(lineage.addr(), Duration::ZERO).unwrap();
 }

@@ -1,8 +1,9 @@
 //! Protocol conformance (docs/protocol.md rules 1-8) against the real binary, over loopback.
 //!
-//! Every expectation is also checked against `model`, a direct transcription of
-//! docs/protocol.md's rules into a function of the bytes received so far, so the
-//! hand-written tables cannot silently drift from the rules, and the split / random
+//! Every expectation is also checked against `model`, the protocol's one model
+//! (`tests/protocol-model`: docs/protocol.md's rules as a function of the bytes
+//! received so far, also the fuzz targets' oracle), so the hand-written tables
+//! cannot silently drift from the rules, and the split / random
 //! tests can ask the model what the server must have done after each piece.
 
 mod util;
@@ -19,7 +20,7 @@ use util::{
 use Outcome::{Closed, Pending, Response};
 
 /// Size of the server's per-connection read buffer (docs/protocol.md rule 4).
-const BUF: usize = 4096;
+const BUF: usize = protocol_model::BUFFER;
 /// Pause between two writes so they reach the server as separate reads (TCP_NODELAY
 /// is on for every test stream).
 const GAP: Duration = Duration::from_millis(3);
@@ -30,50 +31,17 @@ const QUICK: Duration = Duration::from_secs(2);
 /// Bulk tests stop after this many failures (each may cost a timeout).
 const MAX_FAILURES: usize = 8;
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// docs/protocol.md rules 1-8 as a function: what the server must have done once
-/// exactly `input` has arrived on a connection (in any split across reads).
-///
-/// - rule 4: only the first 4096 bytes can ever be looked at;
-/// - rule 1: fewer than 4 bytes: closed if they hold a CRLF, else pending; then the
-///   first 4 bytes must be `GET `;
-/// - rule 2: at the first CRLF the target (after `GET `, skipping spaces, up to the
-///   next space or the end of the line) must be exactly `/test/fast` or `/test/slow`;
-/// - rule 3: the request ends at the first CRLFCRLF (the request line's CRLF counts);
-/// - rule 4: 4096 bytes without that end: closed.
+/// exactly `input` has arrived on a connection (in any split across reads). The
+/// one model of the protocol (`tests/protocol-model`, shared with the fuzz
+/// targets) decides rules 1-4; rules 5, 6 and 8 make a complete valid request a
+/// `Response`, a broken one `Closed`, an incomplete one `Pending`.
 ///
 /// Rule 7 (bytes after the end) needs no case here: a fast request (or slow without
 /// workers) is answered as soon as its end arrives, and later bytes are never sent
 /// by the tests that use the model.
 fn model(input: &[u8]) -> Outcome {
-    let buf = &input[..input.len().min(BUF)];
-    let crlf = find(buf, b"\r\n");
-    if buf.len() < 4 {
-        return if crlf.is_some() { Closed } else { Pending };
-    }
-    if &buf[..4] != b"GET " {
-        return Closed;
-    }
-    let Some(eol) = crlf else {
-        return if buf.len() >= BUF { Closed } else { Pending };
-    };
-    let line = &buf[4..eol];
-    let start = line.iter().position(|&b| b != b' ').unwrap_or(line.len());
-    let rest = &line[start..];
-    let target = &rest[..rest.iter().position(|&b| b == b' ').unwrap_or(rest.len())];
-    if target != b"/test/fast" && target != b"/test/slow" {
-        return Closed;
-    }
-    if find(buf, b"\r\n\r\n").is_some() {
-        Response
-    } else if buf.len() >= BUF {
-        Closed
-    } else {
-        Pending
-    }
+    protocol_model::outcome(input)
 }
 
 /// Runs a table of single-write requests against `server`. `Response`/`Closed` cases

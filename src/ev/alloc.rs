@@ -76,7 +76,7 @@ use std::ffi::c_void;
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::Once;
+use std::sync::Mutex;
 
 use libc::c_long;
 
@@ -153,14 +153,50 @@ fn arenas() -> impl Iterator<Item = &'static Arena> {
     })
 }
 
-/// Installs [`ev_alloc`] as libev's allocator, once, before the first loop:
-/// [`Loop::new`](super::Loop::new) calls it, so no loop ever holds memory from
-/// another allocator, and the install cannot race with a running loop.
-pub(super) fn install() {
-    static INSTALL: Once = Once::new();
-    // SAFETY: no loop exists before the first `Loop::new`, which calls this
-    // first; `ev_alloc` has the realloc semantics libev expects.
-    INSTALL.call_once(|| unsafe { sys::ev_set_allocator(ev_alloc) });
+/// Which allocator libev uses in this process, decided once: by the first
+/// [`reserve_arrays`] (ours) or the first [`Loop::new`](super::Loop::new)
+/// (libc's, libev's default), whichever comes first. The lock orders the two,
+/// so `ev_set_allocator` never races with a loop reading the allocator.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Undecided,
+    Reserved,
+    Libc,
+}
+
+static CHOICE: Mutex<Choice> = Mutex::new(Choice::Undecided);
+
+fn choice() -> std::sync::MutexGuard<'static, Choice> {
+    CHOICE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Called by `Loop::new` before it makes a loop: with no reservation yet, the
+/// process keeps libc's allocator for good.
+pub(super) fn loop_made() {
+    let mut c = choice();
+    if *c == Choice::Undecided {
+        *c = Choice::Libc;
+    }
+}
+
+/// Installs [`ev_alloc`] unless a loop already exists with libc's allocator.
+fn install() -> io::Result<()> {
+    let mut c = choice();
+    match *c {
+        Choice::Reserved => Ok(()),
+        Choice::Libc => Err(io::Error::other(
+            "conn_daemon::ev::reserve_arrays: a loop was made before it, with libc's allocator; \
+             reserve before the first Loop::new",
+        )),
+        Choice::Undecided => {
+            // SAFETY: no loop exists (the lock orders us before every
+            // `Loop::new`), so nothing reads libev's allocator concurrently;
+            // `ev_alloc` has the realloc semantics libev expects.
+            unsafe { sys::ev_set_allocator(ev_alloc) };
+            *c = Choice::Reserved;
+            Ok(())
+        }
+    }
 }
 
 /// libev's allocator (see the module documentation). Never unwinds: nothing in
@@ -208,12 +244,23 @@ unsafe extern "C" fn ev_alloc(p: *mut c_void, size: c_long) -> *mut c_void {
     }
 }
 
-/// Reserves the address space libev's arrays need for `loops` loops holding
-/// up to `connections` connections each, sized from the fd limit in force
-/// (call it after raising the limit). Only pages libev touches are ever
-/// committed. Fails with `ENOMEM` if the address space cannot be reserved.
+/// Makes libev allocate from address space reserved now: enough for `loops`
+/// loops holding up to `connections` connections each, sized from the fd limit
+/// in force (call it after raising the limit). Only pages libev touches are
+/// ever committed.
+///
+/// This is a process-wide choice (libev has one allocator for all its loops,
+/// `ev_set_allocator`), so it is explicit: [`Loop::new`](super::Loop::new)
+/// never makes it. A server calls it once at start-up, before its first loop,
+/// when it must not allocate once it serves: libev otherwise grows its arrays
+/// with `realloc` on the connection path (a higher fd, more ready events than
+/// ever before). Calling it again (another server in the same process)
+/// reserves more.
+///
+/// Fails with `ENOMEM` if the address space cannot be reserved, and with an
+/// error naming the cause if a loop was already made with libc's allocator.
 pub fn reserve_arrays(loops: usize, connections: usize) -> io::Result<()> {
-    install();
+    install()?;
     let fds = fd_bound(loops.saturating_mul(connections));
     let region = region_size(fds).ok_or_else(no_memory)?;
     let count = loops

@@ -7,9 +7,13 @@ use std::path::PathBuf;
 /// Shown after the options in `--help`.
 const EXAMPLE: &str = "\
 Example:
-  conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -p {port}' \\
-             --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \\
+  conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -w {workers} -D {slow_ms} -p {port}' \\
+             --server cpp='/opt/conn-daemon/server-demo -A 1 -w {workers} -D {slow_ms} -p {port}' \\
              --peer nginx --scenario fast --rounds 5 --out bench-out
+
+Placeholders in a server command: {port}, {workers}, {slow_ms}, {delegate},
+{threads} (with --threads), each replaced by conn-bench's own value, so what
+the report expects and what the server runs agree.
 
 Across cores (servers on the first 1, 2, 4, 8 CPUs, wrk on the others):
   conn-bench --server conn-daemon='target/release/conn-daemon -A {threads} -p {port}' \\
@@ -19,7 +23,9 @@ Needs Debian's apache2-utils (ab), or wrk for --generator wrk, and
 nginx-light for --peer nginx. Prints a Markdown table (a `client-bound`
 row measured the load generator's limit, not the server's); writes
 OUT/report.json, OUT/report.svg (OUT/scaling.svg with --threads), server
-logs in OUT/logs and generator output in OUT/work.";
+logs in OUT/logs and generator output in OUT/work; OUT/report.md is the
+table. A ratio is printed only when the difference is larger than the
+measurement's resolution and the rounds' spread, else \"within noise\".";
 
 /// Benchmarks connection servers side by side with standard load generators
 /// (`ab` or `wrk`) and reports throughput, latency, CPU and memory per server.
@@ -57,20 +63,38 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub slow_requests: Option<u64>,
 
-    /// Concurrent connections of the fast load. The slow load always runs at
-    /// `--workers` concurrency.
+    /// Concurrent connections of the fast load (the slow load's is
+    /// `--slow-concurrency`).
     #[arg(short = 'c', long, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: Option<u32>,
 
-    /// Worker threads of the servers under test (their `-w`): the slow
-    /// load's concurrency and, with `--slow-ms`, its ideal throughput.
+    /// Worker threads of the servers under test: `{workers}` in a server
+    /// command (e.g. `-w {workers}`), the slow load's default concurrency
+    /// and, with `--slow-ms`, its ideal throughput.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub workers: u32,
 
-    /// The servers' slow duration in ms (their `-D`): the ideal slow
-    /// throughput is workers * 1000 / slow-ms.
+    /// The servers' slow duration in ms: `{slow_ms}` in a server command
+    /// (e.g. `-D {slow_ms}`); the ideal slow throughput is
+    /// min(workers, slow concurrency) * 1000 / slow-ms.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub slow_ms: u64,
+
+    /// Concurrent connections of the slow load. Default: `--workers`. Above
+    /// it, a server whose slow throughput is not bounded by its workers
+    /// (e.g. `--delegate loop`) shows more than 100 % of the ideal.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub slow_concurrency: Option<u32>,
+
+    /// Delegation mode for `{delegate}` in server commands (e.g.
+    /// `--delegate {delegate}`), passed as given.
+    #[arg(long, value_name = "MODE", default_value = "task")]
+    pub delegate: String,
+
+    /// TCP ports the servers may listen on, as FROM-TO (inclusive): the
+    /// first free ones are used. Default: any free port the kernel picks.
+    #[arg(long, value_name = "FROM-TO", value_parser = parse_port_range)]
+    pub ports: Option<PortRange>,
 
     /// Load generator.
     #[arg(long, value_enum, default_value_t = Generator::Ab)]
@@ -124,6 +148,33 @@ pub struct ServerSpec {
     pub argv: Vec<String>,
 }
 
+/// `--ports FROM-TO`: an inclusive range of TCP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PortRange {
+    /// First port of the range.
+    pub from: u16,
+    /// Last port of the range (inclusive).
+    pub to: u16,
+}
+
+/// Parses `FROM-TO` for clap: 1 <= FROM <= TO <= 65535.
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("expected FROM-TO, like 18700-18799, got `{text}`"))?;
+    let port = |t: &str| -> Result<u16, String> {
+        match t.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(format!("`{t}` is not a TCP port (1-65535)")),
+        }
+    };
+    let (from, to) = (port(a)?, port(b)?);
+    if from > to {
+        return Err(format!("empty port range `{text}`: {from} > {to}"));
+    }
+    Ok(PortRange { from, to })
+}
+
 /// Bundled peers `--peer` can start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Peer {
@@ -137,7 +188,7 @@ pub enum Peer {
 pub enum Scenario {
     /// `GET /test/fast` at `-c` concurrency.
     Fast,
-    /// `GET /test/slow` at `--workers` concurrency.
+    /// `GET /test/slow` at `--slow-concurrency` (default `--workers`).
     Slow,
     /// Fast and slow loads at the same time.
     Mixed,
@@ -186,9 +237,21 @@ impl Args {
             }
         }
         if self.scenario == Scenario::Slow && self.concurrency.is_some() {
-            return Err(
-                "-c does not apply to the slow scenario: it runs at --workers concurrency".into(),
-            );
+            return Err("-c does not apply to the slow scenario: use --slow-concurrency".into());
+        }
+        if self.scenario == Scenario::Fast && self.slow_concurrency.is_some() {
+            return Err("--slow-concurrency applies to the slow and mixed scenarios".into());
+        }
+        if self.delegate.is_empty()
+            || !self
+                .delegate
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "--delegate `{}`: use letters, digits and - _ . only",
+                self.delegate
+            ));
         }
         if self.no_pin && !self.threads.is_empty() {
             return Err("--threads pins each server to that many CPUs: drop --no-pin".into());
@@ -450,6 +513,40 @@ mod tests {
         // Thread counts are positive; a sweep needs pinning.
         assert!(parse(&["--server", "a=x {port}", "--threads", "0,1"]).is_err());
         assert!(parse(&["--server", "a=x {port}", "--threads", "1", "--no-pin"]).is_err());
+    }
+
+    #[test]
+    fn parses_slow_and_port_options() {
+        let args = parse(&[
+            "--server",
+            "a=x -w {workers} -p {port}",
+            "--scenario",
+            "slow",
+            "--slow-concurrency",
+            "16",
+            "--delegate",
+            "loop",
+            "--ports",
+            "18700-18709",
+        ])
+        .unwrap();
+        assert_eq!(args.slow_concurrency, Some(16));
+        assert_eq!(args.delegate, "loop");
+        assert_eq!(
+            args.ports,
+            Some(PortRange {
+                from: 18700,
+                to: 18709
+            })
+        );
+        assert_eq!(parse(&["--server", "a=x {port}"]).unwrap().delegate, "task");
+        assert_eq!(parse_port_range("7-7"), Ok(PortRange { from: 7, to: 7 }));
+        for bad in ["9-8", "0-5", "5", "a-b", "1-70000", ""] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+        assert!(parse(&["--server", "a=x {port}", "--slow-concurrency", "3"]).is_err());
+        assert!(parse(&["--server", "a=x {port}", "--delegate", "a b"]).is_err());
+        assert!(parse(&["--server", "a=x {port}", "--slow-concurrency", "0"]).is_err());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! `conn-bench`: benchmarks conn-daemon against other servers (the C++
 //! original, nginx) with standard load generators and writes a Markdown
-//! table, `report.json` and `report.svg` (and `scaling.svg` for a
-//! `--threads` sweep).
+//! table (stdout and `report.md`), `report.json` and `report.svg` (and
+//! `scaling.svg` for a `--threads` sweep). docs/conn-bench.md describes
+//! the options and how to read the report.
 //!
 //! ```text
-//! conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -p {port}' \
-//!            --server cpp='/opt/conn-daemon/server-demo -A 1 -p {port}' \
+//! conn-bench --server conn-daemon='target/release/conn-daemon -A 1 -w {workers} -D {slow_ms} -p {port}' \
+//!            --server cpp='/opt/conn-daemon/server-demo -A 1 -w {workers} -D {slow_ms} -p {port}' \
 //!            --peer nginx --scenario fast --rounds 5 --out bench-out
 //! ```
 //!
@@ -16,9 +17,14 @@
 //! Flow: start every server (pinned to the server CPUs) and time exec to
 //! listening; read idle memory; then for each round run the load against
 //! each server in turn (A B A B ...) so slow drift of the machine hits all
-//! alike, reading the server's CPU time from /proc around each run while a
-//! thread samples memory; stop the servers; write the report. Servers and
-//! generators are killed on every exit path, Ctrl-C included.
+//! alike, reading the server's CPU time from /proc at the start of each run
+//! and at the end of each load (its window) while a thread samples memory;
+//! stop the servers; write the report. A run whose generator output fails
+//! the checks is reported as failed, the others still count. Servers and
+//! generators are killed on every exit path, Ctrl-C included, and die with
+//! conn-bench even when it is SIGKILLed (see `sys`). Servers and generators
+//! are spawned from the main thread only: the parent-death signal follows
+//! the thread that forked.
 #![deny(unsafe_code)] // Only `sys` may opt out, for its libc calls.
 
 mod args;
@@ -34,8 +40,8 @@ mod sys;
 use args::{Args, Generator, Peer, Scenario};
 use clap::Parser;
 use cpus::Plan;
-use load::{LoadKind, LoadSpec, RunResult, Tool};
-use report::{LoadReport, Report, ServerReport};
+use load::{LoadKind, LoadSpec, RunError, RunResult, Tool};
+use report::{LoadReport, Report, ServerReport, Window};
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -71,7 +77,8 @@ fn main() {
 /// The generator runs of one round against one server.
 fn plan_loads(args: &Args) -> Vec<LoadSpec> {
     let ideal = ideal_rps(args);
-    let slow_default = ((ideal * SLOW_SECONDS).ceil() as u64).max(u64::from(args.workers));
+    let slow_c = slow_concurrency(args);
+    let slow_default = ((ideal * SLOW_SECONDS).ceil() as u64).max(u64::from(slow_c));
     let fast = LoadSpec {
         kind: LoadKind::Fast,
         requests: args.requests.unwrap_or(DEFAULT_FAST_REQUESTS),
@@ -80,7 +87,7 @@ fn plan_loads(args: &Args) -> Vec<LoadSpec> {
     let slow = |requests: Option<u64>| LoadSpec {
         kind: LoadKind::Slow,
         requests: requests.unwrap_or(slow_default),
-        concurrency: args.workers,
+        concurrency: slow_c,
     };
     match args.scenario {
         Scenario::Fast => vec![fast],
@@ -89,26 +96,81 @@ fn plan_loads(args: &Args) -> Vec<LoadSpec> {
     }
 }
 
-/// Ideal slow throughput: every worker busy all the time.
+/// The slow load's concurrency: `--slow-concurrency`, else `--workers`.
+fn slow_concurrency(args: &Args) -> u32 {
+    args.slow_concurrency.unwrap_or(args.workers)
+}
+
+/// Ideal slow throughput: every worker that has a request busy all the
+/// time (a server bounded by workers / duration reaches it, no more).
 fn ideal_rps(args: &Args) -> f64 {
-    f64::from(args.workers) * 1000.0 / args.slow_ms as f64
+    f64::from(args.workers.min(slow_concurrency(args))) * 1000.0 / args.slow_ms as f64
+}
+
+/// Fills conn-bench's placeholders (all but `{port}`, which is per start)
+/// into one word of a server command.
+fn fill_placeholders(word: &str, args: &Args, threads: Option<u32>) -> String {
+    let mut w = word
+        .replace("{workers}", &args.workers.to_string())
+        .replace("{slow_ms}", &args.slow_ms.to_string())
+        .replace("{delegate}", &args.delegate);
+    if let Some(t) = threads {
+        w = w.replace("{threads}", &t.to_string());
+    }
+    w
+}
+
+/// Readings taken at the start of a round and at the end of each load.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    /// Server tree on-CPU ns (schedstat), None if unavailable.
+    server_ns: Option<u64>,
+    /// Server tree utime + stime, clock ticks.
+    server_ticks: u64,
+    /// conn-bench plus reaped generators (rusage) plus running generators
+    /// (schedstat), µs.
+    client_us: f64,
+    server_cpus: (u64, u64),
+    client_cpus: (u64, u64),
+}
+
+impl Snapshot {
+    fn take(server: u32, server_cpus: &[usize], client_cpus: &[usize], running: &[u32]) -> Self {
+        let running_ns: u64 = running
+            .iter()
+            .filter_map(|&p| procstat::process_cpu_ns(p))
+            .sum();
+        Snapshot {
+            at: Instant::now(),
+            server_ns: procstat::tree_cpu_ns(server),
+            server_ticks: procstat::tree_cpu_ticks(server),
+            client_us: sys::client_side_cpu_us() + running_ns as f64 / 1000.0,
+            server_cpus: procstat::cpu_ticks(server_cpus),
+            client_cpus: procstat::cpu_ticks(client_cpus),
+        }
+    }
+}
+
+/// One load's window in one round: from the start of the round to that
+/// load's end (in `mixed`, the other load may still be running then).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    end: Snapshot,
+    /// Another generator was still running at `end`: the server was busy,
+    /// so its schedstat reading may lag by a tick per CPU.
+    busy_at_end: bool,
 }
 
 /// Everything measured about one server.
 #[derive(Default)]
 struct Measured {
-    /// Per load (same order as the plan), per round.
-    runs: Vec<Vec<RunResult>>,
-    cpu_ticks: u64,
+    /// Per load (same order as the plan), per round: the run's figures or
+    /// why it failed.
+    runs: Vec<Vec<Result<RunResult, String>>>,
+    /// Per round: the start snapshot and each load's window.
+    rounds: Vec<(Snapshot, Vec<Sample>)>,
     idle_rss_kib: u64,
-    /// Wall time of the runs, summed.
-    wall_s: f64,
-    /// CPU of the generators and of conn-bench over the runs, µs.
-    client_cpu_us: f64,
-    /// Busy and total ticks of the server's CPUs over the runs (/proc/stat).
-    server_cpus_ticks: (u64, u64),
-    /// The same for the generator's CPUs.
-    client_cpus_ticks: (u64, u64),
 }
 
 /// What every sweep value shares.
@@ -153,8 +215,10 @@ fn run(args: &Args) -> Result<(), String> {
     notes.push(match args.generator {
         Generator::Ab => "ab: one connection per request, one thread per ab process (so one client CPU \
                           per load, however many the generator is pinned to; --generator wrk uses them \
-                          all); p50/p99 from ab -e (µs precision), p99.9 from ab -g (whole ms) clamped \
-                          between ab's p99 and maximum."
+                          all); p50/p99 from ab -e (µs precision), p99.9 from ab -g (whole ms) kept \
+                          between ab's p99 and maximum. Every figure ab prints is checked (counts, \
+                          rate against count and time, percentiles in order and within the run); a run \
+                          that fails the checks is reported as failed."
             .into(),
         Generator::Wrk => "wrk: runs for --duration with one thread per client CPU; it uses keep-alive \
                            but these servers close after each response, so it reconnects per request \
@@ -162,15 +226,42 @@ fn run(args: &Args) -> Result<(), String> {
             .into(),
     });
     notes.push(format!(
-        "Server CPU: utime+stime of all threads/processes from /proc, {ticks_per_second} ticks/s, so ±1 tick \
-         per run. Client CPU: getrusage of the generators and conn-bench itself."
+        "Server CPU: on-CPU ns of all threads/processes from /proc/PID/task/*/schedstat (utime+stime \
+         ticks at {ticks_per_second}/s kept in report.json as a cross-check). Client CPU: getrusage of \
+         conn-bench and the finished generators, schedstat of the running ones. A ratio is printed \
+         only when the two medians differ by more than the measurement's resolution and the larger \
+         min-max spread of the rounds; otherwise the cell says \"within noise\"."
     ));
+    if args.rounds < 2 {
+        notes.push(
+            "One round: there is no spread between rounds to judge a difference by, so a ratio \
+             here has only passed the resolution check; run --rounds 3 or more before trusting \
+             one."
+                .into(),
+        );
+    }
     if args.scenario == Scenario::Mixed {
         notes.push(
             "mixed: the fast and slow loads start together from two generator processes; with ab each \
-             stops after its own request count, so they overlap for the shorter one's duration."
+             stops after its own request count. Each row's CPU %, client-bound verdict and CPU per \
+             request cover that load's own window (start to its end): CPU per request is the server's \
+             CPU in the window over all requests completed in it, a load still running counted pro \
+             rata to time."
                 .into(),
         );
+    }
+    if args.scenario != Scenario::Fast {
+        for s in args
+            .servers
+            .iter()
+            .filter(|s| !(s.command.contains("{workers}") && s.command.contains("{slow_ms}")))
+        {
+            notes.push(format!(
+                "{}: its command has no {{workers}} and {{slow_ms}} placeholders, so conn-bench cannot \
+                 make it run the {} workers and {} ms it assumes for the ideal.",
+                s.name, args.workers, args.slow_ms
+            ));
+        }
     }
     if !args.threads.is_empty() {
         for s in args
@@ -255,6 +346,26 @@ fn run(args: &Args) -> Result<(), String> {
         );
     }
     report::fill_ratios(&mut rows);
+    for row in &rows {
+        for load in &row.loads {
+            if let Some(note) = report::slow_shortfall(
+                row,
+                load,
+                args.workers,
+                args.slow_ms,
+                slow_concurrency(args),
+            ) {
+                notes.push(note);
+            }
+        }
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.loads.iter().flat_map(|l| l.failed_runs.iter().cloned()))
+        .collect();
+    for f in &failed {
+        notes.push(format!("Failed run, left out of the figures: {f}"));
+    }
     let report = Report {
         tool: "conn-bench",
         scenario: args.scenario,
@@ -262,6 +373,9 @@ fn run(args: &Args) -> Result<(), String> {
         rounds: args.rounds,
         workers: args.workers,
         slow_ms: args.slow_ms,
+        slow_concurrency: slow_concurrency(args),
+        delegate: args.delegate.clone(),
+        ports: args.ports,
         wrk_duration_s: (args.generator == Generator::Wrk).then_some(args.duration),
         loads: setup.loads.clone(),
         threads: args.threads.clone(),
@@ -269,7 +383,15 @@ fn run(args: &Args) -> Result<(), String> {
         notes,
         servers: rows,
     };
-    write_outputs(&report, &setup.out)
+    write_outputs(&report, &setup.out)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} run(s) failed; the report lists them and leaves them out of the figures",
+            failed.len()
+        ))
+    }
 }
 
 /// Starts every server for `threads` (pinned as `pinning` says), runs the
@@ -299,19 +421,16 @@ fn run_at(
         .iter()
         .map(|l| match args.generator {
             Generator::Ab => 1,
-            Generator::Wrk => tool.threads.clamp(1, l.concurrency),
+            Generator::Wrk => tool.threads.min(l.concurrency).max(1),
         })
         .sum::<u32>()
         .min(client.len().max(1) as u32);
 
     let suffix = threads.map_or(String::new(), |t| format!("-t{t}"));
-    let with_threads = |w: &str| match threads {
-        Some(t) => w.replace("{threads}", &t.to_string()),
-        None => w.to_string(),
-    };
+    let with_threads = |w: &str| fill_placeholders(w, args, threads);
     let count = args.servers.len() + usize::from(setup.nginx.is_some());
     // Ports first: the nginx config needs its port written in.
-    let ports = servers::free_ports(count).map_err(|e| format!("picking free ports: {e}"))?;
+    let ports = servers::pick_ports(count, args.ports)?;
     let mut launches: Vec<servers::Launch> = args
         .servers
         .iter()
@@ -319,6 +438,7 @@ fn run_at(
             name: s.name.clone(),
             command: with_threads(&s.command),
             argv: s.argv.iter().map(|w| with_threads(w)).collect(),
+            template: s.command.clone(),
             extra_log: None,
         })
         .collect();
@@ -377,31 +497,55 @@ fn run_at(
                 "{at}[{step}/{total}] round {round}/{}: {} ...",
                 args.rounds, server.name
             ));
-            let before = procstat::tree_cpu_ticks(server.pid());
-            let client_before = sys::client_side_cpu_us();
-            let server_cpus_before = procstat::cpu_ticks(&server_cpus);
-            let client_cpus_before = procstat::cpu_ticks(&client);
-            let started = Instant::now();
+            let start = Snapshot::take(server.pid(), &server_cpus, &client, &[]);
             let mut inflight = Vec::new();
             for spec in loads {
                 let tag = format!("{}{suffix}-r{round}-{}", server.name, spec.kind.name());
-                inflight.push(load::start(&tool, spec, server.port, &work, &tag)?);
+                inflight.push(Some(load::start(&tool, spec, server.port, &work, &tag)?));
+            }
+            // Poll every generator so each load's end is noticed (and its
+            // window closed) when it happens, not when an earlier one is waited for.
+            let mut results: Vec<Option<Result<RunResult, String>>> = vec![None; loads.len()];
+            let mut samples: Vec<Option<Sample>> = vec![None; loads.len()];
+            while results.iter().any(Option::is_none) {
+                let mut ended = false;
+                for (i, job) in inflight.iter_mut().enumerate() {
+                    let Some(outcome) = job.as_mut().and_then(|j| j.poll()) else {
+                        continue;
+                    };
+                    *job = None;
+                    results[i] = Some(match outcome {
+                        Ok(r) => Ok(r),
+                        Err(RunError::Interrupted) => return Err("interrupted".into()),
+                        Err(RunError::Failed(e)) => Err(e),
+                    });
+                    ended = true;
+                }
+                if ended {
+                    let still: Vec<u32> = inflight.iter().flatten().map(|j| j.pid()).collect();
+                    let end = Snapshot::take(server.pid(), &server_cpus, &client, &still);
+                    for (i, sample) in samples.iter_mut().enumerate() {
+                        if sample.is_none() && results[i].is_some() {
+                            *sample = Some(Sample {
+                                end,
+                                busy_at_end: !still.is_empty(),
+                            });
+                        }
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
             let mut summary = Vec::new();
-            for (i, job) in inflight.into_iter().enumerate() {
-                let result = job.wait()?;
-                summary.push(format!(
-                    "{} {} req/s",
-                    loads[i].kind.name(),
-                    report::fmt_num(result.rps)
-                ));
+            for (i, result) in results.into_iter().flatten().enumerate() {
+                summary.push(match &result {
+                    Ok(r) => format!("{} {} req/s", loads[i].kind.name(), report::fmt_num(r.rps)),
+                    Err(_) => format!("{} FAILED", loads[i].kind.name()),
+                });
                 m.runs[i].push(result);
             }
-            m.wall_s += started.elapsed().as_secs_f64();
-            m.client_cpu_us += sys::client_side_cpu_us() - client_before;
-            add_ticks(&mut m.server_cpus_ticks, server_cpus_before, &server_cpus);
-            add_ticks(&mut m.client_cpus_ticks, client_cpus_before, &client);
-            m.cpu_ticks += procstat::tree_cpu_ticks(server.pid()).saturating_sub(before);
+            m.rounds
+                .push((start, samples.into_iter().flatten().collect()));
             server.check_alive()?;
             progress.update(&format!(
                 "{at}[{step}/{total}] round {round}/{}: {}: {}",
@@ -433,14 +577,7 @@ fn run_at(
         .collect())
 }
 
-/// Adds the busy and total ticks of `cpus` since `before` to `sum`.
-fn add_ticks(sum: &mut (u64, u64), before: (u64, u64), cpus: &[usize]) {
-    let now = procstat::cpu_ticks(cpus);
-    sum.0 += now.0.saturating_sub(before.0);
-    sum.1 += now.1.saturating_sub(before.1);
-}
-
-/// Busy share of ticks counted by `add_ticks`.
+/// Busy share of (busy, total) ticks.
 fn busy_share((busy, total): (u64, u64)) -> f64 {
     if total > 0 {
         busy as f64 / total as f64
@@ -458,6 +595,128 @@ struct Cpus {
     pinned: bool,
 }
 
+/// One load's window in one round, as differences.
+#[derive(Clone)]
+struct Delta {
+    wall_s: f64,
+    server_us: f64,
+    /// What `server_us` can be off by (µs).
+    resolution_us: f64,
+    client_us: f64,
+    server_cpus: (u64, u64),
+    client_cpus: (u64, u64),
+}
+
+fn delta(start: &Snapshot, s: &Sample, ticks_per_second: u64, server_cpu_count: usize) -> Delta {
+    let e = &s.end;
+    let tick_us = 1e6 / ticks_per_second.max(1) as f64;
+    let (server_us, resolution_us) = match (start.server_ns, e.server_ns) {
+        (Some(a), Some(b)) => (
+            b.saturating_sub(a) as f64 / 1000.0,
+            // Asleep at both readings: exact to the ns; read while the
+            // other load kept it busy: a tick per server CPU.
+            if s.busy_at_end {
+                tick_us * server_cpu_count.max(1) as f64
+            } else {
+                1.0
+            },
+        ),
+        _ => (
+            procstat::ticks_to_us(
+                e.server_ticks.saturating_sub(start.server_ticks),
+                ticks_per_second,
+            ),
+            2.0 * tick_us,
+        ),
+    };
+    let sub = |a: (u64, u64), b: (u64, u64)| (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+    Delta {
+        wall_s: e.at.saturating_duration_since(start.at).as_secs_f64(),
+        server_us,
+        resolution_us,
+        client_us: (e.client_us - start.client_us).max(0.0),
+        server_cpus: sub(start.server_cpus, e.server_cpus),
+        client_cpus: sub(start.client_cpus, e.client_cpus),
+    }
+}
+
+/// Sums one load's windows over the rounds into its report figures.
+/// Each round comes with the number of requests completed in its window
+/// (None when a run of the round failed: no CPU per request for it).
+fn window(cpus: &Cpus, deltas: &[(Delta, Option<f64>)], source: &'static str) -> Window {
+    let server_cpu_count = cpus.server.as_ref().map_or(cpus.client.len(), Vec::len);
+    let wall_us: f64 = deltas.iter().map(|(d, _)| d.wall_s).sum::<f64>() * 1e6;
+    let server_us: f64 = deltas.iter().map(|(d, _)| d.server_us).sum();
+    let client_us: f64 = deltas.iter().map(|(d, _)| d.client_us).sum();
+    let add = |f: fn(&Delta) -> (u64, u64)| {
+        deltas
+            .iter()
+            .map(|(d, _)| f(d))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let share = |used: f64, n: usize| {
+        if wall_us > 0.0 && n > 0 {
+            used / (wall_us * n as f64)
+        } else {
+            f64::NAN
+        }
+    };
+    let server_cpu_util = share(server_us, server_cpu_count);
+    let client_cpu_util = share(client_us, cpus.client_threads as usize);
+    let server_cpus_busy = busy_share(add(|d| d.server_cpus));
+    let client_cpus_busy = busy_share(add(|d| d.client_cpus));
+    let per_round: Vec<f64> = deltas
+        .iter()
+        .filter_map(|(d, n)| n.filter(|&n| n > 0.0).map(|n| d.server_us / n))
+        .collect();
+    let resolution = deltas
+        .iter()
+        .filter_map(|(d, n)| n.filter(|&n| n > 0.0).map(|n| d.resolution_us / n))
+        .fold(0.0, f64::max);
+    Window {
+        wall_s_total: wall_us / 1e6,
+        server_cpu_us_total: server_us,
+        server_cpu_util,
+        server_cpus_busy,
+        client_cpu_us_total: client_us,
+        client_cpu_util,
+        client_cpus_busy,
+        // Unpinned, generator and server share CPUs: no side can be blamed.
+        client_bound: cpus.pinned
+            && report::is_client_bound(
+                [server_cpu_util, server_cpus_busy],
+                [client_cpu_util, client_cpus_busy],
+            ),
+        requests: deltas.iter().filter_map(|(_, n)| *n).sum(),
+        cpu_us_per_request: stats::median(&per_round).unwrap_or(f64::NAN),
+        cpu_us_per_request_rounds: per_round,
+        cpu_us_per_request_resolution: resolution,
+        cpu_source: source,
+    }
+}
+
+/// Requests completed by all loads within load `i`'s window of one round:
+/// a load that ended within it counts whole, one still running pro rata to
+/// time. None if a run of the round failed (its count is unknown).
+fn requests_in_window(
+    i: usize,
+    runs: &[Option<&Result<RunResult, String>>],
+    deltas: &[Delta],
+) -> Option<f64> {
+    let mine = deltas.get(i)?.wall_s;
+    let mut total = 0.0;
+    for (j, run) in runs.iter().enumerate() {
+        let done = (*run)?.as_ref().ok()?.completed as f64;
+        let theirs = deltas.get(j)?.wall_s;
+        total += if theirs <= mine || theirs <= 0.0 {
+            done
+        } else {
+            done * mine / theirs
+        };
+    }
+    Some(total)
+}
+
 /// Turns one server's measurements into its report row.
 fn server_report(
     setup: &Setup,
@@ -467,66 +726,109 @@ fn server_report(
     peak_rss_kib: u64,
 ) -> ServerReport {
     let args = setup.args;
-    let requests_total: u64 = m.runs.iter().flatten().map(|r| r.completed).sum();
-    let cpu_us_total = procstat::ticks_to_us(m.cpu_ticks, setup.ticks_per_second);
-    let wall_us = m.wall_s * 1e6;
+    let nloads = setup.loads.len();
     let server_cpu_count = cpus.server.as_ref().map_or(cpus.client.len(), Vec::len);
-    let share = |used: f64, cpus: usize| {
-        if wall_us > 0.0 && cpus > 0 {
-            used / (wall_us * cpus as f64)
-        } else {
-            f64::NAN
-        }
+    let source = if m.rounds.iter().all(|(s, _)| s.server_ns.is_some()) {
+        "schedstat"
+    } else {
+        "ticks"
     };
-    let server_cpu_util = share(cpu_us_total, server_cpu_count);
-    let client_cpu_util = share(m.client_cpu_us, cpus.client_threads as usize);
-    let server_cpus_busy = busy_share(m.server_cpus_ticks);
-    let client_cpus_busy = busy_share(m.client_cpus_ticks);
+    // Per load: (delta, requests in window) per round; plus the whole round.
+    let mut per_load: Vec<Vec<(Delta, Option<f64>)>> = (0..nloads).map(|_| Vec::new()).collect();
+    let mut whole: Vec<(Delta, Option<f64>)> = Vec::new();
+    for (r, (start, samples)) in m.rounds.iter().enumerate() {
+        let deltas: Vec<Delta> = samples
+            .iter()
+            .map(|s| delta(start, s, setup.ticks_per_second, server_cpu_count))
+            .collect();
+        let runs: Vec<Option<&Result<RunResult, String>>> = (0..nloads)
+            .map(|i| m.runs.get(i).and_then(|v| v.get(r)))
+            .collect();
+        let last = samples
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.end.at)
+            .map(|(i, _)| i);
+        for (i, d) in deltas.iter().enumerate() {
+            let n = requests_in_window(i, &runs, &deltas);
+            if Some(i) == last {
+                // The last load's window is the whole round; all requests count.
+                let all = runs
+                    .iter()
+                    .map(|r| r.and_then(|r| r.as_ref().ok()).map(|r| r.completed as f64))
+                    .sum::<Option<f64>>();
+                whole.push((d.clone(), all));
+            }
+            per_load[i].push((d.clone(), n));
+        }
+    }
+    let all = window(cpus, &whole, source);
+    let requests_total: u64 = m.runs.iter().flatten().flatten().map(|r| r.completed).sum();
+    let placeholders = ["{workers}", "{slow_ms}", "{delegate}", "{threads}"]
+        .into_iter()
+        .filter(|p| server.template.contains(p))
+        .map(String::from)
+        .collect();
     ServerReport {
         name: server.name.clone(),
         command: server.command.clone(),
+        placeholders,
         port: server.port,
         threads: cpus.threads,
         server_cpus: cpus.server.clone(),
         client_cpus: cpus.pinned.then(|| cpus.client.clone()),
         client_threads: cpus.client_threads,
-        wall_s_total: m.wall_s,
-        server_cpu_util,
-        server_cpus_busy,
-        client_cpu_us_total: m.client_cpu_us,
-        client_cpu_util,
-        client_cpus_busy,
-        // Unpinned, generator and server share CPUs: no side can be blamed.
-        client_bound: cpus.pinned
-            && report::is_client_bound(
-                [server_cpu_util, server_cpus_busy],
-                [client_cpu_util, client_cpus_busy],
-            ),
+        wall_s_total: all.wall_s_total,
+        server_cpu_util: all.server_cpu_util,
+        server_cpus_busy: all.server_cpus_busy,
+        client_cpu_us_total: all.client_cpu_us_total,
+        client_cpu_util: all.client_cpu_util,
+        client_cpus_busy: all.client_cpus_busy,
+        client_bound: all.client_bound,
         startup_ms: server.startup.as_secs_f64() * 1000.0,
         idle_rss_kib: m.idle_rss_kib,
         peak_rss_kib: peak_rss_kib.max(m.idle_rss_kib),
-        cpu_us_total,
+        cpu_us_total: all.server_cpu_us_total,
+        cpu_ticks_total: m
+            .rounds
+            .iter()
+            .filter_map(|(s, samples)| {
+                let end = samples.iter().map(|x| x.end).max_by_key(|e| e.at)?;
+                Some(end.server_ticks.saturating_sub(s.server_ticks))
+            })
+            .sum(),
         requests_total,
-        cpu_us_per_request: if requests_total > 0 {
-            cpu_us_total / requests_total as f64
-        } else {
-            f64::NAN
-        },
+        cpu_us_per_request: all.cpu_us_per_request,
         loads: setup
             .loads
             .iter()
             .zip(m.runs)
-            .map(|(spec, runs)| {
-                LoadReport::from_rounds(spec.kind, runs, args.slow_ms, ideal_rps(args))
+            .zip(per_load)
+            .map(|((spec, runs), deltas)| {
+                let mut l = LoadReport::from_runs(
+                    spec.kind,
+                    runs,
+                    args.generator,
+                    args.slow_ms,
+                    ideal_rps(args),
+                );
+                l.window = window(cpus, &deltas, source);
+                l
             })
             .collect(),
         ratios: Default::default(),
+        within_noise: Vec::new(),
+        whole: all,
     }
 }
 
-/// Prints the table and writes report.json and report.svg into `out`.
+/// Prints the table and writes report.md, report.json and report.svg into `out`.
 fn write_outputs(report: &Report, out: &Path) -> Result<(), String> {
-    let mut files = vec![("report.json", report::json(report))];
+    let md = report::markdown(report);
+    let mut files = vec![
+        ("report.md", md.clone()),
+        ("report.json", report::json(report)),
+    ];
     files.push((
         "report.svg",
         report::svg(report).map_err(|e| format!("drawing the chart: {e}"))?,
@@ -543,7 +845,7 @@ fn write_outputs(report: &Report, out: &Path) -> Result<(), String> {
         fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         written.push(path.display().to_string());
     }
-    print!("{}", report::markdown(report));
+    print!("{md}");
     eprintln!("conn-bench: wrote {}", written.join(", "));
     Ok(())
 }
@@ -556,6 +858,62 @@ mod tests {
         let mut argv = vec!["conn-bench", "--server", "a=x -p {port}"];
         argv.extend(extra);
         Args::try_parse_from(argv).unwrap()
+    }
+
+    fn delta_of(wall_s: f64) -> Delta {
+        Delta {
+            wall_s,
+            server_us: 0.0,
+            resolution_us: 0.0,
+            client_us: 0.0,
+            server_cpus: (0, 0),
+            client_cpus: (0, 0),
+        }
+    }
+
+    #[test]
+    fn counts_requests_per_load_window() {
+        let run = |completed| RunResult {
+            completed,
+            ..RunResult::default()
+        };
+        let (fast, slow) = (Ok(run(3000)), Ok(run(200)));
+        let runs = [Some(&fast), Some(&slow)];
+        // The fast load ended after 1 s, the slow one after 4 s: the fast
+        // window holds all fast requests and a quarter of the slow ones.
+        let deltas = [delta_of(1.0), delta_of(4.0)];
+        assert_eq!(requests_in_window(0, &runs, &deltas), Some(3050.0));
+        assert_eq!(requests_in_window(1, &runs, &deltas), Some(3200.0));
+        // A failed run: its count is unknown, so no CPU per request.
+        let failed = Err("garbage".to_string());
+        let runs = [Some(&fast), Some(&failed)];
+        assert_eq!(requests_in_window(0, &runs, &deltas), None);
+        assert_eq!(requests_in_window(1, &runs, &deltas), None);
+    }
+
+    #[test]
+    fn fills_placeholders() {
+        let a = args(&["--workers", "3", "--slow-ms", "20", "--delegate", "loop"]);
+        assert_eq!(
+            fill_placeholders(
+                "-w{workers}:{slow_ms}:{delegate}:{threads}:{port}",
+                &a,
+                None
+            ),
+            "-w3:20:loop:{threads}:{port}"
+        );
+        assert_eq!(fill_placeholders("{threads}", &a, Some(2)), "2");
+        // The ideal follows the smaller of workers and slow concurrency.
+        assert_eq!(ideal_rps(&a), 150.0);
+        let a = args(&[
+            "--workers",
+            "4",
+            "--slow-concurrency",
+            "2",
+            "--scenario",
+            "slow",
+        ]);
+        assert_eq!(ideal_rps(&a), 2.0 * 1000.0 / 30.0);
     }
 
     #[test]
@@ -600,5 +958,9 @@ mod tests {
             (mixed[1].kind, mixed[1].requests, mixed[1].concurrency),
             (LoadKind::Slow, 9, 4)
         );
+        // --slow-concurrency above the workers: the ideal stays 4 / 30 ms,
+        // the default count covers the connections.
+        let wide = plan_loads(&args(&["--scenario", "slow", "--slow-concurrency", "300"]));
+        assert_eq!((wide[0].requests, wide[0].concurrency), (300, 300));
     }
 }

@@ -85,6 +85,47 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// On-CPU time of one thread in ns: the first field of
+/// `/proc/PID/task/TID/schedstat` ("on-CPU ns, run-queue wait ns, slices").
+pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// On-CPU time (user + system, ns) of every live thread of `pid`, or None
+/// when `/proc` does not have it (gone, or a kernel without schedstat).
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let mut any = false;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let path = entry.path().join("schedstat");
+        if let Some(ns) = fs::read_to_string(path)
+            .ok()
+            .and_then(|t| parse_schedstat_ns(&t))
+        {
+            total += ns;
+            any = true;
+        }
+    }
+    any.then_some(total)
+}
+
+/// On-CPU time (ns) of `root`'s process tree, from schedstat: exact for a
+/// thread that is asleep when read (a running one is behind by at most its
+/// current slice, one scheduler tick). Threads that exited are not counted,
+/// unlike `utime`/`stime` (see `tree_cpu_ticks`, kept as a cross-check).
+/// None when the root's schedstat cannot be read.
+pub fn tree_cpu_ns(root: u32) -> Option<u64> {
+    let tree = process_tree(root);
+    let first = process_cpu_ns(*tree.first()?)?;
+    Some(
+        first
+            + tree[1..]
+                .iter()
+                .filter_map(|&p| process_cpu_ns(p))
+                .sum::<u64>(),
+    )
+}
+
 /// Busy and total clock ticks of `cpus`, summed, from a `/proc/stat` text.
 /// Busy is everything but idle and iowait; steal counts as busy, since a
 /// stolen CPU is one the benchmark could not use either.
@@ -251,6 +292,21 @@ mod tests {
         assert_eq!(parse_cpu_ticks(text, &[7]), (0, 0));
         let (busy, total) = cpu_ticks(&[0]);
         assert!(total > 0 && busy <= total);
+    }
+
+    #[test]
+    fn reads_schedstat() {
+        assert_eq!(parse_schedstat_ns("123456789 2000 17\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat_ns(""), None);
+        assert_eq!(parse_schedstat_ns("x 1 2"), None);
+        // This test's own threads have run: some ns, and more after a spin.
+        let me = std::process::id();
+        let before = tree_cpu_ns(me).expect("own schedstat");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {}
+        let after = tree_cpu_ns(me).unwrap();
+        assert!(after > before, "{before} -> {after}");
+        assert_eq!(process_cpu_ns(u32::MAX), None);
     }
 
     #[test]

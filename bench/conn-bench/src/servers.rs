@@ -1,11 +1,13 @@
 //! Starting, watching and stopping the servers under test, including the
 //! bundled nginx peer.
 
+use crate::args::PortRange;
 use crate::load::tail;
 use crate::{procstat, sys};
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,23 +24,34 @@ pub struct Launch {
     pub command: String,
     /// Words of the command; `{port}` is substituted in each.
     pub argv: Vec<String>,
+    /// The command as the user wrote it, placeholders and all (empty for a
+    /// bundled peer), to tell which placeholders it uses.
+    pub template: String,
     /// A log file the server writes itself (nginx's error log), read for the
     /// error message when it fails to start.
     pub extra_log: Option<PathBuf>,
 }
 
 /// A started server. Dropping it stops it and its children, so every exit
-/// path (error, Ctrl-C, panic) cleans up.
+/// path that unwinds (error, Ctrl-C) cleans up; for the ones that do not
+/// (SIGKILL, a panic under `panic = "abort"`) the server leads its own
+/// process group, gets SIGKILL when conn-bench's main thread dies, and a
+/// `GroupGuard` kills the rest of its group.
 pub struct Server {
     /// Report label.
     pub name: String,
     /// Command as shown in the report.
     pub command: String,
+    /// See `Launch::template`.
+    pub template: String,
     /// TCP port it listens on (127.0.0.1).
     pub port: u16,
     /// From spawn to the first accepted TCP connect.
     pub startup: Duration,
     child: Child,
+    /// Kills the server's process group if conn-bench dies; None only if
+    /// the fork failed (then the parent-death signal still covers the child).
+    guard: Option<sys::GroupGuard>,
     stderr_path: PathBuf,
     extra_log: Option<PathBuf>,
     stopped: bool,
@@ -63,17 +76,40 @@ pub fn require(program: &str, package: &str) -> Result<PathBuf, String> {
     which(program).ok_or_else(|| format!("`{program}` not found: install Debian's {package}"))
 }
 
-/// Picks `count` distinct free TCP ports on 127.0.0.1 by binding port 0.
+/// Picks `count` distinct free TCP ports on 127.0.0.1: from `range` (the
+/// first ones a listener can bind), else any the kernel gives for port 0.
 /// All listeners are held until every port is chosen so none repeats; the
 /// short window before the server binds is an accepted race.
-pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+pub fn pick_ports(count: usize, range: Option<PortRange>) -> Result<Vec<u16>, String> {
+    let Some(range) = range else {
+        let listeners = (0..count)
+            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| format!("picking free ports: {e}"))?;
+        return listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| format!("picking free ports: {e}"));
+    };
+    let mut held = Vec::new();
+    for port in range.from..=range.to {
+        if held.len() == count {
+            break;
+        }
+        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            held.push((port, l));
+        }
+    }
+    if held.len() < count {
+        return Err(format!(
+            "--ports {}-{}: {} of them free on 127.0.0.1, {count} needed",
+            range.from,
+            range.to,
+            held.len()
+        ));
+    }
+    Ok(held.into_iter().map(|(p, _)| p).collect())
 }
 
 /// The template's worker count, replaced for a sweep.
@@ -111,6 +147,7 @@ pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16, workers: u32) -> Result
         name: "nginx".into(),
         command: argv.join(" "),
         argv,
+        template: String::new(),
         extra_log: Some(error_log),
     })
 }
@@ -139,7 +176,12 @@ pub fn start(
     cmd.args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(open(&stdout_path)?)
-        .stderr(open(&stderr_path)?);
+        .stderr(open(&stderr_path)?)
+        // Its own group: the guard can kill it and all its descendants at
+        // once, and a Ctrl-C in the terminal reaches conn-bench only, which
+        // then stops the servers in order.
+        .process_group(0);
+    sys::die_with_this_thread(&mut cmd);
 
     // The child inherits this thread's CPU mask at fork: switch to the
     // server CPUs just around the spawn.
@@ -151,14 +193,25 @@ pub fn start(
     if let Some(restore) = restore_cpus {
         let _ = sys::set_thread_affinity(restore);
     }
-    let child = spawned.map_err(|e| format!("server `{name}`: cannot run `{}`: {e}", argv[0]))?;
+    let mut child =
+        spawned.map_err(|e| format!("server `{name}`: cannot run `{}`: {e}", argv[0]))?;
+    let guard = match sys::GroupGuard::start(child.id()) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("server `{name}`: cannot fork its group guard: {e}"));
+        }
+    };
 
     let mut server = Server {
         name: name.clone(),
         command: launch.command.clone(),
+        template: launch.template.clone(),
         port,
         startup: Duration::ZERO,
         child,
+        guard,
         stderr_path,
         extra_log: launch.extra_log.clone(),
         stopped: false,
@@ -218,8 +271,9 @@ impl Server {
         tail(&text, 6)
     }
 
-    /// Stops the server: SIGTERM to it and its descendants (nginx shuts its
-    /// workers down on TERM), then SIGKILL to whatever is left after 2 s.
+    /// Stops the server: SIGTERM to its process group and descendants (nginx
+    /// shuts its workers down on TERM), then SIGKILL to whatever is left
+    /// after 2 s, the group guard included.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
@@ -227,6 +281,9 @@ impl Server {
         self.stopped = true;
         let tree = procstat::process_tree(self.pid());
         if let Ok(None) = self.child.try_wait() {
+            if let Some(guard) = &self.guard {
+                guard.signal_group(libc::SIGTERM);
+            }
             for &pid in &tree {
                 sys::send_signal(pid, libc::SIGTERM);
             }
@@ -237,8 +294,10 @@ impl Server {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = self.child.kill();
         }
+        // SIGKILL to the group (the guard is in it) and reap the guard.
+        drop(self.guard.take());
+        let _ = self.child.kill();
         let _ = self.child.wait();
         // Orphaned descendants (a worker whose master died) get KILL too;
         // they were reparented, so their pids cannot have been reused yet
@@ -263,9 +322,22 @@ mod tests {
 
     #[test]
     fn picks_distinct_ports() {
-        let ports = free_ports(3).unwrap();
+        let ports = pick_ports(3, None).unwrap();
         assert_eq!(ports.len(), 3);
         assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+        // From a range: a busy port is skipped, a short range refused.
+        let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let b = busy.local_addr().unwrap().port();
+        if b < 65535 {
+            let range = PortRange { from: b, to: b + 1 };
+            match pick_ports(1, Some(range)) {
+                Ok(p) => assert_eq!(p, [b + 1]),
+                // b + 1 may be taken by someone else on a shared machine.
+                Err(e) => assert!(e.contains("1 needed"), "{e}"),
+            }
+            let err = pick_ports(2, Some(range)).unwrap_err();
+            assert!(err.contains("2 needed"), "{err}");
+        }
     }
 
     #[test]
@@ -305,6 +377,7 @@ mod tests {
                 "-c".into(),
                 "echo broken {port} >&2; exit 3".into(),
             ],
+            template: String::new(),
             extra_log: None,
         };
         let err = match start(&launch, 1, None, None, &dir, Duration::from_secs(5)) {

@@ -65,6 +65,25 @@ pub fn ratio(value: f64, base: f64) -> Option<f64> {
     Some(value / base)
 }
 
+/// Whether two figures are indistinguishable by this measurement: their
+/// medians differ by no more than the instrument's resolution (`a_res +
+/// b_res`: each median is off by up to its own) or than the rounds' spread
+/// (the larger min-max range of the two). A ratio between such figures would
+/// only show noise. False when either has no finite value (no comparison at
+/// all, which the ratio already says).
+pub fn within_noise(a: &[f64], a_res: f64, b: &[f64], b_res: f64) -> bool {
+    let range = |v: &[f64]| {
+        let f = || v.iter().copied().filter(|x| x.is_finite());
+        f().fold(f64::NEG_INFINITY, f64::max) - f().fold(f64::INFINITY, f64::min)
+    };
+    let (Some(ma), Some(mb)) = (median(a), median(b)) else {
+        return false;
+    };
+    let resolution = a_res.max(0.0) + b_res.max(0.0);
+    let spread = range(a).max(range(b)).max(0.0);
+    (ma - mb).abs() <= resolution.max(spread)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +121,38 @@ mod tests {
             }
         );
         assert_eq!(Spread::of(&[]), None);
+    }
+
+    #[test]
+    fn tells_noise_from_a_difference() {
+        // The slow run: 10 ms ticks over 267 requests, one round.
+        // 74.9 vs 99.9 µs/req is 2 vs 2.7 ticks: inside the rounding.
+        let tick = 10_000.0 / 267.0;
+        assert!(within_noise(&[74.9], 2.0 * tick, &[99.9], 2.0 * tick));
+        // The same figures in ns (resolution ~0) do differ.
+        assert!(!within_noise(&[74.9], 0.004, &[99.9], 0.004));
+        // Rounds that overlap: the difference of the medians (10) is below
+        // the spread of the noisier server (100 .. 130 = 30).
+        assert!(within_noise(
+            &[100.0, 130.0, 110.0],
+            0.0,
+            &[120.0, 121.0, 119.0],
+            0.0
+        ));
+        // Tight rounds far apart: a real difference.
+        assert!(!within_noise(
+            &[100.0, 101.0, 99.0],
+            0.0,
+            &[150.0, 151.0, 149.0],
+            0.0
+        ));
+        // Equal medians are always within noise; empty is no comparison.
+        assert!(within_noise(&[5.0], 0.0, &[5.0], 0.0));
+        assert!(!within_noise(&[], 0.0, &[5.0], 0.0));
+        assert!(!within_noise(&[f64::NAN], 0.0, &[5.0], 0.0));
+        // A difference just above the resolution and spread counts.
+        assert!(!within_noise(&[10.0, 10.5], 0.1, &[11.1], 0.1));
+        assert!(within_noise(&[10.0, 10.5], 0.1, &[10.7], 0.1));
     }
 
     #[test]

@@ -129,9 +129,27 @@ fn conn_bench(
     out: &std::path::Path,
     args: &[String],
 ) -> (std::process::ExitStatus, String, String) {
+    conn_bench_with(dir, out, args, None)
+}
+
+/// `conn_bench` with `PATH` starting at `path_first` when given (a fake
+/// load generator).
+fn conn_bench_with(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    args: &[String],
+    path_first: Option<&std::path::Path>,
+) -> (std::process::ExitStatus, String, String) {
     let stdout_path = dir.join("stdout.md");
     let stderr_path = dir.join("stderr.txt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conn-bench"));
+    if let Some(first) = path_first {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![first.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs).unwrap());
+    }
+    let mut child = cmd
         .args(args)
         .arg("--out")
         .arg(out)
@@ -249,4 +267,294 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// Writes an executable shell script.
+fn script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A port range of `n` ports that were free a moment ago, for `--ports`.
+fn free_range(n: u16) -> (u16, u16) {
+    for _ in 0..50 {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let from = l.local_addr().unwrap().port();
+        drop(l);
+        let Some(to) = from.checked_add(n - 1) else {
+            continue;
+        };
+        let all_free = (from..=to).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return (from, to);
+        }
+    }
+    panic!("no run of {n} free ports found");
+}
+
+/// `{workers}`, `{slow_ms}` and `{delegate}` reach the server's argv: a
+/// recording script execs conn-daemon with them and the slow load meets its
+/// ideal; a server with a fixed `-w` (conn-daemon's default: -A, so 1) gets a
+/// note naming its worker count as the cause of its shortfall.
+#[test]
+fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
+    let dir = scratch();
+    let out = dir.join("out");
+    let recorder = dir.join("record-argv");
+    let argv_file = dir.join("argv.txt");
+    script(
+        &recorder,
+        &format!(
+            "printf '%s\\n' \"$@\" > '{}'\nexec '{}' -A 1 -w \"$1\" -D \"$2\" -p \"$4\"\n",
+            argv_file.display(),
+            conn_daemon().display()
+        ),
+    );
+    let (from, to) = free_range(4);
+    let args: Vec<String> = [
+        "--server".to_string(),
+        format!(
+            "rec={} {{workers}} {{slow_ms}} {{delegate}} {{port}}",
+            recorder.display()
+        ),
+        "--server".into(),
+        format!("fixed={} -A 1 -p {{port}}", conn_daemon().display()),
+        "--scenario".into(),
+        "slow".into(),
+        "--workers".into(),
+        "3".into(),
+        "--slow-ms".into(),
+        "20".into(),
+        "--slow-concurrency".into(),
+        "6".into(),
+        "--delegate".into(),
+        "socket".into(),
+        "--ports".into(),
+        format!("{from}-{to}"),
+        "--rounds".into(),
+        "1".into(),
+        "-n".into(),
+        "300".into(),
+    ]
+    .into();
+    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+    let json = report_json(&out);
+    let rows = json["servers"].as_array().expect("servers");
+    let port = rows[0]["port"].as_u64().unwrap() as u16;
+    assert!(
+        (from..=to).contains(&port),
+        "port {port} outside {from}-{to}"
+    );
+    assert_eq!(
+        read(&argv_file),
+        format!("3\n20\nsocket\n{port}\n"),
+        "the server's argv"
+    );
+    assert_eq!(json["loads"][0]["concurrency"], 6, "{json}");
+    assert_eq!(json["slow_concurrency"], 6);
+    assert_eq!(json["delegate"], "socket");
+    // 3 workers of 20 ms: 150 req/s ideal, met by the server told so.
+    let rec = &rows[0]["loads"][0];
+    assert_eq!(rec["ideal_requests_per_s"], 150.0, "{rec}");
+    assert_eq!(rec["completed"], 300);
+    let pct = rec["percent_of_ideal"].as_f64().unwrap();
+    assert!(pct >= 90.0, "rec reached {pct}% of its ideal:\n{stdout}");
+    // One worker: a third of it, and the note says why.
+    let fixed = rows[1]["loads"][0]["percent_of_ideal"].as_f64().unwrap();
+    assert!(fixed < 50.0, "fixed reached {fixed}%");
+    assert!(
+        stdout.contains("fixed: the slow load reached")
+            && stdout.contains("worker count differs from --workers 3"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("rec: the slow load reached"), "{stdout}");
+    let md = read(&out.join("report.md"));
+    assert_eq!(md, stdout, "report.md is the printed table");
+    let svg = read(&out.join("report.svg"));
+    for panel in ["idle RSS MiB", "peak RSS MiB", "exec → listen ms"] {
+        assert!(svg.contains(panel), "{panel} missing from the SVG");
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// A generator that prints garbage (ab's out-of-bounds p99 where the index
+/// is valid, so no exact value can replace it): each run is marked failed,
+/// the report is still written, conn-bench exits 1 and does not panic.
+#[test]
+fn garbage_from_the_generator_fails_the_run_not_the_report() {
+    let dir = scratch();
+    let out = dir.join("out");
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    script(
+        &bin.join("ab"),
+        "while [ $# -gt 0 ]; do\n\
+         case \"$1\" in\n\
+         -e) shift; printf 'Percentage served,Time in ms\\n50,1.0\\n99,7311156825131345.000\\n100,2.0\\n' > \"$1\" ;;\n\
+         -g) shift; : > \"$1\" ;;\n\
+         esac; shift\n\
+         done\n\
+         printf 'Complete requests:      2000\\nFailed requests:        0\\n'\n\
+         printf 'Time taken for tests:   1.000 seconds\\nRequests per second:    2000.00 [#/sec] (mean)\\n'\n",
+    );
+    let args: Vec<String> = [
+        "--server".to_string(),
+        format!("cd={} -A 1 -p {{port}}", conn_daemon().display()),
+        "--rounds".into(),
+        "2".into(),
+        "-n".into(),
+        "2000".into(),
+    ]
+    .into();
+    let (status, stdout, stderr) = conn_bench_with(&dir, &out, &args, Some(&bin));
+    assert_eq!(status.code(), Some(1), "{stderr}\n{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("2 run(s) failed"), "{stderr}");
+    let json = report_json(&out);
+    let load = &json["servers"][0]["loads"][0];
+    let failed = load["failed_runs"].as_array().expect("failed_runs");
+    assert_eq!(failed.len(), 2, "{load}");
+    assert!(
+        failed[0]
+            .as_str()
+            .unwrap()
+            .contains("longer than the whole run"),
+        "{load}"
+    );
+    assert!(
+        load["requests_per_s"]["median"].is_null(),
+        "no figure from garbage: {load}"
+    );
+    let md = read(&out.join("report.md"));
+    assert!(md.contains("2 of 2 runs failed"), "{md}");
+    assert!(md.contains("Failed run, left out of the figures"), "{md}");
+    assert!(read(&out.join("report.svg")).starts_with("<svg"));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// `/proc/PID/stat`'s ppid and state, None once the process is gone.
+fn ppid_and_state(pid: u32) -> Option<(u32, char)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((fields.next()?.parse().ok()?, state))
+}
+
+/// Every live descendant of `root` with its command name.
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut all = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((ppid, state)) = ppid_and_state(pid) {
+            if state != 'Z' {
+                all.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree[1..]
+        .iter()
+        .map(|&p| {
+            let comm = fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            (p, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// SIGKILL of conn-bench in the middle of a run: no server (neither a
+/// direct child nor a grandchild behind a wrapper shell), generator or
+/// guard outlives it.
+#[test]
+fn sigkill_mid_run_leaves_no_server_behind() {
+    let dir = scratch();
+    let out = dir.join("out");
+    let cd = conn_daemon();
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conn-bench"))
+        .args([
+            "--server",
+            &format!("direct={} -A 1 -w 2 -p {{port}}", cd.display()),
+            "--server",
+            // sh stays the parent: conn-daemon is a grandchild, out of reach
+            // of the parent-death signal.
+            &format!(
+                "wrapped=sh -c '{} -A 1 -w 2 -p \"$0\"; exit 0' {{port}}",
+                cd.display()
+            ),
+            "--scenario",
+            "slow",
+            "--workers",
+            "2",
+            "--rounds",
+            "3",
+            "-n",
+            "3000",
+            "--out",
+        ])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("running conn-bench");
+    let bench = child.id();
+
+    // Wait (bounded) until both servers run and a generator is loading one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let procs = loop {
+        let procs = descendants(bench);
+        let servers = procs.iter().filter(|(_, c)| c == "conn-daemon").count();
+        if servers == 2 && procs.iter().any(|(_, c)| c == "ab") {
+            break procs;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("conn-bench ended ({status}) first: {}", read(&stderr_path));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers and ab not seen in 60 s: {procs:?}; {}",
+            read(&stderr_path)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(procs.iter().any(|(_, c)| c == "sh"), "{procs:?}");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    // Everything it started dies within 10 s (a zombie is dead too: the
+    // reaper it was reparented to may not reap it at once).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<&(u32, String)> = procs
+            .iter()
+            .filter(|(p, _)| ppid_and_state(*p).is_some_and(|(_, s)| s != 'Z'))
+            .collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after SIGKILL of conn-bench: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = fs::remove_dir_all(&dir);
 }
