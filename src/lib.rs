@@ -33,6 +33,7 @@ pub mod os;
 pub mod parser;
 pub mod pool;
 pub mod server;
+pub mod socket_worker;
 pub mod sys;
 pub mod task;
 pub mod token;
@@ -41,7 +42,6 @@ mod accept;
 mod deadline;
 mod handoff;
 mod net;
-mod socket_worker;
 mod worker;
 mod worker_loop;
 

@@ -9,6 +9,9 @@
 //! would block waits in `poll` for at most what is left of the deadline, so a
 //! client that never reads holds a worker for the deadline and no longer;
 //! closes.
+//!
+//! Public so that the fuzz target `handover` can drive [`answer`] over a
+//! scripted [`WorkerSocket`].
 #![forbid(unsafe_code)]
 
 use std::io;
