@@ -336,6 +336,13 @@ impl<S: Socket> ConnectionCtx<S> {
         Next::Linger
     }
 
+    /// Gives up the socket of a complete request to whoever answers it now
+    /// (`--delegate socket|loop`); the slot is free again.
+    pub fn hand_over(&mut self) -> Option<S> {
+        self.state = State::Free;
+        self.fd.take()
+    }
+
     /// Closes the socket. The slot is free again unless a worker still has its
     /// task, in which case it is `Abandoned` until the task comes back.
     pub fn close(&mut self, task_out: bool) {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
+use crate::delegate::Waiting;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
@@ -118,6 +119,21 @@ pub trait Host<S: Socket> {
     /// reason ([`Next::Finished`] or a [`Next::Drop`]): an observer's hook (the
     /// fuzz target checks each outcome); loops do nothing.
     fn closed(&mut self, _slot: u32, _how: Next) {}
+
+    /// Whether a complete slow request leaves the loop with its connection
+    /// (`--delegate socket|loop`) rather than as a task (the default).
+    fn hands_off(&self) -> bool {
+        false
+    }
+    /// Reserves room on the worker side for one connection; false when it is
+    /// full, and the host then has [`Engine::retry_hand_offs`] called once room
+    /// frees.
+    fn reserve_hand_off(&mut self) -> bool {
+        false
+    }
+    /// Gives `fd` (a complete slow request, no longer watched) to the room
+    /// reserved by the last successful [`Host::reserve_hand_off`].
+    fn hand_off(&mut self, _fd: S) {}
 }
 
 /// What one accept attempt did.
@@ -169,6 +185,9 @@ pub struct Engine<S: Socket, W: SlotWatcher> {
     exhausted: bool,
     phase: Phase,
     metrics: AcceptMetrics,
+    /// Complete slow requests waiting for room on the worker side
+    /// (`--delegate socket|loop`).
+    waiting: Waiting,
 }
 
 /// Where the loop is on its way to stopping.
@@ -217,6 +236,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             exhausted: false,
             phase: Phase::Serving,
             metrics: AcceptMetrics::new(Arc::clone(&settings.counters), settings.capacity),
+            waiting: Waiting::new(settings.capacity),
             settings,
         })
     }
@@ -444,6 +464,19 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     fn delegate(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
         // The request is complete: no read deadline while the worker works.
         self.deadlines.remove(&mut self.pool, idx);
+        if host.hands_off() {
+            if host.reserve_hand_off() {
+                self.hand_off(host, idx);
+            } else {
+                // No room: wait here, watched for the client leaving (rule 7).
+                self.waiting.push(idx, self.pool.get(idx).gen(), |i, g| {
+                    let ctx = self.pool.get(i);
+                    ctx.state() == State::Delegated && ctx.gen() == g
+                });
+                self.watch(host, idx, Interest::Read);
+            }
+            return;
+        }
         let Some(duration) = self.settings.slow else {
             unreachable!("slow requests are answered inline without workers")
         };
@@ -475,6 +508,41 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             host.start_timer(TimerId::Linger, LINGER);
         }
         self.watch(host, idx, Interest::Read);
+    }
+
+    /// Moves the connection in `idx` to the room reserved on the worker side:
+    /// stops its watcher before the fd can reach another thread, and frees the
+    /// slot.
+    fn hand_off(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+        let (ctx, watcher) = self.pool.split(idx);
+        host.unwatch(watcher);
+        if let Some(fd) = ctx.hand_over() {
+            host.hand_off(fd);
+        }
+        self.metrics.handed_off();
+        debug!(
+            "accept-{}: conn {idx}: slow request handed to a worker",
+            self.settings.id
+        );
+        self.release(host, idx);
+    }
+
+    /// Room may have freed on the worker side: hands over the connections
+    /// waiting for it, oldest first, while the host finds room.
+    pub fn retry_hand_offs(&mut self, host: &mut impl Host<S, Watcher = W>) {
+        while let Some((idx, gen)) = self.waiting.front() {
+            let ctx = self.pool.get(idx);
+            if ctx.state() != State::Delegated || ctx.gen() != gen {
+                // Closed meanwhile (the client left, or the drain's timeout).
+                self.waiting.pop();
+                continue;
+            }
+            if !host.reserve_hand_off() {
+                return;
+            }
+            self.waiting.pop();
+            self.hand_off(host, idx);
+        }
     }
 
     /// Starts the read deadline of `idx` unless it already runs (a deadline is

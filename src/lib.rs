@@ -38,6 +38,7 @@
 // porting a libev design need. The rest is crate-private.
 pub mod config;
 pub mod conn;
+pub mod delegate;
 pub mod engine;
 pub mod ev;
 pub mod lifecycle;
@@ -48,6 +49,7 @@ pub mod parser;
 pub mod pool;
 pub mod server;
 pub mod shutdown;
+pub mod socket_worker;
 pub mod sys;
 pub mod task;
 pub mod token;
@@ -55,7 +57,9 @@ pub mod token;
 mod accept;
 mod deadline;
 mod fault;
+mod handoff;
 mod net;
 mod worker;
+mod worker_loop;
 
 pub use accept::Stats;
