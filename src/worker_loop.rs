@@ -37,7 +37,7 @@ use crate::engine::{Engine, Host, Interest, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::net;
 use crate::shutdown::Drain;
-use crate::task::TaskRef;
+use crate::task::{Claimed, TaskRef};
 use crate::token::{TimerId, Token};
 
 /// The request an [`Adopted`] socket replays: what the accept loop parsed.
@@ -110,8 +110,11 @@ struct Side {
     slow: Duration,
     /// Delegated tasks and when they fall due (loop time), earliest first; room
     /// for one per pool slot, reserved at start-up (a slot has at most one task
-    /// out).
-    pending: VecDeque<(Duration, TaskRef)>,
+    /// out). Claimed at once: the work is under way from its delegation on, so
+    /// a client that leaves meanwhile finds it running (its slot frees when it
+    /// falls due), never a withdrawn token that a later connection of the same
+    /// slot would refill and find due early.
+    pending: VecDeque<(Duration, Claimed)>,
     /// The engine watches its "listener" (it has room).
     listening: bool,
     /// The queue is still taken from (the drain closes it once it took the rest).
@@ -182,7 +185,11 @@ impl Host<Adopted> for LoopHost<'_> {
     fn submit(&mut self, task: TaskRef) {
         let due = self.lp.now() + self.side.slow;
         debug_assert!(self.side.pending.len() < self.side.pending.capacity());
-        self.side.pending.push_back((due, task));
+        // A token just filled cannot have been withdrawn yet.
+        let Some(claimed) = task.claim() else {
+            return;
+        };
+        self.side.pending.push_back((due, claimed));
         if !self.side.slow_timer.is_active() {
             self.side
                 .slow_timer
@@ -324,10 +331,8 @@ impl WorkerLoop {
             let Some((_, task)) = host.side.pending.pop_front() else {
                 break;
             };
-            // None: withdrawn while it waited (its client left).
-            if let Some(done) = task.run() {
-                self.engine.on_task_done(&mut host, done);
-            }
+            let done = task.run();
+            self.engine.on_task_done(&mut host, done);
         }
     }
 }
@@ -378,11 +383,27 @@ impl Handler for WorkerLoop {
 }
 
 /// Worker loop `settings.desk`'s thread body: builds its loop on this thread,
-/// serves until the worker side stops and it has drained, then tears down.
-pub fn run(settings: LoopSettings, work: Arc<WorkerSide>) -> io::Result<Stats> {
+/// says on `ready` whether that worked (the server announces that it serves
+/// only once every loop exists), serves until the worker side stops and it has
+/// drained, then tears down.
+pub fn run(
+    settings: LoopSettings,
+    work: Arc<WorkerSide>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<Stats> {
     let desk = settings.desk;
-    let lp = Loop::new()?;
-    let mut worker = WorkerLoop::new(&lp, settings, work)?;
+    let setup = Loop::new().and_then(|lp| WorkerLoop::new(&lp, settings, work).map(|w| (lp, w)));
+    let (lp, mut worker) = match setup {
+        Ok(v) => {
+            let _ = ready.send(Ok(()));
+            v
+        }
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    drop(ready);
     debug!("worker-{desk}: loop serving");
     worker.run(&lp);
     let stats = worker.stats();

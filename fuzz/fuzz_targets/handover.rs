@@ -116,6 +116,18 @@ impl Socket for Fake {
         assert!(RESPONSE.starts_with(&c.sent));
         Ok(buf.len())
     }
+    fn shutdown_write(&self) -> io::Result<()> {
+        // A lingering close after the response (bytes beyond the request).
+        let w = self.world.borrow();
+        let c = &w.clients[self.id];
+        assert_eq!(
+            (c.closes, c.handed),
+            (0, 0),
+            "shutdown after close or hand-over"
+        );
+        assert_eq!(c.sent, RESPONSE, "shutdown before the whole response");
+        Ok(())
+    }
     fn raw_fd(&self) -> RawFd {
         self.id as RawFd
     }
