@@ -174,6 +174,7 @@ impl Socket for OwnedFd {
 }
 
 /// One connection (the C++ `ConnectionCtx`), living in a pool slot.
+#[derive(Debug)]
 pub struct ConnectionCtx<S: Socket = OwnedFd> {
     fd: Option<S>,
     gen: u32,

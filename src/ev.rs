@@ -53,6 +53,7 @@
 //! assert_eq!(ticks.0, 3);
 //! # Ok::<(), std::io::Error>(())
 //! ```
+#![allow(unsafe_code)]
 
 use std::cell::{Cell, OnceCell, UnsafeCell};
 use std::ffi::c_void;
@@ -181,6 +182,7 @@ pub trait Handler: Sized {
 
 /// Shared between a loop and its watchers: the raw loop and how many of our
 /// watchers are started on it, so that a loop with started watchers is never freed.
+#[derive(Debug)]
 struct Core {
     raw: *mut sys::ev_loop,
     active: Cell<usize>,
@@ -210,6 +212,7 @@ struct Core {
 /// assert!(lp.now() - t0 >= Duration::from_millis(5));
 /// # Ok::<(), std::io::Error>(())
 /// ```
+#[derive(Debug)]
 pub struct Loop<H: Handler> {
     core: Box<Core>,
     _handler: PhantomData<fn(&mut H)>,
@@ -382,6 +385,7 @@ trampoline!(async_trampoline(sys::ev_async => RawAsync, "async"), |h, l, token, 
 /// What every watcher type shares: the loop it was started on, from `start`
 /// until it is neither active nor has an event queued there (libev holds a
 /// pointer to it in both cases).
+#[derive(Debug)]
 struct Bound {
     core: Cell<*const Core>,
 }
@@ -425,6 +429,7 @@ macro_rules! watcher {
     ($(#[$doc:meta])* $vis:vis $ty:ident: $raw:ty = $init:expr, $stop:path) => {
         $(#[$doc])*
         #[repr(C)] // `w` first: a raw watcher pointer is also a pointer to us.
+        #[derive(Debug)]
         $vis struct $ty {
             w: UnsafeCell<$raw>,
             bound: Bound,
@@ -751,6 +756,7 @@ watcher!(
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[repr(C)] // `raw` first: the trampoline's watcher pointer is also a pointer to it.
+#[derive(Debug)]
 pub struct Async {
     raw: RawAsync,
     /// Shared with the senders, made by the first `sender` call.

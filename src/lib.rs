@@ -29,8 +29,10 @@
 //! - the crate-private `handoff` (the worker threads of `socket` and `loop`);
 //! - [`server`] (start-up, threads), which the binary drives with `lifecycle`.
 //!
-//! Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`; the other
-//! modules are `#![forbid(unsafe_code)]`.
+//! Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`, and the
+//! compiler holds it so: `[lints]` in Cargo.toml denies `unsafe_code` for the
+//! crate, those modules allow it by name, the others are `#![forbid(unsafe_code)]`;
+//! `unsafe_op_in_unsafe_fn` and `clippy::undocumented_unsafe_blocks` are denied.
 //!
 //! Features: `cli` (default) is the command line (`Config::from_env`,
 //! `config::command`, clap) and the binary; with `default-features = false`

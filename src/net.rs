@@ -1,5 +1,6 @@
 //! The socket calls of the connection path, each a thin `io::Result` wrapper over
 //! one system call (mio's `syscall!` style), and the listener set-up.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::size_of;

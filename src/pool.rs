@@ -8,6 +8,7 @@
 //! never move, which is what lets each carry the event-loop watcher of its
 //! connection (libev's [`Io`] in the server; any [`SlotWatcher`]) and the holder of
 //! its delegated task.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::marker::PhantomData;
@@ -50,6 +51,17 @@ pub struct Pool<T, W: SlotWatcher = Io> {
     /// Released slots, reused last-in first-out so hot memory is reused first.
     free: Vec<u32>,
     _owns: PhantomData<Slot<T, W>>,
+}
+
+/// The pool's size and use, not its slots (millions, most never touched).
+impl<T, W: SlotWatcher> std::fmt::Debug for Pool<T, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("capacity", &self.capacity)
+            .field("constructed", &self.constructed)
+            .field("free", &self.free.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T: Default, W: SlotWatcher> Pool<T, W> {

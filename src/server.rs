@@ -167,6 +167,7 @@ pub struct Handed {
 }
 
 /// A bound, not yet running server.
+#[derive(Debug)]
 pub struct Server {
     config: Config,
     /// Each accept thread's listeners, one per address.

@@ -5,6 +5,7 @@
 //! This is the crate's libev-sys layer. Nothing here is safe to use directly;
 //! `ev.rs` wraps it. `tests/layout.rs` checks every size, alignment, offset and
 //! constant below against the C compiler's view (`conn_ev_layout` in `shim.c`).
+#![allow(unsafe_code)]
 
 use libc::{c_char, c_int, c_long, c_uint, c_void};
 
@@ -13,6 +14,7 @@ pub type ev_tstamp = f64;
 
 /// Opaque `struct ev_loop`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct ev_loop {
     _opaque: [u8; 0],
 }
@@ -29,6 +31,7 @@ pub type ev_async_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_async, c_int);
 
 /// `struct ev_io` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
+#[derive(Debug)]
 pub struct ev_io {
     /// Nonzero while started (libev private).
     pub active: c_int,
@@ -48,6 +51,7 @@ pub struct ev_io {
 
 /// `struct ev_timer` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
+#[derive(Debug)]
 pub struct ev_timer {
     /// Nonzero while started (libev private).
     pub active: c_int,
@@ -65,6 +69,7 @@ pub struct ev_timer {
 
 /// `struct ev_async` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
+#[derive(Debug)]
 pub struct ev_async {
     /// Nonzero while started (libev private).
     pub active: c_int,
@@ -103,6 +108,7 @@ pub const EV_VERSION_MINOR: c_int = 33;
 
 /// One row of the shim's layout table: a name such as `"ev_io.fd"` and its value.
 #[repr(C)]
+#[derive(Debug)]
 pub struct conn_ev_layout_entry {
     /// Entry name, NUL-terminated; null ends the table.
     pub name: *const c_char,

@@ -16,6 +16,7 @@
 //! in the queue: filling a holder whose cancelled `TaskRef` is still queued
 //! reuses that `TaskRef` ([`Filled::Requeued`]), so the queue, sized one task per
 //! connection, cannot overflow.
+#![allow(unsafe_code)]
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::{align_of, size_of, MaybeUninit};
@@ -81,6 +82,7 @@ struct Storage([MaybeUninit<u8>; TASK_SIZE]);
 /// assert_eq!(done.route().slot, 1);
 /// assert_eq!(holder.finish(done).map(|r| r.gen), Some(2));
 /// ```
+#[derive(Debug)]
 pub struct TaskHolder {
     storage: UnsafeCell<Storage>,
     /// Runs (and so consumes) the task stored in `storage`.

@@ -34,6 +34,7 @@ impl Task for SlowTask {
 }
 
 /// Where one accept loop receives its finished tasks.
+#[derive(Debug)]
 pub struct Mailbox {
     done: ArrayQueue<Done>,
     wake: OnceLock<AsyncSender>,
@@ -76,6 +77,7 @@ impl Mailbox {
 }
 
 /// What the accept loops and the workers share.
+#[derive(Debug)]
 pub struct Shared {
     queue: ArrayQueue<TaskRef>,
     mailboxes: Vec<Mailbox>,

@@ -1,5 +1,6 @@
 //! Socket activation (`LISTEN_FDS`/`LISTEN_PID`, as systemd and the upgrade
 //! pass sockets) and service-manager notification (`NOTIFY_SOCKET`).
+#![allow(unsafe_code)]
 
 mod util;
 

@@ -7,6 +7,7 @@
 //! of this test mark themselves and are not counted. `--metrics` is on, and
 //! scrapes during the count do not move it either (the scrape thread reuses its
 //! response buffer).
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

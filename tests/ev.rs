@@ -3,6 +3,7 @@
 //! callbacks, what dropping a started watcher or its loop does, the allocator
 //! choice, and the loop's clock (monotonic, so that deadlines survive a step of
 //! the wall clock).
+#![allow(unsafe_code)]
 
 mod util;
 

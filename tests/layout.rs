@@ -1,6 +1,7 @@
 //! The `#[repr(C)]` mirrors in `src/sys.rs` must match libev's structs as the C
 //! compiler lays them out with the defines in `build.rs` (libz-sys checks the same
 //! with ctest). The C side reports itself through `conn_ev_layout` in `shim.c`.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;

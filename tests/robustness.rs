@@ -4,6 +4,7 @@
 //!
 //! The tests of this file run one at a time (`SERIAL`): they are timing-sensitive
 //! and some of them load both cores on their own.
+#![allow(unsafe_code)]
 
 mod util;
 

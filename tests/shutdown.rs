@@ -2,6 +2,7 @@
 //! included), close the rest, exit 0; `--shutdown-timeout` bounds the drain; a
 //! repeated SIGTERM changes nothing, a second SIGINT or a SIGQUIT exits at once
 //! with status 1.
+#![allow(unsafe_code)]
 
 mod util;
 

@@ -1,6 +1,7 @@
 //! Start-up as an operator sees it: a busy port is refused (the reference silently
 //! joins it through SO_REUSEPORT), `-v` prints debug lines to stdout, `-d`
 //! daemonizes as the reference does.
+#![allow(unsafe_code)]
 
 mod util;
 

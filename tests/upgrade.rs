@@ -3,6 +3,7 @@
 //! continuous load not one connection may be refused, reset or left
 //! unanswered, and every way a new executable can fail leaves the old one
 //! serving.
+#![allow(unsafe_code)]
 
 mod util;
 

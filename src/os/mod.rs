@@ -3,6 +3,7 @@
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`).
+#![allow(unsafe_code)]
 
 mod fds;
 mod inherit;

@@ -6,6 +6,7 @@
 //!
 //! Include with `mod util;` from a test file. Not every test uses every helper.
 #![allow(dead_code)]
+#![allow(unsafe_code)]
 
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
