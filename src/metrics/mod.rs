@@ -130,6 +130,8 @@ pub struct AcceptCounters {
     slow_responses: Counter,
     /// Slow tasks given to the workers.
     delegated: Counter,
+    /// Of those, withdrawn before a worker took them (the client left).
+    cancelled: Counter,
     capacity: Counter,
     /// 0/1 per [`PauseCause`].
     paused: [Counter; PauseCause::ALL.len()],
@@ -247,6 +249,11 @@ impl AcceptMetrics {
     pub fn delegated(&mut self, slot: u32, now: f64) {
         self.counters.delegated.bump();
         self.delegated_at[slot as usize] = now;
+    }
+
+    /// A queued slow task was withdrawn before a worker took it.
+    pub fn cancelled(&self) {
+        self.counters.cancelled.bump();
     }
 
     /// Slot `slot`'s slow task came back at loop time `now`: queue wait plus run

@@ -76,11 +76,12 @@ impl Metrics {
         let finished: u64 = self.workers.iter().map(|w| w.finished.get()).sum();
         let started: u64 = self.workers.iter().map(|w| w.started.get()).sum();
         let delegated: u64 = accept.iter().map(|c| c.delegated.get()).sum();
+        let cancelled: u64 = accept.iter().map(|c| c.cancelled.get()).sum();
         gauge(
             out,
             "conn_daemon_slow_tasks_queued",
             "Slow tasks waiting for a worker.",
-            delegated.saturating_sub(started),
+            delegated.saturating_sub(started).saturating_sub(cancelled),
         )?;
         gauge(
             out,
