@@ -68,6 +68,7 @@ impl UpgradeCount {
 }
 
 /// What the supervisor needs to start our successor.
+#[derive(Debug)]
 pub struct UpgradePlan {
     /// The executable's path as we were started from it: a new binary
     /// installed there is what SIGUSR2 starts.
@@ -154,6 +155,7 @@ fn exe_path() -> io::Result<PathBuf> {
 
 /// An upgrade under way: the new process (the leader of a process group of its
 /// own) and where it stands.
+#[derive(Debug)]
 struct Pending {
     pid: libc::pid_t,
     phase: Phase,
@@ -163,6 +165,7 @@ struct Pending {
 }
 
 /// The new process that took over while we drain.
+#[derive(Debug)]
 struct Successor {
     /// The pid that serves (the one it wrote on the pipe).
     pid: libc::pid_t,
@@ -171,6 +174,7 @@ struct Successor {
 }
 
 /// Where a new process stands.
+#[derive(Debug)]
 enum Phase {
     /// Started; we wait for its pid on the pipe until `deadline`.
     Starting { ready: fs::File, deadline: Instant },
@@ -206,6 +210,7 @@ const SUCCESSOR_POLL: Duration = Duration::from_millis(20);
 const OWN_EXE: &str = "/proc/self/exe";
 
 /// The signal thread.
+#[derive(Debug)]
 pub struct Supervisor {
     signals: SignalFd,
     shutdown: ShutdownHandle,

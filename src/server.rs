@@ -178,6 +178,17 @@ pub struct Server {
     metrics_listener: Option<std::net::TcpListener>,
 }
 
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addresses", &self.addresses)
+            .field("listeners", &self.listeners)
+            .field("metrics_listener", &self.metrics_listener)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// Binds `config.listen`: refuses an address someone else holds, binds one
     /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd

@@ -187,6 +187,7 @@ impl WorkerCounters {
 /// What an accept thread keeps for the metrics: its shared counters, and the loop
 /// time at which each slot's slow task was delegated (owner-only, for the
 /// slow-task histogram: libev's cached time, so no clock is read).
+#[derive(Debug)]
 pub struct AcceptMetrics {
     counters: Arc<AcceptCounters>,
     delegated_at: Box<[f64]>,

@@ -83,6 +83,7 @@ pub fn block_signals() -> io::Result<()> {
 /// The handled signals as a readable fd, so that one `poll` waits for a signal
 /// and for an upgrade's new process at once. They must be blocked first
 /// ([`block_signals`]).
+#[derive(Debug)]
 pub struct SignalFd(OwnedFd);
 
 impl SignalFd {

@@ -21,6 +21,7 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Everything `execve` needs, built before the fork: a threaded process may not
 /// allocate (or take any lock) between `fork` and `exec`.
+#[derive(Debug)]
 pub struct Exec {
     path: CString,
     _argv: Vec<CString>,
