@@ -35,7 +35,7 @@ trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo fuzz list); do
     mkdir -p "$scratch/$target" "fuzz/corpus/$target"
     opts=(-runs="$RUNS")
-    if [[ $target == conn ]]; then
+    if [[ $target == conn || $target == handover ]]; then
         # A script: a few hundred bytes reach any state (a filler op adds up to
         # 4335 bytes), and longer ones only cost speed.
         opts+=(-max_len=512)

@@ -10,9 +10,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use socket2::Socket;
 
+use crate::delegate::{Handoff, WorkerSide};
 use crate::engine::{Engine, Host, Interest};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::net;
@@ -39,6 +41,13 @@ struct Side {
     wake: Pin<Box<Async>>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
+    /// `--delegate socket|loop`: where complete slow requests go, the next
+    /// desk to try (round robin), and the one last reserved.
+    work: Option<Arc<WorkerSide>>,
+    next_desk: usize,
+    reserved: usize,
+    /// The engine's id: the owner a hand-off names.
+    id: u32,
 }
 
 impl Side {
@@ -142,6 +151,36 @@ impl Host<OwnedFd> for EvHost<'_> {
         self.side.stop_listeners();
         self.side.listeners.clear();
     }
+
+    fn hands_off(&self) -> bool {
+        self.side.work.is_some()
+    }
+
+    fn reserve_hand_off(&mut self) -> bool {
+        let side = &mut *self.side;
+        let Some(work) = &side.work else {
+            return false;
+        };
+        let owner = side.id;
+        match work.reserve(owner, &mut side.next_desk) {
+            Some(desk) => {
+                side.reserved = desk;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn hand_off(&mut self, fd: OwnedFd) {
+        if let Some(work) = &self.side.work {
+            let handoff = Handoff {
+                fd,
+                owner: self.side.id,
+                at: Instant::now(),
+            };
+            work.hand_off(self.side.reserved, handoff);
+        }
+    }
 }
 
 impl AcceptTask {
@@ -152,8 +191,10 @@ impl AcceptTask {
         listeners: Vec<Socket>,
         shared: Arc<Shared>,
         shutdown: Arc<Shutdown>,
+        work: Option<Arc<WorkerSide>>,
     ) -> io::Result<Self> {
         let engine = Engine::new(settings)?;
+        let id = engine.id();
         let listeners = listeners
             .into_iter()
             .enumerate()
@@ -175,6 +216,10 @@ impl AcceptTask {
                 wake: Box::pin(Async::new()),
                 shared,
                 shutdown,
+                next_desk: id as usize,
+                work,
+                reserved: 0,
+                id,
             },
         };
         let side = &mut task.side;
@@ -261,6 +306,8 @@ impl Handler for AcceptTask {
         while let Some(done) = mailbox.take() {
             self.engine.on_task_done(&mut host, done);
         }
+        // A seat may have freed on the worker side (--delegate socket|loop).
+        self.engine.retry_hand_offs(&mut host);
         if let Some(how) = host.side.shutdown.requested() {
             self.engine.begin_drain(&mut host, how);
         }

@@ -24,8 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
+use crate::conn::{ConnectionCtx, DropReason, Next, Release, SlowRequests, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
+use crate::delegate::Waiting;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
@@ -118,6 +119,21 @@ pub trait Host<S: Socket> {
     /// reason ([`Next::Finished`] or a [`Next::Drop`]): an observer's hook (the
     /// fuzz target checks each outcome); loops do nothing.
     fn closed(&mut self, _slot: u32, _how: Next) {}
+
+    /// Whether a complete slow request leaves the loop with its connection
+    /// (`--delegate socket|loop`) rather than as a task (the default).
+    fn hands_off(&self) -> bool {
+        false
+    }
+    /// Reserves room on the worker side for one connection; false when it is
+    /// full, and the host then has [`Engine::retry_hand_offs`] called once room
+    /// frees.
+    fn reserve_hand_off(&mut self) -> bool {
+        false
+    }
+    /// Gives `fd` (a complete slow request, no longer watched) to the room
+    /// reserved by the last successful [`Host::reserve_hand_off`].
+    fn hand_off(&mut self, _fd: S) {}
 }
 
 /// What one accept attempt did.
@@ -158,6 +174,8 @@ impl std::fmt::Display for Name {
 pub struct Engine<S: Socket, W: SlotWatcher> {
     settings: Settings,
     name: Name,
+    /// From `settings.slow`, for each connection.
+    slow: SlowRequests,
     pool: Pool<ConnectionCtx<S>, W>,
     /// Read deadlines, of connections that are reading or writing.
     deadlines: DeadlineList,
@@ -169,6 +187,9 @@ pub struct Engine<S: Socket, W: SlotWatcher> {
     exhausted: bool,
     phase: Phase,
     metrics: AcceptMetrics,
+    /// Complete slow requests waiting for room on the worker side
+    /// (`--delegate socket|loop`).
+    waiting: Waiting,
 }
 
 /// Where the loop is on its way to stopping.
@@ -210,6 +231,10 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 role,
                 id: settings.id,
             },
+            slow: match settings.slow {
+                Some(_) => SlowRequests::Delegate,
+                None => SlowRequests::Inline,
+            },
             pool,
             deadlines: DeadlineList::default(),
             lingering: DeadlineList::default(),
@@ -217,6 +242,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             exhausted: false,
             phase: Phase::Serving,
             metrics: AcceptMetrics::new(Arc::clone(&settings.counters), settings.capacity),
+            waiting: Waiting::new(settings.capacity),
             settings,
         })
     }
@@ -257,10 +283,14 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     pub fn teardown(&mut self, mut unwatch: impl FnMut(Pin<&W>)) {
         for idx in self.pool.constructed() {
             unwatch(self.pool.watcher(idx));
-            let task_out = self.pool.is_delegated(idx);
+            let release = if self.pool.is_delegated(idx) {
+                Release::AfterTask
+            } else {
+                Release::Now
+            };
             let ctx = self.pool.get_mut(idx);
             if ctx.state() != State::Free {
-                ctx.close(task_out);
+                ctx.close(release);
             }
         }
     }
@@ -278,12 +308,11 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// and in error).
     #[inline(always)]
     pub fn on_io(&mut self, host: &mut impl Host<S, Watcher = W>, slot: u32, ready: Interest) {
-        let slow_inline = self.settings.slow.is_none();
         let ctx = self.pool.get_mut(slot);
         let next = if ready == Interest::Write {
             ctx.on_writable()
         } else {
-            ctx.on_readable(slow_inline)
+            ctx.on_readable()
         };
         self.apply(host, slot, next);
     }
@@ -323,9 +352,9 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 let idx = self.pool.acquire().expect("pool checked not full");
                 self.metrics.accepted();
                 let ctx = self.pool.get_mut(idx);
-                ctx.open(fd);
+                ctx.open(fd, self.slow);
                 debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
-                let next = ctx.on_readable(self.settings.slow.is_none());
+                let next = ctx.on_readable();
                 self.apply(host, idx, next);
                 Accepted::Conn(idx)
             }
@@ -444,6 +473,19 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     fn delegate(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
         // The request is complete: no read deadline while the worker works.
         self.deadlines.remove(&mut self.pool, idx);
+        if host.hands_off() {
+            if host.reserve_hand_off() {
+                self.hand_off(host, idx);
+            } else {
+                // No room: wait here, watched for the client leaving (rule 7).
+                self.waiting.push(idx, self.pool.get(idx).gen(), |i, g| {
+                    let ctx = self.pool.get(i);
+                    ctx.state() == State::Delegated && ctx.gen() == g
+                });
+                self.watch(host, idx, Interest::Read);
+            }
+            return;
+        }
         let Some(duration) = self.settings.slow else {
             unreachable!("slow requests are answered inline without workers")
         };
@@ -477,6 +519,41 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         self.watch(host, idx, Interest::Read);
     }
 
+    /// Moves the connection in `idx` to the room reserved on the worker side:
+    /// stops its watcher before the fd can reach another thread, and frees the
+    /// slot.
+    fn hand_off(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+        let (ctx, watcher) = self.pool.split(idx);
+        host.unwatch(watcher);
+        if let Some(fd) = ctx.hand_over() {
+            host.hand_off(fd);
+        }
+        self.metrics.handed_off();
+        debug!(
+            "accept-{}: conn {idx}: slow request handed to a worker",
+            self.settings.id
+        );
+        self.release(host, idx);
+    }
+
+    /// Room may have freed on the worker side: hands over the connections
+    /// waiting for it, oldest first, while the host finds room.
+    pub fn retry_hand_offs(&mut self, host: &mut impl Host<S, Watcher = W>) {
+        while let Some((idx, gen)) = self.waiting.front() {
+            let ctx = self.pool.get(idx);
+            if ctx.state() != State::Delegated || ctx.gen() != gen {
+                // Closed meanwhile (the client left, or the drain's timeout).
+                self.waiting.pop();
+                continue;
+            }
+            if !host.reserve_hand_off() {
+                return;
+            }
+            self.waiting.pop();
+            self.hand_off(host, idx);
+        }
+    }
+
     /// Starts the read deadline of `idx` unless it already runs (a deadline is
     /// total: trickled bytes do not extend it).
     fn arm_deadline(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
@@ -507,12 +584,16 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         if self.pool.get(idx).links().is_linked() {
             self.unlink(idx);
         }
-        let task_out = self.pool.is_delegated(idx) && self.withdraw(idx);
+        let release = if self.pool.is_delegated(idx) {
+            self.withdraw(idx)
+        } else {
+            Release::Now
+        };
         let (ctx, watcher) = self.pool.split(idx);
         host.unwatch(watcher);
-        ctx.close(task_out);
+        ctx.close(release);
         host.closed(idx, how);
-        if !task_out {
+        if release == Release::Now {
             self.release(host, idx);
         }
     }
@@ -529,16 +610,16 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// A connection with a task out ends: a task still queued will not run
     /// (withdrawn, its slot frees now); one a worker runs finishes, and the
-    /// slot waits for it. True in the second case.
+    /// slot waits for it.
     #[cold]
-    fn withdraw(&mut self, idx: u32) -> bool {
+    fn withdraw(&mut self, idx: u32) -> Release {
         match self.pool.cancel(idx) {
-            Cancel::Idle => false,
+            Cancel::Idle => Release::Now,
             Cancel::Withdrawn => {
                 self.metrics.cancelled();
-                false
+                Release::Now
             }
-            Cancel::Running => true,
+            Cancel::Running => Release::AfterTask,
         }
     }
 
@@ -569,7 +650,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 self.apply(host, idx, next);
             }
             State::Abandoned => {
-                ctx.close(false);
+                ctx.close(Release::Now);
                 self.release(host, idx);
             }
             // Cannot happen while the slot is held for its task; harmless.

@@ -93,6 +93,19 @@ pub fn close(fd: OwnedFd) {
     let _ = raw_syscall!(SYS_close, fd.into_raw_fd());
 }
 
+/// Waits up to `timeout_ms` milliseconds (0: not at all) for `events` (`POLLIN`,
+/// `POLLOUT`, ...) on `fd`, as `poll(2)`; returns the events that occurred, 0 on
+/// timeout. The blocking workers of `--delegate socket` use it to bound a wait.
+pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<i16> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    syscall!(poll(&mut pfd, 1, timeout_ms))?;
+    Ok(pfd.revents)
+}
+
 /// Errors that say "not now", not "this connection is broken".
 pub fn is_transient(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))

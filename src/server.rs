@@ -14,12 +14,15 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::Instant;
 
 use socket2::{Socket, Type};
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
+use crate::delegate::{Capacity, Delegate, WorkerSide};
 use crate::ev::Loop;
+use crate::handoff::HandoffWorkers;
 use crate::metrics::{self, Metrics};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 use crate::worker::{Shared, Workers};
@@ -176,6 +179,8 @@ pub struct Server {
     addresses: Vec<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
+    /// `--delegate socket|loop` with workers: where slow connections go.
+    work: Option<Arc<WorkerSide>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<std::net::TcpListener>,
 }
@@ -245,11 +250,27 @@ impl Server {
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
         // After the limit is raised: libev's arrays are sized from it.
-        crate::ev::reserve_arrays(threads, config.accept_capacity)
+        // -w 0 answers slow requests inline in every mode.
+        let mode = if config.worker_threads > 0 {
+            config.delegate
+        } else {
+            Delegate::Task
+        };
+        let capacity = Capacity::new(mode, threads, config.accept_capacity, config.worker_threads);
+        // Worker loops are loops too; their fds come on top of the accept side's.
+        let (loops, per_loop_fds) = if mode == Delegate::Loop {
+            (
+                threads + config.worker_threads,
+                config.accept_capacity.max(capacity.seats),
+            )
+        } else {
+            (threads, config.accept_capacity)
+        };
+        crate::ev::reserve_arrays(loops, per_loop_fds)
             .map_err(|e| StartError::system("cannot reserve libev's arrays", e))?;
         // Queues sized so they never overflow: one task per connection at most,
         // and none at all without workers (-w 0 answers slow requests inline).
-        let (per_loop, all) = if config.worker_threads > 0 {
+        let (per_loop, all) = if config.worker_threads > 0 && !mode.hands_off() {
             (config.accept_capacity, total)
         } else {
             (1, 1)
@@ -261,6 +282,14 @@ impl Server {
                 mailbox.ring();
             }
         }));
+        let work = mode.hands_off().then(|| {
+            Arc::new(WorkerSide::new(
+                mode,
+                capacity,
+                threads,
+                Arc::clone(&shared),
+            ))
+        });
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for addr in listeners
             .iter()
@@ -269,8 +298,9 @@ impl Server {
         {
             if !addresses.contains(&addr) {
                 debug!(
-                    "listening on {addr}: {threads} accept threads x {} connections, {} workers",
-                    config.accept_capacity, config.worker_threads
+                    "listening on {addr}: {threads} accept threads x {} connections, {} workers, \
+                     --delegate {}",
+                    config.accept_capacity, config.worker_threads, config.delegate
                 );
                 addresses.push(addr);
             }
@@ -282,7 +312,10 @@ impl Server {
             handover,
             shared,
             shutdown,
-            metrics: Arc::new(Metrics::new(threads, config.worker_threads, upgrades)),
+            work,
+            metrics: Arc::new(
+                Metrics::new(threads, config.worker_threads, upgrades).for_mode(config.delegate),
+            ),
             metrics_listener,
         })
     }
@@ -321,6 +354,7 @@ impl Server {
             listeners,
             shared,
             shutdown,
+            work,
             metrics,
             metrics_listener,
             ..
@@ -340,7 +374,12 @@ impl Server {
                     .map_err(|e| StartError::system("cannot start the metrics thread", e))?,
             );
         }
-        let workers = if config.worker_threads > 0 {
+        let handoff_workers = work
+            .as_ref()
+            .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics))
+            .transpose()
+            .map_err(|e| StartError::system("cannot start worker threads", e))?;
+        let workers = if config.worker_threads > 0 && work.is_none() {
             Some(
                 Workers::start(Arc::clone(&shared), config.worker_threads, &metrics)
                     .map_err(|e| StartError::system("cannot start worker threads", e))?,
@@ -363,10 +402,10 @@ impl Server {
         for (n, listener) in listeners.enumerate() {
             let id = n + 1;
             let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
-            let ready = ready_tx.clone();
+            let (ready, work) = (ready_tx.clone(), work.clone());
             let t = thread::Builder::new()
                 .name(format!("accept-{id}"))
-                .spawn(move || accept_thread(s, listener, shared, shutdown, ready, || {}))
+                .spawn(move || accept_thread(s, listener, (shared, work), shutdown, ready, || {}))
                 .map_err(|e| StartError::system("cannot start accept threads", e))?;
             threads.push(t);
         }
@@ -389,7 +428,7 @@ impl Server {
         let mut stats = accept_thread(
             settings(0),
             first,
-            Arc::clone(&shared),
+            (Arc::clone(&shared), work.clone()),
             Arc::clone(&shutdown),
             ready_tx,
             || {
@@ -404,6 +443,11 @@ impl Server {
                 // a pool with a task out is never freed.
                 if let Some(w) = workers {
                     w.stop_and_join(WORKER_GRACE);
+                }
+                // Nothing more can be handed over: the workers of --delegate
+                // socket|loop finish what they hold, within the drain's bound.
+                if let Some(w) = handoff_workers {
+                    others.add(w.stop_and_join(Instant::now() + config.shutdown_timeout));
                 }
             },
         )?;
@@ -421,7 +465,7 @@ impl Server {
 fn accept_thread(
     settings: Settings,
     listener: Vec<Socket>,
-    shared: Arc<Shared>,
+    (shared, work): (Arc<Shared>, Option<Arc<WorkerSide>>),
     shutdown: Arc<Shutdown>,
     ready: mpsc::Sender<Result<(), StartError>>,
     after_drain: impl FnOnce(),
@@ -430,7 +474,7 @@ fn accept_thread(
     let setup = Loop::new()
         .map_err(|e| StartError::system("cannot create the event loop", e))
         .and_then(|lp| {
-            AcceptTask::new(&lp, settings, listener, shared, shutdown)
+            AcceptTask::new(&lp, settings, listener, shared, shutdown, work)
                 .map(|task| (lp, task))
                 .map_err(|e| StartError::system("cannot reserve the connection pool", e))
         });

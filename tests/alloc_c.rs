@@ -10,7 +10,8 @@
 //! the number of open connections goes far past it (1,500 idle half-requests
 //! held open, slow requests at concurrency 400, fast bursts at 200, trickling,
 //! resetting and timed-out clients), every answer is checked, and the count
-//! must not move. `--metrics` is on and scraped throughout.
+//! must not move. `--metrics` is on and scraped throughout. It runs once per
+//! `--delegate` mode, slow clients that leave during their work included.
 
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -136,6 +137,24 @@ fn scrape(addr: SocketAddr) {
     );
 }
 
+/// `n` slow requests whose clients leave (reset) before the response: the task
+/// (or the connection, with `--delegate socket|loop`) is with a worker when the
+/// client goes.
+fn leave_mid_task(server: &Server, n: usize) {
+    let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
+    for s in &conns {
+        send(s, SLOW);
+    }
+    for s in &conns {
+        socket2::SockRef::from(s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0");
+    }
+    drop(conns);
+    // Give the workers time to finish the abandoned work.
+    thread::sleep(Duration::from_millis(50));
+}
+
 /// Waits for the read deadline to close `conns` without a response.
 fn expect_timed_out(conns: &[TcpStream]) {
     for s in conns {
@@ -144,12 +163,19 @@ fn expect_timed_out(conns: &[TcpStream]) {
     }
 }
 
+/// Every `--delegate` mode, one after the other (each holds thousands of fds).
 #[test]
 fn no_allocation_after_start_up_in_rust_or_c() {
+    for mode in ["task", "socket", "loop"] {
+        no_allocation_in(mode);
+    }
+}
+
+fn no_allocation_in(mode: &str) {
     util::raise_own_nofile(5000);
     let shim = build_shim();
-    let counter =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("alloc-count-{}", std::process::id()));
+    let counter = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("alloc-count-{}-{mode}", std::process::id()));
     let _ = fs::remove_file(&counter);
     let timeout_ms = READ_TIMEOUT.as_millis().to_string();
     let metrics = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
@@ -168,6 +194,8 @@ fn no_allocation_after_start_up_in_rust_or_c() {
             &timeout_ms,
             "--metrics",
             &metrics_arg,
+            "--delegate",
+            mode,
         ],
         &[
             ("LD_PRELOAD", shim.as_os_str()),
@@ -187,6 +215,7 @@ fn no_allocation_after_start_up_in_rust_or_c() {
     trickle(&server, 4);
     invalid(&server, 4);
     resets(&server, HALF, 4);
+    leave_mid_task(&server, 4);
     let eof = server.connect();
     send(&eof, HALF);
     util::shutdown_write(&eof);
@@ -208,6 +237,8 @@ fn no_allocation_after_start_up_in_rust_or_c() {
     trickle(&server, 300);
     invalid(&server, 400);
     resets(&server, HALF, 300);
+    leave_mid_task(&server, 300);
+    burst(&server, SLOW, 400, 400);
     // Half of the held connections complete their request: each gets its
     // response, if its read deadline (counted from accept) has not passed.
     let (finish, wait) = held.split_at(750);
@@ -240,7 +271,8 @@ fn no_allocation_after_start_up_in_rust_or_c() {
     scrape(metrics);
     let after = allocations(&counter);
     eprintln!(
-        "{} allocations at start-up, {} by the warm-up, {} in the loaded phase ({phase:?})",
+        "--delegate {mode}: {} allocations at start-up, {} by the warm-up, {} in the loaded \
+         phase ({phase:?})",
         at_start,
         before - at_start,
         after - before
@@ -248,7 +280,7 @@ fn no_allocation_after_start_up_in_rust_or_c() {
     assert_eq!(
         after - before,
         0,
-        "the server process allocated {} times on the connection path",
+        "--delegate {mode}: the server process allocated {} times on the connection path",
         after - before
     );
 }

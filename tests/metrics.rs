@@ -309,7 +309,20 @@ fn slow_requests_answered_inline_count_as_slow() {
 
 #[test]
 fn pause_and_slow_task_gauges_return_to_zero() {
-    let (server, addr) = start(&["-A", "1", "-C", "2", "-w", "1", "-D", "700"]);
+    // Task mode: the connections stay in the accept pool while their tasks are
+    // out (the other modes free the slot at the hand-over: tests/delegate.rs).
+    let (server, addr) = start(&[
+        "-A",
+        "1",
+        "-C",
+        "2",
+        "-w",
+        "1",
+        "-D",
+        "700",
+        "--delegate",
+        "task",
+    ]);
     // Two slow requests on a pool of two: one runs, one waits for the worker,
     // and the pool is full.
     let slow = sending(&server, 2, b"GET /test/slow\r\n\r\n");

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
+use super::Delegate;
 use super::{default_accept_threads, Config};
 
 /// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
@@ -233,6 +234,11 @@ fn parse_millis(text: &str) -> Result<u64, String> {
 
 /// `--metrics`: an IPv4 or bracketed IPv6 address and a port. Host names are
 /// refused rather than resolved: what the listener binds must be what was written.
+fn parse_delegate(text: &str) -> Result<Delegate, String> {
+    Delegate::from_label(text)
+        .ok_or_else(|| format!("{text:?} is not a mode: task, socket or loop"))
+}
+
 fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
     match text.parse::<SocketAddr>() {
         Ok(addr) if addr.port() != 0 => Ok(addr),
@@ -264,7 +270,13 @@ struct Args {
     verbose: bool,
 
     /// Run in the background, detached from the terminal
-    #[arg(short = 'd', long = "daemonize")]
+    #[arg(
+        short = 'd',
+        long = "daemonize",
+        // `--d` was a unique prefix of `--daemonize` in the reference;
+        // `--delegate` would make it ambiguous.
+        alias = "d"
+    )]
     daemonize: bool,
 
     /// TCP port to listen on, on all addresses (1..=65535)
@@ -367,6 +379,23 @@ struct Args {
     )]
     metrics: Option<SocketAddr>,
 
+    /// How a complete slow request reaches a worker: task (the task goes, the accept
+    /// loop answers: slow throughput is workers / duration), socket (the connection
+    /// goes to a blocking worker, which answers under a write deadline of
+    /// --read-timeout, 60 s if 0: workers / duration) or loop (the connection moves
+    /// onto a worker's own event loop, where the slow work is a timer of
+    /// --slow-duration, modelling work that waits on a backend: one worker holds
+    /// many). Capacity: socket queues up to -A x -C connections for the workers;
+    /// loop gives each worker a queue and pool of ceil(-A x -C / -w); when full, a
+    /// connection waits in its accept loop. -w 0 answers inline in every mode
+    #[arg(
+        long = "delegate",
+        value_name = "MODE",
+        default_value = "task",
+        value_parser = parse_delegate
+    )]
+    delegate: Delegate,
+
     /// File the serving process writes its pid to (rewritten by an upgrade's new
     /// process, removed at exit)
     #[arg(long = "pid-file", value_name = "PATH", value_parser = parse_pid_file)]
@@ -440,6 +469,7 @@ impl Args {
             },
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
             metrics: self.metrics,
+            delegate: self.delegate,
         })
     }
 }
@@ -519,9 +549,19 @@ mod tests {
             read_timeout: Some(Duration::from_millis(60_000)),
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
+            delegate: Delegate::Task,
         };
         assert_eq!(ok(&[]), expected);
         assert_eq!(Config::default(), expected);
+    }
+
+    #[test]
+    fn delegate_modes() {
+        assert_eq!(ok(&["--delegate", "socket"]).delegate, Delegate::Socket);
+        assert_eq!(ok(&["--delegate=loop"]).delegate, Delegate::Loop);
+        assert_eq!(ok(&["--deleg", "task"]).delegate, Delegate::Task);
+        let err = refused(&["--delegate", "thread"]);
+        assert!(err.to_string().contains("task, socket or loop"), "{err}");
     }
 
     #[test]
@@ -769,6 +809,7 @@ mod tests {
                 read_timeout: None,
                 shutdown_timeout: Duration::from_millis(200),
                 metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
+                delegate: Delegate::Task,
             }
         );
     }

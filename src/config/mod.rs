@@ -10,6 +10,7 @@
 //! feature's, on by default, so that a library user can build a `Config` in code
 //! without depending on clap.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct Config {
     /// `--metrics`: where to serve `GET /metrics` (an IP address and a port other
     /// than the service's); `None` (the default) serves no metrics.
     pub metrics: Option<SocketAddr>,
+    /// `--delegate`: how a complete slow request reaches a worker.
+    pub delegate: Delegate,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             read_timeout: Some(Duration::from_millis(60_000)),
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
+            delegate: Delegate::Task,
         }
     }
 }
@@ -89,4 +93,46 @@ impl Default for Config {
 /// `std::thread::hardware_concurrency()`, but never 0 (which that can return).
 pub(crate) fn default_accept_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `--delegate MODE`: what moves to a worker when a slow request is complete.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Delegate {
+    /// The task moves; the connection stays and its accept loop answers.
+    #[default]
+    Task,
+    /// The connection moves to a blocking worker, which answers it.
+    Socket,
+    /// The connection moves onto a worker's own event loop, which answers it.
+    Loop,
+}
+
+impl Delegate {
+    /// Every mode, in the order `--help` lists them.
+    pub const ALL: [Delegate; 3] = [Delegate::Task, Delegate::Socket, Delegate::Loop];
+
+    /// The name on the command line, in the logs and in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Delegate::Task => "task",
+            Delegate::Socket => "socket",
+            Delegate::Loop => "loop",
+        }
+    }
+
+    /// The mode named `text`, if any.
+    pub fn from_label(text: &str) -> Option<Delegate> {
+        Delegate::ALL.into_iter().find(|m| m.label() == text)
+    }
+
+    /// Whether the connection itself leaves the accept loop.
+    pub fn hands_off(self) -> bool {
+        self != Delegate::Task
+    }
+}
+
+impl fmt::Display for Delegate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
 }

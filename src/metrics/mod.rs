@@ -15,6 +15,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::config::Delegate;
 use crate::conn::DropReason;
 
 mod process;
@@ -132,6 +133,9 @@ pub struct AcceptCounters {
     delegated: Counter,
     /// Of those, withdrawn before a worker took them (the client left).
     cancelled: Counter,
+    /// Connections handed to the worker side (`--delegate socket|loop`); for a
+    /// worker's counters: connections it took from its queue.
+    handed_off: Counter,
     capacity: Counter,
     /// 0/1 per [`PauseCause`].
     paused: [Counter; PauseCause::ALL.len()],
@@ -149,7 +153,7 @@ impl AcceptCounters {
     /// difference cannot go below 0 but for reordering, which `saturating_sub`
     /// absorbs.
     fn open(&self) -> u64 {
-        let closed = self.responses.get() + self.dropped_total();
+        let closed = self.responses.get() + self.dropped_total() + self.handed_off.get();
         self.accepted.get().saturating_sub(closed)
     }
 
@@ -252,6 +256,11 @@ impl AcceptMetrics {
         self.delegated_at[slot as usize] = now;
     }
 
+    /// A connection left for the worker side (`--delegate socket|loop`).
+    pub fn handed_off(&self) {
+        self.counters.handed_off.bump();
+    }
+
     /// A queued slow task was withdrawn before a worker took it.
     pub fn cancelled(&self) {
         self.counters.cancelled.bump();
@@ -273,6 +282,10 @@ pub struct Metrics {
     /// Binary upgrades in this process's lineage (`conn_daemon_upgrades_total`):
     /// counted by the lifecycle (`lifecycle::UpgradeCount`), only read here.
     upgrades: Arc<AtomicU64>,
+    /// `--delegate socket|loop`: the counters of each worker that answers
+    /// connections itself (empty in `task` mode).
+    worker_side: Box<[Arc<AcceptCounters>]>,
+    delegate: Delegate,
 }
 
 impl Metrics {
@@ -283,7 +296,24 @@ impl Metrics {
             accept: (0..accept_threads).map(|_| Arc::default()).collect(),
             workers: (0..workers).map(|_| Arc::default()).collect(),
             upgrades,
+            worker_side: Box::default(),
+            delegate: Delegate::Task,
         }
+    }
+
+    /// These counters for `--delegate mode`: in `socket` and `loop` modes each of
+    /// the `workers` workers answers connections and gets counters of its own.
+    pub fn for_mode(mut self, mode: Delegate) -> Self {
+        self.delegate = mode;
+        if mode.hands_off() {
+            self.worker_side = (0..self.workers.len()).map(|_| Arc::default()).collect();
+        }
+        self
+    }
+
+    /// The connection counters of worker `n` (`--delegate socket|loop`).
+    pub fn worker_side(&self, n: usize) -> Arc<AcceptCounters> {
+        Arc::clone(&self.worker_side[n])
     }
 
     /// The counters of accept thread `id`.

@@ -36,6 +36,12 @@ impl Metrics {
                 _ => c.slow_responses.get(),
             },
         )?;
+        self.per_worker(
+            out,
+            "conn_daemon_responses_total",
+            Some(("kind", &["slow"])),
+            |c, _| c.slow_responses.get(),
+        )?;
         self.per_thread(
             out,
             ("conn_daemon_connections_dropped_total", "counter"),
@@ -43,13 +49,21 @@ impl Metrics {
             Some(("reason", &reasons)),
             |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
         )?;
+        self.per_worker(
+            out,
+            "conn_daemon_connections_dropped_total",
+            Some(("reason", &reasons)),
+            |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
+        )?;
         self.per_thread(
             out,
             ("conn_daemon_connections_open", "gauge"),
-            "Connections accepted and not yet answered or dropped.",
+            "Connections accepted and not yet answered or dropped (by an accept \
+             thread, or with --delegate socket|loop by a worker: worker=\"N\").",
             None,
             |c, _| c.open(),
         )?;
+        self.per_worker(out, "conn_daemon_connections_open", None, |c, _| c.open())?;
         self.per_thread(
             out,
             ("conn_daemon_pool_capacity", "gauge"),
@@ -77,17 +91,32 @@ impl Metrics {
         let started: u64 = self.workers.iter().map(|w| w.started.get()).sum();
         let delegated: u64 = accept.iter().map(|c| c.delegated.get()).sum();
         let cancelled: u64 = accept.iter().map(|c| c.cancelled.get()).sum();
+        let (queued, running) = if self.worker_side.is_empty() {
+            (
+                delegated.saturating_sub(started).saturating_sub(cancelled),
+                started.saturating_sub(finished),
+            )
+        } else {
+            // --delegate socket|loop: the connection is the task. Taken last,
+            // so that a connection counted as taken is counted as handed over.
+            let handed: u64 = accept.iter().map(|c| c.handed_off.get()).sum();
+            let held: u64 = self.worker_side.iter().map(|c| c.open()).sum();
+            let taken: u64 = self.worker_side.iter().map(|c| c.accepted.get()).sum();
+            (handed.saturating_sub(taken), held)
+        };
         gauge(
             out,
             "conn_daemon_slow_tasks_queued",
-            "Slow tasks waiting for a worker.",
-            delegated.saturating_sub(started).saturating_sub(cancelled),
+            "Slow tasks waiting for a worker (with --delegate socket|loop: \
+             connections handed over, not yet taken by their worker).",
+            queued,
         )?;
         gauge(
             out,
             "conn_daemon_slow_tasks_running",
-            "Slow tasks a worker is running.",
-            started.saturating_sub(finished),
+            "Slow tasks a worker is running (with --delegate socket|loop: \
+             connections the workers hold).",
+            running,
         )?;
         self.render_slow_histogram(out)?;
         family(
@@ -105,16 +134,43 @@ impl Metrics {
             out,
             "conn_daemon_build_info",
             "gauge",
-            "Version of conn-daemon and of its vendored libev; always 1.",
+            "Version of conn-daemon and of its vendored libev, and the --delegate \
+             mode; always 1.",
         )?;
         writeln!(
             out,
-            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\"}} 1",
+            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
             sys::EV_VERSION_MAJOR,
-            sys::EV_VERSION_MINOR
+            sys::EV_VERSION_MINOR,
+            self.delegate.label()
         )?;
         process.render(out)
+    }
+
+    /// The series of `name` (whose family the accept threads' [`Metrics::per_thread`]
+    /// has opened) for each worker that answers connections, labelled `worker`.
+    fn per_worker(
+        &self,
+        out: &mut Vec<u8>,
+        name: &str,
+        label: Option<(&str, &[&str])>,
+        value: impl Fn(&AcceptCounters, usize) -> u64,
+    ) -> io::Result<()> {
+        for (w, c) in self.worker_side.iter().enumerate() {
+            let Some((key, values)) = label else {
+                writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(c, 0))?;
+                continue;
+            };
+            for (i, v) in values.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{name}{{worker=\"{w}\",{key}=\"{v}\"}} {}",
+                    value(c, i)
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// A family with one sample per accept thread, or per accept thread and
@@ -157,7 +213,7 @@ impl Metrics {
         )?;
         let mut buckets = [0u64; SLOW_BUCKETS.len() + 1];
         let mut sum = 0.0;
-        for c in self.accept.iter() {
+        for c in self.accept.iter().chain(self.worker_side.iter()) {
             let h = &c.slow_seconds;
             for (total, b) in buckets.iter_mut().zip(&h.buckets) {
                 *total += b.get();

@@ -123,6 +123,7 @@ impl Lineage {
             .arg(port.to_string())
             .arg("--pid-file")
             .arg(&pid_file)
+            .args(super::delegate_args(args))
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())

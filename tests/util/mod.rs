@@ -59,6 +59,27 @@ pub fn host() -> std::net::IpAddr {
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
+/// `--delegate MODE` when `CONN_DAEMON_TEST_DELEGATE=MODE` is set: the same tests
+/// then run in that delegation mode, unless the test's own `args` name one.
+pub fn delegate_args(args: &[&str]) -> Vec<String> {
+    if delegate_mode() == "task" {
+        return vec![];
+    }
+    if args.iter().any(|a| a.starts_with("--delegate")) {
+        return vec![];
+    }
+    vec!["--delegate".into(), delegate_mode()]
+}
+
+/// The `--delegate` mode the tests run in (`CONN_DAEMON_TEST_DELEGATE`, `task`
+/// by default).
+pub fn delegate_mode() -> String {
+    std::env::var("CONN_DAEMON_TEST_DELEGATE")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "task".into())
+}
+
 /// A TCP port that was free on 127.0.0.1 a moment ago (bind port 0, read it, drop).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -189,6 +210,7 @@ impl Server {
             .arg("-p")
             .arg(&port_s)
             .args(&listen)
+            .args(delegate_args(args))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

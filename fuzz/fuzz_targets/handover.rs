@@ -1,0 +1,463 @@
+//! Fuzzes the hand-over of `--delegate socket|loop` and the blocking worker's
+//! steps, over scripted sockets and a scripted loop.
+//!
+//! The accept side: the real connection engine (`conn_daemon::engine::Engine`)
+//! with a host that hands complete slow requests off; the script connects
+//! clients (up to the pool's 3 at once), feeds them bytes, EOF or a reset, opens
+//! and closes the room on the worker side, rings the loop (room may have freed),
+//! and drains. Invariants: a connection is handed over only for a complete
+//! `/test/slow` (the docs/protocol.md model's verdict), with its watcher stopped
+//! first, never after its socket was closed, at most once, and only into room
+//! reserved for it (every successful reservation is followed by exactly one
+//! hand-over, none leaked); a handed-over connection gets no byte from the
+//! accept loop and its slot is free at once; a connection waiting for room is
+//! watched for reading (rule 7) and closed when its client leaves; nothing is
+//! left once the room stays open and the loop is rung (no connection stuck
+//! waiting); every connection ends exactly once (closed or handed over).
+//!
+//! The worker side: `socket_worker::answer` over a scripted socket (input
+//! arriving during the work, short, interrupted, would-block and failed sends,
+//! the write deadline passing): at most the 57 bytes, as a prefix; all of them
+//! exactly when it reports `Answered`; none once input was pending.
+#![no_main]
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use conn_daemon::conn::{Next, Socket, RESPONSE};
+use conn_daemon::engine::{Engine, Host, Interest, Settings};
+use conn_daemon::lifecycle::Drain;
+use conn_daemon::parser::Verdict;
+use conn_daemon::pool::SlotWatcher;
+use conn_daemon::socket_worker::{answer, Outcome, WorkerSocket};
+use conn_daemon::task::TaskRef;
+use conn_daemon::token::TimerId;
+use conn_daemon_fuzz::model;
+use libfuzzer_sys::fuzz_target;
+
+const SNIPPETS: [&[u8]; 5] = [
+    b"GET /test/slow\r\n\r\n",
+    b"GET /test/fast\r\n\r\n",
+    b"GET /test/slow HTTP/1.1\r\n",
+    b"\r\n",
+    b"x",
+];
+
+/// Slots in the engine's pool.
+const CAPACITY: usize = 3;
+
+/// One client and what happened to it.
+#[derive(Default)]
+struct Client {
+    inbox: VecDeque<u8>,
+    eof: bool,
+    read: Vec<u8>,
+    read_end: bool,
+    sent: Vec<u8>,
+    closes: u32,
+    handed: u32,
+}
+
+#[derive(Default)]
+struct World {
+    clients: Vec<Client>,
+    /// fd (client index) -> its slot watcher is active.
+    watched: Vec<bool>,
+    /// fd (client index) -> the slot it was last watched for.
+    slot_of: Vec<u32>,
+}
+
+/// A client's socket, as the engine sees it: fd = the client's index.
+struct Fake {
+    id: usize,
+    world: Rc<RefCell<World>>,
+}
+
+impl Socket for Fake {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut w = self.world.borrow_mut();
+        let c = &mut w.clients[self.id];
+        assert_eq!(
+            (c.closes, c.handed),
+            (0, 0),
+            "recv after close or hand-over"
+        );
+        if !c.inbox.is_empty() {
+            let n = buf.len().min(c.inbox.len());
+            for (i, b) in c.inbox.drain(..n).enumerate() {
+                buf[i] = b;
+            }
+            c.read.extend_from_slice(&buf[..n]);
+            return Ok(n);
+        }
+        if c.eof {
+            c.read_end = true;
+            return Ok(0);
+        }
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut w = self.world.borrow_mut();
+        let c = &mut w.clients[self.id];
+        assert_eq!(
+            (c.closes, c.handed),
+            (0, 0),
+            "send after close or hand-over"
+        );
+        let v = model::verdict(&c.read);
+        assert_eq!(v, Verdict::Fast, "the accept loop answered a {v:?} request");
+        c.sent.extend_from_slice(buf);
+        assert!(RESPONSE.starts_with(&c.sent));
+        Ok(buf.len())
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        // A lingering close after the response (bytes beyond the request).
+        let w = self.world.borrow();
+        let c = &w.clients[self.id];
+        assert_eq!(
+            (c.closes, c.handed),
+            (0, 0),
+            "shutdown after close or hand-over"
+        );
+        assert_eq!(c.sent, RESPONSE, "shutdown before the whole response");
+        Ok(())
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.id as RawFd
+    }
+    fn close(self) {
+        let mut w = self.world.borrow_mut();
+        let c = &mut w.clients[self.id];
+        assert_eq!(c.handed, 0, "closed a handed-over socket");
+        c.closes += 1;
+        assert_eq!(c.closes, 1, "closed twice");
+    }
+}
+
+#[derive(Default)]
+struct Watch {
+    fd: Cell<Option<RawFd>>,
+}
+
+impl SlotWatcher for Watch {
+    fn is_active(&self) -> bool {
+        self.fd.get().is_some()
+    }
+}
+
+struct Loop {
+    world: Rc<RefCell<World>>,
+    now: f64,
+    timers: [Option<f64>; TimerId::ALL.len()],
+    /// The next client waiting in the backlog.
+    pending: Option<usize>,
+    listener_open: bool,
+    listening: bool,
+    /// The worker side has room.
+    room: bool,
+    /// Reservations not yet followed by their hand-over.
+    reserved: u32,
+    stopped: bool,
+}
+
+impl Host<Fake> for Loop {
+    type Watcher = Watch;
+
+    fn now(&self) -> f64 {
+        self.now
+    }
+    fn watch(&mut self, w: Pin<&Watch>, fd: RawFd, _interest: Interest, slot: u32) {
+        let mut world = self.world.borrow_mut();
+        if let Some(old) = w.fd.get() {
+            world.watched[old as usize] = false;
+        }
+        w.fd.set(Some(fd));
+        world.watched[fd as usize] = true;
+        world.slot_of[fd as usize] = slot;
+    }
+    fn unwatch(&mut self, w: Pin<&Watch>) {
+        if let Some(fd) = w.fd.take() {
+            self.world.borrow_mut().watched[fd as usize] = false;
+        }
+    }
+    fn start_timer(&mut self, timer: TimerId, after: f64) {
+        self.timers[timer as usize] = Some(self.now + after);
+    }
+    fn timer_active(&self, timer: TimerId) -> bool {
+        self.timers[timer as usize].is_some()
+    }
+    fn stop_timer(&mut self, timer: TimerId) {
+        self.timers[timer as usize] = None;
+    }
+    fn submit(&mut self, _task: TaskRef) {
+        panic!("a task submitted by a loop that hands connections off");
+    }
+    fn stop(&mut self) {
+        self.stopped = true;
+    }
+    fn listeners(&self) -> usize {
+        usize::from(self.listener_open)
+    }
+    fn accept(&mut self, _listener: usize) -> Option<io::Result<Fake>> {
+        if !self.listener_open {
+            return None;
+        }
+        match self.pending.take() {
+            Some(id) => Some(Ok(Fake {
+                id,
+                world: Rc::clone(&self.world),
+            })),
+            None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
+        }
+    }
+    fn watch_listeners(&mut self) {
+        self.listening = true;
+    }
+    fn unwatch_listeners(&mut self) {
+        self.listening = false;
+    }
+    fn close_listeners(&mut self) {
+        self.listening = false;
+        self.listener_open = false;
+    }
+    fn closed(&mut self, _slot: u32, _how: Next) {}
+    fn hands_off(&self) -> bool {
+        true
+    }
+    fn reserve_hand_off(&mut self) -> bool {
+        assert_eq!(self.reserved, 0, "a reservation left without its hand-over");
+        if self.room {
+            self.reserved += 1;
+        }
+        self.room
+    }
+    fn hand_off(&mut self, fd: Fake) {
+        assert_eq!(self.reserved, 1, "a hand-over without a reservation");
+        self.reserved = 0;
+        let mut w = self.world.borrow_mut();
+        assert!(!w.watched[fd.id], "handed over while still watched");
+        let c = &mut w.clients[fd.id];
+        assert_eq!(c.closes, 0, "handed over a closed socket");
+        assert_eq!(c.handed, 0, "handed over twice");
+        let v = model::verdict(&c.read);
+        assert_eq!(v, Verdict::Slow, "handed over a {v:?} request");
+        assert!(c.sent.is_empty());
+        c.handed += 1;
+    }
+}
+
+struct Driver {
+    engine: Engine<Fake, Watch>,
+    lp: Loop,
+    /// Clients whose connection the engine holds, by client index.
+    open: Vec<usize>,
+}
+
+impl Driver {
+    fn new(world: Rc<RefCell<World>>) -> Driver {
+        let engine = Engine::new(Settings {
+            id: 0,
+            capacity: CAPACITY,
+            slow: Some(Duration::ZERO),
+            read_timeout: Some(Duration::from_secs(1)),
+            shutdown_timeout: Duration::from_secs(5),
+            counters: Arc::default(),
+        })
+        .expect("a pool of 3");
+        let mut lp = Loop {
+            world,
+            now: 0.0,
+            timers: [None; TimerId::ALL.len()],
+            pending: None,
+            listener_open: true,
+            listening: false,
+            room: true,
+            reserved: 0,
+            stopped: false,
+        };
+        lp.watch_listeners();
+        Driver {
+            engine,
+            lp,
+            open: Vec::new(),
+        }
+    }
+
+    /// After every step.
+    fn check(&mut self) {
+        assert_eq!(self.lp.reserved, 0, "a reservation leaked");
+        self.open.retain(|&id| {
+            let w = self.lp.world.borrow();
+            w.clients[id].closes + w.clients[id].handed == 0
+        });
+        assert!(
+            self.engine.in_use() >= self.open.len(),
+            "{} open, {} slots held",
+            self.open.len(),
+            self.engine.in_use()
+        );
+        let w = self.lp.world.borrow();
+        for &id in &self.open {
+            let c = &w.clients[id];
+            if model::verdict(&c.read) == Verdict::Slow && !self.lp.stopped {
+                // Waiting for room: watched, so that rule 7 can close it.
+                assert!(w.watched[id], "client {id} waits unwatched");
+            }
+        }
+    }
+
+    fn connect(&mut self, first: &[u8]) {
+        if !self.lp.listening || self.lp.pending.is_some() {
+            return;
+        }
+        let id = {
+            let mut w = self.lp.world.borrow_mut();
+            w.clients.push(Client {
+                inbox: first.iter().copied().collect(),
+                ..Client::default()
+            });
+            w.watched.push(false);
+            w.slot_of.push(u32::MAX);
+            w.clients.len() - 1
+        };
+        self.lp.pending = Some(id);
+        self.engine.on_listener(&mut self.lp, 0);
+        assert!(
+            self.lp.pending.is_none(),
+            "a listening engine did not accept"
+        );
+        self.open.push(id);
+    }
+
+    /// The client `pick` of the open ones, if any, is readable.
+    fn readable(&mut self, pick: usize, bytes: Option<&[u8]>) {
+        let Some(&id) = self.open.get(pick % self.open.len().max(1)) else {
+            return;
+        };
+        let slot = {
+            let mut w = self.lp.world.borrow_mut();
+            let c = &mut w.clients[id];
+            match bytes {
+                Some(b) => c.inbox.extend(b),
+                None => c.eof = true,
+            }
+            if !w.watched[id] {
+                // Nobody watches it: the event cannot be delivered.
+                return;
+            }
+            w.slot_of[id]
+        };
+        assert_eq!(self.engine.connection(slot).fd(), id as RawFd);
+        self.engine.on_io(&mut self.lp, slot, Interest::Read);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    worker_steps(data);
+    let world = Rc::new(RefCell::new(World::default()));
+    let mut d = Driver::new(Rc::clone(&world));
+    let mut ops = data.iter().copied();
+    while let Some(op) = ops.next() {
+        let arg = ops.next().unwrap_or(0) as usize;
+        match op % 9 {
+            0 | 1 => d.connect(SNIPPETS[arg % SNIPPETS.len()]),
+            2 => d.readable(arg, Some(SNIPPETS[(arg / 8) % SNIPPETS.len()])),
+            3 => d.readable(arg, None),
+            4 => d.lp.room = false,
+            5 => {
+                d.lp.room = true;
+                d.engine.retry_hand_offs(&mut d.lp);
+            }
+            6 => d.engine.retry_hand_offs(&mut d.lp),
+            7 => {
+                let how = if arg % 2 == 0 {
+                    Drain::Stop
+                } else {
+                    Drain::Handover
+                };
+                d.engine.begin_drain(&mut d.lp, how);
+            }
+            _ => {
+                // Time passes: the read deadline (and the drain's bound) fire.
+                d.lp.now += 2.0;
+                for t in [TimerId::Deadline, TimerId::Drain] {
+                    if d.lp.timers[t as usize].is_some_and(|at| at <= d.lp.now) {
+                        d.lp.timers[t as usize] = None;
+                        d.engine.on_timer(&mut d.lp, t);
+                    }
+                }
+            }
+        }
+        d.check();
+    }
+    // Room for good, the loop rung: no complete slow request stays behind.
+    d.lp.room = true;
+    d.engine.retry_hand_offs(&mut d.lp);
+    d.check();
+    let w = world.borrow();
+    for &id in &d.open {
+        let v = model::verdict(&w.clients[id].read);
+        assert_ne!(v, Verdict::Slow, "client {id} still waits with room free");
+    }
+});
+
+/// The blocking worker's last steps over a scripted socket.
+fn worker_steps(data: &[u8]) {
+    struct Scripted {
+        pending: bool,
+        sends: RefCell<VecDeque<u8>>,
+        out: RefCell<Vec<u8>>,
+        /// The deadline passes at the next wait.
+        expire: bool,
+    }
+    impl WorkerSocket for Scripted {
+        fn input_pending(&self) -> io::Result<bool> {
+            Ok(self.pending)
+        }
+        fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+            let op = self.sends.borrow_mut().pop_front();
+            let n = match op {
+                None => buf.len(),
+                Some(b) if b % 4 == 0 => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+                Some(b) if b % 4 == 1 => return Err(io::Error::from_raw_os_error(libc::EINTR)),
+                Some(b) if b % 16 == 2 => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
+                Some(b) => (b as usize / 4).min(buf.len()),
+            };
+            self.out.borrow_mut().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
+            if self.expire {
+                // The poll ran out the deadline.
+                std::thread::sleep(timeout);
+                return Ok(false);
+            }
+            Ok(true)
+        }
+    }
+    let Some((&flags, script)) = data.split_first() else {
+        return;
+    };
+    let sock = Scripted {
+        pending: flags & 1 == 1,
+        sends: RefCell::new(script.iter().copied().take(64).collect()),
+        out: RefCell::new(Vec::new()),
+        expire: flags & 2 == 2,
+    };
+    let outcome = answer(&sock, Duration::from_micros(50));
+    let out = sock.out.borrow();
+    assert!(RESPONSE.starts_with(&out), "bytes other than the response");
+    match outcome {
+        Outcome::Answered => assert_eq!(&out[..], RESPONSE, "answered without the 57 bytes"),
+        Outcome::Dropped(_) => assert!(out.len() < RESPONSE.len(), "dropped after all 57"),
+    }
+    if sock.pending {
+        assert!(out.is_empty(), "a byte after the client sent more or left");
+    }
+}

@@ -1,0 +1,237 @@
+//! `--delegate socket`: blocking workers that own the connection.
+//!
+//! The accept loop has stopped watching the fd and freed its pool slot; from the
+//! [`Handoff`] on, the worker is the only one to touch the socket. For each
+//! connection it: waits `--slow-duration` (the `SlowTask`: the thread sleeps, as
+//! in `task` mode); applies rule 7 (bytes or EOF that arrived meanwhile close the
+//! connection with no response); sends the 57 bytes with blocking semantics, but
+//! bounded by a write deadline: the socket stays non-blocking, and a send that
+//! would block waits in `poll` for at most what is left of the deadline, so a
+//! client that never reads holds a worker for the deadline and no longer;
+//! closes.
+//!
+//! Public so that the fuzz target `handover` can drive [`answer`] over a
+//! scripted [`WorkerSocket`].
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::conn::{DropReason, RESPONSE};
+use crate::delegate::{Handoff, WorkerSide};
+use crate::metrics::{AcceptCounters, AcceptMetrics};
+use crate::{debug, net};
+
+/// How one connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The 57 bytes went out whole.
+    Answered,
+    /// Closed without a (whole) response.
+    Dropped(DropReason),
+}
+
+/// The socket calls a blocking worker makes (a trait so that the steps can be
+/// driven over a scripted socket).
+pub trait WorkerSocket {
+    /// Whether bytes, EOF or an error are waiting, without waiting for them.
+    fn input_pending(&self) -> io::Result<bool>;
+    /// As `send(2)` of the last bytes ever sent (no `SIGPIPE`).
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Waits at most `timeout` for the socket to take bytes; false on timeout.
+    fn wait_writable(&self, timeout: Duration) -> io::Result<bool>;
+}
+
+impl WorkerSocket for OwnedFd {
+    fn input_pending(&self) -> io::Result<bool> {
+        let ready = net::poll_one(self.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0)?;
+        Ok(ready != 0)
+    }
+
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+        net::send_final(self.as_fd(), buf)
+    }
+
+    fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
+        // Rounded up, so that a wait never returns before the deadline.
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+        let ready = net::poll_one(self.as_fd(), libc::POLLOUT, ms)?;
+        Ok(ready != 0)
+    }
+}
+
+/// Rule 7, then the response under `write_deadline` (measured from now): what
+/// the worker does once the slow work is done.
+pub fn answer(sock: &impl WorkerSocket, write_deadline: Duration) -> Outcome {
+    match sock.input_pending() {
+        // Bytes or EOF during the work: the client is misbehaving or gone.
+        Ok(true) | Err(_) => return Outcome::Dropped(DropReason::ClientGone),
+        Ok(false) => {}
+    }
+    let deadline = Instant::now() + write_deadline;
+    let mut sent = 0;
+    while sent < RESPONSE.len() {
+        match sock.send_final(&RESPONSE[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Outcome::Dropped(DropReason::TimedOut);
+                }
+                match sock.wait_writable(left) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(_) => return Outcome::Dropped(DropReason::ClientGone),
+                }
+            }
+            Err(_) => return Outcome::Dropped(DropReason::ClientGone),
+        }
+    }
+    Outcome::Answered
+}
+
+/// What a blocking worker is told at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The worker's number (`worker-N`).
+    pub id: usize,
+    /// `--slow-duration`.
+    pub slow: Duration,
+    /// Bound on sending the response.
+    pub write_timeout: Duration,
+    /// The worker's counters (responses and drops, as an accept thread's).
+    pub counters: Arc<AcceptCounters>,
+}
+
+/// The body of blocking worker `settings.id`: serves queued connections until
+/// the worker side stops and its queue is empty.
+pub fn run(side: &WorkerSide, settings: Settings) {
+    let mut metrics = AcceptMetrics::new(Arc::clone(&settings.counters), 1);
+    while let Some(Handoff { fd, owner, at }) = side.next_socket() {
+        metrics.accepted();
+        let outcome = if side.past_drain_deadline() {
+            Outcome::Dropped(DropReason::Shutdown)
+        } else {
+            thread::sleep(settings.slow);
+            // The histogram's time: from the hand-off to the end of the work.
+            metrics.delegated(0, 0.0);
+            metrics.task_back(0, at.elapsed().as_secs_f64());
+            answer(&fd, settings.write_timeout)
+        };
+        match outcome {
+            Outcome::Answered => metrics.responded(true),
+            Outcome::Dropped(reason) => metrics.dropped(reason),
+        }
+        debug!(
+            "worker-{}: connection of accept-{owner}: {outcome:?}",
+            settings.id
+        );
+        net::close(fd);
+        side.release(0, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (OwnedFd, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server.into(), client)
+    }
+
+    #[test]
+    fn a_quiet_client_gets_the_57_bytes() {
+        let (server, mut client) = pair();
+        assert_eq!(answer(&server, Duration::from_secs(1)), Outcome::Answered);
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, RESPONSE);
+    }
+
+    #[test]
+    fn bytes_or_eof_during_the_work_close_without_a_response() {
+        let (server, mut client) = pair();
+        client.write_all(b"x").unwrap();
+        assert_eq!(
+            answer(&server, Duration::from_secs(1)),
+            Outcome::Dropped(DropReason::ClientGone)
+        );
+        let (server, client) = pair();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(
+            answer(&server, Duration::from_secs(1)),
+            Outcome::Dropped(DropReason::ClientGone)
+        );
+    }
+
+    /// A client that never reads: the send buffer is full (the test filled it,
+    /// which 57 bytes over TCP never could), so the send would block; the worker
+    /// gives up at the deadline instead of waiting forever.
+    #[test]
+    fn a_client_that_never_reads_holds_the_worker_only_until_the_deadline() {
+        let (server, _client) = pair();
+        let filler = [0u8; 4096];
+        while net::send_final(server.as_fd(), &filler).is_ok() {}
+        let start = Instant::now();
+        let outcome = answer(&server, Duration::from_millis(200));
+        let took = start.elapsed();
+        assert_eq!(outcome, Outcome::Dropped(DropReason::TimedOut));
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    /// A scripted socket: EINTR, short sends and would-block that a real socket
+    /// does not produce on demand.
+    struct Scripted {
+        sends: std::cell::RefCell<Vec<io::Result<usize>>>,
+        out: std::cell::RefCell<Vec<u8>>,
+        waits: std::cell::Cell<usize>,
+    }
+
+    impl WorkerSocket for Scripted {
+        fn input_pending(&self) -> io::Result<bool> {
+            Ok(false)
+        }
+        fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+            let next = self.sends.borrow_mut().pop();
+            let n = match next {
+                Some(r) => r?.min(buf.len()),
+                None => buf.len(),
+            };
+            self.out.borrow_mut().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn wait_writable(&self, _timeout: Duration) -> io::Result<bool> {
+            self.waits.set(self.waits.get() + 1);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn short_interrupted_and_blocked_sends_resume_where_they_left_off() {
+        let errno = io::Error::from_raw_os_error;
+        let sock = Scripted {
+            // Popped from the end.
+            sends: std::cell::RefCell::new(vec![
+                Ok(3),
+                Err(errno(libc::EAGAIN)),
+                Err(errno(libc::EINTR)),
+                Ok(10),
+            ]),
+            out: Default::default(),
+            waits: Default::default(),
+        };
+        assert_eq!(answer(&sock, Duration::from_secs(1)), Outcome::Answered);
+        assert_eq!(&sock.out.borrow()[..], &RESPONSE[..]);
+        assert_eq!(sock.waits.get(), 1);
+    }
+}

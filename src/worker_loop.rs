@@ -1,0 +1,416 @@
+//! `--delegate loop`: worker threads with an event loop of their own, hosting the
+//! same connection [`Engine`] as the accept loops.
+//!
+//! Each worker thread creates its libev loop (a loop is bound to the thread that
+//! made it), its `ev_async` and its engine, then runs. Its "listener" is its
+//! queue in the [`WorkerSide`]: an accept loop that hands a connection over
+//! pushes a [`Handoff`](crate::delegate::Handoff) and wakes the loop through the
+//! `ev_async`; the engine accepts from the queue as an accept loop accepts from a
+//! socket. The socket it gets ([`Adopted`]) replays the request the accept loop
+//! parsed (only its verdict matters: rule 7 ignores the bytes that followed it
+//! in the same read), so the engine takes it for a complete `/test/slow`,
+//! delegates it, and watches the fd for bytes or EOF meanwhile (rule 7).
+//!
+//! The slow work is asynchronous here: a delegated task waits for a timer of
+//! `--slow-duration` (work that waits on something else, such as a backend),
+//! not a sleeping thread. All tasks wait the same duration, so they fall due in
+//! the order they were delegated: one FIFO and one `ev_timer` armed for its head
+//! serve every connection (as the read deadlines do). When it fires, the task is
+//! run (the engine's slow duration is zero here: running it does not block) and
+//! given back to the engine, which answers (waiting for writability under the
+//! read timeout, if the socket is full) and closes. One worker holds as many
+//! slow connections as its pool.
+#![forbid(unsafe_code)]
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::conn::Socket;
+use crate::debug;
+use crate::delegate::WorkerSide;
+use crate::engine::{Engine, Host, Interest, Settings, Stats};
+use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
+use crate::net;
+use crate::shutdown::Drain;
+use crate::task::{Claimed, TaskRef};
+use crate::token::{TimerId, Token};
+
+/// The request an [`Adopted`] socket replays: what the accept loop parsed.
+const SLOW_REQUEST: &[u8] = b"GET /test/slow\r\n\r\n";
+
+/// The slow-work timer's token: of the wake-up kind (top bits), an index no other
+/// watcher of the loop uses; only `on_timer` ever sees it.
+const SLOW_TIMER: usize = Token::Wake.encode() | 1;
+
+/// A connection taken over from an accept loop, whose complete `/test/slow` the
+/// accept loop has already read: the first read replays it, the rest go to the
+/// socket.
+#[derive(Debug)]
+pub struct Adopted {
+    fd: OwnedFd,
+    replayed: Cell<bool>,
+}
+
+impl Adopted {
+    /// Takes over `fd`.
+    pub fn new(fd: OwnedFd) -> Self {
+        Adopted {
+            fd,
+            replayed: Cell::new(false),
+        }
+    }
+}
+
+impl Socket for Adopted {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.replayed.replace(true) {
+            let n = SLOW_REQUEST.len().min(buf.len());
+            buf[..n].copy_from_slice(&SLOW_REQUEST[..n]);
+            return Ok(n);
+        }
+        net::recv(self.fd.as_fd(), buf)
+    }
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+        net::send_final(self.fd.as_fd(), buf)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        Socket::shutdown_write(&self.fd)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+    fn close(self) {
+        net::close(self.fd)
+    }
+}
+
+/// What a worker loop is told at start-up.
+#[derive(Debug)]
+pub struct LoopSettings {
+    /// The worker's number, and its queue's.
+    pub desk: usize,
+    /// `--slow-duration`: the timer each slow connection waits for.
+    pub slow: Duration,
+    /// The engine's settings (its slow duration is ignored: zero is used).
+    pub engine: Settings,
+}
+
+/// The libev side of a worker loop: everything but the connections.
+struct Side {
+    desk: usize,
+    work: Arc<WorkerSide>,
+    timers: [Pin<Box<Timer>>; TimerId::ALL.len()],
+    slow_timer: Pin<Box<Timer>>,
+    wake: Pin<Box<Async>>,
+    slow: Duration,
+    /// Delegated tasks and when they fall due (loop time), earliest first; room
+    /// for one per pool slot, reserved at start-up (a slot has at most one task
+    /// out). Claimed at once: the work is under way from its delegation on, so
+    /// a client that leaves meanwhile finds it running (its slot frees when it
+    /// falls due), never a withdrawn token that a later connection of the same
+    /// slot would refill and find due early.
+    pending: VecDeque<(Duration, Claimed)>,
+    /// The engine watches its "listener" (it has room).
+    listening: bool,
+    /// The queue is still taken from (the drain closes it once it took the rest).
+    open: bool,
+    /// Connections taken from the queue during the current callback.
+    taken: usize,
+}
+
+impl Side {
+    fn timer(&self, timer: TimerId) -> Pin<&Timer> {
+        self.timers[timer as usize].as_ref()
+    }
+}
+
+/// One worker's loop and engine.
+pub struct WorkerLoop {
+    engine: Engine<Adopted, Io>,
+    side: Side,
+    /// Seats of the queue this loop's pool accounts for (its slots in use).
+    held: usize,
+}
+
+/// The engine's view of the worker loop during one callback.
+struct LoopHost<'a> {
+    lp: &'a Loop<WorkerLoop>,
+    side: &'a mut Side,
+}
+
+impl Host<Adopted> for LoopHost<'_> {
+    type Watcher = Io;
+
+    fn now(&self) -> f64 {
+        self.lp.now().as_secs_f64()
+    }
+
+    fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
+        let events = match interest {
+            Interest::Read => Events::READ,
+            Interest::Write => Events::WRITE,
+        };
+        if !io.is_active() || io.events() != events || io.fd() != fd {
+            io.set_fd(fd, events, Token::Slot(slot).encode());
+            io.start(self.lp);
+        }
+    }
+
+    fn unwatch(&mut self, io: Pin<&Io>) {
+        io.stop();
+    }
+
+    fn start_timer(&mut self, timer: TimerId, after: f64) {
+        self.side.timer(timer).start_once(
+            self.lp,
+            Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO),
+            Token::Timer(timer).encode(),
+        );
+    }
+
+    fn timer_active(&self, timer: TimerId) -> bool {
+        self.side.timer(timer).is_active()
+    }
+
+    fn stop_timer(&mut self, timer: TimerId) {
+        self.side.timer(timer).stop();
+    }
+
+    /// The slow work starts: the task waits for its timer, not in a thread.
+    fn submit(&mut self, task: TaskRef) {
+        let due = self.lp.now() + self.side.slow;
+        debug_assert!(self.side.pending.len() < self.side.pending.capacity());
+        // A token just filled cannot have been withdrawn yet.
+        let Some(claimed) = task.claim() else {
+            return;
+        };
+        self.side.pending.push_back((due, claimed));
+        if !self.side.slow_timer.is_active() {
+            self.side
+                .slow_timer
+                .as_ref()
+                .start_once(self.lp, self.side.slow, SLOW_TIMER);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.lp.break_all();
+    }
+
+    fn listeners(&self) -> usize {
+        usize::from(self.side.open)
+    }
+
+    fn accept(&mut self, listener: usize) -> Option<io::Result<Adopted>> {
+        if listener != 0 || !self.side.open {
+            return None;
+        }
+        match self.side.work.take(self.side.desk) {
+            Some(h) => {
+                self.side.taken += 1;
+                debug!(
+                    "worker-{}: connection of accept-{} taken over",
+                    self.side.desk, h.owner
+                );
+                Some(Ok(Adopted::new(h.fd)))
+            }
+            None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
+        }
+    }
+
+    fn watch_listeners(&mut self) {
+        self.side.listening = true;
+    }
+
+    fn unwatch_listeners(&mut self) {
+        self.side.listening = false;
+    }
+
+    fn close_listeners(&mut self) {
+        self.side.listening = false;
+        self.side.open = false;
+    }
+}
+
+impl WorkerLoop {
+    /// Sets up worker `settings.desk`'s engine and watchers on `lp`, and connects
+    /// its queue's wake-up.
+    pub fn new(lp: &Loop<Self>, settings: LoopSettings, work: Arc<WorkerSide>) -> io::Result<Self> {
+        let mut engine_settings = settings.engine;
+        // The wait is the timer; running the task afterwards must not block.
+        engine_settings.slow = Some(Duration::ZERO);
+        let capacity = engine_settings.capacity;
+        let engine = Engine::new(engine_settings)?;
+        let side = Side {
+            desk: settings.desk,
+            work,
+            timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
+            slow_timer: Box::pin(Timer::new()),
+            wake: Box::pin(Async::new()),
+            slow: settings.slow,
+            pending: VecDeque::with_capacity(capacity),
+            listening: true,
+            open: true,
+            taken: 0,
+        };
+        side.wake.as_ref().start(lp, Token::Wake.encode());
+        side.work.connect(side.desk, side.wake.as_ref().sender());
+        Ok(WorkerLoop {
+            engine,
+            side,
+            held: 0,
+        })
+    }
+
+    /// Runs until the worker side stops and every connection held is done (or
+    /// the drain's timeout closed it).
+    pub fn run(&mut self, lp: &Loop<Self>) {
+        // What was queued (or a stop) before the wake-up was connected.
+        self.on_async(lp, Token::Wake.encode());
+        if self.engine.needs_loop() {
+            lp.run(self);
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Stops every watcher and closes every socket, so the loop can be dropped.
+    pub fn teardown(&mut self) {
+        self.engine.teardown(|io| io.stop());
+        for t in &self.side.timers {
+            t.stop();
+        }
+        self.side.slow_timer.stop();
+        self.side.wake.stop();
+    }
+
+    /// After every callback: take what waits in the queue while there is room,
+    /// and give back the seats of connections that are done.
+    fn settle(&mut self, lp: &Loop<Self>) {
+        let mut host = LoopHost {
+            lp,
+            side: &mut self.side,
+        };
+        while host.side.listening && host.side.open {
+            let before = host.side.taken;
+            self.engine.on_listener(&mut host, 0);
+            if host.side.taken == before {
+                break;
+            }
+        }
+        let in_use = self.engine.in_use();
+        let done = (self.held + self.side.taken).saturating_sub(in_use);
+        self.side.taken = 0;
+        self.held = in_use;
+        self.side.work.release(self.side.desk, done);
+    }
+
+    /// The slow timer fired: every task that is due goes back to the engine.
+    fn tasks_due(&mut self, lp: &Loop<Self>) {
+        let now = lp.now();
+        let mut host = LoopHost {
+            lp,
+            side: &mut self.side,
+        };
+        while let Some(&(due, _)) = host.side.pending.front() {
+            if due > now {
+                host.side
+                    .slow_timer
+                    .as_ref()
+                    .start_once(lp, due - now, SLOW_TIMER);
+                break;
+            }
+            let Some((_, task)) = host.side.pending.pop_front() else {
+                break;
+            };
+            let done = task.run();
+            self.engine.on_task_done(&mut host, done);
+        }
+    }
+}
+
+impl Handler for WorkerLoop {
+    fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
+        if let Token::Slot(slot) = Token::decode(token) {
+            let ready = if events.is_writable() {
+                Interest::Write
+            } else {
+                Interest::Read
+            };
+            let mut host = LoopHost {
+                lp,
+                side: &mut self.side,
+            };
+            self.engine.on_io(&mut host, slot, ready);
+        }
+        self.settle(lp);
+    }
+
+    fn on_timer(&mut self, lp: &Loop<Self>, token: usize) {
+        if token == SLOW_TIMER {
+            self.tasks_due(lp);
+        } else if let Token::Timer(timer) = Token::decode(token) {
+            let mut host = LoopHost {
+                lp,
+                side: &mut self.side,
+            };
+            self.engine.on_timer(&mut host, timer);
+        }
+        self.settle(lp);
+    }
+
+    /// Connections queued for us, or the stop.
+    fn on_async(&mut self, lp: &Loop<Self>, _token: usize) {
+        self.settle(lp);
+        if self.side.work.stopping() {
+            let mut host = LoopHost {
+                lp,
+                side: &mut self.side,
+            };
+            // Takes in what is still queued, then finishes everything it holds.
+            self.engine.begin_drain(&mut host, Drain::Stop);
+            self.settle(lp);
+        }
+    }
+}
+
+/// Worker loop `settings.desk`'s thread body: builds its loop on this thread,
+/// says on `ready` whether that worked (the server announces that it serves
+/// only once every loop exists), serves until the worker side stops and it has
+/// drained, then tears down.
+pub fn run(
+    settings: LoopSettings,
+    work: Arc<WorkerSide>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<Stats> {
+    let desk = settings.desk;
+    let setup = Loop::new().and_then(|lp| WorkerLoop::new(&lp, settings, work).map(|w| (lp, w)));
+    let (lp, mut worker) = match setup {
+        Ok(v) => {
+            let _ = ready.send(Ok(()));
+            v
+        }
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    drop(ready);
+    debug!("worker-{desk}: loop serving");
+    worker.run(&lp);
+    let stats = worker.stats();
+    worker.teardown();
+    debug!(
+        "worker-{desk}: stopped: {} served, {} dropped, {} timed out",
+        stats.served, stats.dropped, stats.timed_out
+    );
+    Ok(stats)
+}
