@@ -36,6 +36,8 @@ pub const EXIT_USAGE: i32 = 1;
 /// Exit status when the pools cannot be reserved (the reference's).
 pub const EXIT_NO_MEMORY: i32 = 10;
 
+/// How long the end of a drain waits for the scrapes the metrics thread took.
+const SCRAPE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long the end of a drain waits for workers to leave their tasks.
 const WORKER_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -182,6 +184,17 @@ pub struct Server {
     work: Option<Arc<WorkerSide>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<std::net::TcpListener>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("addresses", &self.addresses)
+            .field("listeners", &self.listeners)
+            .field("metrics_listener", &self.metrics_listener)
+            .field("shutdown", &self.shutdown)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -347,6 +360,7 @@ impl Server {
             metrics_listener,
             ..
         } = self;
+        let mut scrapes = None;
         if let Some(listener) = metrics_listener {
             if let Ok(addr) = listener.local_addr() {
                 debug!("metrics on http://{addr}/metrics");
@@ -356,8 +370,10 @@ impl Server {
             // that none is cut short when we exit.
             let shutdown = Arc::clone(&shutdown);
             let accepting = Box::new(move || shutdown.requested() != Some(Drain::Handover));
-            metrics::serve(listener, Arc::clone(&metrics), accepting)
-                .map_err(|e| StartError::system("cannot start the metrics thread", e))?;
+            scrapes = Some(
+                metrics::serve(listener, Arc::clone(&metrics), accepting)
+                    .map_err(|e| StartError::system("cannot start the metrics thread", e))?,
+            );
         }
         let handoff_workers = work
             .as_ref()
@@ -437,6 +453,10 @@ impl Server {
             },
         )?;
         stats.add(others);
+        // The scrapes taken are answered before the process exits.
+        if let Some(scrapes) = scrapes {
+            scrapes.finish(SCRAPE_GRACE);
+        }
         Ok(stats)
     }
 }

@@ -17,13 +17,21 @@ mod util;
 
 use util::{expect_closed_silently, expect_response, read_to_end, send, Server, IO_TIMEOUT};
 
+/// Runs `f` (which forks) while no test of this binary writes an executable: a
+/// child forked meanwhile would hold the file open for writing, and the
+/// upgrade tests' exec of it would fail with ETXTBSY (see `spawn_guard`).
+fn forking<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = util::lineage::spawn_guard();
+    f()
+}
+
 /// A server with `--metrics 127.0.0.1:<free port>` and `args`, and that address.
 fn start(args: &[&str]) -> (Server, SocketAddr) {
     let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
     let metrics = addr.to_string();
     let mut all = vec!["--metrics", &metrics];
     all.extend_from_slice(args);
-    let server = Server::start(&all);
+    let server = forking(|| Server::start(&all));
     let m = Scrape::get(addr);
     // The start-up probe: accepted, then gone.
     wait_for(addr, "the start-up probe", |m| {
@@ -434,7 +442,7 @@ fn only_get_metrics_is_answered() {
 fn ipv6_loopback() {
     let port = util::free_port();
     let metrics = format!("[::1]:{port}");
-    let _server = Server::start(&["-A", "1", "--metrics", &metrics]);
+    let _server = forking(|| Server::start(&["-A", "1", "--metrics", &metrics]));
     let addr: SocketAddr = metrics.parse().unwrap();
     let (status, _, body) = http(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -454,12 +462,14 @@ fn output_passes_promtool() {
         let _ = read_to_end(&s, IO_TIMEOUT);
     }
     let m = Scrape::get(addr);
-    let promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+    let promtool = forking(|| {
+        Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    });
     let Ok(mut child) = promtool else {
         eprintln!(
             "SKIPPED: promtool not found (apt-get install -y prometheus); \
@@ -489,7 +499,8 @@ fn a_busy_metrics_address_stops_the_start_up() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let port = util::free_port().to_string();
-    let (code, stderr) = util::start_fails(&["-p", &port, "--metrics", &addr.to_string()]);
+    let (code, stderr) =
+        forking(|| util::start_fails(&["-p", &port, "--metrics", &addr.to_string()]));
     assert_eq!(code, Some(100), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -502,7 +513,7 @@ fn a_busy_metrics_address_stops_the_start_up() {
 
 #[test]
 fn a_host_name_is_refused_on_the_command_line() {
-    let (code, stderr) = util::start_fails(&["--metrics", "localhost:9100"]);
+    let (code, stderr) = forking(|| util::start_fails(&["--metrics", "localhost:9100"]));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.starts_with("error: invalid value 'localhost:9100' for '--metrics <ADDR:PORT>'"),

@@ -23,7 +23,7 @@ mod render;
 mod scrape;
 
 pub use process::Process;
-pub use scrape::{bind, serve};
+pub use scrape::{bind, serve, Scrapes};
 
 /// Upper bounds (seconds) of the slow-task histogram's buckets, around the default
 /// 30 ms slow duration; `+Inf` follows.

@@ -12,7 +12,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -113,6 +113,8 @@ struct Scraper {
     slots: Vec<Slot>,
     /// Whether to go on accepting (false once another process serves scrapes).
     accepting: Box<dyn Fn() -> bool + Send>,
+    /// Where [`Scrapes::finish`] asks the thread to end, and hears it did.
+    stage: Arc<(Mutex<Stage>, Condvar)>,
     /// Accept rests until then after running out of fds or memory.
     resting_until: Option<Instant>,
 }
@@ -127,18 +129,28 @@ impl Scraper {
         let mut accepting = true;
         loop {
             let now = Instant::now();
-            if accepting && !(self.accepting)() {
+            let finishing = {
+                let (stage, _) = &*self.stage;
+                *stage.lock().unwrap_or_else(|e| e.into_inner()) != Stage::Serving
+            };
+            if accepting && (finishing || !(self.accepting)()) {
                 accepting = false;
+            }
+            if finishing && self.slots.iter().all(|s| s.stream.is_none()) {
+                let (stage, ended) = &*self.stage;
+                *stage.lock().unwrap_or_else(|e| e.into_inner()) = Stage::Finished;
+                ended.notify_all();
+                return;
             }
             let resting = self.resting_until.is_some_and(|t| now < t);
             fds[0] = pollfd(
                 (accepting && !resting).then(|| self.listener.as_raw_fd()),
                 libc::POLLIN,
             );
+            // Not accepting, the thread still looks at `stage` now and then.
             let mut timeout = match (accepting, self.resting_until) {
                 (true, Some(t)) if resting => Some(ACCEPTING_POLL.min(t - now)),
-                (true, _) => Some(ACCEPTING_POLL),
-                (false, _) => None,
+                _ => Some(ACCEPTING_POLL),
             };
             for (fd, slot) in fds[1..].iter_mut().zip(&self.slots) {
                 let events = if slot.writing {
@@ -250,6 +262,46 @@ impl Scraper {
     }
 }
 
+/// Where the scrape thread is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Serving,
+    /// Asked to take no new scrape and end once the ones it has are answered.
+    Finishing,
+    Finished,
+}
+
+/// The running scrape thread.
+#[derive(Debug)]
+pub struct Scrapes {
+    stage: Arc<(Mutex<Stage>, Condvar)>,
+}
+
+impl Scrapes {
+    /// Stops taking scrapes and waits, at most `bound`, until the ones taken
+    /// are answered: the process exits after this, and a scrape it had taken
+    /// would otherwise be cut short (after an upgrade the new process serves the
+    /// same socket; its queue is the new process's to take).
+    pub fn finish(self, bound: Duration) {
+        let (stage, ended) = &*self.stage;
+        let mut stage = stage.lock().unwrap_or_else(|e| e.into_inner());
+        if *stage == Stage::Serving {
+            *stage = Stage::Finishing;
+        }
+        let deadline = Instant::now() + bound;
+        while *stage != Stage::Finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            stage = ended
+                .wait_timeout(stage, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// A pollfd for `fd`, or one `poll` skips.
 fn pollfd(fd: Option<std::os::fd::RawFd>, events: libc::c_short) -> libc::pollfd {
     libc::pollfd {
@@ -307,12 +359,13 @@ pub fn bind(addr: SocketAddr, beside_predecessor: bool) -> io::Result<TcpListene
 
 /// Serves scrapes on `listener` from a thread of its own, named `metrics`,
 /// off the accept loops, for as long as `accepting` says so (then it finishes
-/// the scrapes it has). The thread is detached: it never holds up the exit.
+/// the scrapes it has), until [`Scrapes::finish`].
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     accepting: Box<dyn Fn() -> bool + Send>,
-) -> io::Result<()> {
+) -> io::Result<Scrapes> {
+    let stage = Arc::new((Mutex::new(Stage::Serving), Condvar::new()));
     listener.set_nonblocking(true)?;
     let mut scraper = Scraper {
         listener,
@@ -320,10 +373,11 @@ pub fn serve(
         process: Process::new(),
         slots: (0..SLOTS).map(|_| Slot::new()).collect(),
         accepting,
+        stage: Arc::clone(&stage),
         resting_until: None,
     };
     thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || scraper.serve())
-        .map(drop)
+        .spawn(move || scraper.serve())?;
+    Ok(Scrapes { stage })
 }
