@@ -169,7 +169,6 @@ pub struct Handed {
 }
 
 /// A bound, not yet running server.
-#[derive(Debug)]
 pub struct Server {
     config: Config,
     /// Each accept thread's listeners, one per address.
