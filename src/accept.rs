@@ -17,8 +17,8 @@ use socket2::Socket;
 use crate::delegate::{Handoff, WorkerSide};
 use crate::engine::{Engine, Host, Interest};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
-use crate::lifecycle::Shutdown;
 use crate::net;
+use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
 use crate::worker::Shared;
@@ -265,7 +265,7 @@ impl AcceptTask {
 
 impl Handler for AcceptTask {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
-        crate::log::maybe_inject_panic();
+        crate::fault::maybe_inject_panic();
         let mut host = EvHost {
             lp,
             side: &mut self.side,

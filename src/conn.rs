@@ -2,8 +2,8 @@
 //! the C++ original (the context is also the request: one request per connection).
 //!
 //! It owns the socket, the 4096-byte request buffer and the parser, and decides
-//! what happens next; the accept task (`accept`) carries that out with the loop,
-//! the pool and the workers.
+//! what happens next; the connection engine ([`crate::engine`]) carries that out
+//! with the loop, the pool and the workers.
 //!
 //! Public for one reason: the socket is a type parameter ([`Socket`], an
 //! [`OwnedFd`] in the server), so that the fuzz target `conn` and the unit tests
@@ -37,9 +37,14 @@ pub enum State {
     /// The client left while its task was out: the socket is closed, the slot
     /// waits for the worker to give the task back.
     Abandoned,
+    /// The response went out whole, but bytes the request left unread may
+    /// still be in the socket (closing it now would reset the connection and
+    /// destroy the response): the write side is shut, and what arrives is read
+    /// and thrown away until the client's EOF.
+    Lingering,
 }
 
-/// What the accept task must do next for a connection.
+/// What the engine must do next for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
     /// Wait until the socket is readable.
@@ -50,6 +55,11 @@ pub enum Next {
     Delegate,
     /// The response went out whole: close.
     Finished,
+    /// The response went out whole, but unread bytes may remain: linger (see
+    /// [`State::Lingering`]) until the client's EOF, or a short bound.
+    Linger,
+    /// The lingering is over: close (the response was counted already).
+    Close,
     /// Bad input, a misbehaving or vanished client, or a socket error: close
     /// without a response.
     Drop(DropReason),
@@ -57,7 +67,7 @@ pub enum Next {
 
 /// Why a connection was closed without a response: the `reason` label of
 /// `conn_daemon_connections_dropped_total`. A connection decides the first three
-/// itself; the accept task the other two.
+/// itself; the engine the other two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// The bytes break the protocol (docs/protocol.md rules 1-3).
@@ -98,6 +108,9 @@ impl DropReason {
 
 const GONE: Next = Next::Drop(DropReason::ClientGone);
 
+/// Reads per readable event while lingering (of up to `REQUEST_MAX` bytes each).
+const DISCARD_READS: usize = 16;
+
 /// The socket calls a connection makes, one per method.
 ///
 /// The server's socket is an [`OwnedFd`]; `ConnectionCtx` is generic over this
@@ -109,6 +122,9 @@ pub trait Socket {
     /// Queues the last bytes the connection will ever send (no `SIGPIPE`), as
     /// `send(2)`; returns how many were taken.
     fn send_final(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Shuts the sending side down (`shutdown(SHUT_WR)`): the peer reads EOF
+    /// after the response.
+    fn shutdown_write(&self) -> io::Result<()>;
     /// The descriptor the event loop watches.
     fn raw_fd(&self) -> RawFd;
     /// Closes the socket.
@@ -123,6 +139,9 @@ impl Socket for OwnedFd {
     #[inline]
     fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
         net::send_final(self.as_fd(), buf)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
     }
     #[inline]
     fn raw_fd(&self) -> RawFd {
@@ -207,6 +226,7 @@ impl<S: Socket> ConnectionCtx<S> {
     ///
     /// Reads once: the listener defers accept until data is there, so a request
     /// usually arrives whole in the first read; otherwise the loop calls again.
+    #[inline(always)]
     pub fn on_readable(&mut self, slow_inline: bool) -> Next {
         match self.state {
             State::Reading => self.read_request(slow_inline),
@@ -214,8 +234,30 @@ impl<S: Socket> ConnectionCtx<S> {
             // client is misbehaving or gone (docs/protocol.md rule 7).
             State::Delegated => GONE,
             State::Writing => Next::Write,
+            State::Lingering => self.discard(),
             State::Free | State::Abandoned => GONE,
         }
+    }
+
+    /// Reads and throws away what the client sends after the response, until
+    /// its EOF (or an error): then the connection can close without a reset.
+    #[cold]
+    #[inline(never)]
+    fn discard(&mut self) -> Next {
+        let Some(fd) = self.fd.as_ref() else {
+            return Next::Close;
+        };
+        // A bound per event, so that a client streaming bytes cannot hold the loop.
+        for _ in 0..DISCARD_READS {
+            match fd.recv(&mut self.buf) {
+                Ok(0) => return Next::Close,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if net::is_transient(&e) => return Next::Read,
+                Err(_) => return Next::Close,
+            }
+        }
+        Next::Read
     }
 
     fn read_request(&mut self, slow_inline: bool) -> Next {
@@ -247,6 +289,7 @@ impl<S: Socket> ConnectionCtx<S> {
     pub fn on_writable(&mut self) -> Next {
         match self.state {
             State::Writing => self.respond(),
+            State::Lingering => Next::Close,
             _ => GONE,
         }
     }
@@ -274,7 +317,23 @@ impl<S: Socket> ConnectionCtx<S> {
                 Err(_) => return GONE,
             }
         }
+        // A full buffer: the read that filled it may have left bytes behind.
+        if self.filled == REQUEST_MAX {
+            return self.linger();
+        }
         Next::Finished
+    }
+
+    /// Shuts the write side and lingers (see [`State::Lingering`]).
+    #[cold]
+    #[inline(never)]
+    fn linger(&mut self) -> Next {
+        if let Some(fd) = self.fd.as_ref() {
+            // If it fails the peer is gone, and lingering ends at its first read.
+            let _ = fd.shutdown_write();
+        }
+        self.state = State::Lingering;
+        Next::Linger
     }
 
     /// Gives up the socket of a complete request to whoever answers it now
@@ -419,6 +478,10 @@ mod tests {
             self.out.borrow_mut().extend_from_slice(&buf[..n]);
             Ok(n)
         }
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.out.borrow_mut().extend_from_slice(b"<FIN>");
+            Ok(())
+        }
         fn raw_fd(&self) -> RawFd {
             0
         }
@@ -475,6 +538,35 @@ mod tests {
         ctx.close(false);
         ctx.open(sock);
         assert_eq!(ctx.on_readable(false), GONE);
+    }
+
+    #[test]
+    fn a_request_that_filled_the_buffer_lingers_after_its_response() {
+        let (mut ctx, mut client) = open();
+        let mut bytes = b"GET /test/fast HTTP/1.1\r\nContent-Length: 5120\r\n\r\n".to_vec();
+        bytes.resize(bytes.len() + 5120, b'b');
+        client.write_all(&bytes).unwrap();
+        assert_eq!(
+            ctx.on_readable(false),
+            Next::Linger,
+            "4096 bytes read: more may wait"
+        );
+        assert_eq!(ctx.state(), State::Lingering);
+        // The response, then EOF: the write side is shut.
+        assert_eq!(received(&mut client), RESPONSE);
+        // The rest of the body is thrown away; the client's EOF ends it.
+        assert_eq!(ctx.on_readable(false), Next::Read);
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Close);
+    }
+
+    #[test]
+    fn a_request_that_did_not_fill_the_buffer_does_not_linger() {
+        let (mut ctx, mut client) = open();
+        let mut bytes = b"GET /test/fast\r\n\r\n".to_vec();
+        bytes.resize(REQUEST_MAX - 1, b'b');
+        client.write_all(&bytes).unwrap();
+        assert_eq!(ctx.on_readable(false), Next::Finished);
     }
 
     #[test]

@@ -32,47 +32,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::ev::AsyncSender;
 use crate::worker::Shared;
 
-/// `--delegate MODE`: what moves to a worker when a slow request is complete.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Delegate {
-    /// The task moves; the connection stays and its accept loop answers.
-    #[default]
-    Task,
-    /// The connection moves to a blocking worker, which answers it.
-    Socket,
-    /// The connection moves onto a worker's own event loop, which answers it.
-    Loop,
-}
-
-impl Delegate {
-    /// Every mode, in the order `--help` lists them.
-    pub const ALL: [Delegate; 3] = [Delegate::Task, Delegate::Socket, Delegate::Loop];
-
-    /// The name on the command line, in the logs and in the metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Delegate::Task => "task",
-            Delegate::Socket => "socket",
-            Delegate::Loop => "loop",
-        }
-    }
-
-    /// The mode named `text`, if any.
-    pub fn from_label(text: &str) -> Option<Delegate> {
-        Delegate::ALL.into_iter().find(|m| m.label() == text)
-    }
-
-    /// Whether the connection itself leaves the accept loop.
-    pub fn hands_off(self) -> bool {
-        self != Delegate::Task
-    }
-}
-
-impl fmt::Display for Delegate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
+pub use crate::config::Delegate;
 
 /// What the worker side of modes `socket` and `loop` can hold, fixed at start-up.
 ///

@@ -9,8 +9,8 @@
 //! The accept threads host it on libev (`accept::AcceptTask`); the fuzz target
 //! `conn` hosts it on a scripted loop over scripted sockets, and the unit tests
 //! below on a recording one. Another kind of loop (a worker's own) can host it
-//! the same way: nothing here is specific to accept threads but the optional
-//! listeners.
+//! the same way ([`Engine::named`] for its log lines): nothing here is specific
+//! to accept threads but the optional listeners.
 //!
 //! The fast path is eager: accept, read at once (the listener defers accept until
 //! bytes are there), parse, send at once, close. A request that arrives whole never
@@ -27,11 +27,11 @@ use std::time::Duration;
 use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
 use crate::delegate::Waiting;
-use crate::lifecycle::Drain;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
-use crate::task::{Done, Route, TaskRef};
+use crate::shutdown::Drain;
+use crate::task::{Cancel, Done, Filled, Route, TaskRef};
 use crate::token::TimerId;
 use crate::worker::SlowTask;
 use crate::{debug, warn};
@@ -41,26 +41,11 @@ use crate::{debug, warn};
 pub const ACCEPT_BATCH: usize = 128;
 /// How long the listeners rest after EMFILE/ENFILE/ENOBUFS/ENOMEM, in seconds.
 pub const BACKOFF: f64 = 0.25;
+/// Bound on a lingering close (see [`State::Lingering`]), in seconds: a client
+/// that neither reads its EOF nor closes is then closed on.
+pub const LINGER: f64 = 2.0;
 
-/// Counters for the log and the tests.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    /// Responses sent whole.
-    pub served: u64,
-    /// Connections closed without a response (bad input, client gone, errors).
-    pub dropped: u64,
-    /// Connections closed by the read deadline.
-    pub timed_out: u64,
-}
-
-impl Stats {
-    /// Adds another loop's counters to these.
-    pub fn add(&mut self, other: Stats) {
-        self.served += other.served;
-        self.dropped += other.dropped;
-        self.timed_out += other.timed_out;
-    }
-}
+pub use crate::metrics::Stats;
 
 /// What an engine is told at start-up.
 #[derive(Debug)]
@@ -151,6 +136,17 @@ pub trait Host<S: Socket> {
     fn hand_off(&mut self, _fd: S) {}
 }
 
+/// What one accept attempt did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepted {
+    /// A connection, in this slot (it may already be closed again).
+    Conn(u32),
+    /// Nothing, but the next attempt may succeed.
+    Retry,
+    /// The listener should rest: empty, paused, or closed.
+    Rest,
+}
+
 /// Why the listeners are not being watched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pause {
@@ -161,43 +157,84 @@ enum Pause {
     Backoff,
 }
 
+/// How a loop names itself in the log: `accept-3`.
+#[derive(Clone, Copy, Debug)]
+struct Name {
+    role: &'static str,
+    id: u32,
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.role, self.id)
+    }
+}
+
 /// One loop's connections (see the module doc).
 pub struct Engine<S: Socket, W: SlotWatcher> {
     settings: Settings,
+    name: Name,
     pool: Pool<ConnectionCtx<S>, W>,
+    /// Read deadlines, of connections that are reading or writing.
     deadlines: DeadlineList,
+    /// Ends of the lingering closes, of connections that linger (a slot is in
+    /// one list at most: its links are shared).
+    lingering: DeadlineList,
     pause: Pause,
     /// accept() is failing for lack of fds or memory: logged once until it works.
     exhausted: bool,
-    draining: bool,
+    phase: Phase,
     metrics: AcceptMetrics,
     /// Complete slow requests waiting for room on the worker side
     /// (`--delegate socket|loop`).
     waiting: Waiting,
 }
 
+/// Where the loop is on its way to stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Inside `begin_drain`: slots free and fill again, and neither may resume
+    /// the listeners nor stop the loop.
+    Beginning,
+    /// The listeners are closed; the loop stops once every slot is free.
+    Draining,
+}
+
 impl<S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<S, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("id", &self.settings.id)
+            .field("name", &self.name)
             .field("in_use", &self.pool.in_use())
             .field("pause", &self.pause)
             .field("exhausted", &self.exhausted)
-            .field("draining", &self.draining)
+            .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Socket, W: SlotWatcher> Engine<S, W> {
-    /// Reserves the pool (fails if its address space cannot be reserved).
+    /// Reserves the pool (fails if its address space cannot be reserved), for
+    /// an accept thread's loop.
     pub fn new(settings: Settings) -> io::Result<Self> {
+        Self::named(settings, "accept")
+    }
+
+    /// As [`Engine::new`], for a loop whose log lines say `role-ID` (a worker's
+    /// own loop, say).
+    pub fn named(settings: Settings, role: &'static str) -> io::Result<Self> {
         let pool = Pool::new(settings.capacity)?;
         Ok(Engine {
+            name: Name {
+                role,
+                id: settings.id,
+            },
             pool,
             deadlines: DeadlineList::default(),
+            lingering: DeadlineList::default(),
             pause: Pause::No,
             exhausted: false,
-            draining: false,
+            phase: Phase::Serving,
             metrics: AcceptMetrics::new(Arc::clone(&settings.counters), settings.capacity),
             waiting: Waiting::new(settings.capacity),
             settings,
@@ -216,13 +253,13 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// Whether the drain has begun.
     pub fn is_draining(&self) -> bool {
-        self.draining
+        self.phase != Phase::Serving
     }
 
     /// Whether the loop has anything left to do: false once a drain found (or
     /// left) every slot free.
     pub fn needs_loop(&self) -> bool {
-        !self.draining || self.pool.in_use() > 0
+        self.phase == Phase::Serving || self.pool.in_use() > 0
     }
 
     /// The counters so far.
@@ -251,7 +288,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// A listener is readable: accepts up to [`ACCEPT_BATCH`] connections.
     pub fn on_listener(&mut self, host: &mut impl Host<S, Watcher = W>, listener: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if !self.accept_one(host, listener) {
+            if self.accept_one(host, listener) == Accepted::Rest {
                 return;
             }
         }
@@ -259,7 +296,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// Slot `slot`'s fd is ready: writable, or readable (which includes at EOF
     /// and in error).
-    #[inline]
+    #[inline(always)]
     pub fn on_io(&mut self, host: &mut impl Host<S, Watcher = W>, slot: u32, ready: Interest) {
         let slow_inline = self.settings.slow.is_none();
         let ctx = self.pool.get_mut(slot);
@@ -275,58 +312,80 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     pub fn on_timer(&mut self, host: &mut impl Host<S, Watcher = W>, timer: TimerId) {
         match timer {
             TimerId::Deadline => self.expire_deadlines(host),
-            TimerId::Backoff => self.resume_accepting(host),
+            TimerId::Backoff => {
+                self.resume_accepting(host);
+                // Try at once: on an idle server no connection would come to
+                // tell whether the fds are back (and end the pause's gauge).
+                for i in 0..host.listeners() {
+                    if self.pause == Pause::No {
+                        self.on_listener(host, i);
+                    }
+                }
+            }
             TimerId::Drain => self.end_drain(host),
-            TimerId::Linger => {}
+            TimerId::Linger => self.expire_lingering(host),
         }
     }
 
-    /// Accepts and serves one connection from `listener`; false when the
-    /// listener should rest.
-    #[inline]
-    fn accept_one(&mut self, host: &mut impl Host<S, Watcher = W>, listener: usize) -> bool {
+    /// Accepts and serves one connection from `listener`.
+    #[inline(always)]
+    fn accept_one(&mut self, host: &mut impl Host<S, Watcher = W>, listener: usize) -> Accepted {
         if self.pool.is_full() {
             self.pause_for_full_pool(host);
-            return false;
+            return Accepted::Rest;
         }
         let Some(accepted) = host.accept(listener) else {
-            return false;
+            return Accepted::Rest;
         };
         match accepted {
             Ok(fd) => {
-                if self.exhausted {
-                    self.exhausted = false;
-                    self.metrics.resumed(PauseCause::FdExhaustion);
-                    warn!("accept-{}: accept works again", self.settings.id);
-                }
+                self.accept_works();
                 let idx = self.pool.acquire().expect("pool checked not full");
                 self.metrics.accepted();
                 let ctx = self.pool.get_mut(idx);
                 ctx.open(fd);
-                debug!(
-                    "accept-{}: conn {idx}: accepted fd {}",
-                    self.settings.id,
-                    ctx.fd()
-                );
+                debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
                 let next = ctx.on_readable(self.settings.slow.is_none());
                 self.apply(host, idx, next);
-                true
+                Accepted::Conn(idx)
             }
             Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) => false,
+                Some(libc::EAGAIN) => {
+                    // accept() takes an fd before it looks at the queue: an
+                    // empty queue says the fds are back too.
+                    self.accept_works();
+                    Accepted::Rest
+                }
                 // The peer gave up while queued, or a signal: try the next one.
-                Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => true,
+                Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => {
+                    Accepted::Retry
+                }
                 _ if net::is_resource_exhaustion(&e) => {
                     self.pause_for_backoff(host, &e);
-                    false
+                    Accepted::Rest
                 }
                 _ => {
-                    warn!("accept-{}: accept failed: {e}", self.settings.id);
+                    warn!("{}: accept failed: {e}", self.name);
                     self.pause_for_backoff(host, &e);
-                    false
+                    Accepted::Rest
                 }
             },
         }
+    }
+
+    /// accept() got past taking an fd: the end of an exhaustion, if any.
+    #[inline]
+    fn accept_works(&mut self) {
+        if self.exhausted {
+            self.end_exhaustion();
+        }
+    }
+
+    #[cold]
+    fn end_exhaustion(&mut self) {
+        self.exhausted = false;
+        self.metrics.resumed(PauseCause::FdExhaustion);
+        warn!("{}: accept works again", self.name);
     }
 
     fn pause_for_full_pool(&mut self, host: &mut impl Host<S, Watcher = W>) {
@@ -335,8 +394,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             self.pause = Pause::PoolFull;
             self.metrics.paused(PauseCause::PoolFull);
             warn!(
-                "accept-{}: all {} connections in use; not accepting until one closes",
-                self.settings.id,
+                "{}: all {} connections in use; not accepting until one closes",
+                self.name,
                 self.pool.capacity()
             );
         }
@@ -347,8 +406,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             self.exhausted = true;
             self.metrics.paused(PauseCause::FdExhaustion);
             warn!(
-                "accept-{}: accept failed ({err}); pausing accept for {} ms",
-                self.settings.id,
+                "{}: accept failed ({err}); pausing accept for {} ms",
+                self.name,
                 (BACKOFF * 1000.0) as u64
             );
         }
@@ -358,15 +417,12 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     }
 
     fn resume_accepting(&mut self, host: &mut impl Host<S, Watcher = W>) {
-        if self.pause == Pause::No || self.draining {
+        if self.pause == Pause::No || self.phase != Phase::Serving {
             return;
         }
         if self.pause == Pause::PoolFull {
             self.metrics.resumed(PauseCause::PoolFull);
-            warn!(
-                "accept-{}: a connection closed; accepting again",
-                self.settings.id
-            );
+            warn!("{}: a connection closed; accepting again", self.name);
         }
         self.pause = Pause::No;
         host.watch_listeners();
@@ -377,6 +433,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     fn apply(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32, next: Next) {
         match next {
             Next::Read => {
+                // A no-op for a lingering connection: it has its linger deadline.
                 self.arm_deadline(host, idx);
                 self.watch(host, idx, Interest::Read);
             }
@@ -387,15 +444,18 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             Next::Delegate => self.delegate(host, idx),
             Next::Finished => {
                 self.metrics.responded(self.pool.get(idx).is_slow());
-                debug!("accept-{}: conn {idx}: replied, closing", self.settings.id);
+                debug!("{}: conn {idx}: replied, closing", self.name);
                 self.close(host, idx, next);
             }
+            Next::Linger => {
+                self.metrics.responded(self.pool.get(idx).is_slow());
+                debug!("{}: conn {idx}: replied, closing", self.name);
+                self.linger(host, idx);
+            }
+            Next::Close => self.close(host, idx, next),
             Next::Drop(reason) => {
                 self.metrics.dropped(reason);
-                debug!(
-                    "accept-{}: conn {idx}: closing without a reply",
-                    self.settings.id
-                );
+                debug!("{}: conn {idx}: closing without a reply", self.name);
                 self.close(host, idx, next);
             }
         }
@@ -425,17 +485,28 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             slot: idx,
             gen: self.pool.get(idx).gen(),
         };
-        let task = self
+        let filled = self
             .pool
             .delegate(idx, SlowTask { duration }, route)
             .expect("a reading connection has no task out");
         self.metrics.delegated(idx, host.now());
-        host.submit(task);
-        debug!(
-            "accept-{}: conn {idx}: slow request delegated",
-            self.settings.id
-        );
+        if let Filled::New(task) = filled {
+            host.submit(task);
+        }
+        debug!("{}: conn {idx}: slow request delegated", self.name);
         // Watch for the client leaving (or misbehaving) meanwhile.
+        self.watch(host, idx, Interest::Read);
+    }
+
+    /// Moves `idx` from its read deadline to a linger deadline, and waits for
+    /// the client's EOF.
+    fn linger(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+        self.deadlines.remove(&mut self.pool, idx);
+        self.lingering
+            .push_back(&mut self.pool, idx, host.now() + LINGER);
+        if !host.timer_active(TimerId::Linger) {
+            host.start_timer(TimerId::Linger, LINGER);
+        }
         self.watch(host, idx, Interest::Read);
     }
 
@@ -501,8 +572,10 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     #[inline]
     fn close(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32, how: Next) {
-        self.deadlines.remove(&mut self.pool, idx);
-        let task_out = self.pool.is_delegated(idx);
+        if self.pool.get(idx).links().is_linked() {
+            self.unlink(idx);
+        }
+        let task_out = self.pool.is_delegated(idx) && self.withdraw(idx);
         let (ctx, watcher) = self.pool.split(idx);
         host.unwatch(watcher);
         ctx.close(task_out);
@@ -513,13 +586,37 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     }
 
     #[inline]
+    /// Takes `idx` off the deadline list it is on.
+    fn unlink(&mut self, idx: u32) {
+        if self.pool.get(idx).state() == State::Lingering {
+            self.lingering.remove(&mut self.pool, idx);
+        } else {
+            self.deadlines.remove(&mut self.pool, idx);
+        }
+    }
+
+    /// A connection with a task out ends: a task still queued will not run
+    /// (withdrawn, its slot frees now); one a worker runs finishes, and the
+    /// slot waits for it. True in the second case.
+    #[cold]
+    fn withdraw(&mut self, idx: u32) -> bool {
+        match self.pool.cancel(idx) {
+            Cancel::Idle => false,
+            Cancel::Withdrawn => {
+                self.metrics.cancelled();
+                false
+            }
+            Cancel::Running => true,
+        }
+    }
+
     fn release(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
         self.pool.release(idx);
         if self.pause == Pause::PoolFull {
             self.resume_accepting(host);
         }
-        if self.draining && self.pool.in_use() == 0 {
-            debug!("accept-{}: drained", self.settings.id);
+        if self.phase == Phase::Draining && self.pool.in_use() == 0 {
+            debug!("{}: drained", self.name);
             host.stop();
         }
     }
@@ -531,7 +628,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             return;
         };
         let (idx, gen) = (route.slot, route.gen);
-        debug!("accept-{}: conn {idx}: slow task done", self.settings.id);
+        debug!("{}: conn {idx}: slow task done", self.name);
         self.metrics.task_back(idx, host.now());
         let ctx = self.pool.get_mut(idx);
         match ctx.state() {
@@ -556,41 +653,54 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 return;
             }
             self.metrics.dropped(DropReason::TimedOut);
-            debug!(
-                "accept-{}: conn {idx}: read deadline passed",
-                self.settings.id
-            );
+            debug!("{}: conn {idx}: read deadline passed", self.name);
             self.close(host, idx, Next::Drop(DropReason::TimedOut));
         }
     }
 
+    fn expire_lingering(&mut self, host: &mut impl Host<S, Watcher = W>) {
+        let now = host.now();
+        while let Some((idx, end)) = self.lingering.front(&self.pool) {
+            if end > now {
+                host.start_timer(TimerId::Linger, end - now);
+                return;
+            }
+            self.close(host, idx, Next::Close);
+        }
+    }
+
     /// Graceful stop (see [`Drain`]): stop listening, and let connections finish
-    /// within the shutdown timeout. On `Stop`, first take what is already in the
-    /// backlog (closing the last socket would reset it) and close connections
-    /// that have not completed a request; on `Handover` the backlog is the new
+    /// within the shutdown timeout. On `Stop`, first close connections that have
+    /// not completed a request, then take what is already in the backlog into
+    /// the slots that freed (closing the last socket would reset it), closing
+    /// those that are incomplete in turn; on `Handover` the backlog is the new
     /// process's, and every accepted connection is finished.
     pub fn begin_drain(&mut self, host: &mut impl Host<S, Watcher = W>, how: Drain) {
-        if self.draining {
+        if self.phase != Phase::Serving {
             return;
         }
-        debug!("accept-{}: draining ({how:?})", self.settings.id);
+        debug!("{}: draining ({how:?})", self.name);
+        self.phase = Phase::Beginning;
         if how == Drain::Stop {
-            self.pause = Pause::No;
+            for idx in self.pool.constructed() {
+                self.close_incomplete(host, idx);
+            }
+            // A pause stands: the pool may still be full, and has been said so.
             for i in 0..host.listeners() {
-                while self.accept_one(host, i) {}
+                loop {
+                    match self.accept_one(host, i) {
+                        Accepted::Conn(idx) => self.close_incomplete(host, idx),
+                        Accepted::Retry => {}
+                        Accepted::Rest => break,
+                    }
+                }
             }
         }
-        self.draining = true;
+        self.phase = Phase::Draining;
         host.unwatch_listeners();
         host.stop_timer(TimerId::Backoff);
         host.close_listeners();
         self.metrics.listener_closed();
-        for idx in self.pool.constructed() {
-            if how == Drain::Stop && self.pool.get(idx).state() == State::Reading {
-                self.metrics.dropped(DropReason::Shutdown);
-                self.close(host, idx, Next::Drop(DropReason::Shutdown));
-            }
-        }
         if self.pool.in_use() == 0 {
             host.stop();
         } else {
@@ -598,18 +708,30 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         }
     }
 
+    /// The drain closes `idx` if it has not completed its request.
+    fn close_incomplete(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+        if self.pool.get(idx).state() == State::Reading {
+            self.metrics.dropped(DropReason::Shutdown);
+            self.close(host, idx, Next::Drop(DropReason::Shutdown));
+        }
+    }
+
     /// The drain took too long: close what is left and stop.
     fn end_drain(&mut self, host: &mut impl Host<S, Watcher = W>) {
         warn!(
-            "accept-{}: shutdown timeout; closing {} connections",
-            self.settings.id,
+            "{}: shutdown timeout; closing {} connections",
+            self.name,
             self.pool.in_use()
         );
         for idx in self.pool.constructed() {
-            let state = self.pool.get(idx).state();
-            if state != State::Free && state != State::Abandoned {
-                self.metrics.dropped(DropReason::Shutdown);
-                self.close(host, idx, Next::Drop(DropReason::Shutdown));
+            match self.pool.get(idx).state() {
+                State::Free | State::Abandoned => {}
+                // Answered already: nothing lost, nothing to count.
+                State::Lingering => self.close(host, idx, Next::Close),
+                _ => {
+                    self.metrics.dropped(DropReason::Shutdown);
+                    self.close(host, idx, Next::Drop(DropReason::Shutdown));
+                }
             }
         }
         host.stop();
@@ -631,6 +753,8 @@ mod tests {
         inbox: RefCell<VecDeque<u8>>,
         eof: Cell<bool>,
         sent: RefCell<Vec<u8>>,
+        /// The server shut its sending side.
+        fin: Cell<bool>,
         closed: Cell<bool>,
     }
 
@@ -661,6 +785,10 @@ mod tests {
         fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
             self.0.sent.borrow_mut().extend_from_slice(buf);
             Ok(buf.len())
+        }
+        fn shutdown_write(&self) -> io::Result<()> {
+            self.0.fin.set(true);
+            Ok(())
         }
         fn raw_fd(&self) -> RawFd {
             3
@@ -757,13 +885,21 @@ mod tests {
     const GONE: Next = Next::Drop(DropReason::ClientGone);
 
     fn engine(capacity: usize, read_timeout: Option<f64>) -> (Engine<Sock, Watch>, Rec) {
+        engine_counting(capacity, read_timeout, Arc::default())
+    }
+
+    fn engine_counting(
+        capacity: usize,
+        read_timeout: Option<f64>,
+        counters: Arc<AcceptCounters>,
+    ) -> (Engine<Sock, Watch>, Rec) {
         let e = Engine::new(Settings {
             id: 0,
             capacity,
             slow: Some(Duration::ZERO),
             read_timeout: read_timeout.map(Duration::from_secs_f64),
             shutdown_timeout: Duration::from_secs(5),
-            counters: Arc::default(),
+            counters,
         })
         .unwrap();
         let host = Rec {
@@ -792,8 +928,9 @@ mod tests {
 
     fn run_tasks(e: &mut Engine<Sock, Watch>, host: &mut Rec) {
         for task in std::mem::take(&mut host.submitted) {
-            let done = task.run();
-            e.on_task_done(host, done);
+            if let Some(done) = task.run() {
+                e.on_task_done(host, done);
+            }
         }
     }
 
@@ -895,7 +1032,7 @@ mod tests {
     }
 
     #[test]
-    fn a_client_gone_during_its_task_holds_the_slot_until_the_task_is_back() {
+    fn a_client_gone_before_a_worker_took_its_task_frees_the_slot_and_the_task_never_runs() {
         let (mut e, mut host) = engine(4, None);
         let peer = client(&mut host, SLOW);
         e.on_listener(&mut host, 0);
@@ -903,10 +1040,42 @@ mod tests {
         e.on_io(&mut host, 0, Interest::Read);
         assert!(peer.closed.get());
         assert_eq!(host.closes, [(0, GONE)]);
-        assert_eq!(e.in_use(), 1, "the worker still has the task");
-        run_tasks(&mut e, &mut host);
+        assert_eq!(e.in_use(), 0, "the queued task was withdrawn: slot free");
+        // The worker pops the token and finds nothing to run.
+        let token = host.submitted.pop().unwrap();
+        assert!(token.claim().is_none());
+    }
+
+    #[test]
+    fn a_client_gone_during_its_running_task_holds_the_slot_until_the_task_is_back() {
+        let (mut e, mut host) = engine(4, None);
+        let peer = client(&mut host, SLOW);
+        e.on_listener(&mut host, 0);
+        let running = host.submitted.pop().unwrap().claim().unwrap();
+        peer.eof.set(true);
+        e.on_io(&mut host, 0, Interest::Read);
+        assert!(peer.closed.get(), "the socket closes at once");
+        assert_eq!(host.closes, [(0, GONE)]);
+        assert_eq!(e.in_use(), 1, "the worker still runs the task");
+        e.on_task_done(&mut host, running.run());
         assert_eq!(e.in_use(), 0);
         assert!(peer.sent.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_slot_reused_while_its_cancelled_token_is_queued_delegates_through_it() {
+        let (mut e, mut host) = engine(1, None);
+        let first = client(&mut host, SLOW);
+        e.on_listener(&mut host, 0);
+        first.eof.set(true);
+        e.on_io(&mut host, 0, Interest::Read);
+        let second = client(&mut host, SLOW);
+        e.on_listener(&mut host, 0);
+        assert_eq!(host.submitted.len(), 1, "one token in the queue, reused");
+        run_tasks(&mut e, &mut host);
+        assert_eq!(&second.sent.borrow()[..], crate::conn::RESPONSE);
+        assert!(first.sent.borrow().is_empty());
+        assert_eq!(e.in_use(), 0);
     }
 
     #[test]
@@ -961,9 +1130,10 @@ mod tests {
         assert!(host.stopped);
         let shutdown = Next::Drop(DropReason::Shutdown);
         assert_eq!(host.closes, [(0, shutdown), (1, shutdown)]);
-        // The slow task still comes back to its (abandoned) slot safely.
-        run_tasks(&mut e, &mut host);
+        // The queued slow task was withdrawn: nothing is left to come back.
         assert_eq!(e.in_use(), 0);
+        run_tasks(&mut e, &mut host);
+        assert!(slow.sent.borrow().is_empty());
     }
 
     #[test]
@@ -972,5 +1142,142 @@ mod tests {
         e.begin_drain(&mut host, Drain::Stop);
         assert!(host.stopped && !e.needs_loop());
         assert_eq!(host.timers[TimerId::Drain as usize], None);
+    }
+
+    /// The value of the first sample of `metrics` whose line starts with `series`.
+    fn sample(metrics: &crate::metrics::Metrics, series: &str) -> f64 {
+        let mut out = Vec::new();
+        metrics
+            .render(&mut out, &crate::metrics::Process::new())
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_request_that_filled_the_buffer_lingers_until_the_client_eof() {
+        let (mut e, mut host) = engine(4, Some(1.0));
+        let mut bytes = b"GET /test/fast HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        bytes.resize(bytes.len() + 5000, b'b');
+        let peer = client(&mut host, &bytes);
+        e.on_listener(&mut host, 0);
+        assert_eq!(&peer.sent.borrow()[..], crate::conn::RESPONSE);
+        assert!(
+            peer.fin.get() && !peer.closed.get(),
+            "half-closed, lingering"
+        );
+        assert_eq!(e.stats().served, 1, "counted when the response went out");
+        assert_eq!(host.timers[TimerId::Linger as usize], Some(LINGER));
+        assert_eq!(host.timers[TimerId::Deadline as usize], None);
+        // The rest of the body is read and thrown away, then the client's EOF.
+        e.on_io(&mut host, 0, Interest::Read);
+        assert!(peer.inbox.borrow().is_empty() && !peer.closed.get());
+        peer.eof.set(true);
+        e.on_io(&mut host, 0, Interest::Read);
+        assert!(peer.closed.get());
+        assert_eq!(host.closes, [(0, Next::Close)]);
+        assert_eq!(e.in_use(), 0);
+        let s = e.stats();
+        assert_eq!((s.served, s.dropped), (1, 0));
+    }
+
+    #[test]
+    fn a_lingering_client_that_never_closes_is_closed_at_the_bound() {
+        let (mut e, mut host) = engine(4, None);
+        let mut bytes = FAST.to_vec();
+        bytes.resize(5000, b'b');
+        let peer = client(&mut host, &bytes);
+        e.on_listener(&mut host, 0);
+        assert!(peer.fin.get() && !peer.closed.get());
+        fire(&mut e, &mut host, TimerId::Linger);
+        assert!(peer.closed.get());
+        assert_eq!(host.closes, [(0, Next::Close)]);
+        assert_eq!(e.stats().dropped, 0, "answered: not a drop");
+        // A drain's timeout closes a lingering connection without counting it.
+        let peer = client(&mut host, &bytes);
+        e.on_listener(&mut host, 0);
+        e.begin_drain(&mut host, Drain::Handover);
+        fire(&mut e, &mut host, TimerId::Drain);
+        assert!(peer.closed.get() && host.stopped);
+        let s = e.stats();
+        assert_eq!((s.served, s.dropped), (2, 0));
+    }
+
+    #[test]
+    fn the_back_off_ends_the_exhaustion_when_accept_finds_an_empty_queue() {
+        let metrics = crate::metrics::Metrics::new(1, 0, Arc::default());
+        let (mut e, mut host) = engine_counting(4, None, metrics.accept_thread(0));
+        let paused = r#"conn_daemon_accept_paused{thread="0",cause="fd_exhaustion"}"#;
+        host.backlog
+            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
+        e.on_listener(&mut host, 0);
+        assert_eq!(sample(&metrics, paused), 1.0);
+        // The fds are back, and no client comes: the back-off tries at once.
+        fire(&mut e, &mut host, TimerId::Backoff);
+        assert_eq!(
+            sample(&metrics, paused),
+            0.0,
+            "paused for fds on an idle server"
+        );
+        assert!(host.listening);
+        assert_eq!(host.timers[TimerId::Backoff as usize], None);
+        // Still out of fds at the end of the back-off: paused on, not again.
+        host.backlog
+            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
+        e.on_listener(&mut host, 0);
+        host.backlog
+            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
+        fire(&mut e, &mut host, TimerId::Backoff);
+        assert_eq!(sample(&metrics, paused), 1.0);
+        assert!(!host.listening && host.timers[TimerId::Backoff as usize].is_some());
+        let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="fd_exhaustion"}"#;
+        assert_eq!(sample(&metrics, pauses), 2.0, "one per episode");
+    }
+
+    #[test]
+    fn a_drain_with_a_full_pool_pauses_once_and_serves_the_backlog_in_freed_slots() {
+        let metrics = crate::metrics::Metrics::new(1, 1, Arc::default());
+        let (mut e, mut host) = engine_counting(2, None, metrics.accept_thread(0));
+        let slow = client(&mut host, SLOW);
+        let partial = client(&mut host, PARTIAL);
+        let queued = client(&mut host, FAST);
+        e.on_listener(&mut host, 0);
+        assert!(!host.listening, "paused: the pool is full");
+        let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="pool_full"}"#;
+        assert_eq!(sample(&metrics, pauses), 1.0);
+        e.begin_drain(&mut host, Drain::Stop);
+        assert!(partial.closed.get() && partial.sent.borrow().is_empty());
+        assert_eq!(
+            &queued.sent.borrow()[..],
+            crate::conn::RESPONSE,
+            "the complete request in the backlog got the slot the drain freed"
+        );
+        assert_eq!(
+            sample(&metrics, pauses),
+            1.0,
+            "the drain paused no second time"
+        );
+        assert!(!host.stopped);
+        run_tasks(&mut e, &mut host);
+        assert_eq!(&slow.sent.borrow()[..], crate::conn::RESPONSE);
+        assert!(host.stopped);
+    }
+
+    #[test]
+    fn a_drain_closes_incomplete_requests_it_takes_from_the_backlog() {
+        let (mut e, mut host) = engine(1, None);
+        let a = client(&mut host, PARTIAL);
+        let b = client(&mut host, PARTIAL);
+        let c = client(&mut host, FAST);
+        e.on_listener(&mut host, 0);
+        e.begin_drain(&mut host, Drain::Stop);
+        assert!(a.closed.get() && b.closed.get());
+        assert!(a.sent.borrow().is_empty() && b.sent.borrow().is_empty());
+        assert_eq!(&c.sent.borrow()[..], crate::conn::RESPONSE);
+        assert!(host.stopped, "nothing left");
     }
 }

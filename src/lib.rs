@@ -5,17 +5,32 @@
 //! requests go to worker threads, which hand completions back to the owning loop
 //! through a lock-free queue and one `ev_async` per loop.
 //!
-//! Layers, bottom up: [`sys`] (raw libev FFI), [`ev`] (safe libev types),
-//! [`pool`] and [`task`] (slot storage), [`token`] (what a watcher's event is
-//! for), [`parser`], [`conn`] (`ConnectionCtx`, public so that it can be fuzzed
-//! over a scripted socket), the crate-private `deadline` and `worker` (`SlowTask`,
-//! the worker threads), [`engine`] (one loop's connections, over any loop that
-//! implements its `Host`: public so that the fuzz target drives it over a
-//! scripted loop), then `accept` (`AcceptTask`: the engine on libev),
-//! [`metrics`] (counters, `--metrics`), [`server`], and
-//! [`lifecycle`] (signals, drain, upgrade). Only `sys`, `ev`, `pool`,
-//! `task`, `net` and `os` contain `unsafe`; the other modules are
-//! `#![forbid(unsafe_code)]`.
+//! Layers, bottom up, as the imports show them (each module imports only
+//! from modules above it in this list; `contrib/import-cycles.py` prints the
+//! layers from the `crate::` paths and fails on a cycle):
+//! - the base: [`sys`] (raw libev FFI), [`os`] (process-level system calls),
+//!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`parser`], [`task`],
+//!   [`token`] (what a watcher's event is for), [`shutdown`] (the stop request
+//!   and the loops' wake-up, knowing neither the loops nor the workers);
+//! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
+//!   asks for a drain through a `ShutdownHandle`, and counts the upgrades that
+//!   the metrics show);
+//! - [`pool`] (slot storage), then the crate-private `deadline`, then [`conn`]
+//!   (`ConnectionCtx`, public so that it can be fuzzed over a scripted socket);
+//! - [`metrics`] (counters, `Stats`, the exposition, the `--metrics` listener);
+//! - the crate-private `worker` (`SlowTask`, the worker threads);
+//! - [`engine`] (one loop's connections, over any loop that implements its
+//!   `Host`: public so that the fuzz target drives it over a scripted loop);
+//! - `accept` (`AcceptTask`: the engine on libev);
+//! - [`server`] (start-up, threads), which the binary drives with `lifecycle`.
+//!
+//! Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`; the other
+//! modules are `#![forbid(unsafe_code)]`.
+//!
+//! Features: `cli` (default) is the command line (`Config::from_env`,
+//! `config::command`, clap) and the binary; with `default-features = false`
+//! the library builds without clap, and a `Config` is made in code from
+//! `Config::default()`.
 
 #![warn(missing_docs)]
 
@@ -33,6 +48,7 @@ pub mod os;
 pub mod parser;
 pub mod pool;
 pub mod server;
+pub mod shutdown;
 pub mod socket_worker;
 pub mod sys;
 pub mod task;
@@ -40,6 +56,7 @@ pub mod token;
 
 mod accept;
 mod deadline;
+mod fault;
 mod handoff;
 mod net;
 mod worker;

@@ -22,103 +22,48 @@
 //! way, we log one line and go on serving.
 #![forbid(unsafe_code)]
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::os::{self, Exec, ListenPid, SignalFd, Wait};
-use crate::worker::Shared;
+pub use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 use crate::{debug, warn};
 
-/// How an accept thread stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drain {
-    /// SIGTERM/SIGINT: take what waits in the listen backlog, close the
-    /// listeners (new connections are refused), close connections that have not
-    /// completed a request, answer the complete ones.
-    Stop,
-    /// A new process serves the same sockets: stop accepting at once without
-    /// touching the backlog (it is the new process's now), and finish every
-    /// connection already accepted, incomplete requests included.
-    Handover,
-}
+/// Binary upgrades in this server's lineage (`conn_daemon_upgrades_total`):
+/// counted here, by the process whose successor took over, and shown by the
+/// metrics, which get [`UpgradeCount::shared`]. Rare enough for a
+/// read-modify-write from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct UpgradeCount(Arc<AtomicU64>);
 
-const RUNNING: u8 = 0;
-const STOP: u8 = 1;
-const HANDOVER: u8 = 2;
-
-/// The stop request every loop watches for; the first request wins.
-pub struct Shutdown {
-    state: AtomicU8,
-    shared: Arc<Shared>,
-}
-
-impl Shutdown {
-    pub(crate) fn new(shared: Arc<Shared>) -> Shutdown {
-        Shutdown {
-            state: AtomicU8::new(RUNNING),
-            shared,
-        }
+impl UpgradeCount {
+    /// Starts from the upgrades that came before this process (a new process
+    /// inherits its predecessor's count, plus the upgrade that started it).
+    pub fn new(before: u64) -> UpgradeCount {
+        UpgradeCount(Arc::new(AtomicU64::new(before)))
     }
 
-    /// The requested drain, if any.
-    pub fn requested(&self) -> Option<Drain> {
-        match self.state.load(Ordering::SeqCst) {
-            STOP => Some(Drain::Stop),
-            HANDOVER => Some(Drain::Handover),
-            _ => None,
-        }
+    /// Upgrades so far (a successor starts from this plus one).
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 
-    /// Requests `how`; false if a drain was already requested (which stands).
-    fn trigger(&self, how: Drain) -> bool {
-        let to = match how {
-            Drain::Stop => STOP,
-            Drain::Handover => HANDOVER,
-        };
-        if self
-            .state
-            .compare_exchange(RUNNING, to, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            return false;
-        }
-        // A loop that has already stopped ignores the ring (its sender is shut).
-        for mailbox in self.shared.mailboxes() {
-            mailbox.ring();
-        }
-        true
-    }
-}
-
-/// Asks a running server to stop gracefully (what SIGTERM does).
-#[derive(Clone)]
-pub struct ShutdownHandle(Arc<Shutdown>);
-
-impl ShutdownHandle {
-    pub(crate) fn new(shutdown: Arc<Shutdown>) -> ShutdownHandle {
-        ShutdownHandle(shutdown)
+    /// The counter itself, for the metrics to read.
+    pub fn shared(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.0)
     }
 
-    /// Starts the graceful drain; later calls do nothing.
-    pub fn shutdown(&self) {
-        self.0.trigger(Drain::Stop);
-    }
-
-    /// Stops accepting because another process serves the listeners now.
-    fn hand_over(&self) -> bool {
-        self.0.trigger(Drain::Handover)
-    }
-
-    fn draining(&self) -> bool {
-        self.0.requested().is_some()
+    /// Counts one upgrade: our successor serves.
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -129,8 +74,15 @@ pub struct UpgradePlan {
     pub exe: PathBuf,
     /// Our command line, `argv[0]` included, passed on unchanged.
     pub args: Vec<OsString>,
-    /// Every distinct listening socket, handed over as fds 3, 4, ...
-    pub listeners: Vec<RawFd>,
+    /// A copy of every distinct listening socket, handed over as fds 3, 4, ...
+    /// Copies, so that they stay open while the accept loops drain after a
+    /// handover (a new process that dies then gets a replacement on them) and
+    /// are never fds the loops closed; closed when a SIGTERM/SIGINT drain
+    /// starts, so that the listeners close (and refuse) with the loops' own.
+    listeners: Vec<OwnedFd>,
+    /// A copy of the `--metrics` listener, handed over after them (named
+    /// `metrics`), so that scrapes go on across the upgrade on one socket.
+    metrics: Option<OwnedFd>,
     /// How long the new process has to report that it serves.
     pub timeout: Duration,
     /// How long a new process that did not serve has, after SIGTERM, before
@@ -139,12 +91,20 @@ pub struct UpgradePlan {
     /// `--pid-file`: a new process that wrote its pid there and then did not
     /// take over leaves it naming a process that is gone; we write ours again.
     pub pid_file: Option<PathBuf>,
+    /// The lineage's upgrades: passed on (plus one), and counted on success.
+    pub upgrades: UpgradeCount,
 }
 
 impl UpgradePlan {
     /// The plan for this process: `exe` and `args` are read now, at start-up,
-    /// before anything can replace the binary or `-d` change directory.
-    pub fn new(config: &Config, listeners: Vec<RawFd>) -> io::Result<UpgradePlan> {
+    /// before anything can replace the binary or `-d` change directory; the
+    /// sockets (the server's, still open) are copied.
+    pub fn new(
+        config: &Config,
+        listeners: Vec<RawFd>,
+        metrics: Option<RawFd>,
+        upgrades: UpgradeCount,
+    ) -> io::Result<UpgradePlan> {
         let exe = exe_path()?;
         // The successor gets the absolute path as its argv[0]: it resolves its
         // own successor from it, after -d has moved the cwd to /var/tmp, where a
@@ -152,13 +112,20 @@ impl UpgradePlan {
         let args = std::iter::once(exe.clone().into_os_string())
             .chain(std::env::args_os().skip(1))
             .collect();
+        let listeners = listeners
+            .into_iter()
+            .map(os::dup)
+            .collect::<io::Result<Vec<_>>>()?;
+        let metrics = metrics.map(os::dup).transpose()?;
         Ok(UpgradePlan {
             exe,
             args,
             listeners,
+            metrics,
             timeout: config.upgrade_timeout,
             stop_grace: config.shutdown_timeout + Duration::from_millis(500),
             pid_file: config.pid_file.clone(),
+            upgrades,
         })
     }
 }
@@ -190,6 +157,17 @@ fn exe_path() -> io::Result<PathBuf> {
 struct Pending {
     pid: libc::pid_t,
     phase: Phase,
+    /// Our own binary again, started because the new process that had taken
+    /// over ended while we drain; it takes over the listeners, not the upgrade.
+    replacement: bool,
+}
+
+/// The new process that took over while we drain.
+struct Successor {
+    /// The pid that serves (the one it wrote on the pipe).
+    pid: libc::pid_t,
+    /// The child we started (another pid if it daemonized after all).
+    child: libc::pid_t,
 }
 
 /// Where a new process stands.
@@ -221,6 +199,11 @@ enum Failure {
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How often the signal thread looks for the end of a new process it stops.
 const STOP_POLL: Duration = Duration::from_millis(10);
+/// How often it looks whether the new process that took over still lives.
+const SUCCESSOR_POLL: Duration = Duration::from_millis(20);
+/// What a replacement executes: our own binary, by inode, whatever is at our
+/// path now (what is there may be what just failed).
+const OWN_EXE: &str = "/proc/self/exe";
 
 /// The signal thread.
 pub struct Supervisor {
@@ -228,6 +211,9 @@ pub struct Supervisor {
     shutdown: ShutdownHandle,
     plan: UpgradePlan,
     pending: Option<Pending>,
+    /// The new process that took over while we drain: SIGQUIT ends it too, and
+    /// if it ends, a replacement serves the listeners.
+    successor: Option<Successor>,
     interrupted: bool,
 }
 
@@ -240,6 +226,7 @@ impl Supervisor {
             shutdown,
             plan,
             pending: None,
+            successor: None,
             interrupted: false,
         })
     }
@@ -256,6 +243,7 @@ impl Supervisor {
         loop {
             let now = Instant::now();
             let (pipe, timeout) = match self.pending.as_ref().map(|p| &p.phase) {
+                None if self.successor.is_some() => (None, Some(SUCCESSOR_POLL)),
                 None => (None, None),
                 Some(Phase::Starting { ready, deadline }) => (
                     Some(ready.as_raw_fd()),
@@ -278,6 +266,7 @@ impl Supervisor {
                 self.upgrade_answered();
             }
             self.check_pending();
+            self.check_successor();
             if signal {
                 match self.signals.read() {
                     Ok(sig) => self.on_signal(sig),
@@ -307,11 +296,17 @@ impl Supervisor {
         }
     }
 
-    /// Exits with status 1 at once; a new process that has not taken over yet
-    /// goes with us (its whole group), so that nothing serves afterwards.
+    /// Exits with status 1 at once. An upgrade's new process goes with us (its
+    /// whole group), whether it has taken over or not yet: "at once, nothing
+    /// drained" must mean nothing serves afterwards, whichever side of the
+    /// handover the signal lands on.
     fn exit_now(&mut self) -> ! {
         if let Some(p) = self.pending.take() {
             os::kill_group(p.pid, libc::SIGKILL);
+        }
+        if let Some(s) = self.successor.take() {
+            os::kill_group(s.pid, libc::SIGKILL);
+            os::kill_group(s.child, libc::SIGKILL);
         }
         os::exit_now(1)
     }
@@ -321,6 +316,10 @@ impl Supervisor {
         if !self.shutdown.draining() {
             debug!("{why}: draining");
             os::sd_notify("STOPPING=1\nSTATUS=draining");
+            // Our copies must not keep the listeners open past the loops'.
+            self.plan.listeners.clear();
+            self.plan.metrics = None;
+            self.successor = None;
             self.shutdown.shutdown();
         }
         if self
@@ -368,6 +367,20 @@ impl Supervisor {
 
     /// Everything is prepared here, before the fork: the child may not allocate.
     fn spawn_successor(&self) -> io::Result<Pending> {
+        self.start_process(
+            self.plan.exe.as_os_str(),
+            self.plan.upgrades.get() + 1,
+            false,
+        )
+    }
+
+    /// Starts `exe` on our sockets with `upgrades` as its lineage's count.
+    fn start_process(
+        &self,
+        exe: &std::ffi::OsStr,
+        upgrades: u64,
+        replacement: bool,
+    ) -> io::Result<Pending> {
         let (ready_rx, ready_tx) = os::pipe()?;
         let n = self.plan.listeners.len();
         let mut env: Vec<OsString> = std::env::vars_os()
@@ -383,19 +396,18 @@ impl Supervisor {
                 kv
             })
             .collect();
-        env.push(format!("LISTEN_FDS={n}").into());
-        env.push(format!("LISTEN_FDNAMES={}", vec!["conn-daemon"; n].join(":")).into());
-        env.push(format!("{}={}", os::READY_FD_VAR, 3 + n).into());
-        env.push(format!("{}={}", os::UPGRADES_VAR, crate::metrics::upgrades() + 1).into());
-        let mut fds = self.plan.listeners.clone();
+        let mut names = vec!["conn-daemon"; n];
+        let mut fds: Vec<RawFd> = self.plan.listeners.iter().map(AsRawFd::as_raw_fd).collect();
+        if let Some(fd) = &self.plan.metrics {
+            names.push(os::METRICS_FD_NAME);
+            fds.push(fd.as_raw_fd());
+        }
+        env.push(format!("LISTEN_FDS={}", fds.len()).into());
+        env.push(format!("LISTEN_FDNAMES={}", names.join(":")).into());
+        env.push(format!("{}={}", os::READY_FD_VAR, 3 + fds.len()).into());
+        env.push(format!("{}={upgrades}", os::UPGRADES_VAR).into());
         fds.push(ready_tx.as_raw_fd());
-        let mut exec = Exec::new(
-            self.plan.exe.as_os_str(),
-            &self.plan.args,
-            env,
-            ListenPid::OfTheChild,
-            fds,
-        )?;
+        let mut exec = Exec::new(exe, &self.plan.args, env, ListenPid::OfTheChild, fds)?;
         let pid = exec.spawn()?;
         // Only the child may hold the write end, so that its exit is our EOF.
         drop(ready_tx);
@@ -405,7 +417,44 @@ impl Supervisor {
                 ready: fs::File::from(ready_rx),
                 deadline: Instant::now() + self.plan.timeout,
             },
+            replacement,
         })
+    }
+
+    /// While we drain after a handover: if the new process has ended, our own
+    /// binary is started again on the listeners we still hold (one line), so
+    /// that something serves them; it writes the pid file once it serves.
+    fn check_successor(&mut self) {
+        let Some(s) = &self.successor else { return };
+        if self.pending.is_some() || self.shutdown.requested() != Some(Drain::Handover) {
+            return;
+        }
+        let status = os::reap(s.child, Wait::NoHang);
+        let gone = if s.pid == s.child {
+            status.is_some()
+        } else {
+            !os::alive(s.pid)
+        };
+        if !gone {
+            return;
+        }
+        let pid = s.pid;
+        self.successor = None;
+        let status = status.unwrap_or_else(|| "gone".into());
+        match self.start_process(OsStr::new(OWN_EXE), self.plan.upgrades.get(), true) {
+            Ok(pending) => {
+                warn!(
+                    "upgrade: new process {pid} ended while we drain ({status}); \
+                     our own binary serves the listeners again as pid {}",
+                    pending.pid
+                );
+                self.pending = Some(pending);
+            }
+            Err(e) => warn!(
+                "upgrade: new process {pid} ended while we drain ({status}), \
+                 and our own binary cannot be started again: {e}; nothing serves"
+            ),
+        }
     }
 
     /// The pipe is readable: the new process's pid (it serves), or EOF (it
@@ -428,11 +477,20 @@ impl Supervisor {
             return;
         }
         let pending = self.pending.take().expect("checked above");
-        // A new executable that daemonized after all (an older version): our
-        // child forked the server and exited.
-        let _ = os::reap(pending.pid, Wait::NoHang);
+        // The pid it wrote is the server's, even if it daemonized after all
+        // (an older version: our child forked the server and exited).
+        let successor = Successor {
+            pid: text.parse().unwrap_or(pending.pid),
+            child: pending.pid,
+        };
+        if pending.replacement {
+            warn!("upgrade: pid {} serves the listeners", successor.pid);
+            self.successor = Some(successor);
+            return;
+        }
         if self.shutdown.hand_over() {
-            crate::metrics::count_upgrade();
+            self.successor = Some(successor);
+            self.plan.upgrades.count();
             warn!("upgrade: new process {text} serves; draining and exiting");
         }
     }
@@ -486,7 +544,7 @@ impl Supervisor {
                 sent_term,
             } => (why, deadline, sent_term),
         };
-        let pid = p.pid;
+        let (pid, replacement) = (p.pid, p.replacement);
         let (status, killed) = match os::reap(pid, Wait::NoHang) {
             Some(status) => (status, false),
             None if now < deadline => return,
@@ -527,6 +585,10 @@ impl Supervisor {
                  {grace} ms of SIGTERM: killed"
             ),
         };
+        if replacement {
+            warn!("upgrade: our own binary again (pid {pid}): {seen} ({status}); nothing serves");
+            return;
+        }
         warn!("upgrade failed: {exe} (pid {pid}): {seen} ({status}); still serving");
         if !self.shutdown.draining() {
             if let Some(path) = &self.plan.pid_file {

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use conn_daemon::config::Config;
-use conn_daemon::lifecycle::{self, Supervisor, UpgradePlan};
-use conn_daemon::server::{Server, EXIT_SYSTEM};
+use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
+use conn_daemon::server::{Handed, Server, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
 fn main() -> ExitCode {
@@ -23,13 +23,24 @@ fn main() -> ExitCode {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
     };
-    conn_daemon::metrics::set_upgrades(inherited.upgrades);
-    let server = match Server::bind_with(&config, inherited.listeners) {
+    let upgrades = UpgradeCount::new(inherited.upgrades);
+    let handed = Handed {
+        listeners: inherited.listeners,
+        metrics: inherited.metrics,
+        from_upgrade: inherited.from_upgrade,
+        upgrades: upgrades.shared(),
+    };
+    let server = match Server::bind_with(&config, handed) {
         Ok(server) => server,
-        Err(e) => return fail(e.code, &e),
+        Err(e) => return fail(e.exit_status(), &e),
     };
     // Read before -d changes directory (a relative argv[0] would then miss).
-    let plan = match UpgradePlan::new(&config, server.listener_fds()) {
+    let plan = match UpgradePlan::new(
+        &config,
+        server.listener_fds(),
+        server.metrics_fd(),
+        upgrades,
+    ) {
         Ok(plan) => plan,
         Err(e) => {
             return fail(
@@ -62,7 +73,7 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e.code, &e),
+        Err(e) => fail(e.exit_status(), &e),
     }
 }
 

@@ -120,25 +120,42 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
-/// Fails with `EADDRINUSE` if anything already listens on (or holds) `addr`.
+/// The first listener on `addr`, claimed in one step: `EADDRINUSE` if anything
+/// already listens on (or holds) it, else a listening socket that later
+/// [`listener`]s of ours can join.
 ///
-/// `SO_REUSEPORT` would otherwise let us silently join another server's group and
-/// steal half its connections, as the reference does. A socket without
-/// `SO_REUSEPORT` cannot bind an address some other socket holds; `SO_REUSEADDR`
-/// keeps our own TIME_WAIT connections from a previous run from counting.
-pub fn ensure_addr_free(addr: SocketAddr) -> io::Result<()> {
-    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+/// `SO_REUSEPORT` on the first socket would let us silently join another
+/// server's group and steal half its connections, as the reference does; and a
+/// free-port probe followed by the `SO_REUSEPORT` bind is two steps that two
+/// instances started at once can both pass. So the socket binds and listens
+/// without `SO_REUSEPORT` (the kernel lets only one socket reach `listen` on an
+/// address then: of two that bound it meanwhile, thanks to `SO_REUSEADDR`, the
+/// second's `listen` fails), and sets `SO_REUSEPORT` only once it listens, for
+/// our other threads' sockets to join it. `SO_REUSEADDR` keeps our own
+/// TIME_WAIT connections from a previous run from counting.
+pub fn exclusive_listener(
+    addr: SocketAddr,
+    ty: Type,
+    backlog: i32,
+    defer_secs: u32,
+) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
+        sock.set_only_v6(true)?;
     }
-    probe.set_reuse_address(true)?;
-    probe.bind(&addr.into())
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    defer_accept(&sock, defer_secs)?;
+    sock.listen(backlog)?;
+    sock.set_reuse_port(true)?;
+    Ok(sock)
 }
 
 /// One accept thread's listener on `addr`: `SO_REUSEPORT` (the kernel spreads
 /// connections across the threads' listeners), non-blocking, backlog
 /// `SOMAXCONN`, and `IPV6_V6ONLY` for IPv6, so that `[::]` and `0.0.0.0` can
-/// both be given.
+/// both be given. It joins the group an [`exclusive_listener`] opened (or an
+/// inherited socket's).
 pub fn listener(addr: SocketAddr, defer_secs: u32) -> io::Result<Socket> {
     let sock = bound_reuseport(addr, Type::STREAM.nonblocking().cloexec())?;
     defer_accept(&sock, defer_secs)?;
@@ -173,24 +190,68 @@ fn defer_accept(sock: &Socket, defer_secs: u32) -> io::Result<()> {
     )
 }
 
+/// Why an inherited socket cannot be served.
+#[derive(Debug)]
+pub enum AdoptError {
+    /// It is not a listening TCP socket (a file, a UDP socket, one not
+    /// listening, ...).
+    NotAListener {
+        /// The fd.
+        fd: RawFd,
+    },
+    /// Setting it up for serving failed.
+    Setup {
+        /// The fd.
+        fd: RawFd,
+        /// Its address.
+        addr: SocketAddr,
+        /// What failed.
+        cause: io::Error,
+    },
+}
+
+impl std::fmt::Display for AdoptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdoptError::NotAListener { fd } => {
+                write!(f, "inherited fd {fd} is not a listening TCP socket")
+            }
+            AdoptError::Setup { fd, addr, cause } => {
+                write!(f, "inherited fd {fd} ({addr}): {cause}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AdoptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdoptError::NotAListener { .. } => None,
+            AdoptError::Setup { cause, .. } => Some(cause),
+        }
+    }
+}
+
 /// Takes over an inherited listening socket (socket activation or an upgrade):
 /// checks that it is a listening TCP socket, makes it non-blocking and
 /// close-on-exec, sets `TCP_DEFER_ACCEPT`, and returns it with its address.
-pub fn adopt_listener(fd: OwnedFd, defer_secs: u32) -> Result<(Socket, SocketAddr), String> {
+pub fn adopt_listener(fd: OwnedFd, defer_secs: u32) -> Result<(Socket, SocketAddr), AdoptError> {
     let fd_num = fd.as_raw_fd();
     let sock = Socket::from(fd);
     let tcp = sock.r#type().is_ok_and(|t| t == Type::STREAM)
         && sock.protocol().is_ok_and(|p| p == Some(Protocol::TCP));
     let addr = sock.local_addr().ok().and_then(|a| a.as_socket());
     let (true, Some(addr), Ok(true)) = (tcp, addr, sock.is_listener()) else {
-        return Err(format!(
-            "inherited fd {fd_num} is not a listening TCP socket"
-        ));
+        return Err(AdoptError::NotAListener { fd: fd_num });
     };
     sock.set_nonblocking(true)
         .and_then(|()| sock.set_cloexec(true))
         .and_then(|()| defer_accept(&sock, defer_secs))
-        .map_err(|e| format!("inherited fd {fd_num} ({addr}): {e}"))?;
+        .map_err(|cause| AdoptError::Setup {
+            fd: fd_num,
+            addr,
+            cause,
+        })?;
     Ok((sock, addr))
 }
 

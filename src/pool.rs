@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 
 use crate::ev::Io;
-use crate::task::{Done, Route, Task, TaskHolder, TaskRef};
+use crate::task::{Cancel, Done, Filled, Route, Task, TaskHolder};
 
 /// The per-slot watcher of an event loop: what a slot must know of it is whether
 /// the loop still holds it (a slot is only released once it does not).
@@ -160,10 +160,17 @@ impl<T, W: SlotWatcher> Pool<T, W> {
         }
     }
 
-    /// Moves `task` into slot `idx`'s holder for a worker; `None` if that slot
-    /// already has a task out.
-    pub fn delegate<K: Task>(&self, idx: u32, task: K, route: Route) -> Option<TaskRef> {
+    /// Moves `task` into slot `idx`'s holder for a worker (see
+    /// [`TaskHolder::fill`]); `None` if that slot already has a task out.
+    pub fn delegate<K: Task>(&self, idx: u32, task: K, route: Route) -> Option<Filled> {
         self.holder(idx).fill(task, route)
+    }
+
+    /// Withdraws slot `idx`'s task unless a worker runs it already (see
+    /// [`TaskHolder::cancel`]).
+    #[inline]
+    pub fn cancel(&self, idx: u32) -> Cancel {
+        self.holder(idx).cancel()
     }
 
     /// Takes back a finished task's token and returns the route it was delegated
@@ -217,9 +224,10 @@ impl<T, W: SlotWatcher> Pool<T, W> {
 
 impl<T, W: SlotWatcher> Drop for Pool<T, W> {
     fn drop(&mut self) {
-        if self.constructed().any(|i| self.is_delegated(i)) {
-            // A worker still holds a pointer into this memory: leaking it is the
-            // only safe choice (this happens only when the process is exiting).
+        if self.constructed().any(|i| self.holder(i).is_referenced()) {
+            // A worker (or the queue) still holds a pointer into this memory:
+            // leaking it is the only safe choice (this happens only when the
+            // process is exiting).
             return;
         }
         for i in self.constructed() {
@@ -320,15 +328,47 @@ mod tests {
             slot: i,
             gen: 9,
         };
-        let task = pool.delegate(i, Count(runs.clone()), route).unwrap();
+        let Some(Filled::New(task)) = pool.delegate(i, Count(runs.clone()), route) else {
+            panic!("a fresh slot takes a task");
+        };
         assert!(pool.is_delegated(i));
         // A second task for the same slot is refused while the first is out.
         assert!(pool.delegate(i, Count(runs.clone()), route).is_none());
-        let done = std::thread::spawn(move || task.run()).join().unwrap();
+        let done = std::thread::spawn(move || task.run().unwrap())
+            .join()
+            .unwrap();
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(done.route(), route);
         assert_eq!(pool.finish(done), Some(route));
         assert!(!pool.is_delegated(i));
+        pool.release(i);
+    }
+
+    #[test]
+    fn a_slot_whose_queued_task_is_cancelled_is_free_at_once() {
+        let mut pool: Pool<Conn> = Pool::new(1).unwrap();
+        let i = pool.acquire().unwrap();
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let route = Route {
+            owner: 0,
+            slot: i,
+            gen: 1,
+        };
+        let Some(Filled::New(task)) = pool.delegate(i, Count(runs.clone()), route) else {
+            panic!("a fresh slot takes a task");
+        };
+        assert_eq!(pool.cancel(i), Cancel::Withdrawn);
+        assert!(!pool.is_delegated(i));
+        pool.release(i);
+        // The next connection of the slot delegates through the same queued token.
+        let i = pool.acquire().unwrap();
+        assert!(matches!(
+            pool.delegate(i, Count(runs.clone()), route),
+            Some(Filled::Requeued)
+        ));
+        let done = task.run().unwrap();
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.finish(done), Some(route));
         pool.release(i);
     }
 }

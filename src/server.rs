@@ -11,48 +11,127 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Instant;
 
-use socket2::Socket;
+use socket2::{Socket, Type};
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
 use crate::delegate::{Capacity, Delegate, WorkerSide};
 use crate::ev::Loop;
 use crate::handoff::HandoffWorkers;
-use crate::lifecycle::{Shutdown, ShutdownHandle};
 use crate::metrics::{self, Metrics};
+use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
 /// Exit status for a failed system call at start-up (the reference's).
 pub const EXIT_SYSTEM: i32 = 100;
+/// Exit status for a refused command line (the reference's), here one that only
+/// the sockets handed over show to be wrong.
+pub const EXIT_USAGE: i32 = 1;
 /// Exit status when the pools cannot be reserved (the reference's).
 pub const EXIT_NO_MEMORY: i32 = 10;
 
 /// How long the end of a drain waits for workers to leave their tasks.
 const WORKER_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Why the server did not start: one line for stderr, and the exit status.
+/// What kind of start-up failure a [`StartError`] is: it decides the exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The command line is wrong in a way only the sockets handed over show.
+    Usage,
+    /// A system call failed, or what was handed over is not what it must be.
+    System,
+    /// The host cannot give what the command line asks for (threads, memory).
+    NoMemory,
+}
+
+/// Why the server did not start: one line for stderr ([`fmt::Display`]), the
+/// cause ([`std::error::Error::source`]) and the exit status
+/// ([`StartError::exit_status`]).
 #[derive(Debug)]
 pub struct StartError {
-    /// Process exit status to use.
-    pub code: i32,
+    failure: StartFailure,
     message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StartError {
+    /// `what` failed with `err`; the line is `what: err`.
     fn system(what: impl fmt::Display, err: io::Error) -> Self {
-        let code = if err.raw_os_error() == Some(libc::ENOMEM) {
-            EXIT_NO_MEMORY
-        } else {
-            EXIT_SYSTEM
-        };
         StartError {
-            code,
+            failure: StartFailure::System,
             message: format!("{what}: {err}"),
+            source: Some(Box::new(err)),
+        }
+    }
+
+    /// A failure with no error below it.
+    fn new(failure: StartFailure, message: String) -> Self {
+        StartError {
+            failure,
+            message,
+            source: None,
+        }
+    }
+
+    /// A failure whose line is its cause's own.
+    fn from_cause(
+        failure: StartFailure,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StartError {
+            failure,
+            message: cause.to_string(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
+    /// What kind of failure it is.
+    pub fn failure(&self) -> StartFailure {
+        self.failure
+    }
+
+    /// The process exit status for this error, the one place it is decided:
+    /// 1 for a command line only the handed sockets refute, 10 when the pools
+    /// or threads cannot be had (a system call that failed with ENOMEM
+    /// included, whichever thread it was in), 100 for any other system error.
+    pub fn exit_status(&self) -> i32 {
+        let enomem = self
+            .source
+            .as_deref()
+            .and_then(|e| e.downcast_ref::<io::Error>())
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOMEM));
+        match self.failure {
+            StartFailure::Usage => EXIT_USAGE,
+            StartFailure::NoMemory => EXIT_NO_MEMORY,
+            StartFailure::System if enomem => EXIT_NO_MEMORY,
+            StartFailure::System => EXIT_SYSTEM,
+        }
+    }
+
+    /// The same error again (a thread's error goes both to the thread that
+    /// waits for it and to its own caller); an `io::Error` cause is rebuilt
+    /// from its OS error code, or its kind and text.
+    fn duplicate(&self) -> StartError {
+        let source = self.source.as_deref().map(|e| {
+            let copy = match e.downcast_ref::<io::Error>() {
+                Some(io) => match io.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(io.kind(), io.to_string()),
+                },
+                None => io::Error::other(e.to_string()),
+            };
+            Box::new(copy) as Box<dyn std::error::Error + Send + Sync>
+        });
+        StartError {
+            failure: self.failure,
+            message: self.message.clone(),
+            source,
         }
     }
 }
@@ -63,7 +142,29 @@ impl fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What a parent process handed this one for the server (socket activation, an
+/// upgrade): see `os::Inherited`.
+#[derive(Debug, Default)]
+pub struct Handed {
+    /// Listening sockets to serve instead of binding `-p`/`--listen`.
+    pub listeners: Vec<OwnedFd>,
+    /// The `--metrics` listener of the process we take over from.
+    pub metrics: Option<OwnedFd>,
+    /// Whether an upgrading conn-daemon is the parent (it still holds
+    /// `--metrics`, even if it is an older version that did not hand it over).
+    pub from_upgrade: bool,
+    /// The lineage's upgrade count, which the metrics show (the lifecycle
+    /// counts it: `lifecycle::UpgradeCount`).
+    pub upgrades: Arc<AtomicU64>,
+}
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -87,35 +188,39 @@ impl Server {
     /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd
     /// limit.
     pub fn bind(config: &Config) -> Result<Server, StartError> {
-        Server::bind_with(config, Vec::new())
+        Server::bind_with(config, Handed::default())
     }
 
-    /// As [`Server::bind`], but serves `inherited` listening sockets instead of
+    /// As [`Server::bind`], but serves `handed` listening sockets instead of
     /// binding, when there are any (socket activation, an upgrade): their
     /// addresses are what the server listens on, and `-p`/`--listen` are not
-    /// bound.
-    pub fn bind_with(config: &Config, inherited: Vec<OwnedFd>) -> Result<Server, StartError> {
+    /// bound. A handed metrics listener is served as `--metrics`.
+    pub fn bind_with(config: &Config, handed: Handed) -> Result<Server, StartError> {
+        let Handed {
+            listeners: inherited,
+            metrics: inherited_metrics,
+            from_upgrade,
+            upgrades,
+        } = handed;
         check_reservation(config, &Host::read())?;
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
             .map_or(1, |t| t.as_secs().clamp(1, 30) as u32);
-        // An upgrade's new process (or an activated one) binds --metrics next to
-        // its predecessor's listener, which is still open.
-        let upgrading = !inherited.is_empty();
         let (listeners, handover) = if inherited.is_empty() {
             bind_addresses(&config.listen, threads, defer)?
         } else {
             adopt_inherited(inherited, threads, defer)?
         };
-        let metrics_listener = config
-            .metrics
-            .map(|addr| {
-                metrics::bind(addr, upgrading).map_err(|e| {
-                    StartError::system(format_args!("cannot listen for metrics on {addr}"), e)
-                })
-            })
-            .transpose()?;
+        let metrics_listener = match config.metrics {
+            Some(addr) => Some(metrics_listener(
+                addr,
+                inherited_metrics,
+                from_upgrade,
+                &listeners,
+            )?),
+            None => None,
+        };
         // After the checks that can refuse to start, so a refusal is one line.
         let total = threads.saturating_mul(config.accept_capacity);
         let wanted = total as u64;
@@ -158,7 +263,12 @@ impl Server {
             (1, 1)
         };
         let shared = Arc::new(Shared::new(threads, per_loop, all));
-        let shutdown = Arc::new(Shutdown::new(Arc::clone(&shared)));
+        let wake = Arc::clone(&shared);
+        let shutdown = Arc::new(Shutdown::new(move || {
+            for mailbox in wake.mailboxes() {
+                mailbox.ring();
+            }
+        }));
         let work = mode.hands_off().then(|| {
             Arc::new(WorkerSide::new(
                 mode,
@@ -191,7 +301,7 @@ impl Server {
             shutdown,
             work,
             metrics: Arc::new(
-                Metrics::new(threads, config.worker_threads).for_mode(config.delegate),
+                Metrics::new(threads, config.worker_threads, upgrades).for_mode(config.delegate),
             ),
             metrics_listener,
         })
@@ -200,6 +310,11 @@ impl Server {
     /// The distinct listening sockets (an upgrade hands them over as they are).
     pub fn listener_fds(&self) -> Vec<RawFd> {
         self.handover.clone()
+    }
+
+    /// The `--metrics` listener, if any (an upgrade hands it over too).
+    pub fn metrics_fd(&self) -> Option<RawFd> {
+        self.metrics_listener.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// The addresses the server listens on.
@@ -235,7 +350,12 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 debug!("metrics on http://{addr}/metrics");
             }
-            metrics::serve(listener, Arc::clone(&metrics))
+            // Once a new process serves (it shares this very socket, handed over),
+            // scrapes are its to answer: ours finish, no new one starts here, so
+            // that none is cut short when we exit.
+            let shutdown = Arc::clone(&shutdown);
+            let accepting = Box::new(move || shutdown.requested() != Some(Drain::Handover));
+            metrics::serve(listener, Arc::clone(&metrics), accepting)
                 .map_err(|e| StartError::system("cannot start the metrics thread", e))?;
         }
         let handoff_workers = work
@@ -344,10 +464,7 @@ fn accept_thread(
             v
         }
         Err(e) => {
-            let copy = StartError {
-                code: e.code,
-                message: e.message.clone(),
-            };
+            let copy = e.duplicate();
             let _ = ready.send(Err(e));
             return Err(copy);
         }
@@ -400,10 +517,7 @@ const QUEUED_BYTES_PER_SLOT: u64 = 2 * 2 * std::mem::size_of::<usize>() as u64;
 /// `-A`, `-w` or `-A x -C` aborts in the allocator with a backtrace instead of
 /// the one line and exit status 10 of a pool that cannot be reserved.
 fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
-    let no_memory = |message: String| StartError {
-        code: EXIT_NO_MEMORY,
-        message,
-    };
+    let no_memory = |message: String| StartError::new(StartFailure::NoMemory, message);
     let (threads, workers) = (config.accept_threads, config.worker_threads);
     let all_threads = (threads as u64).saturating_add(workers as u64);
     if let Some(max) = host.threads.filter(|&max| all_threads > max) {
@@ -432,28 +546,75 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     }
 }
 
+/// The `--metrics` listener on `addr`: the one handed over by the process we
+/// take over from, else bound here, refused if anyone holds the address (another
+/// instance's metrics, say) or if it is the port of a service socket (which
+/// under socket activation the command line could not check). Only beside a
+/// predecessor that did not hand it over (an older version) is the address
+/// shared, by `SO_REUSEPORT`.
+fn metrics_listener(
+    addr: SocketAddr,
+    inherited: Option<OwnedFd>,
+    from_upgrade: bool,
+    listeners: &[Vec<Socket>],
+) -> Result<std::net::TcpListener, StartError> {
+    let cannot = |e| StartError::system(format_args!("cannot listen for metrics on {addr}"), e);
+    if let Some(fd) = inherited {
+        let (sock, at) = net::adopt_listener(fd, 0)
+            .map_err(|e| StartError::from_cause(StartFailure::System, e))?;
+        if at != addr {
+            return Err(StartError::new(
+                StartFailure::System,
+                format!("the inherited metrics socket is on {at}, not on --metrics {addr}"),
+            ));
+        }
+        return Ok(sock.into());
+    }
+    let service_port = listeners
+        .iter()
+        .flatten()
+        .filter_map(|s| s.local_addr().ok()?.as_socket())
+        .any(|a| a.port() == addr.port());
+    if service_port {
+        return Err(StartError::new(
+            StartFailure::Usage,
+            format!(
+                "--metrics must not use the service port {}: give it a port of its own",
+                addr.port()
+            ),
+        ));
+    }
+    metrics::bind(addr, from_upgrade).map_err(cannot)
+}
+
 /// Each accept thread's listeners and the distinct sockets among them.
 type Listeners = (Vec<Vec<Socket>>, Vec<RawFd>);
 
-/// One new `SO_REUSEPORT` listener per address per thread, after checking that
-/// no one else holds any of the addresses.
+/// One listener per address per thread: thread 0's claim each address
+/// exclusively (refused if anyone holds it, atomically: see
+/// [`net::exclusive_listener`]), the other threads' join them by `SO_REUSEPORT`.
 fn bind_addresses(
     addrs: &[SocketAddr],
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
-    for &addr in addrs {
-        net::ensure_addr_free(addr).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                let port = addr.port();
-                StartError::system(format_args!("port {port} is already in use ({addr})"), e)
-            } else {
-                StartError::system(format_args!("cannot listen on {addr}"), e)
-            }
-        })?;
-    }
     let mut per_thread = Vec::with_capacity(threads);
-    for _ in 0..threads {
+    let first = addrs
+        .iter()
+        .map(|&addr| {
+            let ty = Type::STREAM.nonblocking().cloexec();
+            net::exclusive_listener(addr, ty, libc::SOMAXCONN, defer).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    let port = addr.port();
+                    StartError::system(format_args!("port {port} is already in use ({addr})"), e)
+                } else {
+                    StartError::system(format_args!("cannot listen on {addr}"), e)
+                }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    per_thread.push(first);
+    for _ in 1..threads {
         let socks = addrs
             .iter()
             .map(|&addr| {
@@ -476,10 +637,7 @@ fn bind_addresses(
 /// default, or belongs to another user), shares one (a dup: each loop watches
 /// it, one of them accepts).
 fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<Listeners, StartError> {
-    let adopt_error = |msg: String| StartError {
-        code: EXIT_SYSTEM,
-        message: msg,
-    };
+    let adopt_error = |e| StartError::from_cause(StartFailure::System, e);
     let mut groups: Vec<(SocketAddr, Vec<Socket>)> = Vec::new();
     for fd in fds {
         let (sock, addr) = net::adopt_listener(fd, defer).map_err(adopt_error)?;
@@ -526,16 +684,41 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
 mod tests {
     use super::*;
 
+    #[test]
+    fn one_function_maps_errors_to_exit_statuses_and_causes_are_kept() {
+        let enomem =
+            StartError::system("cannot reserve", io::Error::from_raw_os_error(libc::ENOMEM));
+        assert_eq!(enomem.exit_status(), EXIT_NO_MEMORY);
+        let source = std::error::Error::source(&enomem).expect("a source");
+        let io = source.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOMEM));
+        assert_eq!(enomem.duplicate().exit_status(), EXIT_NO_MEMORY);
+        assert_eq!(enomem.duplicate().to_string(), enomem.to_string());
+        let busy = StartError::system("port", io::Error::from_raw_os_error(libc::EADDRINUSE));
+        assert_eq!(busy.exit_status(), EXIT_SYSTEM);
+        assert_eq!(
+            StartError::new(StartFailure::Usage, "x".into()).exit_status(),
+            EXIT_USAGE
+        );
+        assert_eq!(
+            StartError::new(StartFailure::NoMemory, "x".into()).exit_status(),
+            EXIT_NO_MEMORY
+        );
+    }
+
+    #[cfg(feature = "cli")]
     fn config(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
             .expect("valid command line")
     }
 
+    #[cfg(feature = "cli")]
     const HOST: Host = Host {
         threads: Some(100_000),
         memory: Some(24 << 30),
     };
 
+    #[cfg(feature = "cli")]
     #[test]
     fn reservations_the_host_cannot_give_are_refused_with_status_10() {
         for args in [
@@ -544,11 +727,12 @@ mod tests {
             &["-A", "128", "-C", "16777216", "-w", "1"],
         ] {
             let e = check_reservation(&config(args), &HOST).unwrap_err();
-            assert_eq!(e.code, EXIT_NO_MEMORY, "{args:?}: {e}");
+            assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 
+    #[cfg(feature = "cli")]
     #[test]
     fn what_the_host_can_give_passes() {
         for args in [

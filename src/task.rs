@@ -4,12 +4,32 @@
 //! A holder lives in its connection's pool slot (so a pool of untouched slots costs
 //! no memory); the worker queue carries only a [`TaskRef`], one pointer. Ownership
 //! of the holder moves with the tokens: the accept thread fills it and gets a
-//! `TaskRef`; the worker runs it and gets a [`Done`]; the accept thread hands the
-//! `Done` back to the pool, which makes the holder free again.
+//! `TaskRef`; a worker claims it ([`TaskRef::claim`]), runs it and gets a
+//! [`Done`]; the accept thread hands the `Done` back to the pool, which makes the
+//! holder free again.
+//!
+//! A queued task can be withdrawn ([`TaskHolder::cancel`]: its client left): the
+//! accept thread drops it in place and the holder is free at once, while its
+//! `TaskRef` still waits in the queue; the worker that pops it finds nothing to
+//! run and lets go of it. One atomic state decides who wins, the worker claiming
+//! or the accept thread cancelling, and at most one `TaskRef` per holder is ever
+//! in the queue: filling a holder whose cancelled `TaskRef` is still queued
+//! reuses that `TaskRef` ([`Filled::Requeued`]), so the queue, sized one task per
+//! connection, cannot overflow.
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// No task; no `TaskRef` to this holder exists.
+const IDLE: u8 = 0;
+/// A task is stored and its `TaskRef` queued (or being popped).
+const QUEUED: u8 = 1;
+/// A worker claimed the task; a `Done` will come back.
+const RUNNING: u8 = 2;
+/// The task was withdrawn and dropped; its `TaskRef` is still queued.
+const CANCELLED: u8 = 3;
 
 /// Bytes available for a task inline; a larger task type does not compile.
 pub const TASK_SIZE: usize = 96;
@@ -50,11 +70,14 @@ struct Storage([MaybeUninit<u8>; TASK_SIZE]);
 /// ```
 ///
 /// ```
-/// use conn_daemon::task::{Task, TaskHolder, Route};
+/// use conn_daemon::task::{Filled, Task, TaskHolder, Route};
 /// struct Fits([u8; 96]);
 /// impl Task for Fits { fn run(self) {} }
 /// let holder = TaskHolder::new();
-/// let done = holder.fill(Fits([0; 96]), Route { owner: 0, slot: 1, gen: 2 }).unwrap().run();
+/// let Some(Filled::New(token)) = holder.fill(Fits([0; 96]), Route { owner: 0, slot: 1, gen: 2 }) else {
+///     panic!("an idle holder takes a task");
+/// };
+/// let done = token.run().expect("not cancelled");
 /// assert_eq!(done.route().slot, 1);
 /// assert_eq!(holder.finish(done).map(|r| r.gen), Some(2));
 /// ```
@@ -62,9 +85,37 @@ pub struct TaskHolder {
     storage: UnsafeCell<Storage>,
     /// Runs (and so consumes) the task stored in `storage`.
     call: Cell<Option<unsafe fn(*mut u8)>>,
+    /// Drops the task stored in `storage` without running it (a cancel).
+    discard: Cell<Option<unsafe fn(*mut u8)>>,
     route: Cell<Route>,
-    /// Only the accept thread reads or writes this: true from `fill` to `finish`.
-    busy: Cell<bool>,
+    /// IDLE, QUEUED, RUNNING or CANCELLED. The accept thread writes `storage`,
+    /// `call`, `discard` and `route` only in IDLE or CANCELLED, states in which a
+    /// worker reads none of them; a worker reads them only after its
+    /// QUEUED -> RUNNING exchange, which acquires what the fill released.
+    state: AtomicU8,
+}
+
+/// What [`TaskHolder::fill`] did with the task.
+#[derive(Debug)]
+pub enum Filled {
+    /// Queue this token for a worker.
+    New(TaskRef),
+    /// The holder's earlier (cancelled) token is still queued and now carries
+    /// this task: nothing to queue.
+    Requeued,
+}
+
+/// What [`TaskHolder::cancel`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// No task was out.
+    Idle,
+    /// The task was still queued: withdrawn and dropped, it will not run; the
+    /// holder is free.
+    Withdrawn,
+    /// A worker is running it: its `Done` will come back (the seed's rule: a
+    /// running task finishes).
+    Running,
 }
 
 impl Default for TaskHolder {
@@ -79,23 +130,31 @@ impl TaskHolder {
         TaskHolder {
             storage: UnsafeCell::new(Storage([MaybeUninit::uninit(); TASK_SIZE])),
             call: Cell::new(None),
+            discard: Cell::new(None),
             route: Cell::new(Route {
                 owner: 0,
                 slot: 0,
                 gen: 0,
             }),
-            busy: Cell::new(false),
+            state: AtomicU8::new(IDLE),
         }
     }
 
-    /// Whether a task is stored and not yet finished.
+    /// Whether a task is out: queued or running, not yet finished or cancelled.
+    #[inline]
     pub fn is_busy(&self) -> bool {
-        self.busy.get()
+        matches!(self.state.load(Ordering::Acquire), QUEUED | RUNNING)
     }
 
-    /// Moves `task` into the holder and returns the token a worker runs it with;
-    /// `None` (and `task` dropped) if the holder is still busy.
-    pub fn fill<T: Task>(&self, task: T, route: Route) -> Option<TaskRef> {
+    /// Whether a worker may still touch this holder: a task is out, or a
+    /// cancelled task's token is still queued. Its memory must stay mapped.
+    pub fn is_referenced(&self) -> bool {
+        self.state.load(Ordering::Acquire) != IDLE
+    }
+
+    /// Moves `task` into the holder for a worker (see [`Filled`]); `None` (and
+    /// `task` dropped) if the holder is still busy.
+    pub fn fill<T: Task>(&self, task: T, route: Route) -> Option<Filled> {
         const {
             assert!(
                 size_of::<T>() <= TASK_SIZE,
@@ -106,7 +165,8 @@ impl TaskHolder {
                 "task type aligned beyond TaskHolder's 16 bytes"
             );
         }
-        if self.busy.get() {
+        let was = self.state.load(Ordering::Acquire);
+        if was != IDLE && was != CANCELLED {
             return None;
         }
         /// # Safety
@@ -115,20 +175,61 @@ impl TaskHolder {
             // SAFETY: per the contract; reading it out consumes it exactly once.
             unsafe { ptr::read(p.cast::<T>()) }.run()
         }
-        // SAFETY: not busy, so no worker holds a TaskRef to this holder; the size
-        // and alignment checks above make the write fit the storage.
+        /// # Safety
+        /// As `call`.
+        unsafe fn discard<T: Task>(p: *mut u8) {
+            // SAFETY: per the contract; dropped in place exactly once.
+            unsafe { ptr::drop_in_place(p.cast::<T>()) }
+        }
+        // SAFETY: IDLE or CANCELLED: no task is stored and no worker reads the
+        // storage (see `state`); the size and alignment checks above make the
+        // write fit it.
         unsafe { ptr::write(self.storage.get().cast::<T>(), task) };
         self.call.set(Some(call::<T>));
+        self.discard.set(Some(discard::<T>));
         self.route.set(route);
-        self.busy.set(true);
-        Some(TaskRef(NonNull::from(self)))
+        if was == CANCELLED
+            && self
+                .state
+                .compare_exchange(CANCELLED, QUEUED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Some(Filled::Requeued);
+        }
+        // IDLE, or the worker let go of the cancelled token meanwhile: a new one.
+        self.state.store(QUEUED, Ordering::Release);
+        Some(Filled::New(TaskRef(NonNull::from(self))))
+    }
+
+    /// Withdraws the task if no worker has claimed it yet (see [`Cancel`]).
+    #[inline]
+    pub fn cancel(&self) -> Cancel {
+        // Only this thread leaves IDLE: a plain load keeps the common case (no
+        // task ever delegated) free of a locked instruction.
+        if self.state.load(Ordering::Relaxed) == IDLE {
+            return Cancel::Idle;
+        }
+        match self
+            .state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                let discard = self.discard.get().expect("a queued holder has a task");
+                // SAFETY: we won the task from QUEUED, so no worker will run it or
+                // read the storage; `fill` stored a task of discard's type there.
+                unsafe { discard(self.storage.get().cast::<u8>()) };
+                Cancel::Withdrawn
+            }
+            Err(RUNNING) => Cancel::Running,
+            Err(_) => Cancel::Idle,
+        }
     }
 
     /// Takes back a finished task's token and returns its route, if it was this
     /// holder's current task; that frees the holder for the next one.
     pub fn finish(&self, done: Done) -> Option<Route> {
-        if self.busy.get() && done.holder == NonNull::from(self) {
-            self.busy.set(false);
+        if done.holder == NonNull::from(self) && self.state.load(Ordering::Acquire) == RUNNING {
+            self.state.store(IDLE, Ordering::Release);
             Some(self.route.get())
         } else {
             None
@@ -141,22 +242,58 @@ impl TaskHolder {
     }
 }
 
-/// A filled holder on its way to a worker: run it exactly once.
+/// A filled holder on its way to a worker: claim it, then run it, once.
 #[derive(Debug)]
 pub struct TaskRef(NonNull<TaskHolder>);
 
-// SAFETY: a TaskRef is the only access to its holder's task until it is run (the
-// holder stays busy, so the accept thread does not touch the storage), and the
-// task itself is `Send`.
+// SAFETY: a TaskRef only touches its holder's state until it wins the task
+// (QUEUED -> RUNNING), after which the accept thread does not touch the
+// storage; the memory stays mapped while any TaskRef exists (`is_referenced`);
+// the task itself is `Send`.
 unsafe impl Send for TaskRef {}
 
 impl TaskRef {
+    /// Takes the task for this thread; `None` if it was cancelled (the token is
+    /// then spent and the holder free for the accept thread).
+    pub fn claim(self) -> Option<Claimed> {
+        // SAFETY: the holder stays mapped while this token exists (see Send).
+        let state = unsafe { &(*self.0.as_ptr()).state };
+        let mut seen = state.load(Ordering::Acquire);
+        loop {
+            let (to, claimed) = match seen {
+                QUEUED => (RUNNING, true),
+                CANCELLED => (IDLE, false),
+                other => unreachable!("a queued token to a holder in state {other}"),
+            };
+            // Fails only when the accept thread requeued a cancelled holder
+            // meanwhile (CANCELLED -> QUEUED): try again with what it is now.
+            match state.compare_exchange(seen, to, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if claimed => return Some(Claimed(self.0)),
+                Ok(_) => return None,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Claims and runs the task; `None` if it was cancelled.
+    pub fn run(self) -> Option<Done> {
+        self.claim().map(Claimed::run)
+    }
+}
+
+/// A task a worker has claimed: it must run it and send the [`Done`] back.
+#[derive(Debug)]
+pub struct Claimed(NonNull<TaskHolder>);
+
+// SAFETY: as TaskRef; the task is this token's alone now.
+unsafe impl Send for Claimed {}
+
+impl Claimed {
     /// Runs the task on this thread, drops it, and returns the completion token.
     pub fn run(self) -> Done {
         let holder = self.0.as_ptr();
-        // The queue that carried the token orders `fill`'s writes before these reads,
-        // and the accept thread writes nothing of a busy holder.
-        // SAFETY: a busy holder is never freed; `fill` stored a task and its `call`;
+        // SAFETY: a RUNNING holder is never freed nor written by the accept
+        // thread; the claim acquired `fill`'s writes of the task and its `call`;
         // this token is consumed here, so the task runs exactly once.
         unsafe {
             let call = (*holder).call.get().expect("a filled holder has a task");
@@ -173,15 +310,15 @@ pub struct Done {
     holder: NonNull<TaskHolder>,
 }
 
-// SAFETY: a token for a holder that stays busy (so stays allocated and its route
-// unchanged) until the token is given back with `TaskHolder::finish`.
+// SAFETY: a token for a holder that stays RUNNING (so stays allocated and its
+// route unchanged) until the token is given back with `TaskHolder::finish`.
 unsafe impl Send for Done {}
 
 impl Done {
     /// Where the task came from.
     pub fn route(&self) -> Route {
-        // SAFETY: while this token exists the holder is busy: alive, and its route
-        // is not written (only `fill` writes it, and only when not busy).
+        // SAFETY: while this token exists the holder is RUNNING: alive, and its
+        // route is not written (only `fill` writes it, and only when not busy).
         unsafe { (*self.holder.as_ptr()).route.get() }
     }
 }
@@ -225,13 +362,23 @@ mod tests {
         (p, runs, drops)
     }
 
+    /// The token of a fill that must need queueing.
+    fn new_token(filled: Option<Filled>) -> TaskRef {
+        match filled {
+            Some(Filled::New(token)) => token,
+            other => panic!("expected a new token, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_task_runs_once_on_the_worker_and_is_dropped_there() {
         let holder = TaskHolder::new();
         let (task, runs, drops) = probe();
-        let token = holder.fill(task, ROUTE).unwrap();
+        let token = new_token(holder.fill(task, ROUTE));
         assert!(holder.is_busy());
-        let done = std::thread::spawn(move || token.run()).join().unwrap();
+        let done = std::thread::spawn(move || token.run().unwrap())
+            .join()
+            .unwrap();
         assert_eq!(
             (runs.load(Ordering::SeqCst), drops.load(Ordering::SeqCst)),
             (1, 1)
@@ -245,14 +392,14 @@ mod tests {
     fn a_busy_holder_refuses_a_second_task_and_drops_it() {
         let holder = TaskHolder::new();
         let (first, _, _) = probe();
-        let token = holder.fill(first, ROUTE).unwrap();
+        let token = new_token(holder.fill(first, ROUTE));
         let (second, runs, drops) = probe();
         assert!(holder.fill(second, ROUTE).is_none());
         assert_eq!(
             (runs.load(Ordering::SeqCst), drops.load(Ordering::SeqCst)),
             (0, 1)
         );
-        assert!(holder.finish(token.run()).is_some());
+        assert!(holder.finish(token.run().unwrap()).is_some());
     }
 
     #[test]
@@ -260,8 +407,8 @@ mod tests {
         let (a, b) = (TaskHolder::new(), TaskHolder::new());
         let (ta, _, _) = probe();
         let (tb, _, _) = probe();
-        let done_a = a.fill(ta, ROUTE).unwrap().run();
-        let done_b = b.fill(tb, ROUTE).unwrap().run();
+        let done_a = new_token(a.fill(ta, ROUTE)).run().unwrap();
+        let done_b = new_token(b.fill(tb, ROUTE)).run().unwrap();
         assert!(!b.issued(&done_a));
         assert_eq!(b.finish(done_a), None);
         assert!(b.is_busy(), "a foreign token must not free the holder");
@@ -269,8 +416,72 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_task_is_dropped_unrun_and_its_token_spent_by_the_worker() {
+        let holder = TaskHolder::new();
+        let (task, runs, drops) = probe();
+        let token = new_token(holder.fill(task, ROUTE));
+        assert_eq!(holder.cancel(), Cancel::Withdrawn);
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped by the cancel");
+        assert!(!holder.is_busy() && holder.is_referenced());
+        assert!(token.claim().is_none(), "a cancelled task is not claimed");
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        assert!(!holder.is_referenced());
+        assert_eq!(holder.cancel(), Cancel::Idle);
+    }
+
+    #[test]
+    fn a_claimed_task_cannot_be_cancelled() {
+        let holder = TaskHolder::new();
+        let (task, runs, _) = probe();
+        let claimed = new_token(holder.fill(task, ROUTE)).claim().unwrap();
+        assert_eq!(holder.cancel(), Cancel::Running);
+        let done = claimed.run();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(holder.finish(done), Some(ROUTE));
+    }
+
+    #[test]
+    fn refilling_a_cancelled_holder_reuses_its_queued_token() {
+        let holder = TaskHolder::new();
+        let (first, first_runs, _) = probe();
+        let token = new_token(holder.fill(first, ROUTE));
+        assert_eq!(holder.cancel(), Cancel::Withdrawn);
+        let (second, second_runs, _) = probe();
+        let route = Route { gen: 4, ..ROUTE };
+        assert!(matches!(holder.fill(second, route), Some(Filled::Requeued)));
+        // The one queued token now runs the second task.
+        let done = token.run().expect("requeued, not cancelled");
+        assert_eq!(first_runs.load(Ordering::SeqCst), 0);
+        assert_eq!(second_runs.load(Ordering::SeqCst), 1);
+        assert_eq!(holder.finish(done), Some(route));
+        // Once the worker spent a cancelled token, the next fill makes a new one.
+        let (third, _, _) = probe();
+        let token = new_token(holder.fill(third, ROUTE));
+        assert_eq!(holder.cancel(), Cancel::Withdrawn);
+        assert!(token.claim().is_none());
+        let (fourth, _, _) = probe();
+        let token = new_token(holder.fill(fourth, ROUTE));
+        assert!(holder.finish(token.run().unwrap()).is_some());
+    }
+
+    #[test]
+    fn cancels_and_claims_race_to_exactly_one_outcome() {
+        for _ in 0..2000 {
+            let holder = TaskHolder::new();
+            let (task, runs, drops) = probe();
+            let token = new_token(holder.fill(task, ROUTE));
+            let worker = std::thread::spawn(move || token.run().is_some());
+            let cancel = holder.cancel();
+            let ran = worker.join().unwrap();
+            assert_eq!(ran, cancel == Cancel::Running, "{cancel:?}");
+            assert_eq!(runs.load(Ordering::SeqCst), usize::from(ran));
+            assert_eq!(drops.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
     fn the_holder_is_the_documented_size() {
-        // 96 bytes of task, its entry point, route and flag: no hidden growth.
+        // 96 bytes of task, its two entry points, route and state: no hidden growth.
         assert!(std::mem::size_of::<TaskHolder>() <= TASK_SIZE + 32);
         assert_eq!(std::mem::align_of::<TaskHolder>(), TASK_ALIGN);
     }

@@ -174,6 +174,9 @@ impl Workers {
                     .name(format!("worker-{n}"))
                     .spawn(move || {
                         while let Some(task) = shared.next() {
+                            // A task whose client left while it was queued was
+                            // withdrawn by its loop: skip it.
+                            let Some(task) = task.claim() else { continue };
                             counters.started();
                             let done = task.run();
                             counters.finished();

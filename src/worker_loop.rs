@@ -35,8 +35,8 @@ use crate::debug;
 use crate::delegate::WorkerSide;
 use crate::engine::{Engine, Host, Interest, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
-use crate::lifecycle::Drain;
 use crate::net;
+use crate::shutdown::Drain;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
 
@@ -77,6 +77,9 @@ impl Socket for Adopted {
     }
     fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
         net::send_final(self.fd.as_fd(), buf)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        Socket::shutdown_write(&self.fd)
     }
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -321,8 +324,10 @@ impl WorkerLoop {
             let Some((_, task)) = host.side.pending.pop_front() else {
                 break;
             };
-            let done = task.run();
-            self.engine.on_task_done(&mut host, done);
+            // None: withdrawn while it waited (its client left).
+            if let Some(done) = task.run() {
+                self.engine.on_task_done(&mut host, done);
+            }
         }
     }
 }

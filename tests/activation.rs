@@ -376,3 +376,63 @@ fn notifies_the_service_manager_in_order() {
     assert!(stopping.starts_with("STOPPING=1"), "{stopping}");
     let _ = fs::remove_file(path);
 }
+
+/// Runs an activated server that must refuse to start: (status, stderr).
+fn activated_refusal(fds: &[RawFd], args: &[&str], name: &str) -> (Option<i32>, String) {
+    let err = tmp(name);
+    let mut child = activated(fds, args, &err);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{name}: still running: {}",
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stderr = fs::read_to_string(&err).unwrap();
+    let _ = fs::remove_file(err);
+    (status.code(), stderr)
+}
+
+/// Under socket activation `--metrics` is checked as on a command line of its
+/// own: not the port of an inherited service socket, and not an address another
+/// instance's metrics listener holds (it would split its scrapes).
+#[test]
+fn metrics_under_activation_is_checked() {
+    let port = free_port();
+    let sock = listening_socket(port, true);
+    let (code, stderr) = activated_refusal(
+        &[sock.as_raw_fd()],
+        &["-A", "1", "--metrics", &format!("127.0.0.2:{port}")],
+        "metrics-service-port",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("conn-daemon: --metrics must not use the service port {port}: give it a port of its own\n")
+    );
+    // Another instance's metrics listener (SO_REUSEPORT, as ours has).
+    let metrics_port = free_port();
+    let other = listening_socket(metrics_port, true);
+    let (code, stderr) = activated_refusal(
+        &[sock.as_raw_fd()],
+        &["-A", "1", "--metrics", &format!("127.0.0.1:{metrics_port}")],
+        "metrics-busy",
+    );
+    assert_eq!(code, Some(100), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "conn-daemon: cannot listen for metrics on 127.0.0.1:{metrics_port}: "
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    drop(other);
+}

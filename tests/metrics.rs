@@ -555,3 +555,80 @@ fn an_upgrade_keeps_the_metrics_address() {
     assert!(util::lineage::alive(new));
     lineage.stop(Duration::from_secs(10)).expect("stop");
 }
+
+/// Idle connections that send half a request hold nobody up: a scrape that
+/// comes after five of them, or after more than the listener serves at once,
+/// is answered long before their read deadline (2 s).
+#[test]
+fn idle_scrape_connections_do_not_delay_a_scrape() {
+    let (_server, addr) = start(&["-A", "1"]);
+    for idle in [5, 40] {
+        let holders: Vec<TcpStream> = (0..idle)
+            .map(|_| {
+                let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+                send(&s, b"GET /metrics HTTP/1.1\r\n");
+                s
+            })
+            .collect();
+        // Every one of them accepted and waiting for the rest of its request.
+        thread::sleep(Duration::from_millis(200));
+        let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+        send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
+        let r = read_to_end(&s, Duration::from_millis(1500));
+        let text = String::from_utf8_lossy(&r.bytes);
+        assert!(
+            r.end == util::End::Eof && text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "after {idle} idle connections: {:?}, {:?}",
+            r.end,
+            text.lines().next()
+        );
+        drop(holders);
+    }
+}
+
+/// An upgrade hands the metrics listener over like the service listeners: the
+/// new process serves scrapes on the very socket the old one listened on (one
+/// listening socket on the port all along), and scrapes during upgrades all
+/// succeed.
+#[test]
+fn an_upgrade_hands_the_metrics_listener_over() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let metrics = addr.to_string();
+    let mut lineage = util::lineage::Lineage::start(&["-A", "1", "--metrics", &metrics]);
+    let before = util::listening_sockets_on(addr.port());
+    assert_eq!(before.len(), 1, "{before:?}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let scraper = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let (mut ok, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n") {
+                    Ok((status, _, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
+                    Ok((status, _, _)) => failures.push(status),
+                    Err(e) => failures.push(e),
+                }
+            }
+            (ok, failures)
+        })
+    };
+    for round in 0..3 {
+        lineage
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade {round}: {e}; stderr:\n{}", lineage.stderr()));
+        let now = util::listening_sockets_on(addr.port());
+        assert_eq!(now, before, "upgrade {round}: the metrics socket changed");
+    }
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = scraper.join().unwrap();
+    assert!(
+        ok > 0 && failures.is_empty(),
+        "{ok} scrapes, failures: {failures:?}"
+    );
+    let m = Scrape::get(addr);
+    assert_eq!(m.one("conn_daemon_upgrades_total"), 3.0);
+    lineage.stop(Duration::from_secs(10)).expect("stop");
+}

@@ -294,3 +294,108 @@ fn the_pid_file_is_not_written_through_a_planted_symlink() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Thirty instances started at once on one port: exactly one listens, every
+/// other exits 100 with the busy-port line. Claiming the port and opening the
+/// `SO_REUSEPORT` group are one step, so no two can both pass a check first.
+#[test]
+fn of_instances_started_at_once_on_one_port_one_listens() {
+    const N: usize = 30;
+    for round in 0..2 {
+        let port = free_port();
+        let args = ["-p", &port.to_string(), "-A", "2", "-w", "0", "-C", "64"];
+        let mut children: Vec<_> = (0..N)
+            .map(|_| {
+                Command::new(bin())
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut refused = Vec::new();
+        while refused.len() < N - 1 && Instant::now() < deadline {
+            for child in &mut children {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    child
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut err)
+                        .unwrap();
+                    refused.push((child.id(), status.code(), err));
+                }
+            }
+            children.retain(|c| c.stderr.is_some());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Let a second listener show itself (it would be running, not exited).
+        std::thread::sleep(Duration::from_millis(200));
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(
+            children.len(),
+            1,
+            "round {round}: {} instances still running on port {port}",
+            children.len()
+        );
+        for (pid, code, err) in &refused {
+            assert_eq!(*code, Some(100), "round {round}: pid {pid}: {err}");
+            assert!(
+                err.starts_with(&format!("conn-daemon: port {port} is already in use")),
+                "round {round}: pid {pid}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+}
+
+/// Resident memory of `pid` in bytes (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// What an idle server costs per reserved connection is what `--help` and the
+/// docs say: 32 bytes of task queue per slot with workers, the pools nothing.
+#[test]
+fn idle_memory_per_reserved_slot_is_the_documented_32_bytes() {
+    const SLOTS: u64 = 2_000_000;
+    let c = SLOTS.to_string();
+    let with = Server::start(&["-A", "1", "-C", &c, "-w", "1"]);
+    let without = Server::start(&["-A", "1", "-C", &c, "-w", "0"]);
+    // Served: every start-up allocation is done (the listeners take
+    // connections before the queues are built).
+    for server in [&with, &without] {
+        expect_response(&{
+            let s = server.connect();
+            util::send(&s, b"GET /test/fast\r\n\r\n");
+            s
+        });
+    }
+    let (a, b) = (rss(with.pid()), rss(without.pid()));
+    let per_slot = a.saturating_sub(b) as f64 / SLOTS as f64;
+    assert!(
+        (28.0..=36.0).contains(&per_slot),
+        "{per_slot:.1} bytes per slot ({a} with a worker, {b} without)"
+    );
+    // Without workers, a server reserving 2M connections stays small.
+    assert!(b < 32 << 20, "{b} bytes resident with -w 0");
+    let help = run_bounded(&["--help"], Duration::from_secs(10));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("32 bytes of task queue per connection"),
+        "{help}"
+    );
+}

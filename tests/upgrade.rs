@@ -440,3 +440,52 @@ fn sigquit_right_after_sigusr2_leaves_nothing_serving() {
     std::thread::sleep(Duration::from_millis(500));
     refused_within(lineage.addr(), Duration::ZERO).unwrap();
 }
+
+/// A new process that dies (SIGKILL, 100 ms after it reported) while the old
+/// one still drains: the old one starts its own binary again on the listeners
+/// it still holds, with one line; the replacement serves and owns the pid
+/// file, and the old one finishes its drain.
+#[test]
+fn a_new_process_that_dies_while_the_old_one_drains_is_replaced() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "2", "-D", "3000"]);
+    let old = lineage.pid();
+    // A slow request in flight keeps the old process draining for ~3 s.
+    let slow = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+    util::send(&slow, SLOW);
+    std::thread::sleep(Duration::from_millis(200));
+    lineage.signal(libc::SIGUSR2);
+    let new = lineage
+        .wait_pid_file(|p| p != old, secs(10))
+        .expect("the new process serves");
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(new as libc::pid_t, libc::SIGKILL) };
+    assert!(
+        lineage.wait_stderr(
+            &format!("upgrade: new process {new} ended while we drain (killed by signal 9); our own binary serves the listeners again as pid"),
+            1,
+            secs(5)
+        ),
+        "{}",
+        lineage.stderr()
+    );
+    let replacement = lineage
+        .wait_pid_file(|p| p != old && p != new && alive(p), secs(10))
+        .unwrap_or_else(|| panic!("no replacement in the pid file: {}", lineage.stderr()));
+    lineage.pids.push(replacement);
+    let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+    util::send(&s, b"GET /test/fast\r\n\r\n");
+    util::check_response(&s, secs(5)).unwrap();
+    // The old process answers what it had, then exits.
+    util::check_response(&slow, secs(10)).unwrap();
+    let deadline = Instant::now() + secs(10);
+    while alive(old) {
+        assert!(Instant::now() < deadline, "old process still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(alive(replacement));
+    let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+    util::send(&s, b"GET /test/fast\r\n\r\n");
+    util::check_response(&s, secs(5)).unwrap();
+    lineage.stop(secs(10)).unwrap();
+}

@@ -31,7 +31,7 @@ use conn_daemon::engine::{Engine, Host, Interest, Settings};
 use conn_daemon::lifecycle::Drain;
 use conn_daemon::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
-use conn_daemon::task::TaskRef;
+use conn_daemon::task::{Claimed, TaskRef};
 use conn_daemon::token::TimerId;
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
@@ -77,6 +77,8 @@ struct Peer {
     extra_seen: bool,
     /// A send failed with a hard error.
     send_failed: bool,
+    /// The server shut its sending side (a lingering close).
+    fin: bool,
     task_done: bool,
     sent: Vec<u8>,
     closes: u32,
@@ -96,6 +98,7 @@ impl Default for Peer {
             read_after_complete: false,
             extra_seen: false,
             send_failed: false,
+            fin: false,
             task_done: false,
             sent: Vec::new(),
             closes: 0,
@@ -147,6 +150,7 @@ impl Socket for Fake<'_> {
     fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
         let mut p = self.0.borrow_mut();
         assert_eq!(p.closes, 0, "send after close");
+        assert!(!p.fin, "send after shutdown");
         assert!(!buf.is_empty(), "empty send");
         if p.sent.is_empty() {
             // The first byte of the response is about to go out: was it earned?
@@ -180,6 +184,14 @@ impl Socket for Fake<'_> {
         Ok(n)
     }
 
+    fn shutdown_write(&self) -> io::Result<()> {
+        let mut p = self.0.borrow_mut();
+        assert_eq!(p.closes, 0, "shutdown after close");
+        assert_eq!(p.sent, RESPONSE, "shut down before the whole response");
+        assert!(!std::mem::replace(&mut p.fin, true), "shut down twice");
+        Ok(())
+    }
+
     fn raw_fd(&self) -> RawFd {
         7
     }
@@ -206,8 +218,11 @@ struct Loop<'a> {
     slow_inline: bool,
     now: f64,
     timers: [Option<f64>; TimerId::ALL.len()],
-    /// Tasks handed to the (scripted) workers, not yet run.
+    /// Tokens handed to the (scripted) workers, not yet popped (a cancelled
+    /// task's token stays until popped, or carries the slot's next task).
     tasks: VecDeque<TaskRef>,
+    /// The task a worker has claimed and runs.
+    running: Option<Claimed>,
     stopped: bool,
     /// A client waits in the backlog.
     pending: bool,
@@ -247,7 +262,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
     }
     fn submit(&mut self, task: TaskRef) {
         assert!(!self.slow_inline, "delegated without workers");
-        assert!(self.tasks.is_empty(), "a second task for one slot");
+        assert!(self.tasks.is_empty(), "a second token for one slot");
         self.tasks.push_back(task);
     }
     fn stop(&mut self) {
@@ -294,6 +309,10 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
                     assert!(p.task_done, "slow response before the task was done");
                 }
             }
+            Next::Close => {
+                assert!(p.fin, "a lingering close without the shutdown");
+                assert_eq!(p.sent, RESPONSE, "lingered without the whole response");
+            }
             Next::Drop(DropReason::Invalid) => {
                 assert_eq!(p.verdict, Verdict::Invalid, "dropped as invalid");
                 assert!(p.sent.is_empty());
@@ -306,13 +325,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
                 p.read_end || p.extra_seen || p.send_failed,
                 "dropped as gone, but the client did not leave"
             ),
-            // The read deadline ends at the end of the request: a task's wait
-            // is not the client's fault.
-            Next::Drop(DropReason::TimedOut) => assert!(
-                self.tasks.is_empty(),
-                "timed out while its slow task was out"
-            ),
-            Next::Drop(DropReason::Shutdown) => {}
+            Next::Drop(DropReason::TimedOut | DropReason::Shutdown) => {}
             other => panic!("ended with {other:?}"),
         }
     }
@@ -379,8 +392,13 @@ impl<'a> Driver<'a> {
     }
 
     fn restart(&mut self) {
-        while let Some(task) = self.lp.tasks.pop_front() {
+        if let Some(task) = self.lp.running.take() {
             self.engine.on_task_done(&mut self.lp, task.run());
+        }
+        while let Some(task) = self.lp.tasks.pop_front() {
+            if let Some(done) = task.run() {
+                self.engine.on_task_done(&mut self.lp, done);
+            }
         }
         assert_eq!(self.engine.in_use(), 0, "a stopped loop with a slot held");
         self.engine.teardown(|w| w.0.set(None));
@@ -420,14 +438,22 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The worker finishes the task it has.
+    /// A worker finishes the task it runs, or else pops the next token (and
+    /// claims its task, unless it was cancelled).
     fn task_done(&mut self) {
-        if let Some(task) = self.lp.tasks.pop_front() {
+        if let Some(task) = self.lp.running.take() {
             self.lp.peer.borrow_mut().task_done = true;
             let done = task.run();
             self.engine.on_task_done(&mut self.lp, done);
             self.check();
+        } else if let Some(token) = self.lp.tasks.pop_front() {
+            self.lp.running = token.claim();
+            self.check();
         }
+    }
+
+    fn task_out(&self) -> bool {
+        self.lp.running.is_some() || !self.lp.tasks.is_empty()
     }
 
     /// `timer` fires, if armed.
@@ -435,8 +461,15 @@ impl<'a> Driver<'a> {
         let Some(at) = self.lp.timers[timer as usize].take() else {
             return false;
         };
+        let delegated = self.open() && self.state() == State::Delegated;
         self.lp.now = self.lp.now.max(at);
         self.engine.on_timer(&mut self.lp, timer);
+        // The read deadline ends with the request: a task's wait is not the
+        // client's fault.
+        assert!(
+            !(delegated && self.lp.outcome == Some(Next::Drop(DropReason::TimedOut))),
+            "timed out while its slow task was out"
+        );
         self.check();
         true
     }
@@ -456,8 +489,9 @@ impl<'a> Driver<'a> {
     fn check(&mut self) {
         if let Some(how) = self.lp.outcome {
             if self.held() {
-                // Ended while its task is out: the slot waits for it.
-                assert!(!self.lp.tasks.is_empty(), "{how:?}: slot held for nothing");
+                // Ended while a worker runs its task: the slot waits for it (a
+                // task still queued is withdrawn and its slot freed at once).
+                assert!(self.lp.running.is_some(), "{how:?}: slot held for nothing");
                 assert_eq!(self.state(), State::Abandoned);
             } else {
                 assert_eq!(self.state(), State::Free);
@@ -500,7 +534,10 @@ impl<'a> Driver<'a> {
                     v == Verdict::Slow && !self.lp.slow_inline,
                     "delegated a {v:?}"
                 );
-                assert_eq!(self.lp.tasks.len(), 1, "delegated without a task out");
+                assert!(
+                    self.lp.running.is_some() != (self.lp.tasks.len() == 1),
+                    "delegated without exactly one task out"
+                );
                 assert_eq!(
                     self.watching(),
                     Some(Interest::Read),
@@ -513,6 +550,19 @@ impl<'a> Driver<'a> {
                     "answering a {v:?}"
                 );
                 assert_eq!(self.watching(), Some(Interest::Write));
+            }
+            State::Lingering => {
+                let p = self.lp.peer.borrow();
+                assert!(p.fin && p.sent == RESPONSE, "lingering before the response");
+                assert!(
+                    p.read.len() >= model::BUFFER,
+                    "lingering after a request that did not fill the buffer"
+                );
+                assert_eq!(self.watching(), Some(Interest::Read));
+                assert!(
+                    self.lp.timers[TimerId::Linger as usize].is_some(),
+                    "no bound"
+                );
             }
             other => panic!("an open connection in {other:?}"),
         }
@@ -540,9 +590,12 @@ impl<'a> Driver<'a> {
                     _ => {}
                 }
             }
-            if !self.lp.tasks.is_empty() {
+            if self.task_out() {
                 self.task_done();
-            } else if !self.fire(TimerId::Deadline) && !self.fire(TimerId::Drain) {
+            } else if !self.fire(TimerId::Deadline)
+                && !self.fire(TimerId::Linger)
+                && !self.fire(TimerId::Drain)
+            {
                 panic!("an idle connection with nothing to end it");
             }
         }
@@ -578,6 +631,7 @@ fuzz_target!(|data: &[u8]| {
             now: 0.0,
             timers: [None; TimerId::ALL.len()],
             tasks: VecDeque::new(),
+            running: None,
             stopped: false,
             pending: false,
             listener_open: true,
@@ -633,6 +687,9 @@ fuzz_target!(|data: &[u8]| {
             }
             12 => d.writable(),
             13 => d.task_done(),
+            14 if op & 0x10 != 0 => {
+                d.fire(TimerId::Linger);
+            }
             14 => {
                 d.fire(TimerId::Deadline);
             }

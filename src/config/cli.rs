@@ -1,10 +1,5 @@
-//! The command line: the C++ reference's options (GNU AutoOpts), minus its bugs.
-//!
-//! Same short and long names, same defaults, same accepted spellings (`-p 9000`,
-//! `-p9000`, `--port 9000`, `--port=9000`, a unique prefix of a long name), same exit
-//! status on a bad command line (1, with the error and the usage on stderr). Unlike the
-//! reference, values out of range are refused instead of being truncated or wrapped
-//! (`--port 70000` used to listen on 4464, `-w -1` used to be accepted).
+//! The command line (the `cli` feature, on by default): clap's definition of
+//! the reference's options, their parsers, and the reports of a refused line.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -14,86 +9,22 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
-use crate::delegate::Delegate;
+use super::Delegate;
+use super::{default_accept_threads, Config};
 
-/// Default TCP port, as in the reference.
-const DEFAULT_PORT: u16 = 9000;
-/// Default connections per accept thread, as in the reference.
-const DEFAULT_ACCEPT_CAPACITY: usize = 100_000;
 /// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
 /// and a bigger pool per thread is a typo rather than a plan.
 const MAX_ACCEPT_CAPACITY: u64 = 16_777_216;
-/// Default time a slow request takes, in milliseconds, as in the reference.
-const DEFAULT_SLOW_MS: u64 = 30;
-/// Default read timeout in milliseconds (the reference has none and leaks slots).
-const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
-/// Default bound on the graceful drain, in milliseconds (the reference drops requests).
-const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
-/// Default time a new binary has to serve after SIGUSR2 before the upgrade is
-/// abandoned, in milliseconds: start-up takes a few ms, a loaded machine far more.
-const DEFAULT_UPGRADE_TIMEOUT_MS: u64 = 10_000;
 
-/// The server's settings, from the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// `-v/--verbose`: print debug lines to stdout.
-    pub verbose: bool,
-    /// `-d/--daemonize`: detach from the terminal and run in the background.
-    pub daemonize: bool,
-    /// `-p/--port`: the TCP port every accept thread's listener binds (never 0).
-    pub port: u16,
-    /// `--listen`: the addresses to listen on, each with its port resolved (`-p`
-    /// where the address had none); `0.0.0.0:<port>` without `--listen`. Never
-    /// empty, no address twice.
-    pub listen: Vec<SocketAddr>,
-    /// `--pid-file`: where the serving process writes its pid (absolute, so that
-    /// `-d`'s change of directory does not move it).
-    pub pid_file: Option<PathBuf>,
-    /// `--upgrade-timeout`: how long a new binary started by SIGUSR2 has to serve.
-    pub upgrade_timeout: Duration,
-    /// `-A/--accept-threads`: number of accept threads, the main thread included (>= 1).
-    pub accept_threads: usize,
-    /// `-C/--accept-capacity`: connections each accept thread can hold at once
-    /// (1..=16_777_216), preallocated at start-up.
-    pub accept_capacity: usize,
-    /// `-w/--worker-threads`: threads that run slow requests; 0 answers a slow request
-    /// inline, like a fast one.
-    pub worker_threads: usize,
-    /// `-D/--slow-duration`: how long a worker takes over a slow request.
-    pub slow_duration: Duration,
-    /// `--read-timeout`: time allowed from accept to the end of the request; `None`
-    /// (given as 0) waits forever, as the reference does.
-    pub read_timeout: Option<Duration>,
-    /// `--shutdown-timeout`: bound on the graceful drain after SIGTERM/SIGINT.
-    pub shutdown_timeout: Duration,
-    /// `--metrics`: where to serve `GET /metrics` (an IP address and a port other
-    /// than the service's); `None` (the default) serves no metrics.
-    pub metrics: Option<SocketAddr>,
-    /// `--delegate`: how a complete slow request reaches a worker.
-    pub delegate: Delegate,
+/// The defaults, as the command line shows and applies them: read from
+/// [`Config::default`], where they are written.
+fn defaults() -> Config {
+    Config::default()
 }
 
-impl Default for Config {
-    /// The settings of a command line without options.
-    fn default() -> Self {
-        let accept_threads = default_accept_threads();
-        Config {
-            verbose: false,
-            daemonize: false,
-            port: DEFAULT_PORT,
-            listen: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))],
-            pid_file: None,
-            upgrade_timeout: Duration::from_millis(DEFAULT_UPGRADE_TIMEOUT_MS),
-            accept_threads,
-            accept_capacity: DEFAULT_ACCEPT_CAPACITY,
-            worker_threads: accept_threads,
-            slow_duration: Duration::from_millis(DEFAULT_SLOW_MS),
-            read_timeout: Some(Duration::from_millis(DEFAULT_READ_TIMEOUT_MS)),
-            shutdown_timeout: Duration::from_millis(DEFAULT_SHUTDOWN_TIMEOUT_MS),
-            metrics: None,
-            delegate: Delegate::Task,
-        }
-    }
+/// Milliseconds of `d`, for an option given in milliseconds.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Config {
@@ -131,12 +62,6 @@ impl Config {
             },
         }
     }
-}
-
-/// Number of accept threads without `-A`: one per CPU, like the reference's
-/// `std::thread::hardware_concurrency()`, but never 0 (which that can return).
-fn default_accept_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The clap command, with the settings the derive attributes cannot express:
@@ -362,7 +287,7 @@ struct Args {
         // would make it ambiguous.
         alias = "p",
         value_name = "PORT",
-        default_value_t = DEFAULT_PORT,
+        default_value_t = defaults().port,
         value_parser = parse_port,
         allow_negative_numbers = true
     )]
@@ -389,12 +314,14 @@ struct Args {
     )]
     accept_threads: Option<usize>,
 
-    /// Connections each accept thread can hold at once, preallocated (1..=16777216)
+    /// Connections each accept thread can hold at once, reserved at start-up
+    /// (1..=16777216); with workers, 32 bytes of task queue per connection are
+    /// committed at once, the rest only when used
     #[arg(
         short = 'C',
         long = "accept-capacity",
         value_name = "N",
-        default_value_t = DEFAULT_ACCEPT_CAPACITY,
+        default_value_t = defaults().accept_capacity,
         value_parser = parse_accept_capacity,
         allow_negative_numbers = true
     )]
@@ -416,7 +343,7 @@ struct Args {
         short = 'D',
         long = "slow-duration",
         value_name = "MS",
-        default_value_t = DEFAULT_SLOW_MS,
+        default_value_t = millis(defaults().slow_duration),
         value_parser = parse_millis,
         allow_negative_numbers = true
     )]
@@ -427,7 +354,7 @@ struct Args {
     #[arg(
         long = "read-timeout",
         value_name = "MS",
-        default_value_t = DEFAULT_READ_TIMEOUT_MS,
+        default_value_t = defaults().read_timeout.map_or(0, millis),
         value_parser = parse_millis,
         allow_negative_numbers = true
     )]
@@ -437,7 +364,7 @@ struct Args {
     #[arg(
         long = "shutdown-timeout",
         value_name = "MS",
-        default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_MS,
+        default_value_t = millis(defaults().shutdown_timeout),
         value_parser = parse_millis,
         allow_negative_numbers = true
     )]
@@ -479,7 +406,7 @@ struct Args {
     #[arg(
         long = "upgrade-timeout",
         value_name = "MS",
-        default_value_t = DEFAULT_UPGRADE_TIMEOUT_MS,
+        default_value_t = millis(defaults().upgrade_timeout),
         value_parser = parse_millis,
         allow_negative_numbers = true
     )]

@@ -1,0 +1,26 @@
+//! Process-level system calls, one file per job: signals owned by one thread
+//! (`signals`), waiting on fds (`poll`), starting and stopping a new binary with
+//! inherited sockets (`spawn`), what a parent handed us (`inherit`),
+//! service-manager notification (`notify`), daemonizing (`process`), address
+//! space reserved at start-up (`memory`), counting fds (`fds`).
+
+mod fds;
+mod inherit;
+mod memory;
+mod notify;
+mod poll;
+mod process;
+mod signals;
+mod spawn;
+
+pub use fds::{alive, dup, open_fds};
+pub use inherit::{
+    take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
+    UPGRADES_VAR,
+};
+pub use memory::reserve;
+pub use notify::{monotonic_usec, sd_notify};
+pub use poll::{poll, poll2};
+pub use process::{daemonize, exit_now};
+pub use signals::{block_signals, signal_name, SignalFd, IGNORED_SIGNALS};
+pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Wait};
