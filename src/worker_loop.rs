@@ -37,7 +37,7 @@ use crate::engine::{Engine, Host, Interest, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::net;
 use crate::shutdown::Drain;
-use crate::task::TaskRef;
+use crate::task::{Claimed, TaskRef};
 use crate::token::{TimerId, Token};
 
 /// The request an [`Adopted`] socket replays: what the accept loop parsed.
@@ -111,7 +111,7 @@ struct Side {
     /// Delegated tasks and when they fall due (loop time), earliest first; room
     /// for one per pool slot, reserved at start-up (a slot has at most one task
     /// out).
-    pending: VecDeque<(Duration, TaskRef)>,
+    pending: VecDeque<(Duration, Claimed)>,
     /// The engine watches its "listener" (it has room).
     listening: bool,
     /// The queue is still taken from (the drain closes it once it took the rest).
@@ -179,7 +179,16 @@ impl Host<Adopted> for LoopHost<'_> {
     }
 
     /// The slow work starts: the task waits for its timer, not in a thread.
+    /// It is claimed now, as a worker thread claims the task it starts: a
+    /// client leaving meanwhile then finds it running (its slot waits for the
+    /// timer), not withdrawn: a withdrawn holder refilled by the slot's next
+    /// connection would reuse this entry and its earlier due time.
     fn submit(&mut self, task: TaskRef) {
+        let Some(task) = task.claim() else {
+            // Only a cancelled task cannot be claimed, and this one was just
+            // filled.
+            return;
+        };
         let due = self.lp.now() + self.side.slow;
         debug_assert!(self.side.pending.len() < self.side.pending.capacity());
         self.side.pending.push_back((due, task));
@@ -238,7 +247,7 @@ impl WorkerLoop {
         // The wait is the timer; running the task afterwards must not block.
         engine_settings.slow = Some(Duration::ZERO);
         let capacity = engine_settings.capacity;
-        let engine = Engine::new(engine_settings)?;
+        let engine = Engine::named(engine_settings, "worker")?;
         let side = Side {
             desk: settings.desk,
             work,
@@ -324,10 +333,8 @@ impl WorkerLoop {
             let Some((_, task)) = host.side.pending.pop_front() else {
                 break;
             };
-            // None: withdrawn while it waited (its client left).
-            if let Some(done) = task.run() {
-                self.engine.on_task_done(&mut host, done);
-            }
+            let done = task.run();
+            self.engine.on_task_done(&mut host, done);
         }
     }
 }
