@@ -106,6 +106,26 @@ impl DropReason {
     }
 }
 
+/// What a complete `/test/slow` gets: chosen once per server (`-w`), kept by
+/// each connection from its `open`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SlowRequests {
+    /// Its task goes to a worker ([`Next::Delegate`]).
+    #[default]
+    Delegate,
+    /// There are no workers (`-w 0`): answered at once, like a fast one.
+    Inline,
+}
+
+/// What becomes of a slot when its connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Free now.
+    Now,
+    /// A worker still runs the connection's task: `Abandoned` until it is back.
+    AfterTask,
+}
+
 const GONE: Next = Next::Drop(DropReason::ClientGone);
 
 /// Reads per readable event while lingering (of up to `REQUEST_MAX` bytes each).
@@ -158,6 +178,7 @@ pub struct ConnectionCtx<S: Socket = OwnedFd> {
     fd: Option<S>,
     gen: u32,
     state: State,
+    slow: SlowRequests,
     parser: ReqParser,
     filled: usize,
     sent: usize,
@@ -171,6 +192,7 @@ impl<S: Socket> Default for ConnectionCtx<S> {
             fd: None,
             gen: 0,
             state: State::Free,
+            slow: SlowRequests::Delegate,
             parser: ReqParser::new(),
             filled: 0,
             sent: 0,
@@ -190,11 +212,13 @@ impl<S: Socket> Linked for ConnectionCtx<S> {
 }
 
 impl<S: Socket> ConnectionCtx<S> {
-    /// Starts a new connection in this slot; a new generation tells it apart from
-    /// the slot's earlier connections.
-    pub fn open(&mut self, fd: S) {
+    /// Starts a new connection in this slot, answering a slow request as
+    /// `slow` says; a new generation tells it apart from the slot's earlier
+    /// connections.
+    pub fn open(&mut self, fd: S, slow: SlowRequests) {
         debug_assert!(self.fd.is_none() && self.state == State::Free);
         self.fd = Some(fd);
+        self.slow = slow;
         self.gen = self.gen.wrapping_add(1);
         self.state = State::Reading;
         self.parser = ReqParser::new();
@@ -227,9 +251,9 @@ impl<S: Socket> ConnectionCtx<S> {
     /// Reads once: the listener defers accept until data is there, so a request
     /// usually arrives whole in the first read; otherwise the loop calls again.
     #[inline(always)]
-    pub fn on_readable(&mut self, slow_inline: bool) -> Next {
+    pub fn on_readable(&mut self) -> Next {
         match self.state {
-            State::Reading => self.read_request(slow_inline),
+            State::Reading => self.read_request(),
             // Bytes or EOF after a complete request, before the response: the
             // client is misbehaving or gone (docs/protocol.md rule 7).
             State::Delegated => GONE,
@@ -260,7 +284,7 @@ impl<S: Socket> ConnectionCtx<S> {
         Next::Read
     }
 
-    fn read_request(&mut self, slow_inline: bool) -> Next {
+    fn read_request(&mut self) -> Next {
         let Some(fd) = self.fd.as_ref() else {
             return GONE;
         };
@@ -273,7 +297,7 @@ impl<S: Socket> ConnectionCtx<S> {
                     Verdict::Invalid => Next::Drop(DropReason::Invalid),
                     Verdict::TooLarge => Next::Drop(DropReason::TooLarge),
                     Verdict::Fast => self.respond(),
-                    Verdict::Slow if slow_inline => self.respond(),
+                    Verdict::Slow if self.slow == SlowRequests::Inline => self.respond(),
                     Verdict::Slow => {
                         self.state = State::Delegated;
                         Next::Delegate
@@ -343,16 +367,15 @@ impl<S: Socket> ConnectionCtx<S> {
         self.fd.take()
     }
 
-    /// Closes the socket. The slot is free again unless a worker still has its
-    /// task, in which case it is `Abandoned` until the task comes back.
-    pub fn close(&mut self, task_out: bool) {
+    /// Closes the socket. The slot is free again, or `Abandoned` until its task
+    /// comes back (see [`Release`]).
+    pub fn close(&mut self, release: Release) {
         if let Some(fd) = self.fd.take() {
             fd.close();
         }
-        self.state = if task_out {
-            State::Abandoned
-        } else {
-            State::Free
+        self.state = match release {
+            Release::Now => State::Free,
+            Release::AfterTask => State::Abandoned,
         };
     }
 }
@@ -369,7 +392,7 @@ mod tests {
         server.set_nonblocking(true).unwrap();
         client.set_nonblocking(true).unwrap();
         let mut ctx = ConnectionCtx::<OwnedFd>::default();
-        ctx.open(server.into());
+        ctx.open(server.into(), SlowRequests::Delegate);
         (ctx, client)
     }
 
@@ -391,8 +414,8 @@ mod tests {
         client
             .write_all(b"GET /test/fast HTTP/1.0\r\n\r\n")
             .unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Finished);
-        ctx.close(false);
+        assert_eq!(ctx.on_readable(), Next::Finished);
+        ctx.close(Release::Now);
         assert_eq!(received(&mut client), RESPONSE);
         assert_eq!(ctx.state(), State::Free);
     }
@@ -400,11 +423,11 @@ mod tests {
     #[test]
     fn incomplete_request_waits_then_completes() {
         let (mut ctx, mut client) = open();
-        assert_eq!(ctx.on_readable(false), Next::Read, "nothing there yet");
+        assert_eq!(ctx.on_readable(), Next::Read, "nothing there yet");
         client.write_all(b"GET /test/fast\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Read);
+        assert_eq!(ctx.on_readable(), Next::Read);
         client.write_all(b"\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Finished);
+        assert_eq!(ctx.on_readable(), Next::Finished);
         assert_eq!(received(&mut client), RESPONSE);
     }
 
@@ -412,27 +435,31 @@ mod tests {
     fn invalid_request_and_eof_drop_without_a_byte() {
         let (mut ctx, mut client) = open();
         client.write_all(b"PUT /test/fast\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Drop(DropReason::Invalid));
-        ctx.close(false);
+        assert_eq!(ctx.on_readable(), Next::Drop(DropReason::Invalid));
+        ctx.close(Release::Now);
         assert_eq!(received(&mut client), b"");
 
         let (mut ctx, client) = open();
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(ctx.on_readable(false), GONE);
+        assert_eq!(ctx.on_readable(), GONE);
     }
 
     #[test]
     fn slow_request_is_delegated_and_answered_when_done() {
         let (mut ctx, mut client) = open();
         client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Delegate);
+        assert_eq!(ctx.on_readable(), Next::Delegate);
         assert_eq!(ctx.state(), State::Delegated);
         assert_eq!(ctx.on_task_done(), Next::Finished);
         assert_eq!(received(&mut client), RESPONSE);
         // Without workers a slow request is answered like a fast one.
-        let (mut ctx, mut client) = open();
+        let (server, mut client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let mut ctx = ConnectionCtx::<OwnedFd>::default();
+        ctx.open(server.into(), SlowRequests::Inline);
         client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(true), Next::Finished);
+        assert_eq!(ctx.on_readable(), Next::Finished);
         assert_eq!(received(&mut client), RESPONSE);
     }
 
@@ -440,10 +467,10 @@ mod tests {
     fn bytes_during_a_slow_task_drop_the_connection_and_abandon_the_slot() {
         let (mut ctx, mut client) = open();
         client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Delegate);
+        assert_eq!(ctx.on_readable(), Next::Delegate);
         client.write_all(b"more").unwrap();
-        assert_eq!(ctx.on_readable(false), GONE);
-        ctx.close(true);
+        assert_eq!(ctx.on_readable(), GONE);
+        ctx.close(Release::AfterTask);
         assert_eq!(ctx.state(), State::Abandoned);
         assert_eq!(ctx.fd(), -1);
         // The task coming back later finds nothing to answer.
@@ -509,12 +536,12 @@ mod tests {
         ]);
         let out = std::rc::Rc::clone(&sock.out);
         let mut ctx = ConnectionCtx::<Scripted>::default();
-        ctx.open(sock);
+        ctx.open(sock, SlowRequests::Delegate);
         for _ in 0..3 {
-            assert_eq!(ctx.on_readable(false), Next::Read);
+            assert_eq!(ctx.on_readable(), Next::Read);
         }
         // EINTR on send is retried at once; EAGAIN waits for writability.
-        assert_eq!(ctx.on_readable(false), Next::Write);
+        assert_eq!(ctx.on_readable(), Next::Write);
         assert_eq!(out.borrow().len(), 11);
         assert_eq!(ctx.on_writable(), Next::Finished);
         assert_eq!(&out.borrow()[..], RESPONSE);
@@ -527,17 +554,17 @@ mod tests {
             .borrow_mut()
             .push_back(Err(errno(libc::ECONNRESET)));
         let mut ctx = ConnectionCtx::<Scripted>::default();
-        ctx.open(sock);
-        assert_eq!(ctx.on_readable(false), GONE);
+        ctx.open(sock, SlowRequests::Delegate);
+        assert_eq!(ctx.on_readable(), GONE);
 
         let sock = Scripted::default();
         sock.recvs
             .borrow_mut()
             .push_back(Ok(&b"GET /test/fast\r\n\r\n"[..]));
         sock.sends.borrow_mut().push_back(Err(errno(libc::EPIPE)));
-        ctx.close(false);
-        ctx.open(sock);
-        assert_eq!(ctx.on_readable(false), GONE);
+        ctx.close(Release::Now);
+        ctx.open(sock, SlowRequests::Delegate);
+        assert_eq!(ctx.on_readable(), GONE);
     }
 
     #[test]
@@ -547,7 +574,7 @@ mod tests {
         bytes.resize(bytes.len() + 5120, b'b');
         client.write_all(&bytes).unwrap();
         assert_eq!(
-            ctx.on_readable(false),
+            ctx.on_readable(),
             Next::Linger,
             "4096 bytes read: more may wait"
         );
@@ -555,9 +582,9 @@ mod tests {
         // The response, then EOF: the write side is shut.
         assert_eq!(received(&mut client), RESPONSE);
         // The rest of the body is thrown away; the client's EOF ends it.
-        assert_eq!(ctx.on_readable(false), Next::Read);
+        assert_eq!(ctx.on_readable(), Next::Read);
         client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Close);
+        assert_eq!(ctx.on_readable(), Next::Close);
     }
 
     #[test]
@@ -566,7 +593,7 @@ mod tests {
         let mut bytes = b"GET /test/fast\r\n\r\n".to_vec();
         bytes.resize(REQUEST_MAX - 1, b'b');
         client.write_all(&bytes).unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Finished);
+        assert_eq!(ctx.on_readable(), Next::Finished);
     }
 
     #[test]
@@ -577,7 +604,7 @@ mod tests {
         let junk = [b'j'; 4096];
         while net::send_final(fd, &junk).is_ok() {}
         client.write_all(b"GET /test/fast\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(false), Next::Write);
+        assert_eq!(ctx.on_readable(), Next::Write);
         assert_eq!(ctx.state(), State::Writing);
         // The client reads; the rest of the response then goes out whole.
         let mut got = Vec::new();
@@ -592,7 +619,7 @@ mod tests {
                 },
             }
         }
-        ctx.close(false);
+        ctx.close(Release::Now);
         got.extend(received(&mut client));
         assert!(
             got.ends_with(RESPONSE),

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::{ConnectionCtx, DropReason, Next, Socket, State};
+use crate::conn::{ConnectionCtx, DropReason, Next, Release, SlowRequests, Socket, State};
 use crate::deadline::{DeadlineList, Linked};
 use crate::delegate::Waiting;
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
@@ -174,6 +174,8 @@ impl std::fmt::Display for Name {
 pub struct Engine<S: Socket, W: SlotWatcher> {
     settings: Settings,
     name: Name,
+    /// From `settings.slow`, for each connection.
+    slow: SlowRequests,
     pool: Pool<ConnectionCtx<S>, W>,
     /// Read deadlines, of connections that are reading or writing.
     deadlines: DeadlineList,
@@ -229,6 +231,10 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 role,
                 id: settings.id,
             },
+            slow: match settings.slow {
+                Some(_) => SlowRequests::Delegate,
+                None => SlowRequests::Inline,
+            },
             pool,
             deadlines: DeadlineList::default(),
             lingering: DeadlineList::default(),
@@ -277,10 +283,14 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     pub fn teardown(&mut self, mut unwatch: impl FnMut(Pin<&W>)) {
         for idx in self.pool.constructed() {
             unwatch(self.pool.watcher(idx));
-            let task_out = self.pool.is_delegated(idx);
+            let release = if self.pool.is_delegated(idx) {
+                Release::AfterTask
+            } else {
+                Release::Now
+            };
             let ctx = self.pool.get_mut(idx);
             if ctx.state() != State::Free {
-                ctx.close(task_out);
+                ctx.close(release);
             }
         }
     }
@@ -298,12 +308,11 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// and in error).
     #[inline(always)]
     pub fn on_io(&mut self, host: &mut impl Host<S, Watcher = W>, slot: u32, ready: Interest) {
-        let slow_inline = self.settings.slow.is_none();
         let ctx = self.pool.get_mut(slot);
         let next = if ready == Interest::Write {
             ctx.on_writable()
         } else {
-            ctx.on_readable(slow_inline)
+            ctx.on_readable()
         };
         self.apply(host, slot, next);
     }
@@ -343,9 +352,9 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 let idx = self.pool.acquire().expect("pool checked not full");
                 self.metrics.accepted();
                 let ctx = self.pool.get_mut(idx);
-                ctx.open(fd);
+                ctx.open(fd, self.slow);
                 debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
-                let next = ctx.on_readable(self.settings.slow.is_none());
+                let next = ctx.on_readable();
                 self.apply(host, idx, next);
                 Accepted::Conn(idx)
             }
@@ -575,12 +584,16 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         if self.pool.get(idx).links().is_linked() {
             self.unlink(idx);
         }
-        let task_out = self.pool.is_delegated(idx) && self.withdraw(idx);
+        let release = if self.pool.is_delegated(idx) {
+            self.withdraw(idx)
+        } else {
+            Release::Now
+        };
         let (ctx, watcher) = self.pool.split(idx);
         host.unwatch(watcher);
-        ctx.close(task_out);
+        ctx.close(release);
         host.closed(idx, how);
-        if !task_out {
+        if release == Release::Now {
             self.release(host, idx);
         }
     }
@@ -597,16 +610,16 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// A connection with a task out ends: a task still queued will not run
     /// (withdrawn, its slot frees now); one a worker runs finishes, and the
-    /// slot waits for it. True in the second case.
+    /// slot waits for it.
     #[cold]
-    fn withdraw(&mut self, idx: u32) -> bool {
+    fn withdraw(&mut self, idx: u32) -> Release {
         match self.pool.cancel(idx) {
-            Cancel::Idle => false,
+            Cancel::Idle => Release::Now,
             Cancel::Withdrawn => {
                 self.metrics.cancelled();
-                false
+                Release::Now
             }
-            Cancel::Running => true,
+            Cancel::Running => Release::AfterTask,
         }
     }
 
@@ -637,7 +650,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 self.apply(host, idx, next);
             }
             State::Abandoned => {
-                ctx.close(false);
+                ctx.close(Release::Now);
                 self.release(host, idx);
             }
             // Cannot happen while the slot is held for its task; harmless.

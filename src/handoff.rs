@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ impl HandoffWorkers {
     /// worker N counting in `metrics.worker_side(N)`.
     pub fn start(side: Arc<WorkerSide>, config: &Config, metrics: &Metrics) -> io::Result<Self> {
         let mut threads = Vec::with_capacity(config.worker_threads);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut loops = 0;
         for n in 0..config.worker_threads {
             let counters = metrics.worker_side(n);
             let work = Arc::clone(&side);
@@ -50,7 +52,9 @@ impl HandoffWorkers {
                     };
                     // The loop is created on its own thread: a libev loop is
                     // bound to the thread that runs it.
-                    builder.spawn(move || worker_loop::run(settings, work))?
+                    let ready = ready_tx.clone();
+                    loops += 1;
+                    builder.spawn(move || worker_loop::run(settings, work, ready))?
                 }
                 _ => {
                     let settings = socket_worker::Settings {
@@ -67,6 +71,16 @@ impl HandoffWorkers {
                 }
             };
             threads.push(t);
+        }
+        drop(ready_tx);
+        // Every worker loop exists (its epoll and eventfd open) before the
+        // server says it serves.
+        for _ in 0..loops {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a worker loop died at start-up")),
+            }
         }
         Ok(HandoffWorkers { side, threads })
     }

@@ -19,9 +19,14 @@
 //!   (`ConnectionCtx`, public so that it can be fuzzed over a scripted socket);
 //! - [`metrics`] (counters, `Stats`, the exposition, the `--metrics` listener);
 //! - the crate-private `worker` (`SlowTask`, the worker threads);
+//! - [`delegate`] (`--delegate socket|loop`: the worker side's queues, seats and
+//!   wake-ups; the mode itself, `Delegate`, is in `config`);
 //! - [`engine`] (one loop's connections, over any loop that implements its
-//!   `Host`: public so that the fuzz target drives it over a scripted loop);
-//! - `accept` (`AcceptTask`: the engine on libev);
+//!   `Host`: public so that the fuzz targets drive it over a scripted loop) and
+//!   [`socket_worker`] (a blocking worker's steps, `--delegate socket`);
+//! - `accept` (`AcceptTask`: the engine on libev) and the crate-private
+//!   `worker_loop` (the engine on a worker's own libev loop, `--delegate loop`);
+//! - the crate-private `handoff` (the worker threads of `socket` and `loop`);
 //! - [`server`] (start-up, threads), which the binary drives with `lifecycle`.
 //!
 //! Only `sys`, `ev`, `pool`, `task`, `net` and `os` contain `unsafe`; the other

@@ -426,11 +426,27 @@ impl Handler for WorkerLoop {
 }
 
 /// Worker loop `settings.desk`'s thread body: builds its loop on this thread,
-/// serves until the worker side stops and it has drained, then tears down.
-pub fn run(settings: LoopSettings, work: Arc<WorkerSide>) -> io::Result<Stats> {
+/// says on `ready` whether that worked (the server announces that it serves
+/// only once every loop exists), serves until the worker side stops and it has
+/// drained, then tears down.
+pub fn run(
+    settings: LoopSettings,
+    work: Arc<WorkerSide>,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<Stats> {
     let desk = settings.desk;
-    let lp = Loop::new()?;
-    let mut worker = WorkerLoop::new(&lp, settings, work)?;
+    let setup = Loop::new().and_then(|lp| WorkerLoop::new(&lp, settings, work).map(|w| (lp, w)));
+    let (lp, mut worker) = match setup {
+        Ok(v) => {
+            let _ = ready.send(Ok(()));
+            v
+        }
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    drop(ready);
     debug!("worker-{desk}: loop serving");
     worker.run(&lp);
     let stats = worker.stats();

@@ -126,6 +126,15 @@ impl Socket for Fake {
         Ok(buf.len())
     }
     fn shutdown_write(&self) -> io::Result<()> {
+        // A lingering close after the response (bytes beyond the request).
+        let w = self.world.borrow();
+        let c = &w.clients[self.id];
+        assert_eq!(
+            (c.closes, c.handed),
+            (0, 0),
+            "shutdown after close or hand-over"
+        );
+        assert_eq!(c.sent, RESPONSE, "shutdown before the whole response");
         Ok(())
     }
     fn raw_fd(&self) -> RawFd {
