@@ -60,6 +60,7 @@ pub mod socket_worker;
 pub mod sys;
 pub mod task;
 pub mod token;
+pub mod worker_loop;
 
 mod accept;
 mod deadline;
@@ -67,6 +68,5 @@ mod fault;
 mod handoff;
 mod net;
 mod worker;
-mod worker_loop;
 
 pub use accept::Stats;

@@ -25,7 +25,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,9 +35,8 @@ use crate::debug;
 use crate::delegate::WorkerSide;
 use crate::engine::{Engine, Host, Interest, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
-use crate::net;
 use crate::shutdown::Drain;
-use crate::task::{Claimed, TaskRef};
+use crate::task::{Claimed, Done, TaskRef};
 use crate::token::{TimerId, Token};
 
 /// The request an [`Adopted`] socket replays: what the accept loop parsed.
@@ -49,43 +48,102 @@ const SLOW_TIMER: usize = Token::Wake.encode() | 1;
 
 /// A connection taken over from an accept loop, whose complete `/test/slow` the
 /// accept loop has already read: the first read replays it, the rest go to the
-/// socket.
+/// socket (an [`OwnedFd`] in the server; generic so that the fuzz target
+/// `handover` can host a worker's engine over scripted sockets).
 #[derive(Debug)]
-pub struct Adopted {
-    fd: OwnedFd,
+pub struct Adopted<S: Socket = OwnedFd> {
+    inner: S,
     replayed: Cell<bool>,
 }
 
-impl Adopted {
-    /// Takes over `fd`.
-    pub fn new(fd: OwnedFd) -> Self {
+impl<S: Socket> Adopted<S> {
+    /// Takes over `inner`.
+    pub fn new(inner: S) -> Self {
         Adopted {
-            fd,
+            inner,
             replayed: Cell::new(false),
         }
     }
 }
 
-impl Socket for Adopted {
+impl<S: Socket> Socket for Adopted<S> {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.replayed.replace(true) {
             let n = SLOW_REQUEST.len().min(buf.len());
             buf[..n].copy_from_slice(&SLOW_REQUEST[..n]);
             return Ok(n);
         }
-        net::recv(self.fd.as_fd(), buf)
+        self.inner.recv(buf)
     }
     fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
-        net::send_final(self.fd.as_fd(), buf)
+        self.inner.send_final(buf)
     }
     fn shutdown_write(&self) -> io::Result<()> {
-        Socket::shutdown_write(&self.fd)
+        self.inner.shutdown_write()
     }
     fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.inner.raw_fd()
     }
     fn close(self) {
-        net::close(self.fd)
+        self.inner.close()
+    }
+}
+
+/// A worker loop's slow work: the delegated tasks waiting for their timer,
+/// earliest first (all wait the same duration, so in the order they started:
+/// one FIFO and one timer for its head serve them all). Room for one task per
+/// pool slot is reserved at start-up.
+#[derive(Debug)]
+pub struct SlowTimers {
+    slow: Duration,
+    pending: VecDeque<(Duration, Claimed)>,
+}
+
+/// What [`SlowTimers::next_due`] found.
+#[derive(Debug)]
+pub enum Due {
+    /// A task whose time has come, run: give it back to the engine.
+    Done(Done),
+    /// The earliest task falls due this much later: arm the timer for it.
+    Wait(Duration),
+    /// No task waits.
+    Empty,
+}
+
+impl SlowTimers {
+    /// For tasks of `slow` each, at most `capacity` at once.
+    pub fn new(slow: Duration, capacity: usize) -> Self {
+        SlowTimers {
+            slow,
+            pending: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    /// Starts `task`'s wait at loop time `now`; `Some(after)` when the timer
+    /// must be armed (no earlier task waits).
+    ///
+    /// The task is claimed now, as a worker thread claims the task it starts: a
+    /// client leaving meanwhile then finds it running (its slot waits for the
+    /// timer), not withdrawn; a withdrawn holder refilled by the slot's next
+    /// connection would reuse this entry and its earlier due time.
+    pub fn start(&mut self, now: Duration, task: TaskRef) -> Option<Duration> {
+        // Only a cancelled task cannot be claimed, and this one was just filled.
+        let task = task.claim()?;
+        debug_assert!(self.pending.len() < self.pending.capacity());
+        self.pending.push_back((now + self.slow, task));
+        (self.pending.len() == 1).then_some(self.slow)
+    }
+
+    /// The next task due at loop time `now`.
+    pub fn next_due(&mut self, now: Duration) -> Due {
+        match self.pending.front() {
+            None => Due::Empty,
+            Some(&(due, _)) if due > now => Due::Wait(due - now),
+            Some(_) => match self.pending.pop_front() {
+                Some((_, task)) => Due::Done(task.run()),
+                None => Due::Empty,
+            },
+        }
     }
 }
 
@@ -107,14 +165,8 @@ struct Side {
     timers: [Pin<Box<Timer>>; TimerId::ALL.len()],
     slow_timer: Pin<Box<Timer>>,
     wake: Pin<Box<Async>>,
-    slow: Duration,
-    /// Delegated tasks and when they fall due (loop time), earliest first; room
-    /// for one per pool slot, reserved at start-up (a slot has at most one task
-    /// out). Claimed at once: the work is under way from its delegation on, so
-    /// a client that leaves meanwhile finds it running (its slot frees when it
-    /// falls due), never a withdrawn token that a later connection of the same
-    /// slot would refill and find due early.
-    pending: VecDeque<(Duration, Claimed)>,
+    /// The slow work under way.
+    slow_work: SlowTimers,
     /// The engine watches its "listener" (it has room).
     listening: bool,
     /// The queue is still taken from (the drain closes it once it took the rest).
@@ -183,18 +235,11 @@ impl Host<Adopted> for LoopHost<'_> {
 
     /// The slow work starts: the task waits for its timer, not in a thread.
     fn submit(&mut self, task: TaskRef) {
-        let due = self.lp.now() + self.side.slow;
-        debug_assert!(self.side.pending.len() < self.side.pending.capacity());
-        // A token just filled cannot have been withdrawn yet.
-        let Some(claimed) = task.claim() else {
-            return;
-        };
-        self.side.pending.push_back((due, claimed));
-        if !self.side.slow_timer.is_active() {
+        if let Some(after) = self.side.slow_work.start(self.lp.now(), task) {
             self.side
                 .slow_timer
                 .as_ref()
-                .start_once(self.lp, self.side.slow, SLOW_TIMER);
+                .start_once(self.lp, after, SLOW_TIMER);
         }
     }
 
@@ -245,15 +290,14 @@ impl WorkerLoop {
         // The wait is the timer; running the task afterwards must not block.
         engine_settings.slow = Some(Duration::ZERO);
         let capacity = engine_settings.capacity;
-        let engine = Engine::new(engine_settings)?;
+        let engine = Engine::named(engine_settings, "worker")?;
         let side = Side {
             desk: settings.desk,
             work,
             timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
             slow_timer: Box::pin(Timer::new()),
             wake: Box::pin(Async::new()),
-            slow: settings.slow,
-            pending: VecDeque::with_capacity(capacity),
+            slow_work: SlowTimers::new(settings.slow, capacity),
             listening: true,
             open: true,
             taken: 0,
@@ -320,19 +364,18 @@ impl WorkerLoop {
             lp,
             side: &mut self.side,
         };
-        while let Some(&(due, _)) = host.side.pending.front() {
-            if due > now {
-                host.side
-                    .slow_timer
-                    .as_ref()
-                    .start_once(lp, due - now, SLOW_TIMER);
-                break;
+        loop {
+            match host.side.slow_work.next_due(now) {
+                Due::Done(done) => self.engine.on_task_done(&mut host, done),
+                Due::Wait(after) => {
+                    host.side
+                        .slow_timer
+                        .as_ref()
+                        .start_once(lp, after, SLOW_TIMER);
+                    break;
+                }
+                Due::Empty => break,
             }
-            let Some((_, task)) = host.side.pending.pop_front() else {
-                break;
-            };
-            let done = task.run();
-            self.engine.on_task_done(&mut host, done);
         }
     }
 }
@@ -413,4 +456,56 @@ pub fn run(
         stats.served, stats.dropped, stats.timed_out
     );
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Cancel, Filled, Route, Task, TaskHolder};
+
+    struct Nop;
+    impl Task for Nop {
+        fn run(self) {}
+    }
+
+    fn token(holder: &TaskHolder, slot: u32) -> TaskRef {
+        let route = Route {
+            owner: 0,
+            slot,
+            gen: 0,
+        };
+        match holder.fill(Nop, route) {
+            Some(Filled::New(t)) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn tasks_fall_due_in_order_each_after_the_whole_duration() {
+        let (a, b) = (TaskHolder::new(), TaskHolder::new());
+        let mut t = SlowTimers::new(ms(100), 2);
+        assert_eq!(
+            t.start(ms(0), token(&a, 0)),
+            Some(ms(100)),
+            "arm for the first"
+        );
+        assert_eq!(t.start(ms(30), token(&b, 1)), None, "already armed");
+        // Started, so claimed: a client leaving now cannot withdraw it.
+        assert_eq!(a.cancel(), Cancel::Running);
+        assert!(matches!(t.next_due(ms(50)), Due::Wait(d) if d == ms(50)));
+        match t.next_due(ms(100)) {
+            Due::Done(done) => assert_eq!(done.route().slot, 0),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(t.next_due(ms(100)), Due::Wait(d) if d == ms(30)));
+        match t.next_due(ms(131)) {
+            Due::Done(done) => assert_eq!(done.route().slot, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(t.next_due(ms(131)), Due::Empty));
+    }
 }

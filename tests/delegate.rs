@@ -363,3 +363,27 @@ fn without_workers_every_mode_answers_inline() {
         assert_eq!(sum(&m, "conn_daemon_build_info", &label), 1.0, "{m:#?}");
     }
 }
+
+/// `loop`: a client that leaves during its timer frees nothing early: the next
+/// connection (which reuses the slot) waits its own full duration.
+#[test]
+fn a_loop_worker_gives_each_connection_its_full_duration() {
+    let (server, addr) = start("loop", &["-A", "1", "-w", "1", "-D", "1000"]);
+    wait_for(addr, "settled", settled);
+    for _ in 0..3 {
+        let leaving = server.connect();
+        send(&leaving, SLOW);
+        std::thread::sleep(Duration::from_millis(300));
+        drop(leaving);
+        std::thread::sleep(Duration::from_millis(50));
+        let next = server.connect();
+        send(&next, SLOW);
+        let t = Instant::now();
+        expect_response(&next);
+        assert!(
+            t.elapsed() >= Duration::from_millis(950),
+            "answered after {:?}, not --slow-duration",
+            t.elapsed()
+        );
+    }
+}

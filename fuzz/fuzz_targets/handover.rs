@@ -15,10 +15,18 @@
 //! left once the room stays open and the loop is rung (no connection stuck
 //! waiting); every connection ends exactly once (closed or handed over).
 //!
-//! The worker side: `socket_worker::answer` over a scripted socket (input
-//! arriving during the work, short, interrupted, would-block and failed sends,
-//! the write deadline passing): at most the 57 bytes, as a prefix; all of them
-//! exactly when it reports `Answered`; none once input was pending.
+//! The worker side, both kinds:
+//! - `--delegate loop`: the engine as a worker's loop hosts it, with the worker
+//!   loop's own pieces (`worker_loop::Adopted` replaying the request over a
+//!   scripted socket, `worker_loop::SlowTimers` for the work): connections are
+//!   handed over at any time, send bytes or EOF during their work, time passes
+//!   in steps, a drain comes. No byte before a connection's full duration, none
+//!   once it sent more or left, every connection that stayed gets the 57 bytes
+//!   once time has passed, and every slot ends free;
+//! - `--delegate socket`: `socket_worker::answer` over a scripted socket (input
+//!   arriving during the work, short, interrupted, would-block and failed sends,
+//!   the write deadline passing): at most the 57 bytes, as a prefix; all of them
+//!   exactly when it reports `Answered`; none once input was pending.
 #![no_main]
 
 use std::cell::{Cell, RefCell};
@@ -38,6 +46,7 @@ use conn_daemon::pool::SlotWatcher;
 use conn_daemon::socket_worker::{answer, Outcome, WorkerSocket};
 use conn_daemon::task::TaskRef;
 use conn_daemon::token::TimerId;
+use conn_daemon::worker_loop::{Adopted, Due, SlowTimers};
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 
@@ -360,6 +369,7 @@ impl Driver {
 
 fuzz_target!(|data: &[u8]| {
     worker_steps(data);
+    worker_loop(data);
     let world = Rc::new(RefCell::new(World::default()));
     let mut d = Driver::new(Rc::clone(&world));
     let mut ops = data.iter().copied();
@@ -459,5 +469,319 @@ fn worker_steps(data: &[u8]) {
     }
     if sock.pending {
         assert!(out.is_empty(), "a byte after the client sent more or left");
+    }
+}
+
+/// A connection handed to a worker loop, and what happened to it there.
+#[derive(Default)]
+struct Held {
+    inbox: VecDeque<u8>,
+    eof: bool,
+    /// The client sent bytes or EOF after its request and the server was told
+    /// (the socket reported readable), or read them: rule 7 applies.
+    read_more: bool,
+    handed_at: Duration,
+    sent: Vec<u8>,
+    closes: u32,
+}
+
+#[derive(Default)]
+struct WorkerWorld {
+    held: Vec<Held>,
+    watched: Vec<bool>,
+    slot_of: Vec<u32>,
+    now: Duration,
+}
+
+const SLOW: Duration = Duration::from_millis(100);
+
+struct HeldSock {
+    id: usize,
+    world: Rc<RefCell<WorkerWorld>>,
+}
+
+impl Socket for HeldSock {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut w = self.world.borrow_mut();
+        let c = &mut w.held[self.id];
+        assert_eq!(c.closes, 0, "recv after close");
+        if !c.inbox.is_empty() {
+            let n = buf.len().min(c.inbox.len());
+            for (i, b) in c.inbox.drain(..n).enumerate() {
+                buf[i] = b;
+            }
+            c.read_more = true;
+            return Ok(n);
+        }
+        if c.eof {
+            c.read_more = true;
+            return Ok(0);
+        }
+        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+    }
+    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut w = self.world.borrow_mut();
+        let now = w.now;
+        let c = &mut w.held[self.id];
+        assert_eq!(c.closes, 0, "send after close");
+        assert!(
+            !c.read_more,
+            "a response after the client sent more or left"
+        );
+        assert!(
+            now >= c.handed_at + SLOW,
+            "answered {:?} after the hand-over, before the slow duration",
+            now - c.handed_at
+        );
+        c.sent.extend_from_slice(buf);
+        assert!(RESPONSE.starts_with(&c.sent));
+        Ok(buf.len())
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.id as RawFd
+    }
+    fn close(self) {
+        let mut w = self.world.borrow_mut();
+        let c = &mut w.held[self.id];
+        c.closes += 1;
+        assert_eq!(c.closes, 1, "closed twice");
+    }
+}
+
+/// A worker's loop, scripted: its queue, its timers, its slow work.
+struct WorkerHost {
+    world: Rc<RefCell<WorkerWorld>>,
+    timers: [Option<Duration>; TimerId::ALL.len()],
+    slow_timer: Option<Duration>,
+    slow_work: SlowTimers,
+    queue: VecDeque<usize>,
+    open: bool,
+    listening: bool,
+    stopped: bool,
+}
+
+impl WorkerHost {
+    fn now(&self) -> Duration {
+        self.world.borrow().now
+    }
+}
+
+impl Host<Adopted<HeldSock>> for WorkerHost {
+    type Watcher = Watch;
+
+    fn now(&self) -> f64 {
+        WorkerHost::now(self).as_secs_f64()
+    }
+    fn watch(&mut self, w: Pin<&Watch>, fd: RawFd, _interest: Interest, slot: u32) {
+        let mut world = self.world.borrow_mut();
+        if let Some(old) = w.fd.get() {
+            world.watched[old as usize] = false;
+        }
+        w.fd.set(Some(fd));
+        world.watched[fd as usize] = true;
+        world.slot_of[fd as usize] = slot;
+    }
+    fn unwatch(&mut self, w: Pin<&Watch>) {
+        if let Some(fd) = w.fd.take() {
+            self.world.borrow_mut().watched[fd as usize] = false;
+        }
+    }
+    fn start_timer(&mut self, timer: TimerId, after: f64) {
+        let after = Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO);
+        self.timers[timer as usize] = Some(WorkerHost::now(self) + after);
+    }
+    fn timer_active(&self, timer: TimerId) -> bool {
+        self.timers[timer as usize].is_some()
+    }
+    fn stop_timer(&mut self, timer: TimerId) {
+        self.timers[timer as usize] = None;
+    }
+    fn submit(&mut self, task: TaskRef) {
+        let now = WorkerHost::now(self);
+        if let Some(after) = self.slow_work.start(now, task) {
+            self.slow_timer = Some(now + after);
+        }
+    }
+    fn stop(&mut self) {
+        self.stopped = true;
+    }
+    fn listeners(&self) -> usize {
+        usize::from(self.open)
+    }
+    fn accept(&mut self, _listener: usize) -> Option<io::Result<Adopted<HeldSock>>> {
+        if !self.open {
+            return None;
+        }
+        match self.queue.pop_front() {
+            Some(id) => Some(Ok(Adopted::new(HeldSock {
+                id,
+                world: Rc::clone(&self.world),
+            }))),
+            None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
+        }
+    }
+    fn watch_listeners(&mut self) {
+        self.listening = true;
+    }
+    fn unwatch_listeners(&mut self) {
+        self.listening = false;
+    }
+    fn close_listeners(&mut self) {
+        self.listening = false;
+        self.open = false;
+    }
+}
+
+/// The engine as a worker loop hosts it (see the module doc).
+fn worker_loop(data: &[u8]) {
+    let world = Rc::new(RefCell::new(WorkerWorld::default()));
+    let mut engine: Engine<Adopted<HeldSock>, Watch> = Engine::named(
+        Settings {
+            id: 0,
+            capacity: CAPACITY,
+            slow: Some(Duration::ZERO),
+            read_timeout: Some(Duration::from_secs(1)),
+            shutdown_timeout: Duration::from_secs(5),
+            counters: Arc::default(),
+        },
+        "worker",
+    )
+    .expect("a pool of 3");
+    let mut h = WorkerHost {
+        world: Rc::clone(&world),
+        timers: [None; TimerId::ALL.len()],
+        slow_timer: None,
+        slow_work: SlowTimers::new(SLOW, CAPACITY),
+        queue: VecDeque::new(),
+        open: true,
+        listening: true,
+        stopped: false,
+    };
+    let mut drained = false;
+    // Takes what waits in the queue while the engine listens (the loop's settle).
+    fn settle(engine: &mut Engine<Adopted<HeldSock>, Watch>, h: &mut WorkerHost) {
+        while h.listening && h.open && !h.queue.is_empty() {
+            let before = h.queue.len();
+            engine.on_listener(h, 0);
+            if h.queue.len() == before {
+                break;
+            }
+        }
+    }
+    // Time passes by `step`: every timer that falls due fires, in order.
+    fn advance(engine: &mut Engine<Adopted<HeldSock>, Watch>, h: &mut WorkerHost, step: Duration) {
+        let end = WorkerHost::now(h) + step;
+        loop {
+            let next = h
+                .timers
+                .iter()
+                .copied()
+                .chain([h.slow_timer])
+                .flatten()
+                .filter(|&t| t <= end)
+                .min();
+            let Some(at) = next else { break };
+            {
+                let mut w = h.world.borrow_mut();
+                w.now = w.now.max(at);
+            }
+            if h.slow_timer == Some(at) {
+                h.slow_timer = None;
+                loop {
+                    match h.slow_work.next_due(WorkerHost::now(h)) {
+                        Due::Done(done) => engine.on_task_done(h, done),
+                        Due::Wait(after) => {
+                            h.slow_timer = Some(WorkerHost::now(h) + after);
+                            break;
+                        }
+                        Due::Empty => break,
+                    }
+                }
+            } else if let Some(t) = TimerId::ALL
+                .into_iter()
+                .find(|&t| h.timers[t as usize] == Some(at))
+            {
+                h.timers[t as usize] = None;
+                engine.on_timer(h, t);
+            }
+            settle(engine, h);
+        }
+        let mut w = h.world.borrow_mut();
+        w.now = w.now.max(end);
+    }
+    let mut ops = data.iter().rev().copied();
+    while let Some(op) = ops.next() {
+        let arg = ops.next().unwrap_or(0) as usize;
+        match op % 6 {
+            0 | 1 if !drained => {
+                let id = {
+                    let mut w = world.borrow_mut();
+                    let now = w.now;
+                    w.held.push(Held {
+                        handed_at: now,
+                        ..Held::default()
+                    });
+                    w.watched.push(false);
+                    w.slot_of.push(u32::MAX);
+                    w.held.len() - 1
+                };
+                h.queue.push_back(id);
+                settle(&mut engine, &mut h);
+            }
+            2 | 3 => {
+                let n = world.borrow().held.len();
+                if n == 0 {
+                    continue;
+                }
+                let id = arg % n;
+                let slot = {
+                    let mut w = world.borrow_mut();
+                    if op % 6 == 2 {
+                        w.held[id].inbox.push_back(b'x');
+                    } else {
+                        w.held[id].eof = true;
+                    }
+                    if !w.watched[id] {
+                        continue;
+                    }
+                    w.held[id].read_more = true;
+                    w.slot_of[id]
+                };
+                engine.on_io(&mut h, slot, Interest::Read);
+                settle(&mut engine, &mut h);
+            }
+            4 => advance(&mut engine, &mut h, Duration::from_millis(arg as u64 * 4)),
+            5 if arg % 8 == 0 && !drained => {
+                drained = true;
+                engine.begin_drain(&mut h, Drain::Stop);
+            }
+            _ => {}
+        }
+    }
+    // Long enough for every duration, deadline and drain bound.
+    for _ in 0..4 {
+        advance(&mut engine, &mut h, Duration::from_secs(10));
+    }
+    assert!(
+        h.queue.is_empty() || !h.open,
+        "connections left in the queue"
+    );
+    assert_eq!(
+        engine.in_use(),
+        0,
+        "a slot still held after every timer fired"
+    );
+    let w = world.borrow();
+    for (id, c) in w.held.iter().enumerate() {
+        if h.queue.contains(&id) {
+            continue;
+        }
+        assert_eq!(c.closes, 1, "connection {id} not closed once");
+        if !c.read_more && !drained {
+            assert_eq!(c.sent, RESPONSE, "connection {id} stayed but got no answer");
+        }
     }
 }
