@@ -159,6 +159,7 @@ pub struct LoopSettings {
 }
 
 /// The libev side of a worker loop: everything but the connections.
+#[derive(Debug)]
 struct Side {
     desk: usize,
     work: Arc<WorkerSide>,
@@ -182,6 +183,7 @@ impl Side {
 }
 
 /// One worker's loop and engine.
+#[derive(Debug)]
 pub struct WorkerLoop {
     engine: Engine<Adopted, Io>,
     side: Side,
