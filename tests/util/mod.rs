@@ -154,8 +154,7 @@ impl Server {
     /// The port is probed with a connection (which the server sees close without a
     /// byte) instead when the caller passes its own `NOTIFY_SOCKET` in `env`, or when
     /// `CONN_DAEMON_BIN` names a binary that sent no `READY=1` within `NOTIFY_GRACE`
-    /// (the C++ reference does not notify). And, for now, when `args` hold
-    /// `--metrics`: tests/metrics.rs counts that probe in its exact figures.
+    /// (the C++ reference does not notify).
     pub fn start(args: &[&str]) -> Server {
         Server::start_with_env(args, &[])
     }
@@ -200,12 +199,7 @@ impl Server {
             std::net::IpAddr::V4(ip) if ip.is_loopback() && ip.octets() == [127, 0, 0, 1] => vec![],
             ip => vec!["--listen".into(), SocketAddr::new(ip, port).to_string()],
         };
-        // TRANSITIONAL: tests/metrics.rs counts the probe connection (its `start`
-        // waits for one accepted connection, its figures add one `client_gone`);
-        // drop this once it no longer does.
-        let counts_the_probe = args.contains(&"--metrics");
-        let notify = (!counts_the_probe && !env.iter().any(|(k, _)| *k == "NOTIFY_SOCKET"))
-            .then(Notify::bind);
+        let notify = (!env.iter().any(|(k, _)| *k == "NOTIFY_SOCKET")).then(Notify::bind);
         let mut command = Command::new(bin());
         command
             .arg("-p")
