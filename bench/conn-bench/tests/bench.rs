@@ -306,7 +306,7 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
     script(
         &recorder,
         &format!(
-            "printf '%s\\n' \"$@\" > '{}'\nexec '{}' -A 1 -w \"$1\" -D \"$2\" -p \"$4\"\n",
+            "printf '%s\\n' \"$@\" > '{}'\nexec '{}' -A 1 -w \"$1\" -D \"$2\" --delegate \"$3\" -p \"$4\"\n",
             argv_file.display(),
             conn_daemon().display()
         ),
@@ -319,13 +319,18 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
             recorder.display()
         ),
         "--server".into(),
-        format!("fixed={} -A 1 -p {{port}}", conn_daemon().display()),
+        format!(
+            "fixed={} -A 1 -D {{slow_ms}} -p {{port}}",
+            conn_daemon().display()
+        ),
         "--scenario".into(),
         "slow".into(),
         "--workers".into(),
         "3".into(),
+        // Long enough that the per-request overhead of a loaded machine stays
+        // a few percent of the ideal: the shortfall judged is the worker count.
         "--slow-ms".into(),
-        "20".into(),
+        "100".into(),
         "--slow-concurrency".into(),
         "6".into(),
         "--delegate".into(),
@@ -335,7 +340,7 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
         "--rounds".into(),
         "1".into(),
         "-n".into(),
-        "300".into(),
+        "60".into(),
     ]
     .into();
     let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
@@ -352,16 +357,16 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
     );
     assert_eq!(
         read(&argv_file),
-        format!("3\n20\nsocket\n{port}\n"),
+        format!("3\n100\nsocket\n{port}\n"),
         "the server's argv"
     );
     assert_eq!(json["loads"][0]["concurrency"], 6, "{json}");
     assert_eq!(json["slow_concurrency"], 6);
     assert_eq!(json["delegate"], "socket");
-    // 3 workers of 20 ms: 150 req/s ideal, met by the server told so.
+    // 3 workers of 100 ms: 30 req/s ideal, met by the server told so.
     let rec = &rows[0]["loads"][0];
-    assert_eq!(rec["ideal_requests_per_s"], 150.0, "{rec}");
-    assert_eq!(rec["completed"], 300);
+    assert_eq!(rec["ideal_requests_per_s"], 30.0, "{rec}");
+    assert_eq!(rec["completed"], 60);
     let pct = rec["percent_of_ideal"].as_f64().unwrap();
     assert!(pct >= 90.0, "rec reached {pct}% of its ideal:\n{stdout}");
     // One worker: a third of it, and the note says why.
