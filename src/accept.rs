@@ -9,7 +9,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 use std::time::Instant;
 
 use socket2::Socket;
@@ -17,6 +16,7 @@ use socket2::Socket;
 use crate::delegate::{Handoff, WorkerSide};
 use crate::engine::{Engine, Host, Interest};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
+use crate::ev_engine;
 use crate::net;
 use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
@@ -68,12 +68,6 @@ pub struct AcceptTask {
     side: Side,
 }
 
-/// The engine's seconds as the wrapper's `Duration`: a deadline already
-/// passed (negative) fires at once.
-fn seconds(after: f64) -> Duration {
-    Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO)
-}
-
 /// The engine's view of the loop during one callback.
 struct EvHost<'a> {
     lp: &'a Loop<AcceptTask>,
@@ -85,19 +79,12 @@ impl Host<OwnedFd> for EvHost<'_> {
 
     #[inline]
     fn now(&self) -> f64 {
-        self.lp.now().as_secs_f64()
+        ev_engine::now(self.lp)
     }
 
     #[inline]
     fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
-        let events = match interest {
-            Interest::Read => Events::READ,
-            Interest::Write => Events::WRITE,
-        };
-        if !io.is_active() || io.events() != events || io.fd() != fd {
-            io.set_fd(fd, events, Token::Slot(slot).encode());
-            io.start(self.lp);
-        }
+        ev_engine::watch(self.lp, io, fd, interest, slot);
     }
 
     #[inline]
@@ -106,9 +93,7 @@ impl Host<OwnedFd> for EvHost<'_> {
     }
 
     fn start_timer(&mut self, timer: TimerId, after: f64) {
-        self.side
-            .timer(timer)
-            .start_once(self.lp, seconds(after), Token::Timer(timer).encode());
+        ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
     }
 
     fn timer_active(&self, timer: TimerId) -> bool {
@@ -272,11 +257,7 @@ impl Handler for AcceptTask {
         };
         match Token::decode(token) {
             Token::Slot(slot) => {
-                let ready = if events.is_writable() {
-                    Interest::Write
-                } else {
-                    Interest::Read
-                };
+                let ready = ev_engine::interest(events);
                 self.engine.on_io(&mut host, slot, ready);
             }
             Token::Listener(i) => self.engine.on_listener(&mut host, i as usize),

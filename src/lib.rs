@@ -24,6 +24,8 @@
 //! - [`engine`] (one loop's connections, over any loop that implements its
 //!   `Host`: public so that the fuzz targets drive it over a scripted loop) and
 //!   [`socket_worker`] (a blocking worker's steps, `--delegate socket`);
+//! - the crate-private `ev_engine` (what every libev host of the engine does
+//!   alike: watch a slot, arm a timer, the clock);
 //! - `accept` (`AcceptTask`: the engine on libev) and the crate-private
 //!   `worker_loop` (the engine on a worker's own libev loop, `--delegate loop`);
 //! - the crate-private `handoff` (the worker threads of `socket` and `loop`);
@@ -64,6 +66,7 @@ pub mod worker_loop;
 
 mod accept;
 mod deadline;
+mod ev_engine;
 mod fault;
 mod handoff;
 mod net;

@@ -35,6 +35,7 @@ use crate::debug;
 use crate::delegate::WorkerSide;
 use crate::engine::{Engine, Host, Interest, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
+use crate::ev_engine;
 use crate::shutdown::Drain;
 use crate::task::{Claimed, Done, TaskRef};
 use crate::token::{TimerId, Token};
@@ -200,19 +201,14 @@ struct LoopHost<'a> {
 impl Host<Adopted> for LoopHost<'_> {
     type Watcher = Io;
 
+    #[inline]
     fn now(&self) -> f64 {
-        self.lp.now().as_secs_f64()
+        ev_engine::now(self.lp)
     }
 
+    #[inline]
     fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
-        let events = match interest {
-            Interest::Read => Events::READ,
-            Interest::Write => Events::WRITE,
-        };
-        if !io.is_active() || io.events() != events || io.fd() != fd {
-            io.set_fd(fd, events, Token::Slot(slot).encode());
-            io.start(self.lp);
-        }
+        ev_engine::watch(self.lp, io, fd, interest, slot);
     }
 
     fn unwatch(&mut self, io: Pin<&Io>) {
@@ -220,11 +216,7 @@ impl Host<Adopted> for LoopHost<'_> {
     }
 
     fn start_timer(&mut self, timer: TimerId, after: f64) {
-        self.side.timer(timer).start_once(
-            self.lp,
-            Duration::try_from_secs_f64(after).unwrap_or(Duration::ZERO),
-            Token::Timer(timer).encode(),
-        );
+        ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
     }
 
     fn timer_active(&self, timer: TimerId) -> bool {
@@ -385,11 +377,7 @@ impl WorkerLoop {
 impl Handler for WorkerLoop {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
         if let Token::Slot(slot) = Token::decode(token) {
-            let ready = if events.is_writable() {
-                Interest::Write
-            } else {
-                Interest::Read
-            };
+            let ready = ev_engine::interest(events);
             let mut host = LoopHost {
                 lp,
                 side: &mut self.side,

@@ -276,15 +276,17 @@ fn script(path: &std::path::Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A port range of `n` ports that were free a moment ago, for `--ports`.
+/// A port range of `n` ports that were free a moment ago, for `--ports`. Taken
+/// below the kernel's ephemeral range (where the other tests' servers and
+/// clients leave sockets in TIME_WAIT), from a start that differs per run.
 fn free_range(n: u16) -> (u16, u16) {
-    for _ in 0..50 {
-        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        let from = l.local_addr().unwrap().port();
-        drop(l);
-        let Some(to) = from.checked_add(n - 1) else {
-            continue;
-        };
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for attempt in 0..200u64 {
+        let from = 20_000 + ((seed.wrapping_add(attempt * 7919)) % 10_000) as u16;
+        let to = from + n - 1;
         let all_free = (from..=to).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
             return (from, to);
