@@ -297,21 +297,16 @@ fn a_drain_with_a_full_pool_pauses_once_and_answers_the_backlog() {
         "--metrics",
         &m,
     ]);
-    // The start-up probe comes and goes first, so that it holds no slot later.
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let body = scrape(maddr);
-        if sample(
+    // Readiness came from the server's READY=1: no connection of ours yet.
+    let body = scrape(maddr);
+    assert_eq!(
+        sample(
             &body,
-            r#"conn_daemon_connections_accepted_total{thread="0"}"#,
-        ) == 1.0
-            && sample(&body, r#"conn_daemon_connections_open{thread="0"}"#) == 0.0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the probe connection: {body}");
-        thread::sleep(ms(10));
-    }
+            r#"conn_daemon_connections_accepted_total{thread="0"}"#
+        ),
+        0.0,
+        "{body}"
+    );
     // The pool fills: a slow request (answered after its task) and an
     // incomplete one (which the drain closes).
     let slow = server.connect();
