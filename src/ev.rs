@@ -261,8 +261,7 @@ impl<H: Handler> Loop<H> {
         assert!(!self.core.running.replace(true), "nested Loop::run");
         let mut ctx = RunCtx { lp: self, handler };
         // Callbacks only fire inside ev_run, so trampolines never see a stale userdata.
-        // SAFETY: valid loop; userdata points at `ctx`, which outlives ev_run and
-        // is reset before `ctx` goes away.
+        // SAFETY: valid loop; userdata points at `ctx`, which outlives ev_run and is reset before `ctx` goes away.
         unsafe {
             sys::ev_set_userdata(self.core.raw, (&mut ctx as *mut RunCtx<H>).cast());
             sys::ev_run(self.core.raw, 0);
@@ -339,8 +338,7 @@ fn guard(what: &str, body: impl FnOnce()) {
 /// # Safety
 /// `lp` must be a loop currently inside [`Loop::run`] of a `Loop<H>`.
 unsafe fn dispatch<H: Handler>(lp: *mut sys::ev_loop, f: impl FnOnce(&mut H, &Loop<H>)) {
-    // SAFETY: per the contract, userdata is the RunCtx<H> of the running `run`, whose
-    // loop and handler are alive and not otherwise used while ev_run runs.
+    // SAFETY: per the contract, userdata is the RunCtx<H> of the running `run`, whose loop and handler are alive and not otherwise used while ev_run runs.
     unsafe {
         let ctx = &*(sys::ev_userdata(lp) as *const RunCtx<H>);
         f(&mut *ctx.handler, &*ctx.lp)
@@ -450,8 +448,7 @@ macro_rules! watcher {
 
             /// Whether the watcher is started (libev's `ev_is_active`).
             pub fn is_active(&self) -> bool {
-                // SAFETY: reading a field of our own watcher; libev writes it only
-                // from this thread, inside calls we make.
+                // SAFETY: reading a field of our own watcher; libev writes it only from this thread, inside calls we make.
                 unsafe { (*self.w.get()).active != 0 }
             }
 
@@ -478,9 +475,7 @@ macro_rules! watcher {
                     return;
                 }
                 let core = self.bound.unbind();
-                // SAFETY: the watcher was started on that loop, which is alive
-                // (it cannot be freed while we are bound); libev's stop first
-                // clears a pending event, then returns early if inactive.
+                // SAFETY: the watcher was started on that loop, which is alive (it cannot be freed while we are bound); libev's stop first clears a pending event, then returns early if inactive.
                 unsafe { $stop((*core).raw, self.w.get()) }
             }
 
@@ -580,8 +575,7 @@ impl Io {
         self.stop();
         // The callback (libev's `ev_set_cb`) is written here, not in `set_fd`,
         // because only the loop tells which handler type it dispatches to.
-        // SAFETY: pinned, so the address libev keeps stays valid until `stop` or
-        // drop (which stops it); the callback matches the loop's H.
+        // SAFETY: pinned, so the address libev keeps stays valid until `stop` or drop (which stops it); the callback matches the loop's H.
         unsafe {
             (*self.raw()).cb = Some(io_trampoline::<H>);
             sys::ev_io_start(lp.core.raw, self.raw());
@@ -653,8 +647,7 @@ impl Timer {
         token: usize,
     ) {
         self.stop();
-        // SAFETY: inactive watcher; pinned, so libev's pointer stays valid until
-        // stop or drop; the callback matches the loop's H.
+        // SAFETY: inactive watcher; pinned, so libev's pointer stays valid until stop or drop; the callback matches the loop's H.
         unsafe {
             sys::conn_ev_timer_init(self.raw(), timer_trampoline::<H>, secs(after), secs(every));
             (*self.raw()).data = token as *mut c_void;
@@ -673,10 +666,7 @@ impl Timer {
             // watcher (it would forget its place in libev's queue).
             self.stop();
         }
-        // SAFETY: an active watcher is bound to `lp`, so its callback is already
-        // the trampoline for `lp`'s H and only `repeat` and `data` change (both
-        // documented as writable while active); an inactive, not pending one is
-        // initialised first. Pinned, as in `start_repeating`.
+        // SAFETY: an active watcher is bound to `lp`, so its callback is already the trampoline for `lp`'s H and only `repeat` and `data` change (both documented as writable while active); an inactive, not pending one is initialised first. Pinned, as in `start_repeating`.
         unsafe {
             if restart {
                 sys::conn_ev_timer_init(self.raw(), timer_trampoline::<H>, 0.0, 0.0);
@@ -804,8 +794,7 @@ impl Async {
     pub fn start<H: Handler>(self: Pin<&Self>, lp: &Loop<H>, token: usize) {
         self.stop();
         let raw = &self.raw;
-        // SAFETY: inactive; ev_async_init only writes fields; pinned, so libev's
-        // pointer stays valid until stop or drop; the callback matches the loop's H.
+        // SAFETY: inactive; ev_async_init only writes fields; pinned, so libev's pointer stays valid until stop or drop; the callback matches the loop's H.
         unsafe {
             sys::conn_ev_async_init(raw.raw(), async_trampoline::<H>);
             (*raw.raw()).data = token as *mut c_void;
@@ -871,8 +860,7 @@ impl AsyncSender {
     pub fn send(&self) -> bool {
         let target = self.gate.0.read().unwrap_or_else(|e| e.into_inner());
         match *target {
-            // SAFETY: the gate holds a target only while the watcher is active;
-            // stopping it waits for this read lock, so both stay valid here.
+            // SAFETY: the gate holds a target only while the watcher is active; stopping it waits for this read lock, so both stay valid here.
             Some(t) => unsafe {
                 sys::ev_async_send(t.lp, t.w);
                 true

@@ -31,8 +31,7 @@ macro_rules! syscall {
 /// in all (callgrind). We never cancel threads, so we skip them.
 macro_rules! raw_syscall {
     ($nr:ident $(, $arg:expr)* $(,)?) => {{
-        // SAFETY: each use passes valid fds and buffers with their true lengths,
-        // with the argument types the kernel expects for that call.
+        // SAFETY: each use passes valid fds and buffers with their true lengths, with the argument types the kernel expects for that call.
         let res = unsafe { libc::syscall(libc::$nr $(, $arg)*) };
         if res == -1 {
             Err(io::Error::last_os_error())

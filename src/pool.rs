@@ -122,8 +122,7 @@ impl<T, W: SlotWatcher> Pool<T, W> {
     /// If the watcher is active or a task is still out (a bug in the caller).
     pub fn release(&mut self, idx: u32) {
         let slot = self.slot(idx);
-        // SAFETY: slot is constructed; shared references to its pool-managed
-        // fields are fine (no &mut to them exists).
+        // SAFETY: slot is constructed; shared references to its pool-managed fields are fine (no &mut to them exists).
         let (active, busy) = unsafe {
             (
                 (*addr_of!((*slot).io)).is_active(),
@@ -141,22 +140,19 @@ impl<T, W: SlotWatcher> Pool<T, W> {
 
     /// The value in slot `idx`.
     pub fn get(&self, idx: u32) -> &T {
-        // SAFETY: constructed slot; the value field is only ever borrowed through
-        // the pool, so this shared borrow follows Rust's rules via &self.
+        // SAFETY: constructed slot; the value field is only ever borrowed through the pool, so this shared borrow follows Rust's rules via &self.
         unsafe { &*addr_of!((*self.slot(idx)).value) }
     }
 
     /// The value in slot `idx`, mutably.
     pub fn get_mut(&mut self, idx: u32) -> &mut T {
-        // SAFETY: as `get`, exclusive through &mut self. Only the `value` field is
-        // borrowed, never the task holder a worker may be using.
+        // SAFETY: as `get`, exclusive through &mut self. Only the `value` field is borrowed, never the task holder a worker may be using.
         unsafe { &mut *addr_of_mut!((*self.slot(idx)).value) }
     }
 
     /// The watcher of slot `idx`, pinned: slots never move while the pool lives.
     pub fn watcher(&self, idx: u32) -> Pin<&W> {
-        // SAFETY: constructed slot; pool memory never moves while the pool lives
-        // and a slot is dropped in place (Pool's Drop) or never: what Pin asks.
+        // SAFETY: constructed slot; pool memory never moves while the pool lives and a slot is dropped in place (Pool's Drop) or never: what Pin asks.
         unsafe { Pin::new_unchecked(&*addr_of!((*self.slot(idx)).io)) }
     }
 
@@ -201,8 +197,7 @@ impl<T, W: SlotWatcher> Pool<T, W> {
     }
 
     fn holder(&self, idx: u32) -> &TaskHolder {
-        // SAFETY: constructed slot; a TaskHolder is only ever shared (interior
-        // mutability; raw access by the worker holding its TaskRef), never &mut.
+        // SAFETY: constructed slot; a TaskHolder is only ever shared (interior mutability; raw access by the worker holding its TaskRef), never &mut.
         unsafe { &*addr_of!((*self.slot(idx)).task) }
     }
 
@@ -246,8 +241,7 @@ impl<T, W: SlotWatcher> Drop for Pool<T, W> {
             // SAFETY: constructed slot, dropped exactly once, never used again.
             unsafe { ptr::drop_in_place(self.slot(i)) };
         }
-        // SAFETY: the mapping made in `new`, with its length; nothing points into
-        // it any more.
+        // SAFETY: the mapping made in `new`, with its length; nothing points into it any more.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
     }
 }

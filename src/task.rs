@@ -183,9 +183,7 @@ impl TaskHolder {
             // SAFETY: per the contract; dropped in place exactly once.
             unsafe { ptr::drop_in_place(p.cast::<T>()) }
         }
-        // SAFETY: IDLE or CANCELLED: no task is stored and no worker reads the
-        // storage (see `state`); the size and alignment checks above make the
-        // write fit it.
+        // SAFETY: IDLE or CANCELLED: no task is stored and no worker reads the storage (see `state`); the size and alignment checks above make the write fit it.
         unsafe { ptr::write(self.storage.get().cast::<T>(), task) };
         self.call.set(Some(call::<T>));
         self.discard.set(Some(discard::<T>));
@@ -217,8 +215,7 @@ impl TaskHolder {
         {
             Ok(_) => {
                 let discard = self.discard.get().expect("a queued holder has a task");
-                // SAFETY: we won the task from QUEUED, so no worker will run it or
-                // read the storage; `fill` stored a task of discard's type there.
+                // SAFETY: we won the task from QUEUED, so no worker will run it or read the storage; `fill` stored a task of discard's type there.
                 unsafe { discard(self.storage.get().cast::<u8>()) };
                 Cancel::Withdrawn
             }
@@ -294,9 +291,7 @@ impl Claimed {
     /// Runs the task on this thread, drops it, and returns the completion token.
     pub fn run(self) -> Done {
         let holder = self.0.as_ptr();
-        // SAFETY: a RUNNING holder is never freed nor written by the accept
-        // thread; the claim acquired `fill`'s writes of the task and its `call`;
-        // this token is consumed here, so the task runs exactly once.
+        // SAFETY: a RUNNING holder is never freed nor written by the accept thread; the claim acquired `fill`'s writes of the task and its `call`; this token is consumed here, so the task runs exactly once.
         unsafe {
             let call = (*holder).call.get().expect("a filled holder has a task");
             call((*holder).storage.get().cast::<u8>());
@@ -319,8 +314,7 @@ unsafe impl Send for Done {}
 impl Done {
     /// Where the task came from.
     pub fn route(&self) -> Route {
-        // SAFETY: while this token exists the holder is RUNNING: alive, and its
-        // route is not written (only `fill` writes it, and only when not busy).
+        // SAFETY: while this token exists the holder is RUNNING: alive, and its route is not written (only `fill` writes it, and only when not busy).
         unsafe { (*self.holder.as_ptr()).route.get() }
     }
 }

@@ -83,8 +83,7 @@ fn activated_with(
         .stdout(Stdio::null())
         .stderr(fs::File::create(stderr).unwrap());
     // The fds are moved above the target range first so none is overwritten.
-    // SAFETY: between fork and exec only fcntl/dup2/setgid/setuid on a fixed
-    // array: async-signal-safe, no allocation.
+    // SAFETY: between fork and exec only fcntl/dup2/setgid/setuid on a fixed array: async-signal-safe, no allocation.
     unsafe {
         cmd.pre_exec(move || {
             let mut high = [-1 as RawFd; 8];

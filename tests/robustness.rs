@@ -226,8 +226,7 @@ impl LimitedServer {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr_file));
-            // SAFETY: the closure only calls setrlimit (async-signal-safe) on a
-            // stack value, between fork and exec.
+            // SAFETY: the closure only calls setrlimit (async-signal-safe) on a stack value, between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     let lim = libc::rlimit {

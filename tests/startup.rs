@@ -167,8 +167,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        // SAFETY: signalling the daemon this test started (found by its exact
-        // command line with a port only this test uses).
+        // SAFETY: signalling the daemon this test started (found by its exact command line with a port only this test uses).
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
 }

@@ -131,8 +131,7 @@ impl Arena {
 
     /// Gives region `i`'s pages back to the kernel and makes it free again.
     fn release(&self, i: usize) {
-        // SAFETY: the region lies inside our mapping and nobody uses it any more
-        // (libev freed it); its pages read as zeros from now on.
+        // SAFETY: the region lies inside our mapping and nobody uses it any more (libev freed it); its pages read as zeros from now on.
         unsafe { libc::madvise(self.address(i), self.region, libc::MADV_DONTNEED) };
         self.taken[i].store(false, Ordering::Release);
     }
@@ -145,8 +144,7 @@ static ARENAS: AtomicPtr<Arena> = AtomicPtr::new(ptr::null_mut());
 fn arenas() -> impl Iterator<Item = &'static Arena> {
     let mut next: *const Arena = ARENAS.load(Ordering::Acquire);
     std::iter::from_fn(move || {
-        // SAFETY: arenas are leaked boxes, published complete (Release/Acquire
-        // on ARENAS) and never freed or changed apart from their atomic flags.
+        // SAFETY: arenas are leaked boxes, published complete (Release/Acquire on ARENAS) and never freed or changed apart from their atomic flags.
         let arena = unsafe { next.as_ref()? };
         next = arena.next;
         Some(arena)
@@ -189,9 +187,7 @@ fn install() -> io::Result<()> {
              reserve before the first Loop::new",
         )),
         Choice::Undecided => {
-            // SAFETY: no loop exists (the lock orders us before every
-            // `Loop::new`), so nothing reads libev's allocator concurrently;
-            // `ev_alloc` has the realloc semantics libev expects.
+            // SAFETY: no loop exists (the lock orders us before every `Loop::new`), so nothing reads libev's allocator concurrently; `ev_alloc` has the realloc semantics libev expects.
             unsafe { sys::ev_set_allocator(ev_alloc) };
             *c = Choice::Reserved;
             Ok(())
@@ -216,8 +212,7 @@ unsafe extern "C" fn ev_alloc(p: *mut c_void, size: c_long) -> *mut c_void {
         Some((arena, _)) if size <= arena.region => p,
         Some((arena, i)) => {
             // Outgrew its region (the sizing rules this out): move to the heap.
-            // SAFETY: malloc of a positive size; the copy stays inside the old
-            // region and the new block, which do not overlap.
+            // SAFETY: malloc of a positive size; the copy stays inside the old region and the new block, which do not overlap.
             unsafe {
                 let moved = libc::malloc(size);
                 if !moved.is_null() {
@@ -234,8 +229,7 @@ unsafe extern "C" fn ev_alloc(p: *mut c_void, size: c_long) -> *mut c_void {
             // SAFETY: malloc of a positive size.
             .unwrap_or_else(|| unsafe { libc::malloc(size) }),
         None if size == 0 => {
-            // SAFETY: `p` came from libc (not from an arena): libev frees only
-            // what its allocator returned.
+            // SAFETY: `p` came from libc (not from an arena): libev frees only what its allocator returned.
             unsafe { libc::free(p) };
             ptr::null_mut()
         }
@@ -388,8 +382,7 @@ mod tests {
     fn blocks_grow_in_place_and_regions_are_reused() {
         // Room for loops other tests may create meanwhile.
         reserve_arrays(4, 10).unwrap();
-        // SAFETY: the allocator's own contract: realloc semantics on blocks it
-        // handed out, each used within its size.
+        // SAFETY: the allocator's own contract: realloc semantics on blocks it handed out, each used within its size.
         unsafe {
             let a = ev_alloc(ptr::null_mut(), 64);
             assert!(!a.is_null());

@@ -15,8 +15,7 @@ pub fn open_fds() -> io::Result<u64> {
     let mut buf = Buf([0; 4096]);
     let mut count: u64 = 0;
     loop {
-        // SAFETY: getdents64 writes at most the given length into our buffer,
-        // which is aligned for `linux_dirent64`; the fd is an open directory.
+        // SAFETY: getdents64 writes at most the given length into our buffer, which is aligned for `linux_dirent64`; the fd is an open directory.
         let got = unsafe {
             libc::syscall(
                 libc::SYS_getdents64,

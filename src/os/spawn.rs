@@ -95,8 +95,7 @@ impl Exec {
     /// leads a process group of its own (its pid), so that [`kill_group`] reaches
     /// whatever it forks too.
     pub fn spawn(&mut self) -> io::Result<libc::pid_t> {
-        // SAFETY: fork has no preconditions; the child runs only async-signal-safe
-        // calls on memory prepared above, then execs or _exits.
+        // SAFETY: fork has no preconditions; the child runs only async-signal-safe calls on memory prepared above, then execs or _exits.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
             // SAFETY: we are the child of a fork (see `exec_child`).
@@ -118,8 +117,7 @@ impl Exec {
     unsafe fn exec_child(&mut self) -> ! {
         // No allocation, no lock, no panic here (no indexing that could fail:
         // iterators and checked `get`).
-        // SAFETY: every pointer is into buffers allocated before the fork, and
-        // every call is async-signal-safe.
+        // SAFETY: every pointer is into buffers allocated before the fork, and every call is async-signal-safe.
         unsafe {
             if let Some(var) = self.pid_var.and_then(|i| self.env.get_mut(i)) {
                 let digits = &mut var[b"LISTEN_PID=".len()..];

@@ -24,8 +24,7 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 pub fn install_signal_handlers() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // Children get the default disposition back at exec.
-        // SAFETY: `on_signal` has the C ABI `signal` expects and only does an
-        // atomic store, which is async-signal-safe.
+        // SAFETY: `on_signal` has the C ABI `signal` expects and only does an atomic store, which is async-signal-safe.
         unsafe {
             libc::signal(signal, on_signal as *const () as libc::sighandler_t);
         }
@@ -53,8 +52,7 @@ pub fn set_thread_affinity(cpus: &[usize]) -> io::Result<()> {
         // SAFETY: `cpu` is below CPU_SETSIZE, so the bit is inside `set`.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    // SAFETY: passes a pointer to a live, correctly sized cpu_set_t; pid 0
-    // means the calling thread.
+    // SAFETY: passes a pointer to a live, correctly sized cpu_set_t; pid 0 means the calling thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc == 0 {
         Ok(())
@@ -82,8 +80,7 @@ pub fn client_side_cpu_us() -> f64 {
     [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
         .into_iter()
         .map(|who| {
-            // SAFETY: rusage is plain data, all-zero is valid; getrusage only
-            // writes into the struct it is given.
+            // SAFETY: rusage is plain data, all-zero is valid; getrusage only writes into the struct it is given.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: `usage` is a live, correctly sized rusage.
             if unsafe { libc::getrusage(who, &mut usage) } != 0 {
@@ -118,9 +115,7 @@ pub fn send_signal(pid: u32, signal: libc::c_int) {
 /// why servers also get a `GroupGuard`.
 pub fn die_with_this_thread(cmd: &mut Command) {
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
-    // SAFETY: the closure runs in the child between fork and exec and calls
-    // only async-signal-safe functions (prctl, getppid); it allocates nothing
-    // (`io::Error::from_raw_os_error` and `last_os_error` are plain values).
+    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe functions (prctl, getppid); it allocates nothing (`io::Error::from_raw_os_error` and `last_os_error` are plain values).
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -181,10 +176,7 @@ impl GroupGuard {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad process group"))?;
         let (read_end, _write_end) = lifeline()?;
         let read_fd: RawFd = read_end.as_raw_fd();
-        // SAFETY: fork in a multi-threaded process. The child runs only
-        // async-signal-safe calls (setpgid, syscall(close_range), close,
-        // read, kill, _exit) on stack data and never returns into Rust code
-        // that could allocate or take a lock another thread held.
+        // SAFETY: fork in a multi-threaded process. The child runs only async-signal-safe calls (setpgid, syscall(close_range), close, read, kill, _exit) on stack data and never returns into Rust code that could allocate or take a lock another thread held.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
             return Err(io::Error::last_os_error());
@@ -198,8 +190,7 @@ impl GroupGuard {
 
     /// Sends `signal` to the whole group (the guard included for SIGKILL).
     pub fn signal_group(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory-safety preconditions; the group id is
-        // held by the guard until it is reaped in `finish`.
+        // SAFETY: kill has no memory-safety preconditions; the group id is held by the guard until it is reaped in `finish`.
         unsafe {
             libc::kill(-self.pgid, signal);
         }
