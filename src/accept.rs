@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +14,7 @@ use std::time::Instant;
 use socket2::Socket;
 
 use crate::delegate::{Handoff, WorkerSide};
-use crate::engine::{Engine, Host, Interest};
+use crate::engine::{Engine, Host};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
 use crate::net;
@@ -77,32 +77,7 @@ struct EvHost<'a> {
 impl Host<OwnedFd> for EvHost<'_> {
     type Watcher = Io;
 
-    #[inline]
-    fn now(&self) -> f64 {
-        ev_engine::now(self.lp)
-    }
-
-    #[inline]
-    fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
-        ev_engine::watch(self.lp, io, fd, interest, slot);
-    }
-
-    #[inline]
-    fn unwatch(&mut self, io: Pin<&Io>) {
-        io.stop();
-    }
-
-    fn start_timer(&mut self, timer: TimerId, after: f64) {
-        ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
-    }
-
-    fn timer_active(&self, timer: TimerId) -> bool {
-        self.side.timer(timer).is_active()
-    }
-
-    fn stop_timer(&mut self, timer: TimerId) {
-        self.side.timer(timer).stop();
-    }
+    ev_engine::libev_host_basics!();
 
     fn submit(&mut self, task: TaskRef) {
         self.side.shared.submit(task);

@@ -51,3 +51,44 @@ pub fn interest(events: Events) -> Interest {
         Interest::Read
     }
 }
+
+/// The `Host` methods every libev host of the engine has alike (the clock, a
+/// slot's watcher, the engine's timers), for a host struct with `lp: &Loop<_>`
+/// and `side` whose `timer(TimerId)` gives the pinned timer.
+macro_rules! libev_host_basics {
+    () => {
+        #[inline]
+        fn now(&self) -> f64 {
+            $crate::ev_engine::now(self.lp)
+        }
+
+        #[inline]
+        fn watch(
+            &mut self,
+            io: ::std::pin::Pin<&$crate::ev::Io>,
+            fd: ::std::os::fd::RawFd,
+            interest: $crate::engine::Interest,
+            slot: u32,
+        ) {
+            $crate::ev_engine::watch(self.lp, io, fd, interest, slot);
+        }
+
+        #[inline]
+        fn unwatch(&mut self, io: ::std::pin::Pin<&$crate::ev::Io>) {
+            io.stop();
+        }
+
+        fn start_timer(&mut self, timer: $crate::token::TimerId, after: f64) {
+            $crate::ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
+        }
+
+        fn timer_active(&self, timer: $crate::token::TimerId) -> bool {
+            self.side.timer(timer).is_active()
+        }
+
+        fn stop_timer(&mut self, timer: $crate::token::TimerId) {
+            self.side.timer(timer).stop();
+        }
+    };
+}
+pub(crate) use libev_host_basics;

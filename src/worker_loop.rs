@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::conn::Socket;
 use crate::debug;
 use crate::delegate::WorkerSide;
-use crate::engine::{Engine, Host, Interest, Settings, Stats};
+use crate::engine::{Engine, Host, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
 use crate::shutdown::Drain;
@@ -201,31 +201,7 @@ struct LoopHost<'a> {
 impl Host<Adopted> for LoopHost<'_> {
     type Watcher = Io;
 
-    #[inline]
-    fn now(&self) -> f64 {
-        ev_engine::now(self.lp)
-    }
-
-    #[inline]
-    fn watch(&mut self, io: Pin<&Io>, fd: RawFd, interest: Interest, slot: u32) {
-        ev_engine::watch(self.lp, io, fd, interest, slot);
-    }
-
-    fn unwatch(&mut self, io: Pin<&Io>) {
-        io.stop();
-    }
-
-    fn start_timer(&mut self, timer: TimerId, after: f64) {
-        ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
-    }
-
-    fn timer_active(&self, timer: TimerId) -> bool {
-        self.side.timer(timer).is_active()
-    }
-
-    fn stop_timer(&mut self, timer: TimerId) {
-        self.side.timer(timer).stop();
-    }
+    ev_engine::libev_host_basics!();
 
     /// The slow work starts: the task waits for its timer, not in a thread.
     fn submit(&mut self, task: TaskRef) {
