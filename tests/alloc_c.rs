@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod util;
 
-use util::{expect_closed_silently, expect_response, send, Server};
+use util::{check_closed_silently, check_response, send, Server, IO_TIMEOUT};
 
 /// `--read-timeout`: long enough for the loaded phase, short enough to wait
 /// out twice.
@@ -70,7 +70,7 @@ fn burst(server: &Server, request: &[u8], n: usize, concurrency: usize) {
             send(s, request);
         }
         for s in &round {
-            expect_response(s);
+            check_response(s, IO_TIMEOUT).unwrap();
         }
         left -= round.len();
     }
@@ -100,7 +100,7 @@ fn trickle(server: &Server, n: usize) {
         thread::sleep(Duration::from_millis(20));
     }
     for s in &conns {
-        expect_response(s);
+        check_response(s, IO_TIMEOUT).unwrap();
     }
 }
 
@@ -111,7 +111,7 @@ fn invalid(server: &Server, n: usize) {
         send(s, b"POST /test/fast HTTP/1.1\r\n\r\n");
     }
     for s in &conns {
-        expect_closed_silently(s);
+        check_closed_silently(s, IO_TIMEOUT).unwrap();
     }
 }
 
@@ -219,7 +219,7 @@ fn no_allocation_in(mode: &str) {
     let eof = server.connect();
     send(&eof, HALF);
     util::shutdown_write(&eof);
-    expect_closed_silently(&eof);
+    check_closed_silently(&eof, IO_TIMEOUT).unwrap();
     expect_timed_out(&warm_idle);
     drop(warm_idle);
     scrape(metrics);
@@ -248,7 +248,7 @@ fn no_allocation_in(mode: &str) {
     }
     for s in finish {
         if in_time {
-            expect_response(s);
+            check_response(s, IO_TIMEOUT).unwrap();
         } else {
             util::check_response(s, util::IO_TIMEOUT)
                 .or_else(|_| util::check_closed_silently(s, util::IO_TIMEOUT))

@@ -24,8 +24,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use util::{
-    check_closed_silently, expect_closed_silently, expect_response, read_to_end, send,
-    shutdown_write, End, Server, IO_TIMEOUT, RESPONSE,
+    check_closed_silently, check_response, read_to_end, send, shutdown_write, End, Server,
+    IO_TIMEOUT, RESPONSE,
 };
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
@@ -146,7 +146,7 @@ fn a_socket_worker_is_not_held_by_a_client_that_never_reads() {
     send(&next, SLOW);
     // The one worker answers the second client after the first's work and its
     // own: the first, which reads nothing, did not hold it.
-    expect_response(&next);
+    check_response(&next, IO_TIMEOUT).unwrap();
     assert!(
         t.elapsed() < Duration::from_millis(1000),
         "the second client waited {:?}: the worker was held",
@@ -190,7 +190,7 @@ fn a_client_that_leaves_during_its_slow_work(mode: &str) {
     drop(vanishing);
     let next = server.connect();
     send(&next, SLOW);
-    expect_response(&next);
+    check_response(&next, IO_TIMEOUT).unwrap();
     let m = wait_for(addr, "everything closed", settled);
     assert_eq!(gone(&m) - gone(&base), 2.0, "{mode}: {m:#?}");
     assert_eq!(
@@ -277,7 +277,7 @@ fn a_waiting_client_that_leaves(mode: &str) {
     });
     shutdown_write(&waiting);
     let t = Instant::now();
-    expect_closed_silently(&waiting);
+    check_closed_silently(&waiting, IO_TIMEOUT).unwrap();
     assert!(
         t.elapsed() < Duration::from_millis(400),
         "{mode}: closed only after {:?}: not watched while waiting",
@@ -285,8 +285,8 @@ fn a_waiting_client_that_leaves(mode: &str) {
     );
     let third = server.connect();
     send(&third, SLOW);
-    expect_response(&first);
-    expect_response(&third);
+    check_response(&first, IO_TIMEOUT).unwrap();
+    check_response(&third, IO_TIMEOUT).unwrap();
     let m = wait_for(addr, "everything closed", settled);
     assert_eq!(sum(&m, "conn_daemon_responses_total", "kind=\"slow\""), 2.0);
 }
@@ -379,7 +379,7 @@ fn a_loop_worker_gives_each_connection_its_full_duration() {
         let next = server.connect();
         send(&next, SLOW);
         let t = Instant::now();
-        expect_response(&next);
+        check_response(&next, IO_TIMEOUT).unwrap();
         assert!(
             t.elapsed() >= Duration::from_millis(950),
             "answered after {:?}, not --slow-duration",

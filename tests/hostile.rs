@@ -325,7 +325,7 @@ fn a_drain_with_a_full_pool_pauses_once_and_answers_the_backlog() {
     // A complete request now waits in the backlog: not answered.
     let queued = server.connect();
     send(&queued, FAST);
-    util::expect_nothing_for(&queued, ms(200));
+    util::check_nothing_for(&queued, ms(200)).unwrap();
     server.signal(libc::SIGTERM);
     // The drain closes the incomplete request, which frees a slot for it.
     let r = read_to_end(&queued, IO_TIMEOUT);

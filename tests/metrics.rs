@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod util;
 
-use util::{expect_closed_silently, expect_response, read_to_end, send, Server, IO_TIMEOUT};
+use util::{check_closed_silently, check_response, read_to_end, send, Server, IO_TIMEOUT};
 
 /// Runs `f` (which forks) while no test of this binary writes an executable: a
 /// child forked meanwhile would hold the file open for writing, and the
@@ -184,11 +184,11 @@ fn counters_equal_what_the_clients_did() {
     for _ in 0..100 {
         let s = server.connect();
         send(&s, b"GET /test/fast HTTP/1.1\r\n\r\n");
-        expect_response(&s);
+        check_response(&s, IO_TIMEOUT).unwrap();
     }
     let slow = sending(&server, 10, b"GET /test/slow HTTP/1.1\r\n\r\n");
     for s in &slow {
-        expect_response(s);
+        check_response(s, IO_TIMEOUT).unwrap();
     }
     for bad in [
         &b"POST /test/fast HTTP/1.1\r\n\r\n"[..],
@@ -200,7 +200,7 @@ fn counters_equal_what_the_clients_did() {
     ] {
         let s = server.connect();
         send(&s, bad);
-        expect_closed_silently(&s);
+        check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
     let m = wait_for(addr, "the 116 connections closed", |m| {
         m.sum("conn_daemon_connections_open", &[]) == 0.0
@@ -240,20 +240,20 @@ fn counters_equal_what_the_clients_did() {
         let s = server.connect();
         send(&s, b"GET /test/fast HTTP/1.1\r\n");
         util::send_lenient(&s, &[b'a'; 4200]);
-        expect_closed_silently(&s);
+        check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
     for _ in 0..3 {
         let s = server.connect();
         send(&s, b"GET /test/fa");
         util::shutdown_write(&s);
-        expect_closed_silently(&s);
+        check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
     let idle = sending(&server, 2, b"GET /test/fast HTTP/1.1\r\n");
     wait_for(addr, "two connections open", |m| {
         m.sum("conn_daemon_connections_open", &[]) == 2.0
     });
     for s in &idle {
-        expect_closed_silently(s);
+        check_closed_silently(s, IO_TIMEOUT).unwrap();
     }
     let m = wait_for(addr, "the timed-out connections closed", |m| {
         m.sum("conn_daemon_connections_open", &[]) == 0.0
@@ -282,7 +282,7 @@ fn slow_requests_answered_inline_count_as_slow() {
         for _ in 0..3 {
             let s = server.connect();
             send(&s, req);
-            expect_response(&s);
+            check_response(&s, IO_TIMEOUT).unwrap();
         }
     }
     let m = wait_for(addr, "the 6 connections closed", |m| {
@@ -331,9 +331,9 @@ fn pause_and_slow_task_gauges_return_to_zero() {
         1.0
     );
     for s in &slow {
-        expect_response(s);
+        check_response(s, IO_TIMEOUT).unwrap();
     }
-    expect_response(&third);
+    check_response(&third, IO_TIMEOUT).unwrap();
     let m = wait_for(addr, "all gauges back to 0", |m| {
         m.one("conn_daemon_connections_open{thread=\"0\"}") == 0.0
     });
@@ -373,13 +373,13 @@ fn scrapes_go_on_during_the_drain() {
     });
     server.signal(libc::SIGTERM);
     for s in &partial {
-        expect_closed_silently(s);
+        check_closed_silently(s, IO_TIMEOUT).unwrap();
     }
     let m = Scrape::get(addr);
     assert_drops(&m, &[("shutdown", 2.0)]);
     assert_eq!(m.sum("conn_daemon_connections_open", &[]), 1.0);
     assert_eq!(m.one("conn_daemon_slow_tasks_running"), 1.0);
-    expect_response(&slow);
+    check_response(&slow, IO_TIMEOUT).unwrap();
     let status = server.wait_exit(IO_TIMEOUT).expect("exit after the drain");
     assert_eq!(status.code(), Some(0));
 }
@@ -410,16 +410,16 @@ fn only_get_metrics_is_answered() {
     ] {
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
         let _ = (&s).write_all(bad);
-        expect_closed_silently(&s);
+        check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
     // A request that never ends is closed too, in bounded time.
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
     send(&s, b"GET /metrics HTTP/1.1\r\n");
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
     // The service port's behaviour does not change.
     let s = server.connect();
     send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
     // ... and the metrics listener still answers.
     assert_eq!(
         Scrape::get(addr).sum(
@@ -520,7 +520,7 @@ fn an_upgrade_keeps_the_metrics_address() {
     for _ in 0..5 {
         let s = TcpStream::connect_timeout(&service, IO_TIMEOUT).unwrap();
         send(&s, b"GET /test/fast\r\n\r\n");
-        expect_response(&s);
+        check_response(&s, IO_TIMEOUT).unwrap();
     }
     let old = wait_for(addr, "the old process's five responses", |m| {
         m.sum("conn_daemon_responses_total", &[]) == 5.0

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{check_closed_silently, check_response, read_to_end, send, show, End, Server};
+use util::{check_closed_silently, check_response, read_to_end, send, show, End, Mismatch, Server};
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 
@@ -59,7 +59,7 @@ fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
 
     // 20 tasks of 500 ms on 4 workers: ~2.5 s, well within the default 10 s drain.
     let limit = t_sig + ms(2500 + 3000);
-    let results: Vec<Result<(), String>> = thread::scope(|scope| {
+    let results: Vec<Result<(), Mismatch>> = thread::scope(|scope| {
         let handles: Vec<_> = streams
             .iter()
             .map(|s| {
@@ -73,7 +73,7 @@ fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
             .map(|h| h.join().expect("reader"))
             .collect()
     });
-    let failed: Vec<(usize, &String)> = results
+    let failed: Vec<(usize, &Mismatch)> = results
         .iter()
         .enumerate()
         .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{bin, expect_response, free_port, run_bounded, Server};
+use util::{bin, check_response, free_port, run_bounded, Server, IO_TIMEOUT};
 
 fn assert_refused_busy_port(port: u16) {
     let out = run_bounded(
@@ -33,11 +33,9 @@ fn a_port_another_conn_daemon_listens_on_is_refused() {
     assert_refused_busy_port(server.port());
     // The first server kept every connection to itself: all are answered.
     for _ in 0..50 {
-        expect_response(&{
-            let s = server.connect();
-            util::send(&s, b"GET /test/fast\r\n\r\n");
-            s
-        });
+        let s = server.connect();
+        util::send(&s, b"GET /test/fast\r\n\r\n");
+        check_response(&s, IO_TIMEOUT).unwrap();
     }
 }
 
@@ -114,7 +112,7 @@ fn answered_once_listening(port: u16, deadline: Instant) {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     util::send(&stream, b"GET /test/fast\r\n\r\n");
-    expect_response(&stream);
+    check_response(&stream, IO_TIMEOUT).unwrap();
 }
 
 /// The pid of the process whose command line is exactly `args` (our daemon).
@@ -378,11 +376,9 @@ fn idle_memory_per_reserved_slot_is_the_documented_32_bytes() {
     // Served: every start-up allocation is done (the listeners take
     // connections before the queues are built).
     for server in [&with, &without] {
-        expect_response(&{
-            let s = server.connect();
-            util::send(&s, b"GET /test/fast\r\n\r\n");
-            s
-        });
+        let s = server.connect();
+        util::send(&s, b"GET /test/fast\r\n\r\n");
+        check_response(&s, IO_TIMEOUT).unwrap();
     }
     let (a, b) = (rss(with.pid()), rss(without.pid()));
     let per_slot = a.saturating_sub(b) as f64 / SLOTS as f64;

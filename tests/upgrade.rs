@@ -252,7 +252,7 @@ impl SlowLoad {
                             .map_err(|e| format!("connect: {e}"))
                             .and_then(|s| {
                                 util::send(&s, SLOW);
-                                util::check_response(&s, secs(10))
+                                util::check_response(&s, secs(10)).map_err(String::from)
                             });
                         match outcome {
                             Ok(()) => answered += 1,

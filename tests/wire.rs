@@ -13,9 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    check_closed_silently, check_nothing_for, check_outcome, expect_closed_silently,
-    expect_nothing_for, expect_response, send, send_lenient, show, shutdown_write, Outcome, Server,
-    RESPONSE,
+    check_closed_silently, check_nothing_for, check_outcome, check_response, send, send_lenient,
+    show, shutdown_write, Outcome, Server, IO_TIMEOUT, RESPONSE,
 };
 use Outcome::{Closed, Pending, Response};
 
@@ -367,12 +366,12 @@ fn rule4_buffer_limit() {
     // Terminator ends exactly at byte 4096: answered.
     let s = server.connect();
     send(&s, &pad_request(BUF, true));
-    expect_response(&s);
+    check_response(&s, IO_TIMEOUT).unwrap();
 
     // 4096 bytes, no end: closed, no response.
     let s = server.connect();
     send(&s, &pad_request(BUF, false));
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
 
     // 4096 bytes ending in "\r\n\r" (one byte short of the end): closed.
     let mut almost = pad_request(BUF - 1, false);
@@ -382,43 +381,43 @@ fn rule4_buffer_limit() {
     assert_eq!(model(&almost), Closed);
     let s = server.connect();
     send(&s, &almost);
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
 
     // The end at byte 4097: too late, closed.
     let s = server.connect();
     send_lenient(&s, &pad_request(BUF + 1, true));
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
 
     // A request line of 4096 bytes with no CRLF at all: closed.
     let mut long_line = b"GET /test/fast ".to_vec();
     long_line.resize(BUF, b'x');
     let s = server.connect();
     send(&s, &long_line);
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
 
     // 4095 bytes: still pending; the 4096th byte completing the end: answered.
     let full = pad_request(BUF, true);
     let s = server.connect();
     send(&s, &full[..BUF - 1]);
-    expect_nothing_for(&s, Duration::from_millis(100));
+    check_nothing_for(&s, Duration::from_millis(100)).unwrap();
     send(&s, &full[BUF - 1..]);
-    expect_response(&s);
+    check_response(&s, IO_TIMEOUT).unwrap();
 
     // 4095 bytes without the end, then one more non-terminating byte: closed.
     let s = server.connect();
     send(&s, &pad_request(BUF - 1, false));
-    expect_nothing_for(&s, Duration::from_millis(100));
+    check_nothing_for(&s, Duration::from_millis(100)).unwrap();
     send(&s, b"a");
-    expect_closed_silently(&s);
+    check_closed_silently(&s, IO_TIMEOUT).unwrap();
 
     // 4094 bytes ending in "\r\n\r", then "\n" as the 4095th byte: answered.
     let mut v = pad_request(BUF - 1, true);
     let last = v.pop().unwrap();
     let s = server.connect();
     send(&s, &v);
-    expect_nothing_for(&s, Duration::from_millis(100));
+    check_nothing_for(&s, Duration::from_millis(100)).unwrap();
     send(&s, &[last]);
-    expect_response(&s);
+    check_response(&s, IO_TIMEOUT).unwrap();
 
     // The buffer limit is per connection: a normal request still works.
     assert_eq!(server.request(b"GET /test/fast\r\n\r\n"), RESPONSE);
@@ -515,7 +514,7 @@ fn rule7_bytes_after_the_end() {
     let s = server.connect();
     send(&s, b"GET /test/slow\r\n\r\nJUNK\r\n\r\n");
     let t = Instant::now();
-    expect_response(&s);
+    check_response(&s, IO_TIMEOUT).unwrap();
     assert!(
         t.elapsed() >= Duration::from_millis(450),
         "answered after {:?}",
@@ -539,7 +538,7 @@ fn rule7_bytes_after_the_end() {
     for (what, extra) in later {
         let s = server.connect();
         send(&s, b"GET /test/slow\r\n\r\n");
-        expect_nothing_for(&s, Duration::from_millis(50));
+        check_nothing_for(&s, Duration::from_millis(50)).unwrap();
         send_lenient(&s, extra);
         let t = Instant::now();
         check_closed_silently(&s, Duration::from_secs(3))
@@ -555,7 +554,7 @@ fn rule7_bytes_after_the_end() {
     // EOF (shutdown of the write side) while the slow request is with a worker.
     let s = server.connect();
     send(&s, b"GET /test/slow\r\n\r\n");
-    expect_nothing_for(&s, Duration::from_millis(50));
+    check_nothing_for(&s, Duration::from_millis(50)).unwrap();
     shutdown_write(&s);
     let t = Instant::now();
     check_closed_silently(&s, Duration::from_secs(3))

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 #![allow(unsafe_code)]
 
+use std::fmt;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -141,6 +142,7 @@ pub struct Server {
     args: Vec<String>,
     stderr_path: PathBuf,
     exited: Option<ExitStatus>,
+    probed: bool,
 }
 
 impl Server {
@@ -226,6 +228,7 @@ impl Server {
             args: args.iter().map(|s| s.to_string()).collect(),
             stderr_path,
             exited: None,
+            probed: false,
         };
         let started = Instant::now();
         let deadline = started + START_TIMEOUT;
@@ -247,6 +250,7 @@ impl Server {
                 {
                     // The probe: the server sees a connection that closes without a byte.
                     drop(s);
+                    server.probed = true;
                     return Ok(server);
                 }
             }
@@ -272,6 +276,13 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether readiness was learnt from a probe connection (see [`Server::start`]),
+    /// which the server may not have closed yet: counts taken right after start-up
+    /// then include it.
+    pub fn probed(&self) -> bool {
+        self.probed
     }
 
     pub fn pid(&self) -> u32 {
@@ -607,44 +618,68 @@ pub fn shutdown_write(stream: &TcpStream) {
     stream.shutdown(Shutdown::Write).expect("shutdown(Write)");
 }
 
+/// Why a check failed: what was expected and what arrived instead. Every check
+/// returns it, so one function serves both a test that asserts (`.unwrap()`, whose
+/// panic prints the message as it is) and one that collects or retries failures
+/// (`?` into a `Result<_, String>`, or `Display` into a report).
+pub struct Mismatch(String);
+
+impl fmt::Debug for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Mismatch> for String {
+    fn from(m: Mismatch) -> String {
+        m.0
+    }
+}
+
 /// Checks that the server sends exactly `RESPONSE` and then closes (EOF, or a
 /// reset after all 57 bytes arrived), within `timeout`.
-pub fn check_response(stream: &TcpStream, timeout: Duration) -> Result<(), String> {
+pub fn check_response(stream: &TcpStream, timeout: Duration) -> Result<(), Mismatch> {
     let r = read_to_end(stream, timeout);
     if r.bytes != RESPONSE {
-        return Err(format!(
+        return Err(Mismatch(format!(
             "expected exactly the {}-byte response then close; got {} then {:?}",
             RESPONSE.len(),
             show(&r.bytes),
             r.end
-        ));
+        )));
     }
     if r.end == End::Timeout {
-        return Err(format!(
+        return Err(Mismatch(format!(
             "the response arrived but the connection was not closed within {timeout:?}"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Checks that the server closes the connection (EOF or reset) without sending a
 /// single byte, within `timeout`.
-pub fn check_closed_silently(stream: &TcpStream, timeout: Duration) -> Result<(), String> {
+pub fn check_closed_silently(stream: &TcpStream, timeout: Duration) -> Result<(), Mismatch> {
     let r = read_to_end(stream, timeout);
     if r.bytes.is_empty() && r.end != End::Timeout {
         Ok(())
     } else {
-        Err(format!(
+        Err(Mismatch(format!(
             "expected close with no response within {timeout:?}; got {} then {:?}",
             show(&r.bytes),
             r.end
-        ))
+        )))
     }
 }
 
 /// Checks that for `window` neither a byte nor EOF/reset arrives (the read timing
 /// out is the pass). Restores the read timeout to `IO_TIMEOUT`.
-pub fn check_nothing_for(stream: &TcpStream, window: Duration) -> Result<(), String> {
+pub fn check_nothing_for(stream: &TcpStream, window: Duration) -> Result<(), Mismatch> {
     stream
         .set_read_timeout(Some(window.max(Duration::from_millis(1))))
         .expect("set_read_timeout");
@@ -660,35 +695,17 @@ pub fn check_nothing_for(stream: &TcpStream, window: Duration) -> Result<(), Str
         .expect("set_read_timeout");
     match res {
         Err(e) if is_timeout(&e) => Ok(()),
-        Ok(0) => Err(format!(
+        Ok(0) => Err(Mismatch(format!(
             "expected nothing for {window:?}, but the server closed the connection"
-        )),
-        Ok(n) => Err(format!(
+        ))),
+        Ok(n) => Err(Mismatch(format!(
             "expected nothing for {window:?}, but the server sent {}",
             show(&buf[..n])
-        )),
-        Err(e) => Err(format!(
+        ))),
+        Err(e) => Err(Mismatch(format!(
             "expected nothing for {window:?}, but read failed: {e}"
-        )),
+        ))),
     }
-}
-
-/// Asserts the server sends exactly `RESPONSE` then closes, within `IO_TIMEOUT`.
-#[track_caller]
-pub fn expect_response(stream: &TcpStream) {
-    check_response(stream, IO_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Asserts the server closes without a byte, within `IO_TIMEOUT`.
-#[track_caller]
-pub fn expect_closed_silently(stream: &TcpStream) {
-    check_closed_silently(stream, IO_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Asserts that for `window` neither a byte nor a close arrives.
-#[track_caller]
-pub fn expect_nothing_for(stream: &TcpStream, window: Duration) {
-    check_nothing_for(stream, window).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The outcome of a request, as the tests state expectations: the protocol
@@ -702,7 +719,7 @@ pub fn check_outcome(
     outcome: Outcome,
     timeout: Duration,
     pending_window: Duration,
-) -> Result<(), String> {
+) -> Result<(), Mismatch> {
     match outcome {
         Outcome::Response => check_response(stream, timeout),
         Outcome::Closed => check_closed_silently(stream, timeout),
