@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::delegate::{Delegate, WorkerSide};
 use crate::engine::{Settings, Stats};
 use crate::metrics::Metrics;
+use crate::worker_loop::WorkerStartError;
 use crate::{socket_worker, worker_loop};
 
 /// How long past the drain's deadline the workers are waited for (a blocking
@@ -22,13 +23,22 @@ const GRACE: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct HandoffWorkers {
     side: Arc<WorkerSide>,
-    threads: Vec<JoinHandle<io::Result<Stats>>>,
+    threads: Vec<JoinHandle<Stats>>,
 }
 
 impl HandoffWorkers {
     /// Starts `config.worker_threads` workers named `worker-N` for `side`'s mode,
-    /// worker N counting in `metrics.worker_side(N)`.
-    pub fn start(side: Arc<WorkerSide>, config: &Config, metrics: &Metrics) -> io::Result<Self> {
+    /// worker N counting in `metrics.worker_side(N)`; returns once every worker
+    /// loop exists, or with the first that could not be built.
+    pub fn start(
+        side: Arc<WorkerSide>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Result<Self, WorkerStartError> {
+        let cannot_spawn = |cause| WorkerStartError {
+            what: "cannot start worker threads".to_string(),
+            cause,
+        };
         let mut threads = Vec::with_capacity(config.worker_threads);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut loops = 0;
@@ -54,7 +64,9 @@ impl HandoffWorkers {
                     // bound to the thread that runs it.
                     let ready = ready_tx.clone();
                     loops += 1;
-                    builder.spawn(move || worker_loop::run(settings, work, ready))?
+                    builder
+                        .spawn(move || worker_loop::run(settings, work, ready))
+                        .map_err(cannot_spawn)?
                 }
                 _ => {
                     let settings = socket_worker::Settings {
@@ -63,11 +75,13 @@ impl HandoffWorkers {
                         write_timeout: write_timeout(config),
                         counters,
                     };
-                    builder.spawn(move || {
-                        let counters = Arc::clone(&settings.counters);
-                        socket_worker::run(&work, settings);
-                        Ok(counters.stats())
-                    })?
+                    builder
+                        .spawn(move || {
+                            let counters = Arc::clone(&settings.counters);
+                            socket_worker::run(&work, settings);
+                            counters.stats()
+                        })
+                        .map_err(cannot_spawn)?
                 }
             };
             threads.push(t);
@@ -79,7 +93,12 @@ impl HandoffWorkers {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other("a worker loop died at start-up")),
+                Err(_) => {
+                    return Err(WorkerStartError {
+                        what: "cannot start worker threads".to_string(),
+                        cause: io::Error::other("a worker loop died at start-up"),
+                    })
+                }
             }
         }
         Ok(HandoffWorkers { side, threads })
@@ -98,7 +117,7 @@ impl HandoffWorkers {
         let mut stats = Stats::default();
         for t in self.threads {
             if t.is_finished() {
-                if let Ok(Ok(s)) = t.join() {
+                if let Ok(s) = t.join() {
                     stats.add(s);
                 }
             }

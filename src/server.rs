@@ -251,11 +251,7 @@ impl Server {
         }
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
-        let mode = if config.worker_threads > 0 {
-            config.delegate
-        } else {
-            Delegate::Task
-        };
+        let mode = config.effective_delegate();
         let capacity = Capacity::new(mode, threads, config.accept_capacity, config.worker_threads);
         // Worker loops are loops too; their fds come on top of the accept side's.
         let (loops, per_loop_fds) = if mode == Delegate::Loop {
@@ -378,7 +374,7 @@ impl Server {
             .as_ref()
             .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics))
             .transpose()
-            .map_err(|e| StartError::system("cannot start worker threads", e))?;
+            .map_err(|e| StartError::system(e.what, e.cause))?;
         let workers = if config.worker_threads > 0 && work.is_none() {
             Some(
                 Workers::start(Arc::clone(&shared), config.worker_threads, &metrics)
@@ -526,11 +522,40 @@ impl Host {
     }
 }
 
-/// Bytes committed at start-up per connection slot when there are workers: a slot
-/// in the shared task queue and one in the loop's mailbox (`ArrayQueue`
-/// initialises every slot). The pools themselves are reserved address space,
-/// committed only when touched.
-const QUEUED_BYTES_PER_SLOT: u64 = 2 * 2 * std::mem::size_of::<usize>() as u64;
+/// Bytes `ArrayQueue::new` commits per slot of a queue of `T`s: it writes every
+/// slot's stamp (a `usize`) beside the room for its value. The pools themselves
+/// are reserved address space, committed only when touched.
+const fn queue_slot<T>() -> u64 {
+    (std::mem::size_of::<usize>() + std::mem::size_of::<T>()) as u64
+}
+
+/// The queues start-up fills in, for `config`: what they are (for the line that
+/// refuses them) and their bytes, `None` past 2^64. With workers, mode `task`
+/// has a slot per connection in the shared task queue and in its loop's
+/// mailbox; the hand-off modes a seat per connection in the worker side's
+/// queues (`Capacity`), and their task queues are a slot each.
+fn start_up_queues(config: &Config) -> (&'static str, Option<u64>) {
+    let threads = config.accept_threads as u64;
+    let mode = config.effective_delegate();
+    if mode.hands_off() {
+        let cap = Capacity::new(
+            mode,
+            config.accept_threads,
+            config.accept_capacity,
+            config.worker_threads,
+        );
+        let seats = (cap.desks as u64).checked_mul(cap.seats as u64);
+        let bytes = seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff>()));
+        ("the hand-off queues", bytes)
+    } else {
+        let per_slot = queue_slot::<crate::task::TaskRef>() + queue_slot::<crate::task::Done>();
+        let slots = threads.checked_mul(config.accept_capacity as u64);
+        (
+            "the task queues",
+            slots.and_then(|n| n.checked_mul(per_slot)),
+        )
+    }
+}
 
 /// Refuses, before anything is allocated, what the host can never give: more
 /// threads than it allows, or queues larger than its memory. Without this a huge
@@ -549,15 +574,13 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     if workers == 0 {
         return Ok(());
     }
-    let needed = (threads as u64)
-        .checked_mul(config.accept_capacity as u64)
-        .and_then(|slots| slots.checked_mul(QUEUED_BYTES_PER_SLOT))
-        .filter(|&bytes| usize::try_from(bytes).is_ok());
+    let (queues, needed) = start_up_queues(config);
+    let needed = needed.filter(|&bytes| usize::try_from(bytes).is_ok());
     match (needed, host.memory) {
         (Some(bytes), Some(memory)) if bytes <= memory => Ok(()),
         (Some(_), None) => Ok(()),
         (bytes, memory) => Err(no_memory(format!(
-            "cannot reserve the task queues for {threads} accept threads x {} connections: \
+            "cannot reserve {queues} for {threads} accept threads x {} connections: \
              {} bytes needed, the host has {} (lower -A or -C)",
             config.accept_capacity,
             bytes.map_or("more than 2^64".to_string(), |b| b.to_string()),
@@ -750,6 +773,35 @@ mod tests {
             assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(!e.to_string().contains('\n'), "{e}");
         }
+    }
+
+    /// The hand-off modes fill in a seat per connection in the worker side's
+    /// queues instead of task queues: refused by those, named as such.
+    #[cfg(feature = "cli")]
+    #[test]
+    fn hand_off_queues_the_host_cannot_give_are_refused_by_name() {
+        for mode in ["socket", "loop"] {
+            let args = ["-A", "128", "-C", "16777216", "-w", "3", "--delegate", mode];
+            let e = check_reservation(&config(&args), &HOST).unwrap_err();
+            assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with("cannot reserve the hand-off queues"),
+                "{args:?}: {e}"
+            );
+            // 2^31 seats of 32 bytes (loop mode rounds up to a multiple of -w).
+            let (_, bytes) = start_up_queues(&config(&args));
+            let seats: u64 = match mode {
+                "loop" => (128u64 << 24).div_ceil(3) * 3,
+                _ => 128 << 24,
+            };
+            assert_eq!(bytes, Some(seats * 32), "{args:?}");
+        }
+        let task = config(&["-A", "128", "-C", "16777216", "-w", "3"]);
+        assert_eq!(
+            start_up_queues(&task),
+            ("the task queues", Some((128 << 24) * 32))
+        );
     }
 
     #[cfg(feature = "cli")]

@@ -393,23 +393,36 @@ impl Handler for WorkerLoop {
 
 /// Worker loop `settings.desk`'s thread body: builds its loop on this thread,
 /// says on `ready` whether that worked (the server announces that it serves
-/// only once every loop exists), serves until the worker side stops and it has
-/// drained, then tears down.
+/// only once every loop exists; a failure goes there, with its cause, and the
+/// thread ends with nothing served), serves until the worker side stops and it
+/// has drained, then tears down.
 pub fn run(
     settings: LoopSettings,
     work: Arc<WorkerSide>,
-    ready: std::sync::mpsc::Sender<io::Result<()>>,
-) -> io::Result<Stats> {
+    ready: std::sync::mpsc::Sender<Result<(), WorkerStartError>>,
+) -> Stats {
     let desk = settings.desk;
-    let setup = Loop::new().and_then(|lp| WorkerLoop::new(&lp, settings, work).map(|w| (lp, w)));
+    let setup = Loop::new()
+        .map_err(|cause| WorkerStartError {
+            what: format!("cannot create the event loop of worker-{desk}"),
+            cause,
+        })
+        .and_then(|lp| {
+            WorkerLoop::new(&lp, settings, work)
+                .map(|w| (lp, w))
+                .map_err(|cause| WorkerStartError {
+                    what: format!("cannot reserve the connection pool of worker-{desk}"),
+                    cause,
+                })
+        });
     let (lp, mut worker) = match setup {
         Ok(v) => {
             let _ = ready.send(Ok(()));
             v
         }
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
-            return Err(e);
+            let _ = ready.send(Err(e));
+            return Stats::default();
         }
     };
     drop(ready);
@@ -421,7 +434,18 @@ pub fn run(
         "worker-{desk}: stopped: {} served, {} dropped, {} timed out",
         stats.served, stats.dropped, stats.timed_out
     );
-    Ok(stats)
+    stats
+}
+
+/// Why a worker did not start: what failed (one line's start, naming the
+/// worker) and the error below it, whose OS error decides the exit status
+/// (ENOMEM: 10, like an accept thread's pool).
+#[derive(Debug)]
+pub struct WorkerStartError {
+    /// What failed, e.g. "cannot reserve the connection pool of worker-0".
+    pub what: String,
+    /// The system call's error.
+    pub cause: io::Error,
 }
 
 #[cfg(test)]

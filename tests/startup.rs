@@ -246,6 +246,32 @@ fn pools_that_cannot_be_reserved_exit_10_whatever_the_accept_threads() {
     }
 }
 
+/// A worker loop's pool (`--delegate loop`) is a pool too: worker loops are built
+/// before the accept threads, so under the limit theirs is the first that cannot
+/// be reserved, and that is status 10 (not 100) with a line naming it.
+#[test]
+fn a_worker_loop_pool_that_cannot_be_reserved_exits_10() {
+    let port = free_port().to_string();
+    let args = [
+        "-p",
+        &port,
+        "-A",
+        "1",
+        "-C",
+        "1000000",
+        "-w",
+        "1",
+        "--delegate",
+        "loop",
+    ];
+    let (code, stderr) = run_with_address_limit(&args, 2_000_000);
+    assert_one_line_status_10(code, &stderr, &args);
+    assert!(
+        stderr.contains("cannot reserve the connection pool of worker-0"),
+        "{stderr}"
+    );
+}
+
 /// The pid file's temporary name is never followed as a symlink: with links
 /// planted under every name the next pids would use, pointing at another file,
 /// that file is left alone and the pid file still names the server.

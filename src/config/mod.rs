@@ -89,6 +89,18 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// The delegation mode the server runs: `--delegate`, except that without
+    /// workers (`-w 0`) every mode answers slow requests inline, as `task` does.
+    pub fn effective_delegate(&self) -> Delegate {
+        if self.worker_threads > 0 {
+            self.delegate
+        } else {
+            Delegate::Task
+        }
+    }
+}
+
 /// Number of accept threads without `-A`: one per CPU, like the reference's
 /// `std::thread::hardware_concurrency()`, but never 0 (which that can return).
 pub(crate) fn default_accept_threads() -> usize {
