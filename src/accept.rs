@@ -206,6 +206,11 @@ impl AcceptTask {
         }
     }
 
+    /// The accept thread's number (`accept-N`).
+    pub fn id(&self) -> u32 {
+        self.engine.id()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.engine.stats()

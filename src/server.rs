@@ -115,27 +115,6 @@ impl StartError {
             StartFailure::System => EXIT_SYSTEM,
         }
     }
-
-    /// The same error again (a thread's error goes both to the thread that
-    /// waits for it and to its own caller); an `io::Error` cause is rebuilt
-    /// from its OS error code, or its kind and text.
-    fn duplicate(&self) -> StartError {
-        let source = self.source.as_deref().map(|e| {
-            let copy = match e.downcast_ref::<io::Error>() {
-                Some(io) => match io.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(io.kind(), io.to_string()),
-                },
-                None => io::Error::other(e.to_string()),
-            };
-            Box::new(copy) as Box<dyn std::error::Error + Send + Sync>
-        });
-        StartError {
-            failure: self.failure,
-            message: self.message.clone(),
-            source,
-        }
-    }
 }
 
 impl fmt::Display for StartError {
@@ -392,19 +371,27 @@ impl Server {
             counters: metrics.accept_thread(id),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
+        let parts = |id: usize, listener| {
+            let (shared, work, shutdown) =
+                (Arc::clone(&shared), work.clone(), Arc::clone(&shutdown));
+            (settings(id), listener, shared, work, shutdown)
+        };
         let mut listeners = listeners.into_iter();
         let first = listeners.next().expect("at least one accept thread");
         let mut threads = Vec::new();
         for (n, listener) in listeners.enumerate() {
-            let id = n + 1;
-            let (s, shared, shutdown) = (settings(id), Arc::clone(&shared), Arc::clone(&shutdown));
-            let (ready, work) = (ready_tx.clone(), work.clone());
+            let (parts, ready) = (parts(n + 1, listener), ready_tx.clone());
             let t = thread::Builder::new()
-                .name(format!("accept-{id}"))
-                .spawn(move || accept_thread(s, listener, (shared, work), shutdown, ready, || {}))
+                .name(format!("accept-{}", n + 1))
+                .spawn(move || accept_thread(parts, ready))
                 .map_err(|e| StartError::system("cannot start accept threads", e))?;
             threads.push(t);
         }
+        drop(ready_tx);
+        // Thread 0's loop is built here, on the thread that runs it, while the
+        // others build theirs, and before anyone is told that the server serves:
+        // its pool, like theirs, can still fail.
+        let (lp, task) = build_accept_loop(parts(0, first))?;
         for _ in &threads {
             match ready_rx.recv() {
                 Ok(Ok(())) => {}
@@ -421,32 +408,25 @@ impl Server {
         // Workers serve every loop, so accept thread 0 stops them only after the
         // other accept threads have drained and ended.
         let mut others = Stats::default();
-        let mut stats = accept_thread(
-            settings(0),
-            first,
-            (Arc::clone(&shared), work.clone()),
-            Arc::clone(&shutdown),
-            ready_tx,
-            || {
-                for t in threads {
-                    if let Ok(Ok(s)) = t.join() {
-                        others.add(s);
-                    }
+        let mut stats = serve_accept_loop(lp, task, || {
+            for t in threads {
+                if let Ok(s) = t.join() {
+                    others.add(s);
                 }
-                // After a normal drain every task has come back and the workers
-                // are idle; after a drain timeout some may still be in a task and
-                // are left to finish it: their loop's sender is shut by then, and
-                // a pool with a task out is never freed.
-                if let Some(w) = workers {
-                    w.stop_and_join(WORKER_GRACE);
-                }
-                // Nothing more can be handed over: the workers of --delegate
-                // socket|loop finish what they hold, within the drain's bound.
-                if let Some(w) = handoff_workers {
-                    others.add(w.stop_and_join(Instant::now() + config.shutdown_timeout));
-                }
-            },
-        )?;
+            }
+            // After a normal drain every task has come back and the workers
+            // are idle; after a drain timeout some may still be in a task and
+            // are left to finish it: their loop's sender is shut by then, and
+            // a pool with a task out is never freed.
+            if let Some(w) = workers {
+                w.stop_and_join(WORKER_GRACE);
+            }
+            // Nothing more can be handed over: the workers of --delegate
+            // socket|loop finish what they hold, within the drain's bound.
+            if let Some(w) = handoff_workers {
+                others.add(w.stop_and_join(Instant::now() + config.shutdown_timeout));
+            }
+        });
         stats.add(others);
         // The scrapes taken are answered before the process exits.
         if let Some(scrapes) = scrapes {
@@ -456,36 +436,35 @@ impl Server {
     }
 }
 
-/// One accept thread: builds its loop and task, reports readiness, serves until
-/// the drain ends, runs `after_drain`, then tears down.
-fn accept_thread(
-    settings: Settings,
-    listener: Vec<Socket>,
-    (shared, work): (Arc<Shared>, Option<Arc<WorkerSide>>),
-    shutdown: Arc<Shutdown>,
-    ready: mpsc::Sender<Result<(), StartError>>,
+/// What an accept thread is built from.
+type AcceptParts = (
+    Settings,
+    Vec<Socket>,
+    Arc<Shared>,
+    Option<Arc<WorkerSide>>,
+    Arc<Shutdown>,
+);
+
+/// One accept thread's loop and task (pool reserved, wake-up connected,
+/// listeners watched), built on the thread that will run them: a libev loop is
+/// bound to its thread.
+fn build_accept_loop(
+    (settings, listener, shared, work, shutdown): AcceptParts,
+) -> Result<(Loop<AcceptTask>, AcceptTask), StartError> {
+    let lp = Loop::new().map_err(|e| StartError::system("cannot create the event loop", e))?;
+    let task = AcceptTask::new(&lp, settings, listener, shared, shutdown, work)
+        .map_err(|e| StartError::system("cannot reserve the connection pool", e))?;
+    Ok((lp, task))
+}
+
+/// Serves on a built accept loop until the drain ends, runs `after_drain`,
+/// then tears down; the loop's counters.
+fn serve_accept_loop(
+    lp: Loop<AcceptTask>,
+    mut task: AcceptTask,
     after_drain: impl FnOnce(),
-) -> Result<Stats, StartError> {
-    let id = settings.id;
-    let setup = Loop::new()
-        .map_err(|e| StartError::system("cannot create the event loop", e))
-        .and_then(|lp| {
-            AcceptTask::new(&lp, settings, listener, shared, shutdown, work)
-                .map(|task| (lp, task))
-                .map_err(|e| StartError::system("cannot reserve the connection pool", e))
-        });
-    let (lp, mut task) = match setup {
-        Ok(v) => {
-            let _ = ready.send(Ok(()));
-            v
-        }
-        Err(e) => {
-            let copy = e.duplicate();
-            let _ = ready.send(Err(e));
-            return Err(copy);
-        }
-    };
-    drop(ready);
+) -> Stats {
+    let id = task.id();
     debug!("accept-{id}: serving");
     task.run(&lp);
     after_drain();
@@ -495,7 +474,23 @@ fn accept_thread(
         "accept-{id}: stopped: {} served, {} dropped, {} timed out",
         stats.served, stats.dropped, stats.timed_out
     );
-    Ok(stats)
+    stats
+}
+
+/// The body of accept thread 1, 2, ...: builds its loop, says on `ready`
+/// whether that worked (the error goes there, with its cause), then serves.
+fn accept_thread(parts: AcceptParts, ready: mpsc::Sender<Result<(), StartError>>) -> Stats {
+    match build_accept_loop(parts) {
+        Ok((lp, task)) => {
+            let _ = ready.send(Ok(()));
+            drop(ready);
+            serve_accept_loop(lp, task, || {})
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            Stats::default()
+        }
+    }
 }
 
 /// What the host can give at most, read once at start-up.
@@ -735,8 +730,6 @@ mod tests {
         let source = std::error::Error::source(&enomem).expect("a source");
         let io = source.downcast_ref::<io::Error>().expect("an io::Error");
         assert_eq!(io.raw_os_error(), Some(libc::ENOMEM));
-        assert_eq!(enomem.duplicate().exit_status(), EXIT_NO_MEMORY);
-        assert_eq!(enomem.duplicate().to_string(), enomem.to_string());
         let busy = StartError::system("port", io::Error::from_raw_os_error(libc::EADDRINUSE));
         assert_eq!(busy.exit_status(), EXIT_SYSTEM);
         assert_eq!(

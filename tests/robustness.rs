@@ -114,13 +114,24 @@ fn wait_fd_count_at_least(server: &Server, min: usize, timeout: Duration) -> usi
     }
 }
 
-/// The server's fd count at rest: at once when readiness came from `READY=1`, and
-/// once a start-up probe connection is gone when there was one.
+/// The server's fd count at rest: once the socket it sent `READY=1` on is closed
+/// (the datagram arrives just before the close, so the first count can still
+/// see it), or a start-up probe connection is gone when there was one. Two
+/// counts 20 ms apart that agree, within a bound.
 fn baseline_fds(server: &Server) -> usize {
     if server.probed() {
         thread::sleep(ms(100));
     }
-    server.fd_count()
+    let deadline = Instant::now() + ms(1000);
+    let mut last = server.fd_count();
+    loop {
+        thread::sleep(ms(20));
+        let now = server.fd_count();
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Lines of `text` that contain `needle`.

@@ -176,10 +176,16 @@ fn scopeguard(pid: u32) -> KillOnDrop {
 
 /// Runs the binary to completion under an address-space limit of `limit_kib`
 /// (`ulimit -v`), as an operator with a tight limit would: status, stderr.
-fn run_with_address_limit(args: &[&str], limit_kib: u64) -> (Option<i32>, String) {
+fn run_with_address_limit(
+    args: &[&str],
+    limit_kib: u64,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin());
     cmd.args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -241,8 +247,17 @@ fn pools_that_cannot_be_reserved_exit_10_whatever_the_accept_threads() {
     let port = free_port().to_string();
     for threads in ["1", "2"] {
         let args = ["-p", &port, "-A", threads, "-C", "16777216", "-w", "0"];
-        let (code, stderr) = run_with_address_limit(&args, 2_000_000);
+        let notify = util::Notify::bind();
+        let env = [("NOTIFY_SOCKET", notify.env())];
+        let (code, stderr) = run_with_address_limit(&args, 2_000_000, &env);
         assert_one_line_status_10(code, &stderr, &args);
+        // Thread 0's pool is reserved before the server says it serves: a
+        // service manager (or an upgrading predecessor) is never told "ready"
+        // by a process about to exit.
+        assert!(
+            !notify.ready_within(Duration::from_millis(100)),
+            "-A {threads}: READY=1 sent before exit 10"
+        );
     }
 }
 
@@ -264,7 +279,7 @@ fn a_worker_loop_pool_that_cannot_be_reserved_exits_10() {
         "--delegate",
         "loop",
     ];
-    let (code, stderr) = run_with_address_limit(&args, 2_000_000);
+    let (code, stderr) = run_with_address_limit(&args, 2_000_000, &[]);
     assert_one_line_status_10(code, &stderr, &args);
     assert!(
         stderr.contains("cannot reserve the connection pool of worker-0"),

@@ -98,14 +98,15 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// The service manager's end of `NOTIFY_SOCKET`, owned by the test: a datagram
 /// socket in the abstract namespace (nothing to clean up), named after this
 /// process and a sequence number so that every server gets its own.
-struct Notify {
+pub struct Notify {
     sock: UnixDatagram,
     /// The value of `NOTIFY_SOCKET`: `@` and the abstract name.
     env: String,
 }
 
 impl Notify {
-    fn bind() -> Notify {
+    /// A new socket, bound.
+    pub fn bind() -> Notify {
         let name = format!(
             "conn-daemon-test-{}-{}",
             std::process::id(),
@@ -121,8 +122,13 @@ impl Notify {
         }
     }
 
+    /// The value for the server's `NOTIFY_SOCKET`.
+    pub fn env(&self) -> &str {
+        &self.env
+    }
+
     /// Waits at most `wait` for a datagram; whether one said `READY=1`.
-    fn ready_within(&self, wait: Duration) -> bool {
+    pub fn ready_within(&self, wait: Duration) -> bool {
         self.sock
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
             .expect("set_read_timeout on the notify socket");
