@@ -6,7 +6,8 @@
 //!   worker, the connection stays in its accept loop (`worker.rs`).
 //! - `socket`: the accept loop stops watching the fd and hands it, as a
 //!   [`Handoff`], to one shared queue; a blocking worker takes it, waits the slow
-//!   duration, applies rule 7, sends under a write deadline and closes
+//!   duration in `poll` on it (rule 7 at once), sends under a write deadline and
+//!   closes
 //!   (`socket_worker.rs`).
 //! - `loop`: the accept loop hands it to one worker's own queue and wakes that
 //!   worker's libev loop, which hosts the same connection engine as the accept

@@ -2,9 +2,10 @@
 //!
 //! The accept loop has stopped watching the fd and freed its pool slot; from the
 //! [`Handoff`] on, the worker is the only one to touch the socket. For each
-//! connection it: waits `--slow-duration` (the `SlowTask`: the thread sleeps, as
-//! in `task` mode); applies rule 7 (bytes or EOF that arrived meanwhile close the
-//! connection with no response); sends the 57 bytes with blocking semantics, but
+//! connection it: waits `--slow-duration` (the `SlowTask`), and waits in `poll`
+//! for the socket's input meanwhile, so that rule 7 applies at once (bytes or
+//! EOF close the connection with no response, and free the worker, the moment
+//! they arrive); sends the 57 bytes with blocking semantics, but
 //! bounded by a write deadline: the socket stays non-blocking, and a send that
 //! would block waits in `poll` for at most what is left of the deadline, so a
 //! client that never reads holds a worker for the deadline and no longer;
@@ -17,7 +18,6 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::conn::{DropReason, RESPONSE};
@@ -37,8 +37,9 @@ pub enum Outcome {
 /// The socket calls a blocking worker makes (a trait so that the steps can be
 /// driven over a scripted socket).
 pub trait WorkerSocket {
-    /// Whether bytes, EOF or an error are waiting, without waiting for them.
-    fn input_pending(&self) -> io::Result<bool>;
+    /// Waits at most `timeout` for bytes, EOF or an error to arrive; false if
+    /// none did (zero: whether they are waiting, without waiting).
+    fn wait_input(&self, timeout: Duration) -> io::Result<bool>;
     /// As `send(2)` of the last bytes ever sent (no `SIGPIPE`).
     fn send_final(&self, buf: &[u8]) -> io::Result<usize>;
     /// Waits at most `timeout` for the socket to take bytes; false on timeout.
@@ -46,8 +47,12 @@ pub trait WorkerSocket {
 }
 
 impl WorkerSocket for OwnedFd {
-    fn input_pending(&self) -> io::Result<bool> {
-        let ready = net::poll_one(self.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0)?;
+    fn wait_input(&self, timeout: Duration) -> io::Result<bool> {
+        let ready = net::poll_one(
+            self.as_fd(),
+            libc::POLLIN | libc::POLLRDHUP,
+            poll_ms(timeout),
+        )?;
         Ok(ready != 0)
     }
 
@@ -56,21 +61,38 @@ impl WorkerSocket for OwnedFd {
     }
 
     fn wait_writable(&self, timeout: Duration) -> io::Result<bool> {
-        // Rounded up, so that a wait never returns before the deadline.
-        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-        let ready = net::poll_one(self.as_fd(), libc::POLLOUT, ms)?;
+        let ready = net::poll_one(self.as_fd(), libc::POLLOUT, poll_ms(timeout))?;
         Ok(ready != 0)
     }
 }
 
-/// Rule 7, then the response under `write_deadline` (measured from now): what
-/// the worker does once the slow work is done.
-pub fn answer(sock: &impl WorkerSocket, write_deadline: Duration) -> Outcome {
-    match sock.input_pending() {
-        // Bytes or EOF during the work: the client is misbehaving or gone.
-        Ok(true) | Err(_) => return Outcome::Dropped(DropReason::ClientGone),
-        Ok(false) => {}
+/// `timeout` as `poll`'s milliseconds, rounded up so that a wait never returns
+/// before its deadline.
+fn poll_ms(timeout: Duration) -> i32 {
+    timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+}
+
+/// The slow work of `slow`, rule 7 applied all along: `Err` with the client
+/// gone as soon as bytes, EOF or an error arrive, `Ok` once the whole duration
+/// passed quietly (one `poll`, when nothing comes and no signal interrupts it).
+pub fn work(sock: &impl WorkerSocket, slow: Duration) -> Result<(), Outcome> {
+    let gone = Err(Outcome::Dropped(DropReason::ClientGone));
+    let deadline = Instant::now() + slow;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match sock.wait_input(left) {
+            Ok(true) => return gone,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(_) => return gone,
+            Ok(false) if left.is_zero() || Instant::now() >= deadline => return Ok(()),
+            Ok(false) => {}
+        }
     }
+}
+
+/// The response under `write_deadline` (measured from now): what the worker
+/// does once the slow [`work`] is done.
+pub fn answer(sock: &impl WorkerSocket, write_deadline: Duration) -> Outcome {
     let deadline = Instant::now() + write_deadline;
     let mut sent = 0;
     while sent < RESPONSE.len() {
@@ -116,11 +138,14 @@ pub fn run(side: &WorkerSide, settings: Settings) {
         let outcome = if side.past_drain_deadline() {
             Outcome::Dropped(DropReason::Shutdown)
         } else {
-            thread::sleep(settings.slow);
+            let worked = work(&fd, settings.slow);
             // The histogram's time: from the hand-off to the end of the work.
             metrics.delegated(0, 0.0);
             metrics.task_back(0, at.elapsed().as_secs_f64());
-            answer(&fd, settings.write_timeout)
+            match worked {
+                Ok(()) => answer(&fd, settings.write_timeout),
+                Err(left) => left,
+            }
         };
         match outcome {
             Outcome::Answered => metrics.responded(true),
@@ -140,6 +165,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
+    use std::thread;
 
     fn pair() -> (OwnedFd, UnixStream) {
         let (server, client) = UnixStream::pair().unwrap();
@@ -158,19 +184,42 @@ mod tests {
     }
 
     #[test]
-    fn bytes_or_eof_during_the_work_close_without_a_response() {
+    fn a_quiet_client_waits_the_whole_work() {
+        let (server, _client) = pair();
+        let start = Instant::now();
+        assert_eq!(work(&server, Duration::from_millis(100)), Ok(()));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+    }
+
+    /// Bytes or EOF arriving during the work end it at once (rule 7), not
+    /// when the work would have ended: the worker is free for the next one.
+    #[test]
+    fn bytes_or_eof_during_the_work_end_it_at_once() {
+        let gone = Err(Outcome::Dropped(DropReason::ClientGone));
+        // Already there when the work starts.
         let (server, mut client) = pair();
         client.write_all(b"x").unwrap();
-        assert_eq!(
-            answer(&server, Duration::from_secs(1)),
-            Outcome::Dropped(DropReason::ClientGone)
-        );
-        let (server, client) = pair();
-        client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(
-            answer(&server, Duration::from_secs(1)),
-            Outcome::Dropped(DropReason::ClientGone)
-        );
+        assert_eq!(work(&server, Duration::ZERO), gone);
+        // Arriving 100 ms into a 5 s work: bytes, then EOF.
+        for eof in [false, true] {
+            let (server, mut client) = pair();
+            let late = thread::spawn(move || {
+                thread::sleep(Duration::from_millis(100));
+                if eof {
+                    client.shutdown(std::net::Shutdown::Write).unwrap();
+                } else {
+                    client.write_all(b"GET /test/fast\r\n\r\n").unwrap();
+                }
+                client
+            });
+            let start = Instant::now();
+            assert_eq!(work(&server, Duration::from_secs(5)), gone, "eof: {eof}");
+            let took = start.elapsed();
+            assert!(took >= Duration::from_millis(100), "eof {eof}: {took:?}");
+            assert!(took < Duration::from_secs(2), "eof {eof}: {took:?}");
+            drop(late.join().unwrap());
+        }
     }
 
     /// A client that never reads: the send buffer is full (the test filled it,
@@ -198,7 +247,7 @@ mod tests {
     }
 
     impl WorkerSocket for Scripted {
-        fn input_pending(&self) -> io::Result<bool> {
+        fn wait_input(&self, _timeout: Duration) -> io::Result<bool> {
             Ok(false)
         }
         fn send_final(&self, buf: &[u8]) -> io::Result<usize> {

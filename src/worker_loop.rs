@@ -204,7 +204,12 @@ impl Host<Adopted> for LoopHost<'_> {
     ev_engine::libev_host_basics!();
 
     /// The slow work starts: the task waits for its timer, not in a thread.
+    /// From the time now, not the iteration's: a connection handed over while
+    /// this iteration's callbacks ran (its predecessor's answer was sent in
+    /// them) would otherwise be answered early by as long as they took. A
+    /// clock read (vDSO, no system call), on the slow path only.
     fn submit(&mut self, task: TaskRef) {
+        self.lp.update_now();
         if let Some(after) = self.side.slow_work.start(self.lp.now(), task) {
             self.side
                 .slow_timer

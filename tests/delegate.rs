@@ -166,10 +166,11 @@ fn a_socket_worker_is_not_held_by_a_client_that_never_reads() {
     );
 }
 
-/// A client leaves during its slow work: no response, nothing stuck, the next
-/// client is served, the drop counted where the connection was.
+/// A client leaves during its slow work: closed at once with no response (not
+/// when the work would have ended), nothing stuck, the next client is served,
+/// the drop counted where the connection was.
 fn a_client_that_leaves_during_its_slow_work(mode: &str) {
-    let (server, addr) = start(mode, &["-A", "1", "-w", "1", "-D", "300"]);
+    let (server, addr) = start(mode, &["-A", "1", "-w", "1", "-D", "1500"]);
     let base = wait_for(addr, "settled", settled);
     let gone = |m: &BTreeMap<String, f64>| {
         sum(
@@ -182,8 +183,15 @@ fn a_client_that_leaves_during_its_slow_work(mode: &str) {
     send(&leaving, SLOW);
     std::thread::sleep(Duration::from_millis(50));
     shutdown_write(&leaving);
+    let left = Instant::now();
     check_closed_silently(&leaving, Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("{mode}: the client that left: {e}"));
+    // The work had ~1.45 s to go.
+    assert!(
+        left.elapsed() < Duration::from_millis(700),
+        "{mode}: the client that left was closed only {:?} after its EOF",
+        left.elapsed()
+    );
     // And one that vanishes outright.
     let vanishing = server.connect();
     send(&vanishing, SLOW);

@@ -523,13 +523,8 @@ fn rule7_bytes_after_the_end() {
 
     // Later bytes while the slow request is with a worker: closed, no response.
     // (`-D 500`: the extra bytes come ~50 ms after the request.) Closed when they
-    // arrive; with `--delegate socket` when the blocking worker looks, after its
-    // work (~450 ms later: docs/delegation.md).
-    let close_within = if util::delegate_mode() == "socket" {
-        Duration::from_millis(1200)
-    } else {
-        Duration::from_millis(400)
-    };
+    // arrive, in every mode (a blocking worker waits for input during its work).
+    let close_within = Duration::from_millis(400);
     let later: [(&str, &[u8]); 3] = [
         ("one byte", b"X"),
         ("a second request", b"GET /test/fast\r\n\r\n"),

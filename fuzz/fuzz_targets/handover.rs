@@ -23,8 +23,9 @@
 //!   in steps, a drain comes. No byte before a connection's full duration, none
 //!   once it sent more or left, every connection that stayed gets the 57 bytes
 //!   once time has passed, and every slot ends free;
-//! - `--delegate socket`: `socket_worker::answer` over a scripted socket (input
-//!   arriving during the work, short, interrupted, would-block and failed sends,
+//! - `--delegate socket`: `socket_worker::work` then `answer` over a scripted
+//!   socket (input arriving at any wait of the work, interrupted waits, short,
+//!   interrupted, would-block and failed sends,
 //!   the write deadline passing): at most the 57 bytes, as a prefix; all of them
 //!   exactly when it reports `Answered`; none once input was pending.
 #![no_main]
@@ -43,7 +44,7 @@ use conn_daemon::engine::{Engine, Host, Interest, Settings};
 use conn_daemon::lifecycle::Drain;
 use conn_daemon::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
-use conn_daemon::socket_worker::{answer, Outcome, WorkerSocket};
+use conn_daemon::socket_worker::{answer, work, Outcome, WorkerSocket};
 use conn_daemon::task::TaskRef;
 use conn_daemon::token::TimerId;
 use conn_daemon::worker_loop::{Adopted, Due, SlowTimers};
@@ -417,18 +418,34 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The blocking worker's last steps over a scripted socket.
+/// The blocking worker's steps over a scripted socket.
 fn worker_steps(data: &[u8]) {
     struct Scripted {
-        pending: bool,
+        /// Input arrives at this wait of the work (counting from 1), if any.
+        input_at: Option<u8>,
+        /// Waits of the work so far.
+        input_waits: Cell<u8>,
+        /// Input arrived: no byte may be sent from then on.
+        pending: Cell<bool>,
         sends: RefCell<VecDeque<u8>>,
         out: RefCell<Vec<u8>>,
         /// The deadline passes at the next wait.
         expire: bool,
     }
     impl WorkerSocket for Scripted {
-        fn input_pending(&self) -> io::Result<bool> {
-            Ok(self.pending)
+        fn wait_input(&self, timeout: Duration) -> io::Result<bool> {
+            let n = self.input_waits.get() + 1;
+            self.input_waits.set(n);
+            if self.input_at == Some(n) {
+                self.pending.set(true);
+                return Ok(true);
+            }
+            // Every other wait is cut short by a signal, so the work loops.
+            if n % 2 == 1 {
+                return Err(io::Error::from_raw_os_error(libc::EINTR));
+            }
+            std::thread::sleep(timeout);
+            Ok(false)
         }
         fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
             let op = self.sends.borrow_mut().pop_front();
@@ -455,20 +472,31 @@ fn worker_steps(data: &[u8]) {
         return;
     };
     let sock = Scripted {
-        pending: flags & 1 == 1,
+        input_at: (flags & 1 == 1).then_some(1 + (flags >> 2) % 4),
+        input_waits: Cell::new(0),
+        pending: Cell::new(false),
         sends: RefCell::new(script.iter().copied().take(64).collect()),
         out: RefCell::new(Vec::new()),
         expire: flags & 2 == 2,
     };
-    let outcome = answer(&sock, Duration::from_micros(50));
+    let outcome = match work(&sock, Duration::from_micros(20)) {
+        Ok(()) => answer(&sock, Duration::from_micros(50)),
+        Err(gone) => gone,
+    };
     let out = sock.out.borrow();
     assert!(RESPONSE.starts_with(&out), "bytes other than the response");
     match outcome {
         Outcome::Answered => assert_eq!(&out[..], RESPONSE, "answered without the 57 bytes"),
         Outcome::Dropped(_) => assert!(out.len() < RESPONSE.len(), "dropped after all 57"),
     }
-    if sock.pending {
+    if sock.pending.get() {
         assert!(out.is_empty(), "a byte after the client sent more or left");
+    }
+    // A quiet work waits its whole duration, then answers or drops; input at
+    // any of its waits drops at once.
+    if let Some(at) = sock.input_at.filter(|&at| at <= sock.input_waits.get()) {
+        assert_eq!(sock.input_waits.get(), at, "kept waiting after the input");
+        assert!(matches!(outcome, Outcome::Dropped(_)), "answered after input");
     }
 }
 
