@@ -22,6 +22,8 @@ mod util;
 
 use conn_daemon::config::Config;
 use conn_daemon::server::Server;
+use util::metrics::{free_addr, Scrape};
+use util::{connect, reset, RESPONSE};
 
 struct Counting;
 
@@ -64,8 +66,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
-
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Fast,
@@ -86,13 +86,6 @@ const MIX: [Kind; 7] = [
     Kind::EofMidRequest,
     Kind::LeaveDuringSlow,
 ];
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
-}
 
 /// Reads until EOF (or reset); returns what arrived.
 fn read_all(s: &mut TcpStream) -> Vec<u8> {
@@ -132,9 +125,7 @@ fn one(addr: SocketAddr, kind: Kind) {
         }
         Kind::ResetMidRequest => {
             s.write_all(b"GET /test/fa").unwrap();
-            socket2::SockRef::from(&s)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
+            reset(s);
         }
         Kind::EofMidRequest => {
             s.write_all(b"GET /test/fast HTTP/1.0\r\n").unwrap();
@@ -189,24 +180,10 @@ fn drive(addr: SocketAddr, threads: usize, per_thread: usize) {
     }
 }
 
-/// One `GET /metrics`; returns the response.
-fn scrape(addr: SocketAddr) -> Vec<u8> {
-    let mut s = connect(addr);
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let r = read_all(&mut s);
-    assert!(
-        r.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{}",
-        r.escape_ascii()
-    );
-    r
-}
-
 #[test]
 fn no_allocation_per_connection() {
     let port = util::free_port();
-    let metrics_port = util::free_port().to_string();
-    let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port.parse().unwrap()).into();
+    let metrics = free_addr();
     let config = Config::try_parse_from([
         "conn-daemon",
         "-p",
@@ -222,7 +199,7 @@ fn no_allocation_per_connection() {
         "--read-timeout",
         "200",
         "--metrics",
-        &format!("127.0.0.1:{metrics_port}"),
+        &metrics.to_string(),
     ])
     .unwrap();
     let server = Server::bind(&config).expect("bind");
@@ -237,7 +214,7 @@ fn no_allocation_per_connection() {
 
     // Warm-up: every kind of connection, on both accept threads and all workers.
     drive(addr, 4, 70);
-    scrape(metrics);
+    Scrape::get(metrics);
     std::thread::sleep(Duration::from_millis(300));
 
     let (threads, per_thread) = (4, 2520);
@@ -246,9 +223,9 @@ fn no_allocation_per_connection() {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let started = Instant::now();
     go.wait();
-    let mut last = Vec::new();
+    let mut last = None;
     for _ in 0..10 {
-        last = scrape(metrics);
+        last = Some(Scrape::get(metrics));
         std::thread::sleep(Duration::from_millis(20));
     }
     for h in handles {
@@ -270,10 +247,11 @@ fn no_allocation_per_connection() {
         "the server allocated while handling connections"
     );
 
-    let last = String::from_utf8(last).unwrap();
+    let last = last.expect("ten scrapes");
     assert!(
-        last.contains("conn_daemon_connections_accepted_total{thread=\"1\"} "),
-        "{last}"
+        last.text
+            .contains("conn_daemon_connections_accepted_total{thread=\"1\"} "),
+        "{last:?}"
     );
 
     stop.shutdown();

@@ -14,7 +14,7 @@
 //! `--delegate` mode, slow clients that leave during their work included.
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 mod util;
 
-use util::{check_closed_silently, check_response, send, Server, IO_TIMEOUT};
+use util::metrics::{free_addr, Scrape};
+use util::{check_closed_silently, check_response, reset_on_close, send, Server, IO_TIMEOUT};
 
 /// `--read-timeout`: long enough for the loaded phase, short enough to wait
 /// out twice.
@@ -81,9 +82,7 @@ fn resets(server: &Server, head: &[u8], n: usize) {
     let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
     for s in &conns {
         send(s, head);
-        socket2::SockRef::from(s)
-            .set_linger(Some(Duration::ZERO))
-            .expect("SO_LINGER 0");
+        reset_on_close(s);
     }
     // Give the server the bytes first, so it has watched these connections.
     thread::sleep(Duration::from_millis(50));
@@ -125,18 +124,6 @@ fn idle(server: &Server, n: usize) -> Vec<TcpStream> {
     conns
 }
 
-/// One `GET /metrics`, answered.
-fn scrape(addr: SocketAddr) {
-    let s = TcpStream::connect_timeout(&addr, util::IO_TIMEOUT).expect("connect to metrics");
-    send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
-    let r = util::read_to_end(&s, util::IO_TIMEOUT);
-    assert!(
-        r.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"),
-        "{}",
-        util::show(&r.bytes)
-    );
-}
-
 /// `n` slow requests whose clients leave (reset) before the response: the task
 /// (or the connection, with `--delegate socket|loop`) is with a worker when the
 /// client goes.
@@ -146,9 +133,7 @@ fn leave_mid_task(server: &Server, n: usize) {
         send(s, SLOW);
     }
     for s in &conns {
-        socket2::SockRef::from(s)
-            .set_linger(Some(Duration::ZERO))
-            .expect("SO_LINGER 0");
+        reset_on_close(s);
     }
     drop(conns);
     // Give the workers time to finish the abandoned work.
@@ -178,7 +163,7 @@ fn no_allocation_in(mode: &str) {
         .join(format!("alloc-count-{}-{mode}", std::process::id()));
     let _ = fs::remove_file(&counter);
     let timeout_ms = READ_TIMEOUT.as_millis().to_string();
-    let metrics = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let metrics = free_addr();
     let metrics_arg = metrics.to_string();
     let mut server = Server::start_with_env(
         &[
@@ -222,7 +207,7 @@ fn no_allocation_in(mode: &str) {
     check_closed_silently(&eof, IO_TIMEOUT).unwrap();
     expect_timed_out(&warm_idle);
     drop(warm_idle);
-    scrape(metrics);
+    Scrape::get(metrics);
     thread::sleep(Duration::from_millis(200));
     let quiet_fds = server.fd_count();
     let before = allocations(&counter);
@@ -233,7 +218,7 @@ fn no_allocation_in(mode: &str) {
     let held = idle(&server, 1500);
     burst(&server, SLOW, 1200, 400);
     burst(&server, FAST, 6000, 200);
-    scrape(metrics);
+    Scrape::get(metrics);
     trickle(&server, 300);
     invalid(&server, 400);
     resets(&server, HALF, 300);
@@ -268,7 +253,7 @@ fn no_allocation_in(mode: &str) {
         "{fds} fds open after the load, {quiet_fds} before"
     );
     server.assert_running();
-    scrape(metrics);
+    Scrape::get(metrics);
     let after = allocations(&counter);
     eprintln!(
         "--delegate {mode}: {} allocations at start-up, {} by the warm-up, {} in the loaded \

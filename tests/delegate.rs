@@ -19,10 +19,10 @@
 
 mod util;
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use util::metrics::{free_addr, wait_for, Scrape};
 use util::{
     check_closed_silently, check_response, read_to_end, send, shutdown_write, End, Server,
     IO_TIMEOUT, RESPONSE,
@@ -30,9 +30,13 @@ use util::{
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 
+/// Bound of this file's waits for a scrape: long enough for a thousand
+/// connections handed to one worker to show in it.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// A server with `--metrics` on a free port, `--delegate mode` and `args`.
 fn start(mode: &str, args: &[&str]) -> (Server, SocketAddr) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let addr = free_addr();
     // One argument: `Server::start` then waits for READY=1 rather than probing
     // the port with a connection that would show in the counts.
     let metrics = format!("--metrics={addr}");
@@ -41,56 +45,9 @@ fn start(mode: &str, args: &[&str]) -> (Server, SocketAddr) {
     (Server::start(&all), addr)
 }
 
-/// The samples of one scrape, by series.
-fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect to --metrics");
-    send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
-    let r = read_to_end(&s, IO_TIMEOUT);
-    let text = String::from_utf8(r.bytes).expect("UTF-8");
-    let (_, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Sum of the samples of `name` whose labels contain `label` (`k="v"`, or "").
-fn sum(m: &BTreeMap<String, f64>, name: &str, label: &str) -> f64 {
-    m.iter()
-        .filter(|(series, _)| {
-            series
-                .strip_prefix(name)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
-                && series.contains(label)
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// Scrapes until `ok` holds (at most 10 s) and returns that scrape.
-#[track_caller]
-fn wait_for(
-    addr: SocketAddr,
-    what: &str,
-    ok: impl Fn(&BTreeMap<String, f64>) -> bool,
-) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = scrape(addr);
-        if ok(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {m:#?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Nothing is open.
-fn settled(m: &BTreeMap<String, f64>) -> bool {
-    sum(m, "conn_daemon_connections_open", "") == 0.0
+fn settled(m: &Scrape) -> bool {
+    m.sum("conn_daemon_connections_open", &[]) == 0.0
 }
 
 #[test]
@@ -98,7 +55,7 @@ fn a_loop_worker_holds_a_thousand_slow_connections_at_once() {
     const N: usize = 1000;
     util::raise_own_nofile(N as u64 + 200);
     let (server, addr) = start("loop", &["-A", "1", "-w", "1", "-C", "2000", "-D", "3000"]);
-    wait_for(addr, "settled", settled);
+    wait_for(addr, "settled", SETTLE, settled);
     let streams: Vec<TcpStream> = (0..N)
         .map(|_| {
             let s = server.connect();
@@ -108,26 +65,26 @@ fn a_loop_worker_holds_a_thousand_slow_connections_at_once() {
         .collect();
     // All of them in the one worker's hands at once: with -w 1 in task or
     // socket mode this would take 1,000 x 3 s.
-    let m = wait_for(addr, "1000 connections held by worker 0", |m| {
-        m.get("conn_daemon_connections_open{worker=\"0\"}") == Some(&(N as f64))
+    let m = wait_for(addr, "1000 connections held by worker 0", SETTLE, |m| {
+        m.sample("conn_daemon_connections_open{worker=\"0\"}") == Some(N as f64)
     });
     assert_eq!(
-        m.get("conn_daemon_slow_tasks_running"),
-        Some(&(N as f64)),
-        "{m:#?}"
+        m.sample("conn_daemon_slow_tasks_running"),
+        Some(N as f64),
+        "{m:?}"
     );
     for (i, s) in streams.iter().enumerate() {
         let r = read_to_end(s, Duration::from_secs(20));
         assert_eq!(r.bytes, RESPONSE, "connection #{i}: then {:?}", r.end);
         assert_eq!(r.end, End::Eof, "connection #{i}");
     }
-    let m = wait_for(addr, "all answered and closed", settled);
+    let m = wait_for(addr, "all answered and closed", SETTLE, settled);
     assert_eq!(
-        sum(&m, "conn_daemon_responses_total", "kind=\"slow\""),
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
         N as f64
     );
     assert_eq!(
-        sum(&m, "conn_daemon_connections_dropped_total", "worker="),
+        m.sum_labelled("conn_daemon_connections_dropped_total", "worker"),
         0.0
     );
 }
@@ -138,7 +95,7 @@ fn a_socket_worker_is_not_held_by_a_client_that_never_reads() {
         "socket",
         &["-A", "1", "-w", "1", "-D", "200", "--read-timeout", "1000"],
     );
-    wait_for(addr, "settled", settled);
+    wait_for(addr, "settled", SETTLE, settled);
     let silent = server.connect();
     send(&silent, SLOW);
     let t = Instant::now();
@@ -155,12 +112,11 @@ fn a_socket_worker_is_not_held_by_a_client_that_never_reads() {
     // The silent client's response was queued whole and waits for it.
     let r = read_to_end(&silent, IO_TIMEOUT);
     assert_eq!((r.bytes.as_slice(), r.end), (RESPONSE, End::Eof));
-    let m = wait_for(addr, "both closed", settled);
+    let m = wait_for(addr, "both closed", SETTLE, settled);
     assert_eq!(
-        sum(
-            &m,
+        m.sum(
             "conn_daemon_responses_total",
-            "worker=\"0\",kind=\"slow\""
+            &[("worker", "0"), ("kind", "slow")]
         ),
         2.0
     );
@@ -171,12 +127,11 @@ fn a_socket_worker_is_not_held_by_a_client_that_never_reads() {
 /// the drop counted where the connection was.
 fn a_client_that_leaves_during_its_slow_work(mode: &str) {
     let (server, addr) = start(mode, &["-A", "1", "-w", "1", "-D", "1500"]);
-    let base = wait_for(addr, "settled", settled);
-    let gone = |m: &BTreeMap<String, f64>| {
-        sum(
-            m,
+    let base = wait_for(addr, "settled", SETTLE, settled);
+    let gone = |m: &Scrape| {
+        m.sum(
             "conn_daemon_connections_dropped_total",
-            "reason=\"client_gone\"",
+            &[("reason", "client_gone")],
         )
     };
     let leaving = server.connect();
@@ -199,19 +154,23 @@ fn a_client_that_leaves_during_its_slow_work(mode: &str) {
     let next = server.connect();
     send(&next, SLOW);
     check_response(&next, IO_TIMEOUT).unwrap();
-    let m = wait_for(addr, "everything closed", settled);
-    assert_eq!(gone(&m) - gone(&base), 2.0, "{mode}: {m:#?}");
+    let m = wait_for(addr, "everything closed", SETTLE, settled);
+    assert_eq!(gone(&m) - gone(&base), 2.0, "{mode}: {m:?}");
     assert_eq!(
-        sum(&m, "conn_daemon_responses_total", "kind=\"slow\""),
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
         1.0,
         "{mode}"
     );
     assert_eq!(
-        m.get("conn_daemon_slow_tasks_running"),
-        Some(&0.0),
+        m.sample("conn_daemon_slow_tasks_running"),
+        Some(0.0),
         "{mode}"
     );
-    assert_eq!(m.get("conn_daemon_slow_tasks_queued"), Some(&0.0), "{mode}");
+    assert_eq!(
+        m.sample("conn_daemon_slow_tasks_queued"),
+        Some(0.0),
+        "{mode}"
+    );
 }
 
 #[test]
@@ -228,8 +187,8 @@ fn a_client_that_leaves_during_its_slow_work_loop() {
 /// the listen backlog. 30 slow requests at once are all answered, none dropped.
 fn back_pressure(mode: &str) {
     let (server, addr) = start(mode, &["-A", "1", "-C", "2", "-w", "1", "-D", "50"]);
-    let base = wait_for(addr, "settled", settled);
-    let drops = |m: &BTreeMap<String, f64>| sum(m, "conn_daemon_connections_dropped_total", "");
+    let base = wait_for(addr, "settled", SETTLE, settled);
+    let drops = |m: &Scrape| m.sum("conn_daemon_connections_dropped_total", &[]);
     let streams: Vec<TcpStream> = (0..30)
         .map(|_| {
             let s = server.connect();
@@ -245,14 +204,14 @@ fn back_pressure(mode: &str) {
             r.end
         );
     }
-    let m = wait_for(addr, "everything closed", settled);
+    let m = wait_for(addr, "everything closed", SETTLE, settled);
     assert_eq!(
-        sum(&m, "conn_daemon_responses_total", "kind=\"slow\""),
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
         30.0
     );
-    assert_eq!(drops(&m), drops(&base), "{mode}: a drop: {m:#?}");
+    assert_eq!(drops(&m), drops(&base), "{mode}: a drop: {m:?}");
     assert!(
-        m["conn_daemon_accept_pauses_total{thread=\"0\",cause=\"pool_full\"}"] >= 1.0,
+        m.one("conn_daemon_accept_pauses_total{thread=\"0\",cause=\"pool_full\"}") >= 1.0,
         "{mode}: the accept pool never filled: the test did not test back-pressure"
     );
 }
@@ -272,16 +231,16 @@ fn back_pressure_with_a_tiny_capacity_loop() {
 /// (rule 7), and the third is served once the first is done.
 fn a_waiting_client_that_leaves(mode: &str) {
     let (server, addr) = start(mode, &["-A", "1", "-C", "1", "-w", "1", "-D", "600"]);
-    wait_for(addr, "settled", settled);
+    wait_for(addr, "settled", SETTLE, settled);
     let first = server.connect();
     send(&first, SLOW);
-    wait_for(addr, "the first with the worker", |m| {
-        m.get("conn_daemon_connections_open{worker=\"0\"}") == Some(&1.0)
+    wait_for(addr, "the first with the worker", SETTLE, |m| {
+        m.sample("conn_daemon_connections_open{worker=\"0\"}") == Some(1.0)
     });
     let waiting = server.connect();
     send(&waiting, SLOW);
-    wait_for(addr, "the second waiting in the accept loop", |m| {
-        m.get("conn_daemon_connections_open{thread=\"0\"}") == Some(&1.0)
+    wait_for(addr, "the second waiting in the accept loop", SETTLE, |m| {
+        m.sample("conn_daemon_connections_open{thread=\"0\"}") == Some(1.0)
     });
     shutdown_write(&waiting);
     let t = Instant::now();
@@ -295,8 +254,11 @@ fn a_waiting_client_that_leaves(mode: &str) {
     send(&third, SLOW);
     check_response(&first, IO_TIMEOUT).unwrap();
     check_response(&third, IO_TIMEOUT).unwrap();
-    let m = wait_for(addr, "everything closed", settled);
-    assert_eq!(sum(&m, "conn_daemon_responses_total", "kind=\"slow\""), 2.0);
+    let m = wait_for(addr, "everything closed", SETTLE, settled);
+    assert_eq!(
+        m.sum("conn_daemon_responses_total", &[("kind", "slow")]),
+        2.0
+    );
 }
 
 #[test]
@@ -313,7 +275,7 @@ fn a_waiting_client_that_leaves_is_closed_at_once_loop() {
 /// in loop mode, held on its loop): every one is answered, then exit 0.
 fn drain_answers_what_the_workers_hold(mode: &str) {
     let (mut server, addr) = start(mode, &["-A", "1", "-w", "1", "-D", "300"]);
-    wait_for(addr, "settled", settled);
+    wait_for(addr, "settled", SETTLE, settled);
     let streams: Vec<TcpStream> = (0..5)
         .map(|_| {
             let s = server.connect();
@@ -321,14 +283,10 @@ fn drain_answers_what_the_workers_hold(mode: &str) {
             s
         })
         .collect();
-    wait_for(addr, "all five handed over", |m| {
-        m.get("conn_daemon_connections_open{thread=\"0\"}") == Some(&0.0)
-            && m.get("conn_daemon_slow_tasks_running")
-                .copied()
-                .unwrap_or(0.0)
-                + m.get("conn_daemon_slow_tasks_queued")
-                    .copied()
-                    .unwrap_or(0.0)
+    wait_for(addr, "all five handed over", SETTLE, |m| {
+        m.sample("conn_daemon_connections_open{thread=\"0\"}") == Some(0.0)
+            && m.sample("conn_daemon_slow_tasks_running").unwrap_or(0.0)
+                + m.sample("conn_daemon_slow_tasks_queued").unwrap_or(0.0)
                 == 5.0
     });
     server.signal(libc::SIGTERM);
@@ -366,9 +324,12 @@ fn without_workers_every_mode_answers_inline() {
         let got = server.request(SLOW);
         assert_eq!(got, RESPONSE, "{mode}");
         assert!(t.elapsed() < Duration::from_secs(2), "{mode}: not inline");
-        let m = scrape(addr);
-        let label = format!("delegate=\"{mode}\"");
-        assert_eq!(sum(&m, "conn_daemon_build_info", &label), 1.0, "{m:#?}");
+        let m = Scrape::get(addr);
+        assert_eq!(
+            m.sum("conn_daemon_build_info", &[("delegate", mode)]),
+            1.0,
+            "{m:?}"
+        );
     }
 }
 
@@ -377,7 +338,7 @@ fn without_workers_every_mode_answers_inline() {
 #[test]
 fn a_loop_worker_gives_each_connection_its_full_duration() {
     let (server, addr) = start("loop", &["-A", "1", "-w", "1", "-D", "1000"]);
-    wait_for(addr, "settled", settled);
+    wait_for(addr, "settled", SETTLE, settled);
     for _ in 0..3 {
         let leaving = server.connect();
         send(&leaving, SLOW);

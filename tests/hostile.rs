@@ -2,74 +2,24 @@
 //! abandoned slow requests (item 3), bytes beyond one read after the request
 //! (item 5), and the pause and drain bookkeeping (item 18).
 //!
-//! The tests of this file run one at a time (`SERIAL`): some of them open
+//! The tests of this file run one at a time (`util::serial`): some of them open
 //! hundreds of connections or exhaust the server's fds.
 
 mod util;
 
-use std::fs;
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::net::TcpStream;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use socket2::Socket;
-use util::{read_to_end, send, show, End, Server, IO_TIMEOUT, RESPONSE};
+use util::limited::LimitedServer;
+use util::metrics::{free_addr, Scrape};
+use util::{
+    count_lines, ms, read_to_end, reset, send, serial, show, End, Server, IO_TIMEOUT, RESPONSE,
+};
 
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 const PARTIAL: &[u8] = b"GET /te";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// A free loopback address for `--metrics`.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], util::free_port()))
-}
-
-/// One scrape of `addr`'s `/metrics`: the body.
-fn scrape(addr: SocketAddr) -> String {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to the metrics listener {addr}: {e}"));
-    send(&s, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-    let r = read_to_end(&s, IO_TIMEOUT);
-    let text = String::from_utf8(r.bytes).expect("UTF-8 scrape");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no scrape from {addr}: {text:?} then {:?}", r.end));
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample `series` (name and labels, exactly) in `body`.
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
-        .parse()
-        .expect("a number")
-}
-
-/// Closes `stream` with an RST instead of a FIN (SO_LINGER 0).
-fn reset(stream: TcpStream) {
-    let sock = Socket::from(stream);
-    sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
-    drop(sock);
-}
-
-fn count_lines(text: &str, needle: &str) -> usize {
-    text.lines().filter(|l| l.contains(needle)).count()
-}
 
 // ---------------------------------------------------------------------------
 // Item 3: a slow request whose client is gone before a worker takes it
@@ -78,7 +28,7 @@ fn count_lines(text: &str, needle: &str) -> usize {
 #[test]
 fn abandoned_slow_requests_are_not_run_and_do_not_delay_a_real_one() {
     let _serial = serial();
-    let maddr = metrics_addr();
+    let maddr = free_addr();
     let m = maddr.to_string();
     let server = Server::start(&["-A", "1", "-w", "1", "-D", "100", "--metrics", &m]);
     // 300 clients send a slow request and leave at once, half with a FIN, half
@@ -105,21 +55,21 @@ fn abandoned_slow_requests_are_not_run_and_do_not_delay_a_real_one() {
         took < ms(2000),
         "a real slow request behind 300 abandoned ones took {took:?}"
     );
-    let body = scrape(maddr);
+    let scrape = Scrape::get(maddr);
     assert_eq!(
-        sample(&body, "conn_daemon_slow_tasks_queued"),
+        scrape.one("conn_daemon_slow_tasks_queued"),
         0.0,
-        "{body}"
+        "{scrape:?}"
     );
     assert_eq!(
-        sample(&body, "conn_daemon_slow_tasks_running"),
+        scrape.one("conn_daemon_slow_tasks_running"),
         0.0,
-        "{body}"
+        "{scrape:?}"
     );
     assert_eq!(
-        sample(&body, r#"conn_daemon_connections_open{thread="0"}"#),
+        scrape.one(r#"conn_daemon_connections_open{thread="0"}"#),
         0.0,
-        "{body}"
+        "{scrape:?}"
     );
 }
 
@@ -162,85 +112,12 @@ fn a_response_survives_a_body_larger_than_the_buffer() {
 // Item 18: pause and drain bookkeeping
 // ---------------------------------------------------------------------------
 
-/// A server started under `ulimit -n NOFILE` (soft and hard), so that it can
-/// run out of fds.
-struct Limited {
-    child: Child,
-    port: u16,
-    stderr: PathBuf,
-}
-
-impl Limited {
-    fn start(nofile: u64, args: &[&str]) -> Limited {
-        let port = util::free_port();
-        let stderr = std::env::temp_dir().join(format!(
-            "conn-daemon-hostile-{}-{port}.stderr",
-            std::process::id()
-        ));
-        let file = fs::File::create(&stderr).expect("create the stderr file");
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-            .arg(util::bin())
-            .arg("-p")
-            .arg(port.to_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn sh");
-        let mut server = Limited {
-            child,
-            port,
-            stderr,
-        };
-        let deadline = Instant::now() + util::START_TIMEOUT;
-        loop {
-            if let Some(status) = server.child.try_wait().expect("try_wait") {
-                panic!("exited during start-up ({status}): {}", server.stderr());
-            }
-            if TcpStream::connect_timeout(&server.addr(), ms(200)).is_ok() {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no listener: {}",
-                server.stderr()
-            );
-            thread::sleep(ms(10));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn fds(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_file(&self.stderr);
-    }
-}
-
 #[test]
 fn the_fd_exhaustion_gauge_returns_to_0_on_an_idle_server() {
     let _serial = serial();
-    let maddr = metrics_addr();
+    let maddr = free_addr();
     let m = maddr.to_string();
-    let server = Limited::start(64, &["-A", "1", "-w", "1", "--metrics", &m]);
+    let server = LimitedServer::start(64, &["-A", "1", "-w", "1", "--metrics", &m]);
     // Clients one by one until the server runs out of fds: the one that takes
     // the last fd is accepted, and the next accept() (on an empty queue) fails.
     let mut clients = Vec::new();
@@ -252,12 +129,12 @@ fn the_fd_exhaustion_gauge_returns_to_0_on_an_idle_server() {
             clients.len(),
             server.stderr()
         );
-        let before = server.fds();
+        let before = server.fd_count();
         let s = TcpStream::connect_timeout(&server.addr(), IO_TIMEOUT).expect("connect");
         send(&s, PARTIAL);
         clients.push(s);
         let until = Instant::now() + ms(500);
-        while server.fds() == before && !server.stderr().contains("pausing accept") {
+        while server.fd_count() == before && !server.stderr().contains("pausing accept") {
             if Instant::now() > until {
                 break;
             }
@@ -267,23 +144,23 @@ fn the_fd_exhaustion_gauge_returns_to_0_on_an_idle_server() {
     // Every client goes: fds are plentiful again, and no new client comes.
     drop(clients);
     thread::sleep(ms(1000));
-    let body = scrape(maddr);
+    let scrape = Scrape::get(maddr);
     let paused = r#"conn_daemon_accept_paused{thread="0",cause="fd_exhaustion"}"#;
     assert_eq!(
-        sample(&body, paused),
+        scrape.one(paused),
         0.0,
-        "{body}\nstderr:\n{}",
+        "{scrape:?}\nstderr:\n{}",
         server.stderr()
     );
     let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="fd_exhaustion"}"#;
-    assert_eq!(sample(&body, pauses), 1.0, "{body}");
+    assert_eq!(scrape.one(pauses), 1.0, "{scrape:?}");
     assert_eq!(count_lines(&server.stderr(), "accept works again"), 1);
 }
 
 #[test]
 fn a_drain_with_a_full_pool_pauses_once_and_answers_the_backlog() {
     let _serial = serial();
-    let maddr = metrics_addr();
+    let maddr = free_addr();
     let m = maddr.to_string();
     let mut server = Server::start(&[
         "-A",
@@ -298,14 +175,11 @@ fn a_drain_with_a_full_pool_pauses_once_and_answers_the_backlog() {
         &m,
     ]);
     // Readiness came from the server's READY=1: no connection of ours yet.
-    let body = scrape(maddr);
+    let scrape = Scrape::get(maddr);
     assert_eq!(
-        sample(
-            &body,
-            r#"conn_daemon_connections_accepted_total{thread="0"}"#
-        ),
+        scrape.one(r#"conn_daemon_connections_accepted_total{thread="0"}"#),
         0.0,
-        "{body}"
+        "{scrape:?}"
     );
     // The pool fills: a slow request (answered after its task) and an
     // incomplete one (which the drain closes).
@@ -343,9 +217,9 @@ fn a_drain_with_a_full_pool_pauses_once_and_answers_the_backlog() {
         show(&r.bytes)
     );
     // During the drain (the slow task still runs): one pause, one line.
-    let body = scrape(maddr);
+    let scrape = Scrape::get(maddr);
     let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="pool_full"}"#;
-    assert_eq!(sample(&body, pauses), 1.0, "{body}");
+    assert_eq!(scrape.one(pauses), 1.0, "{scrape:?}");
     let r = read_to_end(&slow, IO_TIMEOUT);
     assert_eq!(r.bytes, RESPONSE, "the slow request: {}", show(&r.bytes));
     let status = server.wait_exit(IO_TIMEOUT).expect("exits after the drain");

@@ -5,7 +5,6 @@
 //! `util::Server::start` waits for the server's own `READY=1` (no probe
 //! connection), so the figures are exactly what each test's clients did.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 mod util;
 
+use util::metrics::{exchange, free_addr, http, wait_for, Scrape};
 use util::{check_closed_silently, check_response, read_to_end, send, Server, IO_TIMEOUT};
 
 /// Runs `f` (which forks) while no test of this binary writes an executable: a
@@ -26,7 +26,7 @@ fn forking<T>(f: impl FnOnce() -> T) -> T {
 
 /// A server with `--metrics 127.0.0.1:<free port>` and `args`, and that address.
 fn start(args: &[&str]) -> (Server, SocketAddr) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let addr = free_addr();
     let metrics = addr.to_string();
     let mut all = vec!["--metrics", &metrics];
     all.extend_from_slice(args);
@@ -46,113 +46,6 @@ fn sending(server: &Server, n: usize, bytes: &[u8]) -> Vec<TcpStream> {
             s
         })
         .collect()
-}
-
-/// One HTTP exchange with the metrics listener: (status line, head, body), or
-/// what went wrong.
-fn exchange(addr: SocketAddr, request: &[u8]) -> Result<(String, String, String), String> {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    send(&s, request);
-    let r = read_to_end(&s, IO_TIMEOUT);
-    let text = String::from_utf8(r.bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    match (r.end, text.split_once("\r\n\r\n")) {
-        (util::End::Eof, Some((head, body))) => {
-            let status = head.lines().next().unwrap_or_default().to_string();
-            Ok((status, head.to_string(), body.to_string()))
-        }
-        (end, _) => Err(format!("{addr}: got {text:?}, then {end:?}")),
-    }
-}
-
-/// [`exchange`], which must succeed.
-#[track_caller]
-fn http(addr: SocketAddr, request: &[u8]) -> (String, String, String) {
-    exchange(addr, request).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A parsed scrape: each sample line's series (name and labels) and value.
-struct Scrape {
-    text: String,
-    samples: BTreeMap<String, f64>,
-}
-
-impl Scrape {
-    fn get(addr: SocketAddr) -> Scrape {
-        let (status, head, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert_eq!(status, "HTTP/1.1 200 OK");
-        assert!(
-            head.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
-            "{head}"
-        );
-        assert!(
-            head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())),
-            "{head}"
-        );
-        let samples = body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| {
-                let (series, value) = l.rsplit_once(' ').expect("series value");
-                (series.to_string(), value.parse().expect("a number"))
-            })
-            .collect();
-        Scrape {
-            text: body,
-            samples,
-        }
-    }
-
-    /// Samples of `name` whose labels include every `k="v"` of `labels`.
-    fn matching<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&str, &str)],
-    ) -> impl Iterator<Item = f64> + 'a {
-        self.samples.iter().filter_map(move |(series, v)| {
-            let rest = series.strip_prefix(name)?;
-            let fits = (rest.is_empty() || rest.starts_with('{'))
-                && labels
-                    .iter()
-                    .all(|(k, val)| rest.contains(&format!("{k}=\"{val}\"")));
-            fits.then_some(*v)
-        })
-    }
-
-    /// Sum over the matching samples (all accept threads, say).
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).sum()
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.matching(name, &[]).count()
-    }
-
-    /// The one sample of exactly this series.
-    fn one(&self, series: &str) -> f64 {
-        *self
-            .samples
-            .get(series)
-            .unwrap_or_else(|| panic!("{series} missing from\n{}", self.text))
-    }
-}
-
-/// Scrapes until `ok` holds (at most `IO_TIMEOUT`); the last scrape.
-#[track_caller]
-fn wait_for(addr: SocketAddr, what: &str, ok: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        let m = Scrape::get(addr);
-        if ok(&m) {
-            return m;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{what}: not seen within {IO_TIMEOUT:?}; last scrape:\n{}",
-                m.text
-            );
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Checks every drop reason's total against `expected` (the others must be 0).
@@ -202,7 +95,7 @@ fn counters_equal_what_the_clients_did() {
         send(&s, bad);
         check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
-    let m = wait_for(addr, "the 116 connections closed", |m| {
+    let m = wait_for(addr, "the 116 connections closed", IO_TIMEOUT, |m| {
         m.sum("conn_daemon_connections_open", &[]) == 0.0
     });
     assert_eq!(m.sum("conn_daemon_connections_accepted_total", &[]), 116.0);
@@ -249,13 +142,13 @@ fn counters_equal_what_the_clients_did() {
         check_closed_silently(&s, IO_TIMEOUT).unwrap();
     }
     let idle = sending(&server, 2, b"GET /test/fast HTTP/1.1\r\n");
-    wait_for(addr, "two connections open", |m| {
+    wait_for(addr, "two connections open", IO_TIMEOUT, |m| {
         m.sum("conn_daemon_connections_open", &[]) == 2.0
     });
     for s in &idle {
         check_closed_silently(s, IO_TIMEOUT).unwrap();
     }
-    let m = wait_for(addr, "the timed-out connections closed", |m| {
+    let m = wait_for(addr, "the timed-out connections closed", IO_TIMEOUT, |m| {
         m.sum("conn_daemon_connections_open", &[]) == 0.0
     });
     assert_eq!(
@@ -285,7 +178,7 @@ fn slow_requests_answered_inline_count_as_slow() {
             check_response(&s, IO_TIMEOUT).unwrap();
         }
     }
-    let m = wait_for(addr, "the 6 connections closed", |m| {
+    let m = wait_for(addr, "the 6 connections closed", IO_TIMEOUT, |m| {
         m.sum("conn_daemon_connections_open", &[]) == 0.0
     });
     assert_eq!(
@@ -320,11 +213,16 @@ fn pause_and_slow_task_gauges_return_to_zero() {
     let slow = sending(&server, 2, b"GET /test/slow\r\n\r\n");
     let third = server.connect();
     send(&third, b"GET /test/fast\r\n\r\n");
-    let m = wait_for(addr, "pool full, one task running, one queued", |m| {
-        m.one("conn_daemon_accept_paused{thread=\"0\",cause=\"pool_full\"}") == 1.0
-            && m.one("conn_daemon_slow_tasks_running") == 1.0
-            && m.one("conn_daemon_slow_tasks_queued") == 1.0
-    });
+    let m = wait_for(
+        addr,
+        "pool full, one task running, one queued",
+        IO_TIMEOUT,
+        |m| {
+            m.one("conn_daemon_accept_paused{thread=\"0\",cause=\"pool_full\"}") == 1.0
+                && m.one("conn_daemon_slow_tasks_running") == 1.0
+                && m.one("conn_daemon_slow_tasks_queued") == 1.0
+        },
+    );
     assert_eq!(m.one("conn_daemon_connections_open{thread=\"0\"}"), 2.0);
     assert_eq!(
         m.one("conn_daemon_accept_pauses_total{thread=\"0\",cause=\"pool_full\"}"),
@@ -334,7 +232,7 @@ fn pause_and_slow_task_gauges_return_to_zero() {
         check_response(s, IO_TIMEOUT).unwrap();
     }
     check_response(&third, IO_TIMEOUT).unwrap();
-    let m = wait_for(addr, "all gauges back to 0", |m| {
+    let m = wait_for(addr, "all gauges back to 0", IO_TIMEOUT, |m| {
         m.one("conn_daemon_connections_open{thread=\"0\"}") == 0.0
     });
     for series in [
@@ -367,10 +265,15 @@ fn scrapes_go_on_during_the_drain() {
     let slow = server.connect();
     send(&slow, b"GET /test/slow\r\n\r\n");
     let partial = sending(&server, 2, b"GET /test/fast");
-    wait_for(addr, "three connections open, the slow task running", |m| {
-        m.sum("conn_daemon_connections_open", &[]) == 3.0
-            && m.one("conn_daemon_slow_tasks_running") == 1.0
-    });
+    wait_for(
+        addr,
+        "three connections open, the slow task running",
+        IO_TIMEOUT,
+        |m| {
+            m.sum("conn_daemon_connections_open", &[]) == 3.0
+                && m.one("conn_daemon_slow_tasks_running") == 1.0
+        },
+    );
     server.signal(libc::SIGTERM);
     for s in &partial {
         check_closed_silently(s, IO_TIMEOUT).unwrap();
@@ -513,7 +416,7 @@ fn a_host_name_is_refused_on_the_command_line() {
 /// still holds it, and serves the scrapes once the old one is gone.
 #[test]
 fn an_upgrade_keeps_the_metrics_address() {
-    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let addr = free_addr();
     let metrics = addr.to_string();
     let mut lineage = util::lineage::Lineage::start(&["-A", "1", "--metrics", &metrics]);
     let service = lineage.addr();
@@ -522,7 +425,7 @@ fn an_upgrade_keeps_the_metrics_address() {
         send(&s, b"GET /test/fast\r\n\r\n");
         check_response(&s, IO_TIMEOUT).unwrap();
     }
-    let old = wait_for(addr, "the old process's five responses", |m| {
+    let old = wait_for(addr, "the old process's five responses", IO_TIMEOUT, |m| {
         m.sum("conn_daemon_responses_total", &[]) == 5.0
     });
     assert_eq!(old.one("conn_daemon_upgrades_total"), 0.0);
@@ -592,7 +495,7 @@ fn idle_scrape_connections_do_not_delay_a_scrape() {
 fn an_upgrade_hands_the_metrics_listener_over() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
+    let addr = free_addr();
     let metrics = addr.to_string();
     let mut lineage = util::lineage::Lineage::start(&["-A", "1", "--metrics", &metrics]);
     let before = util::listening_sockets_on(addr.port());

@@ -2,7 +2,7 @@
 //! their request and clients that reset mid-request. The server must pause
 //! instead of spinning, free what it should, and keep serving.
 //!
-//! The tests of this file run one at a time (`SERIAL`): they are timing-sensitive
+//! The tests of this file run one at a time (`util::serial`): they are timing-sensitive
 //! and some of them load both cores on their own.
 #![allow(unsafe_code)]
 
@@ -10,19 +10,15 @@ mod util;
 
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socket2::Socket;
+use util::limited::LimitedServer;
 use util::{
-    check_closed_silently, check_nothing_for, check_response, read_to_end, show, End, Server,
-    RESPONSE,
+    check_closed_silently, check_nothing_for, check_response, connect, count_lines, ms,
+    read_to_end, reset, serial, show, End, Server, RESPONSE,
 };
 
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
@@ -33,16 +29,6 @@ const PARTIAL: &[u8] = b"GET /te";
 /// CPU time the server may use while it should be idle (a spinning loop burns a
 /// whole core: 100 % of the window).
 const CPU_BUDGET: Duration = Duration::from_millis(200);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// Clock ticks per second of /proc/PID/stat.
 fn clk_tck() -> u64 {
@@ -82,26 +68,6 @@ fn fds_below(pid: u32, limit: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Connects (blocking) to `addr` with a bounded timeout.
-#[track_caller]
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, util::IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    s.set_nodelay(true).expect("set_nodelay");
-    s.set_read_timeout(Some(util::IO_TIMEOUT))
-        .expect("set_read_timeout");
-    s.set_write_timeout(Some(util::IO_TIMEOUT))
-        .expect("set_write_timeout");
-    s
-}
-
-/// Closes `stream` with an RST instead of a FIN (SO_LINGER 0).
-fn reset(stream: TcpStream) {
-    let sock = Socket::from(stream);
-    sock.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
-    drop(sock);
-}
-
 /// Waits (bounded) until `fd_count() >= min`; returns the last count seen.
 fn wait_fd_count_at_least(server: &Server, min: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
@@ -132,11 +98,6 @@ fn baseline_fds(server: &Server) -> usize {
         }
         last = now;
     }
-}
-
-/// Lines of `text` that contain `needle`.
-fn count_lines(text: &str, needle: &str) -> usize {
-    text.lines().filter(|l| l.contains(needle)).count()
 }
 
 // ---------------------------------------------------------------------------
@@ -214,117 +175,6 @@ fn full_pool_pauses_without_spinning_and_resumes_when_a_slot_frees() {
 // ---------------------------------------------------------------------------
 // 2. fd exhaustion
 // ---------------------------------------------------------------------------
-
-/// A `conn-daemon` started under a hard and soft RLIMIT_NOFILE (util's `Server`
-/// cannot set one). Killed and reaped on drop.
-struct LimitedServer {
-    child: Child,
-    port: u16,
-    stderr_path: PathBuf,
-}
-
-impl LimitedServer {
-    fn start(nofile: u64, args: &[&str]) -> LimitedServer {
-        let mut last = String::new();
-        for attempt in 0..5 {
-            let port = util::free_port();
-            let stderr_path = std::env::temp_dir().join(format!(
-                "conn-daemon-robustness-{}-{port}-{attempt}.stderr",
-                std::process::id()
-            ));
-            let stderr_file = fs::File::create(&stderr_path).expect("create stderr file");
-            let mut cmd = Command::new(util::bin());
-            cmd.arg("-p")
-                .arg(port.to_string())
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(stderr_file));
-            // SAFETY: the closure only calls setrlimit (async-signal-safe) on a stack value, between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let lim = libc::rlimit {
-                        rlim_cur: nofile as libc::rlim_t,
-                        rlim_max: nofile as libc::rlim_t,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", util::bin()));
-            let mut server = LimitedServer {
-                child,
-                port,
-                stderr_path,
-            };
-            let deadline = Instant::now() + util::START_TIMEOUT;
-            loop {
-                if let Some(status) = server.child.try_wait().expect("try_wait") {
-                    last = format!(
-                        "exited during start-up ({status}); stderr:\n{}",
-                        server.stderr()
-                    );
-                    break;
-                }
-                if let Ok(s) = TcpStream::connect_timeout(&server.addr(), ms(200)) {
-                    drop(s);
-                    return server;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "conn-daemon did not listen on {} within {:?}; stderr:\n{}",
-                    server.addr(),
-                    util::START_TIMEOUT,
-                    server.stderr()
-                );
-                thread::sleep(ms(10));
-            }
-            if !last.to_lowercase().contains("in use") {
-                break;
-            }
-        }
-        panic!("conn-daemon {args:?} under RLIMIT_NOFILE {nofile}: {last}");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stderr(&self) -> String {
-        fs::read(&self.stderr_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    #[track_caller]
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("conn-daemon exited ({status}); stderr:\n{}", self.stderr());
-        }
-    }
-}
-
-impl Drop for LimitedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!(
-                "--- conn-daemon (RLIMIT_NOFILE) stderr ---\n{}\n---",
-                self.stderr()
-            );
-        }
-        let _ = fs::remove_file(&self.stderr_path);
-    }
-}
 
 #[test]
 fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {

@@ -9,15 +9,13 @@ mod util;
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use util::{check_closed_silently, check_response, read_to_end, send, show, End, Mismatch, Server};
+use util::{
+    check_closed_silently, check_response, ms, read_to_end, send, show, End, Mismatch, Server,
+};
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// One connection attempt (no retry) must be refused: nothing listens any more.
 #[track_caller]

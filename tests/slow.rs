@@ -7,16 +7,12 @@ mod util;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{read_to_end, send, show, End, Server, RESPONSE};
+use util::{ms, read_to_end, send, show, End, Server, RESPONSE};
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
 /// Slack allowed on top of the expected time (debug build, 2 busy cores).
 const SLACK: Duration = Duration::from_secs(2);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 #[test]
 fn slow_is_answered_no_sooner_than_the_duration() {

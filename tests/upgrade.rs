@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use util::lineage::{alive, Lineage, Load};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use util::secs;
 
 /// Five upgrades in a row under load, one to an executable that fails, one
 /// more after that: every connection answered, only the newest process left.

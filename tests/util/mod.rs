@@ -17,6 +17,7 @@ use std::os::unix::net::{self as unix, UnixDatagram};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,9 @@ fn other_bin() -> bool {
     std::env::var_os("CONN_DAEMON_BIN").is_some()
 }
 
+pub mod limited;
 pub mod lineage;
+pub mod metrics;
 
 /// The loopback address the tests talk to: 127.0.0.1, or `::1` with
 /// `CONN_DAEMON_TEST_HOST=::1`, which runs the same tests over IPv6 (the server
@@ -91,6 +94,63 @@ pub fn free_port() -> u16 {
 /// Printable form of a byte string for assertion messages.
 pub fn show(bytes: &[u8]) -> String {
     format!("\"{}\" ({} bytes)", bytes.escape_ascii(), bytes.len())
+}
+
+/// `n` milliseconds, so that a test's many durations read as numbers.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `n` seconds (see [`ms`]).
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Lines of `text` that contain `needle`: how often the server logged something.
+pub fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A guard to hold for the whole of a test that must not run alongside the
+/// other tests of its binary that take one: they load the cores or exhaust
+/// fds, which would skew each other's timings. One lock per test binary, each
+/// its own process.
+///
+/// The wait lasts as long as the tests before it, each of which is bounded. A
+/// test that panicked while holding it does not stop the next (the poison is
+/// ignored): its failure is already reported.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new connection to `addr` with TCP_NODELAY and `IO_TIMEOUT` read/write
+/// timeouts; panics if it is not established within `IO_TIMEOUT`.
+#[track_caller]
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_nodelay(true).expect("set_nodelay");
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("set_read_timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .expect("set_write_timeout");
+    s
+}
+
+/// Sets SO_LINGER 0 on `stream`, so that its close (whenever it is dropped)
+/// sends an RST instead of a FIN: a client that vanishes mid-exchange.
+pub fn reset_on_close(stream: &TcpStream) {
+    socket2::SockRef::from(stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+}
+
+/// Closes `stream` now with an RST instead of a FIN (see [`reset_on_close`]).
+pub fn reset(stream: TcpStream) {
+    reset_on_close(&stream);
+    drop(stream);
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -307,17 +367,10 @@ impl Server {
             .unwrap_or_default()
     }
 
-    /// A new connection with TCP_NODELAY and `IO_TIMEOUT` read/write timeouts.
+    /// A new connection to the server: [`connect`] to [`Server::addr`].
     #[track_caller]
     pub fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr(), IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.addr()));
-        s.set_nodelay(true).expect("set_nodelay");
-        s.set_read_timeout(Some(IO_TIMEOUT))
-            .expect("set_read_timeout");
-        s.set_write_timeout(Some(IO_TIMEOUT))
-            .expect("set_write_timeout");
-        s
+        connect(self.addr())
     }
 
     /// One connection: send all of `bytes` in one write, then read until EOF (or
@@ -337,11 +390,9 @@ impl Server {
         r.bytes
     }
 
-    /// Number of open file descriptors of the server (entries of /proc/PID/fd).
+    /// Number of open file descriptors of the server (see [`fd_count_of`]).
     pub fn fd_count(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        fd_count_of(self.pid())
     }
 
     /// Waits (bounded) until `fd_count() <= max`; returns the last count seen.
@@ -494,6 +545,14 @@ pub fn raise_own_nofile(needed: u64) {
         "RLIMIT_NOFILE hard limit {} is too low for this test (needs {needed})",
         lim.rlim_max
     );
+}
+
+/// Number of open file descriptors of process `pid` (entries of
+/// /proc/PID/fd); 0 once it is gone.
+pub fn fd_count_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Inodes of every `socket:[N]` fd of `pid`.
