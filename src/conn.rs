@@ -184,6 +184,9 @@ pub struct ConnectionCtx<S: Socket = OwnedFd> {
     filled: usize,
     sent: usize,
     links: Links,
+    /// Loop time at which the slow task left for a worker (the slow-task
+    /// histogram's start); written only then, so accepting never touches it.
+    delegated_at: f64,
     buf: [u8; REQUEST_MAX],
 }
 
@@ -198,6 +201,7 @@ impl<S: Socket> Default for ConnectionCtx<S> {
             filled: 0,
             sent: 0,
             links: Links::default(),
+            delegated_at: 0.0,
             buf: [0; REQUEST_MAX],
         }
     }
@@ -235,6 +239,16 @@ impl<S: Socket> ConnectionCtx<S> {
     /// Whether the request is a complete `/test/slow` (the metrics' `kind`).
     pub fn is_slow(&self) -> bool {
         self.parser.verdict() == Verdict::Slow
+    }
+
+    /// Notes that the slow task left for a worker at loop time `now`.
+    pub fn note_delegated(&mut self, now: f64) {
+        self.delegated_at = now;
+    }
+
+    /// Seconds from [`note_delegated`](Self::note_delegated) to loop time `now`.
+    pub fn task_seconds(&self, now: f64) -> f64 {
+        now - self.delegated_at
     }
 
     /// Which connection of this slot this is.

@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -124,22 +125,25 @@ impl fmt::Debug for WorkerSide {
 
 impl WorkerSide {
     /// The worker side of `mode` with `capacity`, for `accept_loops` accept loops
-    /// rung through `shared`'s mailboxes. Every queue is allocated here.
+    /// rung through `shared`'s mailboxes. Every queue is allocated here;
+    /// `ENOMEM` if one cannot be had.
     pub fn new(
         mode: Delegate,
         capacity: Capacity,
         accept_loops: usize,
         shared: Arc<Shared>,
-    ) -> Self {
-        WorkerSide {
+    ) -> io::Result<Self> {
+        Ok(WorkerSide {
             mode,
             desks: (0..capacity.desks)
-                .map(|_| Desk {
-                    queue: ArrayQueue::new(capacity.seats),
-                    seats: AtomicUsize::new(0),
-                    wake: OnceLock::new(),
+                .map(|_| {
+                    Ok(Desk {
+                        queue: crate::os::array_queue(capacity.seats)?,
+                        seats: AtomicUsize::new(0),
+                        wake: OnceLock::new(),
+                    })
                 })
-                .collect(),
+                .collect::<io::Result<_>>()?,
             waiting: (0..accept_loops).map(|_| AtomicBool::new(false)).collect(),
             shared,
             parked: AtomicUsize::new(0),
@@ -147,7 +151,7 @@ impl WorkerSide {
             wakeup: Condvar::new(),
             stop: AtomicBool::new(false),
             drain_deadline: OnceLock::new(),
-        }
+        })
     }
 
     /// The mode this side serves.
@@ -333,11 +337,12 @@ pub struct Waiting {
 }
 
 impl Waiting {
-    /// Room for the connections of a pool of `capacity`.
-    pub fn new(capacity: usize) -> Self {
-        Waiting {
-            ring: VecDeque::with_capacity(capacity),
-        }
+    /// Room for the connections of a pool of `capacity`; `ENOMEM` if it
+    /// cannot be had.
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        Ok(Waiting {
+            ring: crate::os::deque_with_room(capacity)?,
+        })
     }
 
     /// Appends slot `idx`'s connection of generation `gen`; `live` tells
@@ -365,7 +370,7 @@ mod tests {
     use super::*;
 
     fn side(mode: Delegate, cap: Capacity) -> WorkerSide {
-        WorkerSide::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8)))
+        WorkerSide::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
     }
 
     fn handoff() -> Handoff {
@@ -379,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_waiting_ring_sweeps_stale_entries_instead_of_growing() {
-        let mut w = Waiting::new(2);
+        let mut w = Waiting::new(2).unwrap();
         let cap = w.ring.capacity();
         for i in 0..cap as u32 {
             w.push(i, 0, |_, _| true);

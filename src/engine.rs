@@ -242,7 +242,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             exhausted: false,
             phase: Phase::Serving,
             metrics: AcceptMetrics::new(Arc::clone(&settings.counters), settings.capacity),
-            waiting: Waiting::new(settings.capacity),
+            waiting: Waiting::new(settings.capacity)?,
             settings,
         })
     }
@@ -498,7 +498,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             .pool
             .delegate(idx, SlowTask { duration }, route)
             .expect("a reading connection has no task out");
-        self.metrics.delegated(idx, host.now());
+        self.metrics.delegated();
+        self.pool.get_mut(idx).note_delegated(host.now());
         if let Filled::New(task) = filled {
             host.submit(task);
         }
@@ -642,8 +643,8 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         };
         let (idx, gen) = (route.slot, route.gen);
         debug!("{}: conn {idx}: slow task done", self.name);
-        self.metrics.task_back(idx, host.now());
         let ctx = self.pool.get_mut(idx);
+        self.metrics.task_back(ctx.task_seconds(host.now()));
         match ctx.state() {
             State::Delegated if ctx.gen() == gen => {
                 let next = ctx.on_task_done();

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
-use conn_daemon::server::{Handed, Server, EXIT_SYSTEM};
+use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
 fn main() -> ExitCode {
@@ -59,10 +59,8 @@ fn main() -> ExitCode {
     }
     let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
-        return fail(
-            EXIT_SYSTEM,
-            &format_args!("cannot start the signal thread: {e}"),
-        );
+        let e = StartError::system("cannot start the signal thread", e);
+        return fail(e.exit_status(), &e);
     }
     let addresses = server.addresses().len();
     let ready = inherited.ready;

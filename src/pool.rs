@@ -75,6 +75,8 @@ impl<T: Default, W: SlotWatcher> Pool<T, W> {
         let map_len = size_of::<Slot<T, W>>()
             .checked_mul(capacity)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // Before the mapping, which nothing would unmap if this failed.
+        let free = crate::os::vec_with_room(capacity)?;
         // Untouched slots cost no memory (see `os::reserve`).
         let base = crate::os::reserve(map_len)?;
         Ok(Pool {
@@ -83,7 +85,7 @@ impl<T: Default, W: SlotWatcher> Pool<T, W> {
             map_len,
             capacity: cap,
             constructed: 0,
-            free: Vec::with_capacity(capacity),
+            free,
             _owns: PhantomData,
         })
     }

@@ -64,7 +64,7 @@ pub struct StartError {
 
 impl StartError {
     /// `what` failed with `err`; the line is `what: err`.
-    fn system(what: impl fmt::Display, err: io::Error) -> Self {
+    pub fn system(what: impl fmt::Display, err: io::Error) -> Self {
         StartError {
             failure: StartFailure::System,
             message: format!("{what}: {err}"),
@@ -101,13 +101,15 @@ impl StartError {
     /// The process exit status for this error, the one place it is decided:
     /// 1 for a command line only the handed sockets refute, 10 when the pools
     /// or threads cannot be had (a system call that failed with ENOMEM
-    /// included, whichever thread it was in), 100 for any other system error.
+    /// included, whichever thread it was in, and a thread that could not be
+    /// created: `pthread_create`'s EAGAIN, its stack refused by an address-space
+    /// limit or the thread limit reached), 100 for any other system error.
     pub fn exit_status(&self) -> i32 {
         let enomem = self
             .source
             .as_deref()
             .and_then(|e| e.downcast_ref::<io::Error>())
-            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOMEM));
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EAGAIN)));
         match self.failure {
             StartFailure::Usage => EXIT_USAGE,
             StartFailure::NoMemory => EXIT_NO_MEMORY,
@@ -250,21 +252,21 @@ impl Server {
         } else {
             (1, 1)
         };
-        let shared = Arc::new(Shared::new(threads, per_loop, all));
+        // The check above refused what the host's memory can never give; an
+        // address-space limit (`ulimit -v`) can still refuse them here.
+        let cannot = |e| StartError::system("cannot reserve the queues", e);
+        let shared = Arc::new(Shared::new(threads, per_loop, all).map_err(cannot)?);
         let wake = Arc::clone(&shared);
         let shutdown = Arc::new(Shutdown::new(move || {
             for mailbox in wake.mailboxes() {
                 mailbox.ring();
             }
         }));
-        let work = mode.hands_off().then(|| {
-            Arc::new(WorkerSide::new(
-                mode,
-                capacity,
-                threads,
-                Arc::clone(&shared),
-            ))
-        });
+        let work = mode
+            .hands_off()
+            .then(|| WorkerSide::new(mode, capacity, threads, Arc::clone(&shared)).map(Arc::new))
+            .transpose()
+            .map_err(cannot)?;
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for addr in listeners
             .iter()
@@ -730,6 +732,8 @@ mod tests {
         let source = std::error::Error::source(&enomem).expect("a source");
         let io = source.downcast_ref::<io::Error>().expect("an io::Error");
         assert_eq!(io.raw_os_error(), Some(libc::ENOMEM));
+        let no_thread = StartError::system("thread", io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(no_thread.exit_status(), EXIT_NO_MEMORY);
         let busy = StartError::system("port", io::Error::from_raw_os_error(libc::EADDRINUSE));
         assert_eq!(busy.exit_status(), EXIT_SYSTEM);
         assert_eq!(

@@ -140,8 +140,8 @@ pub fn run(side: &WorkerSide, settings: Settings) {
         } else {
             let worked = work(&fd, settings.slow);
             // The histogram's time: from the hand-off to the end of the work.
-            metrics.delegated(0, 0.0);
-            metrics.task_back(0, at.elapsed().as_secs_f64());
+            metrics.delegated();
+            metrics.task_back(at.elapsed().as_secs_f64());
             match worked {
                 Ok(()) => answer(&fd, settings.write_timeout),
                 Err(left) => left,

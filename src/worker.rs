@@ -41,12 +41,13 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    /// A mailbox for a loop of `capacity` connections (one task each at most).
-    pub fn new(capacity: usize) -> Self {
-        Mailbox {
-            done: ArrayQueue::new(capacity),
+    /// A mailbox for a loop of `capacity` connections (one task each at most);
+    /// `ENOMEM` if its queue cannot be had.
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        Ok(Mailbox {
+            done: crate::os::array_queue(capacity)?,
             wake: OnceLock::new(),
-        }
+        })
     }
 
     /// Connects the mailbox to its loop's started `ev_async`; once only.
@@ -89,16 +90,19 @@ pub struct Shared {
 
 impl Shared {
     /// Room for `total_capacity` tasks (all connections of all loops) and one
-    /// mailbox of `loop_capacity` per accept loop.
-    pub fn new(loops: usize, loop_capacity: usize, total_capacity: usize) -> Self {
-        Shared {
-            queue: ArrayQueue::new(total_capacity),
-            mailboxes: (0..loops).map(|_| Mailbox::new(loop_capacity)).collect(),
+    /// mailbox of `loop_capacity` per accept loop; `ENOMEM` if a queue cannot
+    /// be had.
+    pub fn new(loops: usize, loop_capacity: usize, total_capacity: usize) -> io::Result<Self> {
+        Ok(Shared {
+            queue: crate::os::array_queue(total_capacity)?,
+            mailboxes: (0..loops)
+                .map(|_| Mailbox::new(loop_capacity))
+                .collect::<io::Result<_>>()?,
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wakeup: Condvar::new(),
             stop: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The mailbox of accept loop `owner`.

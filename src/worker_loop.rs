@@ -112,12 +112,13 @@ pub enum Due {
 }
 
 impl SlowTimers {
-    /// For tasks of `slow` each, at most `capacity` at once.
-    pub fn new(slow: Duration, capacity: usize) -> Self {
-        SlowTimers {
+    /// For tasks of `slow` each, at most `capacity` at once; `ENOMEM` if the
+    /// room cannot be had.
+    pub fn new(slow: Duration, capacity: usize) -> io::Result<Self> {
+        Ok(SlowTimers {
             slow,
-            pending: VecDeque::with_capacity(capacity),
-        }
+            pending: crate::os::deque_with_room(capacity)?,
+        })
     }
 
     /// Starts `task`'s wait at loop time `now`; `Some(after)` when the timer
@@ -272,7 +273,7 @@ impl WorkerLoop {
             timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
             slow_timer: Box::pin(Timer::new()),
             wake: Box::pin(Async::new()),
-            slow_work: SlowTimers::new(settings.slow, capacity),
+            slow_work: SlowTimers::new(settings.slow, capacity)?,
             listening: true,
             open: true,
             taken: 0,
@@ -482,7 +483,7 @@ mod tests {
     #[test]
     fn tasks_fall_due_in_order_each_after_the_whole_duration() {
         let (a, b) = (TaskHolder::new(), TaskHolder::new());
-        let mut t = SlowTimers::new(ms(100), 2);
+        let mut t = SlowTimers::new(ms(100), 2).unwrap();
         assert_eq!(
             t.start(ms(0), token(&a, 0)),
             Some(ms(100)),

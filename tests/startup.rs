@@ -174,13 +174,13 @@ fn scopeguard(pid: u32) -> KillOnDrop {
     KillOnDrop(pid)
 }
 
-/// Runs the binary to completion under an address-space limit of `limit_kib`
-/// (`ulimit -v`), as an operator with a tight limit would: status, stderr.
-fn run_with_address_limit(
+/// The binary under an address-space limit of `limit_kib` (`ulimit -v`), as an
+/// operator with a tight limit would start it, with `env` added; stderr piped.
+fn spawn_with_address_limit(
     args: &[&str],
     limit_kib: u64,
     env: &[(&str, &str)],
-) -> (Option<i32>, String) {
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin());
     cmd.args(args)
@@ -203,19 +203,32 @@ fn run_with_address_limit(
             Ok(())
         })
     };
-    let child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(10));
-        // SAFETY: signalling our own child if it is still there after the bound.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
+    cmd.spawn().unwrap()
+}
+
+/// Waits at most 10 s for `child` to exit (killing it then): its status, and
+/// its stderr.
+fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    drop(killer);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the binary to completion under an address-space limit of `limit_kib`:
+/// status, stderr.
+fn run_with_address_limit(
+    args: &[&str],
+    limit_kib: u64,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    finish(spawn_with_address_limit(args, limit_kib, env))
 }
 
 fn assert_one_line_status_10(code: Option<i32>, stderr: &str, args: &[&str]) {
@@ -285,6 +298,69 @@ fn a_worker_loop_pool_that_cannot_be_reserved_exits_10() {
         stderr.contains("cannot reserve the connection pool of worker-0"),
         "{stderr}"
     );
+}
+
+/// Whatever the address-space limit, start-up either serves or exits 10 with
+/// one line: no allocation at start-up may abort the process (the queues, the
+/// pools' free lists, the rings sized by `-C`), and a thread whose stack is
+/// refused is "threads cannot be had" too. Limits from 16 MB to 2 GB, every
+/// mode, one and two accept threads; and `-C 16777216`, whose queues alone do
+/// not fit below 512 MB.
+#[test]
+fn under_any_address_space_limit_start_up_serves_or_exits_10() {
+    let port = free_port().to_string();
+    let limits_mb = [
+        16u64, 24, 32, 48, 64, 100, 150, 250, 400, 600, 900, 1300, 2000,
+    ];
+    let mut served = 0;
+    let mut cases = Vec::new();
+    for mode in ["task", "socket", "loop"] {
+        for threads in ["1", "2"] {
+            for mb in limits_mb {
+                cases.push((mode, threads, "100000", mb));
+            }
+        }
+        for mb in [100, 300, 450] {
+            cases.push((mode, "1", "16777216", mb));
+        }
+    }
+    for (mode, threads, capacity, mb) in cases {
+        let args = [
+            "-p",
+            &port,
+            "-A",
+            threads,
+            "-C",
+            capacity,
+            "-w",
+            "2",
+            "--delegate",
+            mode,
+        ];
+        let notify = util::Notify::bind();
+        let env = [("NOTIFY_SOCKET", notify.env())];
+        let mut child = spawn_with_address_limit(&args, mb * 1000, &env);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let started = loop {
+            if notify.ready_within(Duration::from_millis(5)) {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                break false;
+            }
+        };
+        if started {
+            served += 1;
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        let (code, stderr) = finish(child);
+        let what = format!("{args:?} under {mb} MB");
+        assert_one_line_status_10(code, &stderr, &[what.as_str()]);
+    }
+    // The sweep reaches limits where the server does start.
+    assert!(served > 0, "no limit was wide enough to serve");
 }
 
 /// The pid file's temporary name is never followed as a symlink: with links

@@ -496,7 +496,10 @@ fn worker_steps(data: &[u8]) {
     // any of its waits drops at once.
     if let Some(at) = sock.input_at.filter(|&at| at <= sock.input_waits.get()) {
         assert_eq!(sock.input_waits.get(), at, "kept waiting after the input");
-        assert!(matches!(outcome, Outcome::Dropped(_)), "answered after input");
+        assert!(
+            matches!(outcome, Outcome::Dropped(_)),
+            "answered after input"
+        );
     }
 }
 
@@ -682,7 +685,7 @@ fn worker_loop(data: &[u8]) {
         world: Rc::clone(&world),
         timers: [None; TimerId::ALL.len()],
         slow_timer: None,
-        slow_work: SlowTimers::new(SLOW, CAPACITY),
+        slow_work: SlowTimers::new(SLOW, CAPACITY).expect("room for the timers"),
         queue: VecDeque::new(),
         open: true,
         listening: true,

@@ -194,18 +194,13 @@ impl WorkerCounters {
 #[derive(Debug)]
 pub struct AcceptMetrics {
     counters: Arc<AcceptCounters>,
-    delegated_at: Box<[f64]>,
 }
 
 impl AcceptMetrics {
-    /// For a pool of `capacity` slots. The times are zeroed memory: pages are
-    /// only touched by slots that delegate.
+    /// For a pool of `capacity` slots.
     pub fn new(counters: Arc<AcceptCounters>, capacity: usize) -> Self {
         counters.capacity.set(capacity as u64);
-        AcceptMetrics {
-            counters,
-            delegated_at: vec![0.0; capacity].into_boxed_slice(),
-        }
+        AcceptMetrics { counters }
     }
 
     /// The counters so far, as [`Stats`].
@@ -250,10 +245,9 @@ impl AcceptMetrics {
         }
     }
 
-    /// Slot `slot` gave its slow task to the workers at loop time `now`.
-    pub fn delegated(&mut self, slot: u32, now: f64) {
+    /// A slow task went to the workers.
+    pub fn delegated(&mut self) {
         self.counters.delegated.bump();
-        self.delegated_at[slot as usize] = now;
     }
 
     /// A connection left for the worker side (`--delegate socket|loop`).
@@ -266,11 +260,10 @@ impl AcceptMetrics {
         self.counters.cancelled.bump();
     }
 
-    /// Slot `slot`'s slow task came back at loop time `now`: queue wait plus run
-    /// (plus the trip back to the loop) goes into the histogram.
-    pub fn task_back(&self, slot: u32, now: f64) {
-        let since = self.delegated_at[slot as usize];
-        self.counters.slow_seconds.observe(now - since);
+    /// A slow task came back after `seconds` (queue wait plus run plus the trip
+    /// back to the loop): into the histogram.
+    pub fn task_back(&self, seconds: f64) {
+        self.counters.slow_seconds.observe(seconds);
     }
 }
 
@@ -357,8 +350,8 @@ mod tests {
         t1.responded(true);
         t1.dropped(DropReason::TooLarge);
         t1.paused(PauseCause::PoolFull);
-        t1.delegated(3, 10.0);
-        t1.task_back(3, 10.04);
+        t1.delegated();
+        t1.task_back(10.04 - 10.0);
         m.worker(0).started();
         let text = render(&m);
         let v = |s: &str| value(&text, s);

@@ -25,3 +25,36 @@ pub fn reserve(len: usize) -> io::Result<NonNull<u8>> {
     }
     NonNull::new(p.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
+
+/// The `ENOMEM` of a start-up allocation that could not be had.
+fn no_memory(_: std::collections::TryReserveError) -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOMEM)
+}
+
+/// An empty vector with room for `n`, or `ENOMEM`. Start-up's vectors are
+/// sized by `-C` and `-A`: under an address-space limit (`ulimit -v`) one can
+/// fail where the pools beside it fit, and the allocator would abort the
+/// process with a backtrace where a pool that cannot be reserved is one line
+/// and exit status 10.
+pub fn vec_with_room<T>(n: usize) -> io::Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(no_memory)?;
+    Ok(v)
+}
+
+/// [`vec_with_room`] for a `VecDeque`.
+pub fn deque_with_room<T>(n: usize) -> io::Result<std::collections::VecDeque<T>> {
+    let mut v = std::collections::VecDeque::new();
+    v.try_reserve_exact(n).map_err(no_memory)?;
+    Ok(v)
+}
+
+/// A lock-free queue of `n` slots, or `ENOMEM` (see [`vec_with_room`]).
+/// `ArrayQueue::new` has no fallible form, so an allocation of the same size
+/// is tried and given back first: at start-up, before the threads that could
+/// take the room in between exist, the queue's own then succeeds.
+pub fn array_queue<T>(n: usize) -> io::Result<crossbeam_queue::ArrayQueue<T>> {
+    // A slot is the value beside a stamp (a usize).
+    drop(vec_with_room::<(usize, T)>(n)?);
+    Ok(crossbeam_queue::ArrayQueue::new(n))
+}

@@ -19,7 +19,7 @@ pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
     UPGRADES_VAR,
 };
-pub use memory::reserve;
+pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
 pub use process::{daemonize, exit_now};
