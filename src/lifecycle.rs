@@ -318,6 +318,16 @@ impl Supervisor {
 
     /// A stop request: the drain, once; an upgrade under way is abandoned.
     fn drain(&mut self, why: &str) {
+        // The new process first: once our drain has begun the process may end
+        // at any moment (with nothing to finish it ends at once, on another
+        // thread), and a new process never told would serve on alone.
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| matches!(p.phase, Phase::Starting { .. }))
+        {
+            self.upgrade_failed(Failure::Abandoned);
+        }
         if !self.shutdown.draining() {
             debug!("{why}: draining");
             os::sd_notify("STOPPING=1\nSTATUS=draining");
@@ -326,13 +336,6 @@ impl Supervisor {
             self.plan.metrics = None;
             self.successor = None;
             self.shutdown.shutdown();
-        }
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|p| matches!(p.phase, Phase::Starting { .. }))
-        {
-            self.upgrade_failed(Failure::Abandoned);
         }
     }
 
@@ -493,10 +496,14 @@ impl Supervisor {
             self.successor = Some(successor);
             return;
         }
-        if self.shutdown.hand_over() {
+        // Said before the drain is asked for: the process may end at any
+        // moment after (with nothing to finish at once, on another thread).
+        // Only this thread asks for drains, so nothing can come in between.
+        if !self.shutdown.draining() {
             self.successor = Some(successor);
             self.plan.upgrades.count();
             warn!("upgrade: new process {text} serves; draining and exiting");
+            self.shutdown.hand_over();
         }
     }
 

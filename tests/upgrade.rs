@@ -167,11 +167,19 @@ fn a_daemonized_server_upgrades() {
 }
 
 /// SIGTERM while the new process has not yet served: the upgrade is
-/// abandoned (its process killed) and the server drains as usual.
+/// abandoned (the new process told to stop) and the server drains as usual.
+/// The new process is told before our own drain begins: a drain with nothing
+/// to finish ends the process at once, and one that ended first left the new
+/// process serving on alone (the line was missing once under CI load).
 #[test]
 fn sigterm_during_an_upgrade_abandons_it_and_drains() {
     let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "5000"]);
-    lineage.install(b"#!/bin/sh\nexec sleep 30\n", 0o755);
+    let told = lineage.dir().join("new-process-got-sigterm");
+    let script = format!(
+        "#!/bin/sh\ntrap 'echo term > {}; exit 0' TERM\nsleep 30 &\nwait\n",
+        told.display()
+    );
+    lineage.install(script.as_bytes(), 0o755);
     lineage.signal(libc::SIGUSR2);
     std::thread::sleep(Duration::from_millis(200));
     lineage.stop(secs(5)).expect("drains and exits");
@@ -180,6 +188,15 @@ fn sigterm_during_an_upgrade_abandons_it_and_drains() {
         "{}",
         lineage.stderr()
     );
+    let deadline = Instant::now() + secs(5);
+    while !told.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process was never sent SIGTERM; stderr:\n{}",
+            lineage.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The versioned layout `current -> releases/vN`: re-pointing the link and
