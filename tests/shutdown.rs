@@ -329,24 +329,28 @@ fn the_listen_backlog_is_served_before_the_listener_closes() {
     expect_refused(&server, "after exit");
 }
 
-/// Whether `pid`'s std runtime has run (it ignores SIGPIPE just before `main`),
-/// so that a signal sent a moment later lands in `main`, past the dynamic loader.
-fn runtime_started(pid: u32) -> bool {
+/// Whether `pid`'s main thread blocks SIGTERM: `main` has begun, and its first
+/// step, blocking the handled signals, is done.
+fn sigterm_blocked(pid: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .find_map(|l| l.strip_prefix("SigBlk:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGPIPE - 1)) != 0)
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }
 
 /// A SIGTERM that arrives while the arguments are read does not kill the
 /// process: signals are blocked before anything else in `main`. The command line
 /// is long (5000 `--listen` values) so that reading it takes a while, and
 /// refused at its end, so that the process exits with the command line's status
-/// 1, unless the signal killed it first.
+/// 1, unless the signal killed it first. The signal is sent once the process is
+/// seen to block SIGTERM, which must be seen while it still runs: a `main` that
+/// read its arguments first would have exited on `--bogus` by then. (Sending it
+/// a fixed moment after the runtime started raced with a loaded machine's
+/// scheduler, which could hold the process in between.)
 #[test]
 fn a_signal_while_the_arguments_are_read_waits() {
     let mut args: Vec<String> = Vec::new();
@@ -366,11 +370,18 @@ fn a_signal_while_the_arguments_are_read_waits() {
             .unwrap();
         let pid = child.id();
         let deadline = Instant::now() + ms(5000);
-        while !runtime_started(pid) && Instant::now() < deadline {
+        let mut child = child;
+        loop {
+            if sigterm_blocked(pid) {
+                break;
+            }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "round {round}: SIGTERM never seen blocked while the process ran ({exited:?})"
+            );
             std::hint::spin_loop();
         }
-        // Well past the instructions between the runtime's start and `main`'s.
-        thread::sleep(ms(1));
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         let out = child.wait_with_output().unwrap();
