@@ -216,8 +216,7 @@ impl Server {
             None => None,
         };
         // After the checks that can refuse to start, so a refusal is one line.
-        let total = threads.saturating_mul(config.accept_capacity);
-        let wanted = total as u64;
+        let wanted = (threads as u64).saturating_mul(config.accept_capacity as u64);
         match net::raise_nofile_limit() {
             Ok(limit) => {
                 debug!("open files limit raised to {limit}");
@@ -232,8 +231,8 @@ impl Server {
         }
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
-        let mode = config.effective_delegate();
-        let capacity = Capacity::new(mode, threads, config.accept_capacity, config.worker_threads);
+        let queues = Queues::of(config);
+        let (mode, capacity) = (queues.mode, queues.worker_side);
         // Worker loops are loops too; their fds come on top of the accept side's.
         let (loops, per_loop_fds) = if mode == Delegate::Loop {
             (
@@ -245,17 +244,10 @@ impl Server {
         };
         crate::ev::reserve_arrays(loops, per_loop_fds)
             .map_err(|e| StartError::system("cannot reserve libev's arrays", e))?;
-        // Queues sized so they never overflow: one task per connection at most,
-        // and none at all without workers (-w 0 answers slow requests inline).
-        let (per_loop, all) = if config.worker_threads > 0 && !mode.hands_off() {
-            (config.accept_capacity, total)
-        } else {
-            (1, 1)
-        };
         // The check above refused what the host's memory can never give; an
         // address-space limit (`ulimit -v`) can still refuse them here.
         let cannot = |e| StartError::system("cannot reserve the queues", e);
-        let shared = Arc::new(Shared::new(threads, per_loop, all).map_err(cannot)?);
+        let shared = Arc::new(Shared::new(threads, queues.mailbox, queues.tasks).map_err(cannot)?);
         let wake = Arc::clone(&shared);
         let shutdown = Arc::new(Shutdown::new(move || {
             for mailbox in wake.mailboxes() {
@@ -526,31 +518,65 @@ const fn queue_slot<T>() -> u64 {
     (std::mem::size_of::<usize>() + std::mem::size_of::<T>()) as u64
 }
 
-/// The queues start-up fills in, for `config`: what they are (for the line that
-/// refuses them) and their bytes, `None` past 2^64. With workers, mode `task`
-/// has a slot per connection in the shared task queue and in its loop's
-/// mailbox; the hand-off modes a seat per connection in the worker side's
-/// queues (`Capacity`), and their task queues are a slot each.
-fn start_up_queues(config: &Config) -> (&'static str, Option<u64>) {
-    let threads = config.accept_threads as u64;
-    let mode = config.effective_delegate();
-    if mode.hands_off() {
-        let cap = Capacity::new(
+/// The queues start-up allocates, sized so that they never overflow: one
+/// description for the allocation and for the check that refuses, before it,
+/// what the host cannot give.
+struct Queues {
+    /// What a complete slow request does (`-w 0`: `task`, answered inline).
+    mode: Delegate,
+    /// Slots of each accept loop's mailbox: one per connection in mode `task`
+    /// with workers, else 1 (nothing comes back through it).
+    mailbox: usize,
+    /// Slots of the shared task queue: `-A` x `-C` in mode `task` with
+    /// workers, else 1.
+    tasks: usize,
+    /// The worker side's queues (`socket` and `loop` only).
+    worker_side: Capacity,
+}
+
+impl Queues {
+    fn of(config: &Config) -> Queues {
+        let mode = config.effective_delegate();
+        let threads = config.accept_threads;
+        let tasks_come_back = config.worker_threads > 0 && !mode.hands_off();
+        Queues {
             mode,
-            config.accept_threads,
-            config.accept_capacity,
-            config.worker_threads,
-        );
-        let seats = (cap.desks as u64).checked_mul(cap.seats as u64);
-        let bytes = seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff>()));
-        ("the hand-off queues", bytes)
-    } else {
-        let per_slot = queue_slot::<crate::task::TaskRef>() + queue_slot::<crate::task::Done>();
-        let slots = threads.checked_mul(config.accept_capacity as u64);
-        (
-            "the task queues",
-            slots.and_then(|n| n.checked_mul(per_slot)),
-        )
+            mailbox: if tasks_come_back {
+                config.accept_capacity
+            } else {
+                1
+            },
+            tasks: if tasks_come_back {
+                threads.saturating_mul(config.accept_capacity)
+            } else {
+                1
+            },
+            worker_side: Capacity::new(
+                mode,
+                threads,
+                config.accept_capacity,
+                config.worker_threads,
+            ),
+        }
+    }
+
+    /// What the queues that scale with `-A` x `-C` are called (for the line that
+    /// refuses them) and their bytes, `None` past 2^64: in mode `task` the task
+    /// queue and the mailboxes, in the hand-off modes the worker side's seats
+    /// (their task queues are a slot each).
+    fn scaling_bytes(&self, threads: usize) -> (&'static str, Option<u64>) {
+        if self.mode.hands_off() {
+            let seats = (self.worker_side.desks as u64).checked_mul(self.worker_side.seats as u64);
+            let bytes = seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff>()));
+            ("the hand-off queues", bytes)
+        } else {
+            let mailboxes = (threads as u64)
+                .checked_mul(self.mailbox as u64)
+                .and_then(|n| n.checked_mul(queue_slot::<crate::task::Done>()));
+            let tasks = (self.tasks as u64).checked_mul(queue_slot::<crate::task::TaskRef>());
+            let bytes = mailboxes.zip(tasks).and_then(|(m, t)| m.checked_add(t));
+            ("the task queues", bytes)
+        }
     }
 }
 
@@ -571,7 +597,7 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     if workers == 0 {
         return Ok(());
     }
-    let (queues, needed) = start_up_queues(config);
+    let (queues, needed) = Queues::of(config).scaling_bytes(config.accept_threads);
     let needed = needed.filter(|&bytes| usize::try_from(bytes).is_ok());
     match (needed, host.memory) {
         (Some(bytes), Some(memory)) if bytes <= memory => Ok(()),
@@ -787,7 +813,7 @@ mod tests {
                 "{args:?}: {e}"
             );
             // 2^31 seats of 32 bytes (loop mode rounds up to a multiple of -w).
-            let (_, bytes) = start_up_queues(&config(&args));
+            let (_, bytes) = Queues::of(&config(&args)).scaling_bytes(128);
             let seats: u64 = match mode {
                 "loop" => (128u64 << 24).div_ceil(3) * 3,
                 _ => 128 << 24,
@@ -796,7 +822,7 @@ mod tests {
         }
         let task = config(&["-A", "128", "-C", "16777216", "-w", "3"]);
         assert_eq!(
-            start_up_queues(&task),
+            Queues::of(&task).scaling_bytes(128),
             ("the task queues", Some((128 << 24) * 32))
         );
     }
