@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::delegate::{Delegate, WorkerSide};
 use crate::engine::{Settings, Stats};
 use crate::metrics::Metrics;
-use crate::worker_loop::WorkerStartError;
+use crate::start_error::StartError;
 use crate::{socket_worker, worker_loop};
 
 /// How long past the drain's deadline the workers are waited for (a blocking
@@ -34,11 +34,8 @@ impl HandoffWorkers {
         side: Arc<WorkerSide>,
         config: &Config,
         metrics: &Metrics,
-    ) -> Result<Self, WorkerStartError> {
-        let cannot_spawn = |cause| WorkerStartError {
-            what: "cannot start worker threads".to_string(),
-            cause,
-        };
+    ) -> Result<Self, StartError> {
+        let cannot_spawn = |e| StartError::system("cannot start worker threads", e);
         let mut threads = Vec::with_capacity(config.worker_threads);
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut loops = 0;
@@ -94,10 +91,9 @@ impl HandoffWorkers {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
-                    return Err(WorkerStartError {
-                        what: "cannot start worker threads".to_string(),
-                        cause: io::Error::other("a worker loop died at start-up"),
-                    })
+                    return Err(cannot_spawn(io::Error::other(
+                        "a worker loop died at start-up",
+                    )))
                 }
             }
         }

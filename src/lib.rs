@@ -11,7 +11,8 @@
 //! - the base: [`sys`] (raw libev FFI), [`os`] (process-level system calls),
 //!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`parser`], [`task`],
 //!   [`token`] (what a watcher's event is for), [`shutdown`] (the stop request
-//!   and the loops' wake-up, knowing neither the loops nor the workers);
+//!   and the loops' wake-up, knowing neither the loops nor the workers),
+//!   [`start_error`] (why start-up failed, and the exit status);
 //! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
 //!   asks for a drain through a `ShutdownHandle`, and counts the upgrades that
 //!   the metrics show);
@@ -59,6 +60,7 @@ pub mod pool;
 pub mod server;
 pub mod shutdown;
 pub mod socket_worker;
+pub mod start_error;
 pub mod sys;
 pub mod task;
 pub mod token;

@@ -37,6 +37,7 @@ use crate::engine::{Engine, Host, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
 use crate::shutdown::Drain;
+use crate::start_error::StartError;
 use crate::task::{Claimed, Done, TaskRef};
 use crate::token::{TimerId, Token};
 
@@ -405,20 +406,24 @@ impl Handler for WorkerLoop {
 pub fn run(
     settings: LoopSettings,
     work: Arc<WorkerSide>,
-    ready: std::sync::mpsc::Sender<Result<(), WorkerStartError>>,
+    ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) -> Stats {
     let desk = settings.desk;
     let setup = Loop::new()
-        .map_err(|cause| WorkerStartError {
-            what: format!("cannot create the event loop of worker-{desk}"),
-            cause,
+        .map_err(|e| {
+            StartError::system(
+                format_args!("cannot create the event loop of worker-{desk}"),
+                e,
+            )
         })
         .and_then(|lp| {
             WorkerLoop::new(&lp, settings, work)
                 .map(|w| (lp, w))
-                .map_err(|cause| WorkerStartError {
-                    what: format!("cannot reserve the connection pool of worker-{desk}"),
-                    cause,
+                .map_err(|e| {
+                    StartError::system(
+                        format_args!("cannot reserve the connection pool of worker-{desk}"),
+                        e,
+                    )
                 })
         });
     let (lp, mut worker) = match setup {
@@ -441,17 +446,6 @@ pub fn run(
         stats.served, stats.dropped, stats.timed_out
     );
     stats
-}
-
-/// Why a worker did not start: what failed (one line's start, naming the
-/// worker) and the error below it, whose OS error decides the exit status
-/// (ENOMEM: 10, like an accept thread's pool).
-#[derive(Debug)]
-pub struct WorkerStartError {
-    /// What failed, e.g. "cannot reserve the connection pool of worker-0".
-    pub what: String,
-    /// The system call's error.
-    pub cause: io::Error,
 }
 
 #[cfg(test)]
