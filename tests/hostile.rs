@@ -11,7 +11,6 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Instant;
 
-use util::limited::LimitedServer;
 use util::metrics::{free_addr, Scrape};
 use util::{
     count_lines, ms, read_to_end, reset, send, serial, show, End, Server, IO_TIMEOUT, RESPONSE,
@@ -117,7 +116,11 @@ fn the_fd_exhaustion_gauge_returns_to_0_on_an_idle_server() {
     let _serial = serial();
     let maddr = free_addr();
     let m = maddr.to_string();
-    let server = LimitedServer::start(64, &["-A", "1", "-w", "1", "--metrics", &m]);
+    let server = Server::start_limited(
+        libc::RLIMIT_NOFILE,
+        64,
+        &["-A", "1", "-w", "1", "--metrics", &m],
+    );
     // Clients one by one until the server runs out of fds: the one that takes
     // the last fd is accepted, and the next accept() (on an empty queue) fails.
     let mut clients = Vec::new();

@@ -15,7 +15,6 @@ use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::limited::LimitedServer;
 use util::{
     check_closed_silently, check_nothing_for, check_response, connect, count_lines, ms,
     read_to_end, reset, serial, show, End, Server, RESPONSE,
@@ -182,7 +181,7 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
     util::raise_own_nofile(5000);
     const NOFILE: u64 = 64;
     const CLIENTS: usize = 100;
-    let mut server = LimitedServer::start(NOFILE, &["-A", "1", "-w", "1"]);
+    let mut server = Server::start_limited(libc::RLIMIT_NOFILE, NOFILE, &["-A", "1", "-w", "1"]);
 
     let clients: Vec<TcpStream> = (0..CLIENTS)
         .map(|_| {

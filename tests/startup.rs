@@ -181,7 +181,6 @@ fn spawn_with_address_limit(
     limit_kib: u64,
     env: &[(&str, &str)],
 ) -> std::process::Child {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("NOTIFY_SOCKET")
@@ -189,20 +188,7 @@ fn spawn_with_address_limit(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let limit = limit_kib * 1024;
-    // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rl = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &rl) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    util::limit_before_exec(&mut cmd, libc::RLIMIT_AS, limit_kib * 1024);
     cmd.spawn().unwrap()
 }
 

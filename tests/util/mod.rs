@@ -50,7 +50,6 @@ fn other_bin() -> bool {
     std::env::var_os("CONN_DAEMON_BIN").is_some()
 }
 
-pub mod limited;
 pub mod lineage;
 pub mod metrics;
 
@@ -229,9 +228,24 @@ impl Server {
 
     /// `start`, with these variables added to the server's environment.
     pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
+        Server::start_in(args, env, None)
+    }
+
+    /// `start`, with the server's `resource` limited to `limit` (soft and hard,
+    /// see [`limit_before_exec`]): a small RLIMIT_NOFILE that a test can run it
+    /// out of, say.
+    pub fn start_limited(resource: Resource, limit: u64, args: &[&str]) -> Server {
+        Server::start_in(args, &[], Some((resource, limit)))
+    }
+
+    fn start_in(
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        limit: Option<(Resource, u64)>,
+    ) -> Server {
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            match Server::try_start(args, env) {
+            match Server::try_start(args, env, limit) {
                 Ok(s) => return s,
                 Err((status, stderr)) => {
                     let lower = stderr.to_lowercase();
@@ -253,6 +267,7 @@ impl Server {
     fn try_start(
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
+        limit: Option<(Resource, u64)>,
     ) -> Result<Server, (Option<ExitStatus>, String)> {
         let port = free_port();
         let stderr_path = std::env::temp_dir().join(format!(
@@ -284,6 +299,9 @@ impl Server {
             Some(n) => command.env("NOTIFY_SOCKET", &n.env),
             None => command.env_remove("NOTIFY_SOCKET"),
         };
+        if let Some((resource, value)) = limit {
+            limit_before_exec(&mut command, resource, value);
+        }
         let child = command
             .envs(env.iter().copied())
             .spawn()
@@ -521,6 +539,28 @@ impl Drop for Server {
             }
         }
         let _ = fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// A resource of `setrlimit(2)` (`libc::RLIMIT_NOFILE`, `libc::RLIMIT_AS`).
+pub type Resource = libc::__rlimit_resource_t;
+
+/// Makes the process `cmd` starts run with `resource` limited to `value`, soft
+/// and hard, as an operator's `ulimit` before the command would.
+pub fn limit_before_exec(cmd: &mut Command, resource: Resource, value: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls setrlimit (async-signal-safe) on a stack value, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: value as libc::rlim_t,
+                rlim_max: value as libc::rlim_t,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
