@@ -18,7 +18,11 @@ use std::time::Duration;
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
-pub use cli::command;
+mod file;
+#[cfg(feature = "cli")]
+pub use cli::{command, ConfigError};
+#[cfg(feature = "cli")]
+pub use file::FileError;
 
 /// The server's settings, from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +62,11 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// `--delegate`: how a complete slow request reaches a worker.
     pub delegate: Delegate,
+    /// `--config`: the file the settings were read from too (absolute), which
+    /// an upgrade's new process reads anew.
+    pub config_file: Option<PathBuf>,
+    /// `--check-config`: validate, say so, exit.
+    pub check_config: bool,
 }
 
 impl Default for Config {
@@ -85,6 +94,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,
+            config_file: None,
+            check_config: false,
         }
     }
 }
