@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::os::{self, Exec, ListenPid, SignalFd, Wait};
 pub use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
-use crate::{debug, warn};
+use crate::{debug, info, warn};
 
 /// Binary upgrades in this server's lineage (`conn_daemon_upgrades_total`):
 /// counted here, by the process whose successor took over, and shown by the
@@ -354,7 +354,7 @@ impl Supervisor {
         }
         match self.spawn_successor() {
             Ok(pending) => {
-                debug!(
+                info!(
                     "{name}: upgrade: started {} as pid {}",
                     self.plan.exe.display(),
                     pending.pid
@@ -502,7 +502,7 @@ impl Supervisor {
         if !self.shutdown.draining() {
             self.successor = Some(successor);
             self.plan.upgrades.count();
-            warn!("upgrade: new process {text} serves; draining and exiting");
+            info!("upgrade: new process {text} serves; draining and exiting");
             self.shutdown.hand_over();
         }
     }

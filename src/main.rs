@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
 use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
-use conn_daemon::{log, os};
+use conn_daemon::{error, info, log, os};
 
 fn main() -> ExitCode {
     // The very first thing, before the arguments are even read and before any
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     }
     let config = Config::from_env();
     log::set_verbose(config.verbose);
+    log::set_level(config.log_level);
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
@@ -57,25 +58,54 @@ fn main() -> ExitCode {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }
     }
+    // Detached, stderr is /dev/null (unless -v): the lines go to syslog. An
+    // upgrade's new process of a -d server inherited that /dev/null too.
+    if config.daemonize && !config.verbose {
+        log::to_syslog();
+    }
     let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
         return fail(e.exit_status(), &e);
     }
     let addresses = server.addresses().len();
+    let serving = serving_line(&config, server.addresses());
     let ready = inherited.ready;
     let pid_file = config.pid_file.as_deref();
-    let result = server.run_with(|| lifecycle::announce_ready(pid_file, ready, addresses));
+    let result = server.run_with(|| {
+        info!("{serving}");
+        lifecycle::announce_ready(pid_file, ready, addresses)
+    });
     if let Some(path) = pid_file {
         lifecycle::remove_pid_file(path);
     }
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(stats) => {
+            info!(
+                "drained; exiting: {} responses sent, {} connections dropped, {} timed out \
+                 since start",
+                stats.served, stats.dropped, stats.timed_out
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(e.exit_status(), &e),
     }
 }
 
+/// The info line of a server that serves: where, and with what.
+fn serving_line(config: &Config, addresses: &[std::net::SocketAddr]) -> String {
+    let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    format!(
+        "serving on {}: {} accept threads x {} connections, {} workers, --delegate {}",
+        addresses.join(" "),
+        config.accept_threads,
+        config.accept_capacity,
+        config.worker_threads,
+        config.effective_delegate()
+    )
+}
+
 fn fail(code: i32, why: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("conn-daemon: {why}");
+    error!("{why}");
     ExitCode::from(code as u8)
 }

@@ -27,7 +27,7 @@ use crate::metrics::{self, Metrics};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
 use crate::worker::{Shared, Workers};
-use crate::{debug, net, warn};
+use crate::{debug, info, net, warn};
 
 /// How long the end of a drain waits for the scrapes the metrics thread took.
 const SCRAPE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -117,13 +117,12 @@ impl Server {
             None => None,
         };
         // After the checks that can refuse to start, so a refusal is one line.
-        let wanted = (threads as u64).saturating_mul(config.accept_capacity as u64);
         match net::raise_nofile_limit() {
             Ok(limit) => {
-                debug!("open files limit raised to {limit}");
-                if limit < wanted {
+                info!("open files limit {limit}: accept pauses when it runs out");
+                if let Some(need) = fd_shortfall(config, limit) {
                     warn!(
-                        "open files limit {limit} is below accept threads x capacity ({wanted}): \
+                        "open files limit {limit} is below what -A x -C ({need}) may need: \
                          accept will pause when it runs out"
                     );
                 }
@@ -385,6 +384,20 @@ fn accept_thread(parts: AcceptParts, ready: mpsc::Sender<Result<(), StartError>>
             Stats::default()
         }
     }
+}
+
+/// Below this many fds a server is short whatever its -C: the usual unraised
+/// soft limit is 1024.
+const FEW_FDS: u64 = 4096;
+
+/// `Some(-A x -C)` when the open files `limit` is below what the configured
+/// capacity can plausibly need: an -C the operator chose (not the default,
+/// which is a ceiling sized for big hosts, not a plan: warning about it would
+/// be noise on every start), or a limit too small for any server.
+fn fd_shortfall(config: &Config, limit: u64) -> Option<u64> {
+    let need = (config.accept_threads as u64).saturating_mul(config.accept_capacity as u64);
+    let chosen = config.accept_capacity != Config::default().accept_capacity;
+    (limit < need && (chosen || limit < FEW_FDS)).then_some(need)
 }
 
 /// What the host can give at most, read once at start-up.
@@ -703,6 +716,26 @@ mod tests {
             Queues::of(&task).scaling_bytes(128),
             ("the task queues", Some((128 << 24) * 32))
         );
+    }
+
+    #[cfg(feature = "cli")]
+    #[test]
+    fn the_open_files_warning_is_for_a_chosen_capacity_or_a_tiny_limit() {
+        // The default -C beside a modest limit: no noise.
+        assert_eq!(fd_shortfall(&config(&["-A", "2"]), 20_000), None);
+        assert_eq!(fd_shortfall(&config(&["-A", "2"]), 200_000), None);
+        // A chosen -C the limit cannot hold.
+        assert_eq!(
+            fd_shortfall(&config(&["-A", "4", "-C", "65000"]), 20_000),
+            Some(260_000)
+        );
+        assert_eq!(
+            fd_shortfall(&config(&["-A", "4", "-C", "65000"]), 262_144),
+            None
+        );
+        // A limit no server should run with.
+        assert_eq!(fd_shortfall(&config(&["-A", "1"]), 1024), Some(100_000));
+        assert_eq!(fd_shortfall(&config(&["-A", "1", "-C", "500"]), 1024), None);
     }
 
     #[cfg(feature = "cli")]

@@ -319,6 +319,13 @@ fast_ok || fail "no answer after a refused config"
 journal_since "$c" | grep -qF "conn-daemon: $CONF:$line: invalid value '0'" || fail "no line naming $CONF:$line in the journal: $(journal_since "$c")"
 journal_since "$c" | grep -q 'upgrade failed: .*exited with status 1); still serving' || fail "no 'upgrade failed' line: $(journal_since "$c")"
 pass "accept-threads = 0: --check-config and the reload refuse it naming $CONF:$line; MainPID $new serves on"
+sb journalctl -u "$UNIT" --no-pager -p err..err --after-cursor="$c" | grep -qF "]: $CONF:$line: invalid value '0'" \
+  || fail "the refusal is not at priority err in the journal: $(journal_since "$c")"
+sb journalctl -u "$UNIT" --no-pager -p info..info | grep -q 'conn-daemon\[[0-9]*\]: serving on ' \
+  || fail "no 'serving on' line at priority info in the journal"
+all=$(sb journalctl -u "$UNIT" --no-pager)
+grep -q ']: conn-daemon: ' <<<"$all" && fail "journal lines named twice: $(grep ']: conn-daemon: ' <<<"$all" | head -3)"
+pass "the journal has the lines at their priorities (err, info), each named once: conn-daemon[PID]: text"
 sb install -m 644 /srv/share/conn-daemon.conf "$CONF"
 reload_to_new
 

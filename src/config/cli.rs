@@ -14,6 +14,7 @@ use super::file::{self, FileError};
 
 use super::Delegate;
 use super::{default_accept_threads, Config};
+use crate::log::Level;
 
 /// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
 /// and a bigger pool per thread is a typo rather than a plan.
@@ -114,7 +115,7 @@ impl Config {
             }
             Ok(config) => config,
             Err(ConfigError::File(e)) => {
-                eprintln!("conn-daemon: {e}");
+                crate::error!("{e}");
                 std::process::exit(1);
             }
             Err(ConfigError::CommandLine(err)) => match err.kind() {
@@ -355,6 +356,12 @@ fn parse_config_file(text: &str) -> Result<PathBuf, String> {
     parse_pid_file(text)
 }
 
+/// `--log-level`: one of the levels' names.
+fn parse_log_level(text: &str) -> Result<Level, String> {
+    Level::from_label(text)
+        .ok_or_else(|| format!("{text:?} is not a level: error, warn, info or debug"))
+}
+
 /// `--accept-threads`: at least the main thread.
 fn parse_accept_threads(text: &str) -> Result<usize, String> {
     number(text, 1, usize_max())
@@ -566,6 +573,18 @@ struct Args {
     #[arg(long = "check-config")]
     check_config: bool,
 
+    /// Lines to log: error, warn, info (serving, each upgrade step, the end
+    /// of a drain) or debug; to stderr (under systemd with the journal's
+    /// priority prefixes) or, with -d, to syslog. -v still prints debug lines
+    /// to stdout
+    #[arg(
+        long = "log-level",
+        value_name = "LEVEL",
+        default_value = "warn",
+        value_parser = parse_log_level
+    )]
+    log_level: Level,
+
     /// Print this help and exit
     // `-!` is AutoOpts' "help through a pager": here the same help, without one.
     #[arg(short = '?', long = "help", short_aliases = ['h', '!'], action = ArgAction::Help)]
@@ -626,6 +645,7 @@ impl Args {
             delegate: self.delegate,
             config_file: self.config,
             check_config: self.check_config,
+            log_level: self.log_level,
         })
     }
 }
@@ -712,6 +732,7 @@ mod tests {
             delegate: Delegate::Task,
             config_file: None,
             check_config: false,
+            log_level: Level::Warn,
         };
         assert_eq!(ok(&[]), expected);
         assert_eq!(Config::default(), expected);
@@ -974,6 +995,7 @@ mod tests {
                 delegate: Delegate::Task,
                 config_file: None,
                 check_config: false,
+                log_level: Level::Warn,
             }
         );
     }

@@ -67,6 +67,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// `--check-config`: validate, say so, exit.
     pub check_config: bool,
+    /// `--log-level`: the least severe lines logged.
+    pub log_level: crate::log::Level,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             delegate: Delegate::Task,
             config_file: None,
             check_config: false,
+            log_level: crate::log::Level::Warn,
         }
     }
 }
