@@ -12,7 +12,8 @@
 //!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`parser`], [`task`],
 //!   [`token`] (what a watcher's event is for), [`shutdown`] (the stop request
 //!   and the loops' wake-up, knowing neither the loops nor the workers),
-//!   [`start_error`] (why start-up failed, and the exit status);
+//!   [`start_error`] (why start-up failed, and the exit status), [`version`]
+//!   (what `build.rs` says was built);
 //! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
 //!   asks for a drain through a `ShutdownHandle`, and counts the upgrades that
 //!   the metrics show);
@@ -64,6 +65,7 @@ pub mod start_error;
 pub mod sys;
 pub mod task;
 pub mod token;
+pub mod version;
 pub mod worker_loop;
 
 mod accept;

@@ -236,10 +236,12 @@ impl Server {
             // Once a new process serves (it shares this very socket, handed over),
             // scrapes are its to answer: ours finish, no new one starts here, so
             // that none is cut short when we exit.
-            let shutdown = Arc::clone(&shutdown);
-            let accepting = Box::new(move || shutdown.requested() != Some(Drain::Handover));
+            let (handing, stopping) = (Arc::clone(&shutdown), Arc::clone(&shutdown));
+            let accepting = Box::new(move || handing.requested() != Some(Drain::Handover));
+            // After a handover the port is served on by the new process: ready.
+            let ready = Box::new(move || stopping.requested() != Some(Drain::Stop));
             scrapes = Some(
-                metrics::serve(listener, Arc::clone(&metrics), accepting)
+                metrics::serve(listener, Arc::clone(&metrics), accepting, ready)
                     .map_err(|e| StartError::system("cannot start the metrics thread", e))?,
             );
         }

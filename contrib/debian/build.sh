@@ -6,7 +6,8 @@
 #   target/debian-assets/conn-daemon.service  contrib/systemd's unit with the
 #                                             package's path, /usr/bin/conn-daemon
 #   target/debian-assets/conn-daemon.8.gz     the man page (contrib/man)
-# Prints the path of the .deb on its last line.
+# The binary says the package version (`conn-daemon --version`, the metric
+# conn_daemon_build_info). Prints the path of the .deb on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -26,7 +27,12 @@ fi
 # cargo-deb's target/release/ paths are the real target directory; the
 # generated assets are found relative to the package, so keep them in ./target.
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-cargo build --release --bin conn-daemon -p conn-daemon -p conn-daemon-man --bin conn-daemon-man
+# The package version, which --version and conn_daemon_build_info show
+# (build.rs reads CONN_DAEMON_PACKAGE): --deb-version, else cargo-deb's
+# default, the crate's version with revision 1.
+crate_version=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "conn-daemon"))')
+CONN_DAEMON_PACKAGE=${version:-$crate_version-1} \
+  cargo build --release --bin conn-daemon -p conn-daemon -p conn-daemon-man --bin conn-daemon-man
 mkdir -p target/debian-assets
 # The unit as shipped, but for the package's binary. Fails if the unit no
 # longer names /usr/local/bin/conn-daemon (the sed would silently do nothing).

@@ -373,6 +373,10 @@ if [ -n "$deb_old" ]; then
     || fail "/etc/conn-daemon/conn-daemon.conf is not a conffile: $(sb dpkg-query -W -f='${Conffiles}' conn-daemon)"
   grep -q -- '--config /etc/conn-daemon/conn-daemon.conf' "$work/pkg.service" || fail "the package's unit does not pass --config"
   pass "/etc/conn-daemon/conn-daemon.conf is a conffile, and the unit passes --config"
+  v=$(sb dpkg-query -W -f='${Version}' conn-daemon)
+  sb /usr/bin/conn-daemon --version | grep -qF "release build, package $v)" \
+    || fail "--version does not name the package $v: $(sb /usr/bin/conn-daemon --version)"
+  pass "--version: $(sb /usr/bin/conn-daemon --version)"
   sb zcat /usr/share/man/man8/conn-daemon.8.gz >"$work/man.8"
   for s in NAME SYNOPSIS OPTIONS SIGNALS UPGRADE FILES '"EXIT STATUS"' EXAMPLES; do
     grep -qx ".SH $s" "$work/man.8" || fail "the man page has no $s section"

@@ -208,7 +208,9 @@ fn one_line(e: &clap::Error) -> String {
 pub fn command() -> clap::Command {
     // Fixed name: the usage text must not depend on how the binary was invoked, so
     // scripts and tests can match it.
-    Args::command().bin_name("conn-daemon")
+    Args::command()
+        .bin_name("conn-daemon")
+        .version(crate::version::DESCRIPTION)
 }
 
 /// Text for a command-line error: the error (with clap's tips), then the full help, as
@@ -1198,7 +1200,11 @@ mod tests {
             let err = parse(args).expect_err("version is an Err");
             assert_eq!(err.kind(), ErrorKind::DisplayVersion, "{args:?}");
             let text = err.render().to_string();
-            assert_eq!(text, format!("conn-daemon {}\n", env!("CARGO_PKG_VERSION")));
+            assert_eq!(
+                text,
+                format!("conn-daemon {}\n", crate::version::DESCRIPTION)
+            );
+            assert!(text.starts_with(&format!("conn-daemon {} (git ", env!("CARGO_PKG_VERSION"))));
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::{AcceptCounters, Metrics, PauseCause, Process, SLOW_BUCKETS};
 use crate::conn::DropReason;
-use crate::sys;
+use crate::{sys, version};
 
 impl Metrics {
     /// Appends the exposition (format 0.0.4) of every metric to `out`.
@@ -134,13 +134,19 @@ impl Metrics {
             out,
             "conn_daemon_build_info",
             "gauge",
-            "Version of conn-daemon and of its vendored libev, and the --delegate \
-             mode; always 1.",
+            "What runs: the version, the git commit and whether the tree was modified, \
+             the build profile, the package version (contrib/debian/build.sh), the \
+             vendored libev, and the --delegate mode; always 1.",
         )?;
         writeln!(
             out,
-            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
+            "conn_daemon_build_info{{version=\"{}\",commit=\"{}\",modified=\"{}\",\
+             profile=\"{}\",package=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
+            version::VERSION,
+            version::GIT_COMMIT,
+            version::GIT_MODIFIED,
+            version::PROFILE,
+            version::PACKAGE,
             sys::EV_VERSION_MAJOR,
             sys::EV_VERSION_MINOR,
             self.delegate.label()
