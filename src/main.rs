@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
-use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
+use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM, EXIT_USAGE};
 use conn_daemon::{error, info, log, os};
 
 fn main() -> ExitCode {
@@ -20,6 +20,10 @@ fn main() -> ExitCode {
     let config = Config::from_env();
     log::set_verbose(config.verbose);
     log::set_level(config.log_level);
+    let identity = match identity(&config) {
+        Ok(identity) => identity,
+        Err(why) => return fail(EXIT_USAGE, &why),
+    };
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
@@ -63,6 +67,20 @@ fn main() -> ExitCode {
     if config.daemonize && !config.verbose {
         log::to_syslog();
     }
+    // Bound, not yet accepting: the one place root is given up (before any
+    // thread is started, though glibc would change every thread's ids).
+    if let Some(id) = &identity {
+        if let Err(e) = os::drop_to(id) {
+            return fail(
+                EXIT_SYSTEM,
+                &format_args!("cannot run as user {} group {}: {e}", id.user, id.group),
+            );
+        }
+        info!(
+            "running as user {} (uid {}), group {} (gid {})",
+            id.user, id.uid, id.group, id.gid
+        );
+    }
     let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
@@ -90,6 +108,20 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(e.exit_status(), &e),
     }
+}
+
+/// `--user`/`--group` looked up and checked before anything is bound: one
+/// line (exit 1) for what cannot work.
+fn identity(config: &Config) -> Result<Option<os::Identity>, String> {
+    let Some(user) = config.user.as_deref() else {
+        return match &config.group {
+            Some(group) => Err(format!("--group {group} needs --user")),
+            None => Ok(None),
+        };
+    };
+    let id = os::lookup_identity(user, config.group.as_deref())?;
+    os::check_privileges(&id, config.pid_file.as_deref())?;
+    Ok(Some(id))
 }
 
 /// The info line of a server that serves: where, and with what.

@@ -358,6 +358,14 @@ fn parse_config_file(text: &str) -> Result<PathBuf, String> {
     parse_pid_file(text)
 }
 
+/// `--user`, `--group`: a name (looked up at start-up).
+fn parse_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(['\0', ':', '/']) || text.trim() != text {
+        return Err("expected a user or group name".into());
+    }
+    Ok(text.to_string())
+}
+
 /// `--log-level`: one of the levels' names.
 fn parse_log_level(text: &str) -> Result<Level, String> {
     Level::from_label(text)
@@ -587,6 +595,16 @@ struct Args {
     )]
     log_level: Level,
 
+    /// Once the listeners are bound, drop root and run as USER (every thread;
+    /// supplementary groups dropped too), like memcached's -u; only root can
+    /// [default: keep the user]
+    #[arg(long = "user", value_name = "USER", value_parser = parse_name)]
+    user: Option<String>,
+
+    /// With --user: the group to run as [default: the user's primary group]
+    #[arg(long = "group", value_name = "GROUP", value_parser = parse_name)]
+    group: Option<String>,
+
     /// Print this help and exit
     // `-!` is AutoOpts' "help through a pager": here the same help, without one.
     #[arg(short = '?', long = "help", short_aliases = ['h', '!'], action = ArgAction::Help)]
@@ -648,6 +666,8 @@ impl Args {
             config_file: self.config,
             check_config: self.check_config,
             log_level: self.log_level,
+            user: self.user,
+            group: self.group,
         })
     }
 }
@@ -735,6 +755,8 @@ mod tests {
             config_file: None,
             check_config: false,
             log_level: Level::Warn,
+            user: None,
+            group: None,
         };
         assert_eq!(ok(&[]), expected);
         assert_eq!(Config::default(), expected);
@@ -998,6 +1020,8 @@ mod tests {
                 config_file: None,
                 check_config: false,
                 log_level: Level::Warn,
+                user: None,
+                group: None,
             }
         );
     }

@@ -69,6 +69,10 @@ pub struct Config {
     pub check_config: bool,
     /// `--log-level`: the least severe lines logged.
     pub log_level: crate::log::Level,
+    /// `--user`: who to run as once the listeners are bound (by name).
+    pub user: Option<String>,
+    /// `--group`: the group to run as with `--user` (by name).
+    pub group: Option<String>,
 }
 
 impl Default for Config {
@@ -99,6 +103,8 @@ impl Default for Config {
             config_file: None,
             check_config: false,
             log_level: crate::log::Level::Warn,
+            user: None,
+            group: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Process-level system calls, one file per job: signals owned by one thread
 //! (`signals`), waiting on fds (`poll`), starting and stopping a new binary with
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
-//! service-manager notification (`notify`), daemonizing (`process`), address
+//! service-manager notification (`notify`), daemonizing (`process`), dropping
+//! root (`privileges`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`).
 #![allow(unsafe_code)]
 
@@ -10,6 +11,7 @@ mod inherit;
 mod memory;
 mod notify;
 mod poll;
+mod privileges;
 mod process;
 mod signals;
 mod spawn;
@@ -22,6 +24,7 @@ pub use inherit::{
 pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
+pub use privileges::{check as check_privileges, drop_to, lookup as lookup_identity, Identity};
 pub use process::{daemonize, exit_now};
 pub use signals::{block_signals, signal_name, SignalFd, IGNORED_SIGNALS};
 pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Wait};
