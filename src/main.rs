@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         metrics: inherited.metrics,
         from_upgrade: inherited.from_upgrade,
         upgrades: upgrades.shared(),
+        counters: inherited.counters,
     };
     let server = match Server::bind_with(&config, handed) {
         Ok(server) => server,
@@ -45,7 +46,9 @@ fn main() -> ExitCode {
         server.listener_fds(),
         server.metrics_fd(),
         upgrades,
-    ) {
+    )
+    .and_then(|plan| plan.with_counters(server.counters_fd()))
+    {
         Ok(plan) => plan,
         Err(e) => {
             return fail(

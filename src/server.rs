@@ -48,6 +48,8 @@ pub struct Handed {
     /// The lineage's upgrade count, which the metrics show (the lifecycle
     /// counts it: `lifecycle::UpgradeCount`).
     pub upgrades: Arc<AtomicU64>,
+    /// The lineage's counters, shared by its generations (`metrics::Generations`).
+    pub counters: Option<OwnedFd>,
 }
 
 /// A bound, not yet running server.
@@ -96,6 +98,7 @@ impl Server {
             metrics: inherited_metrics,
             from_upgrade,
             upgrades,
+            counters,
         } = handed;
         check_reservation(config, &Host::read())?;
         let threads = config.accept_threads;
@@ -129,6 +132,9 @@ impl Server {
             }
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
+        // Before the reservations sized by -A and -C: under an address-space
+        // limit, those are what fails (one line), not this small mapping.
+        let generations = join_lineage(counters);
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
         let queues = Queues::of(config);
@@ -182,9 +188,14 @@ impl Server {
             shared,
             shutdown,
             work,
-            metrics: Arc::new(
-                Metrics::new(threads, config.worker_threads, upgrades).for_mode(config.delegate),
-            ),
+            metrics: Arc::new({
+                let metrics = Metrics::new(threads, config.worker_threads, upgrades)
+                    .for_mode(config.delegate);
+                match generations {
+                    Some(g) => metrics.with_generations(g),
+                    None => metrics,
+                }
+            }),
             metrics_listener,
         })
     }
@@ -197,6 +208,11 @@ impl Server {
     /// The `--metrics` listener, if any (an upgrade hands it over too).
     pub fn metrics_fd(&self) -> Option<RawFd> {
         self.metrics_listener.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The lineage's shared counters (an upgrade hands them over too).
+    pub fn counters_fd(&self) -> Option<RawFd> {
+        self.metrics.generations_fd()
     }
 
     /// The addresses the server listens on.
@@ -323,6 +339,8 @@ impl Server {
             }
         });
         stats.add(others);
+        // Nothing counts any more: the lineage keeps what we counted.
+        metrics.retire();
         // The scrapes taken are answered before the process exits.
         if let Some(scrapes) = scrapes {
             scrapes.finish(SCRAPE_GRACE);
@@ -384,6 +402,24 @@ fn accept_thread(parts: AcceptParts, ready: mpsc::Sender<Result<(), StartError>>
         Err(e) => {
             let _ = ready.send(Err(e));
             Stats::default()
+        }
+    }
+}
+
+/// The lineage's counters (`counters`, handed over by an upgrade), joined so
+/// that they survive upgrades; `None` (one line) if that fails: the server
+/// then counts alone.
+fn join_lineage(counters: Option<OwnedFd>) -> Option<metrics::Generations> {
+    match metrics::Generations::join(counters) {
+        Ok((generations, why)) => {
+            if let Some(why) = why {
+                warn!("{why}");
+            }
+            Some(generations)
+        }
+        Err(e) => {
+            warn!("cannot share the counters with later generations: {e}");
+            None
         }
     }
 }

@@ -2,7 +2,7 @@
 //! (`signals`), waiting on fds (`poll`), starting and stopping a new binary with
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), dropping
-//! root (`privileges`), address
+//! root (`privileges`), memory the generations share (`shared`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`).
 #![allow(unsafe_code)]
 
@@ -13,18 +13,20 @@ mod notify;
 mod poll;
 mod privileges;
 mod process;
+mod shared;
 mod signals;
 mod spawn;
 
 pub use fds::{alive, dup, open_fds};
 pub use inherit::{
-    take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
-    UPGRADES_VAR,
+    take_inherited, InheritError, Inherited, ACTIVATION_VARS, COUNTERS_FD_VAR, METRICS_FD_NAME,
+    READY_FD_VAR, UPGRADES_VAR,
 };
 pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
 pub use privileges::{check as check_privileges, drop_to, lookup as lookup_identity, Identity};
 pub use process::{daemonize, exit_now};
+pub use shared::SharedWords;
 pub use signals::{block_signals, signal_name, SignalFd, IGNORED_SIGNALS};
 pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Wait};
