@@ -325,6 +325,7 @@ sb journalctl -u "$UNIT" --no-pager -p info..info | grep -q 'conn-daemon\[[0-9]*
   || fail "no 'serving on' line at priority info in the journal"
 all=$(sb journalctl -u "$UNIT" --no-pager)
 grep -q ']: conn-daemon: ' <<<"$all" && fail "journal lines named twice: $(grep ']: conn-daemon: ' <<<"$all" | head -3)"
+grep -q 'counters' <<<"$all" && fail "the counters were not shared (seccomp, memfd?): $(grep counters <<<"$all" | head -3)"
 pass "the journal has the lines at their priorities (err, info), each named once: conn-daemon[PID]: text"
 sb install -m 644 /srv/share/conn-daemon.conf "$CONF"
 reload_to_new

@@ -48,19 +48,33 @@ pub fn lookup(user: &str, group: Option<&str>) -> Result<Identity, String> {
     })
 }
 
-/// Growing room for the `*_r` lookups' strings.
-fn lookup_buffer(tries: u32) -> Vec<libc::c_char> {
-    vec![0; 1024 << tries]
+/// Runs a `get*nam_r` lookup of `name` with room for its strings, growing
+/// the room while it says `ERANGE`: `call(name, buf, &mut found)` returns
+/// the error number and sets `found` to whether there was an entry.
+fn lookup_r<T>(
+    name: &str,
+    mut call: impl FnMut(&CString, &mut [libc::c_char], &mut bool) -> (libc::c_int, T),
+) -> io::Result<Option<T>> {
+    let name = CString::new(name).map_err(|_| io::Error::other("NUL in the name"))?;
+    for tries in 0..8 {
+        let mut buf = vec![0; 1024 << tries];
+        let mut found = false;
+        match call(&name, &mut buf, &mut found) {
+            (0, value) if found => return Ok(Some(value)),
+            (0 | libc::ENOENT | libc::ESRCH, _) => return Ok(None),
+            (libc::ERANGE, _) => continue,
+            (e, _) => return Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+    Err(io::Error::other("the entry is too large"))
 }
 
 /// `getpwnam_r`: (uid, primary gid) of `name`, `None` if there is no such user.
 fn passwd(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
-    let name = CString::new(name).map_err(|_| io::Error::other("NUL in the name"))?;
-    for tries in 0..8 {
-        let mut buf = lookup_buffer(tries);
+    lookup_r(name, |name, buf, found| {
         // SAFETY: passwd is plain data; all-zero is a valid value.
         let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let mut entry: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call, buf for its length.
         let rc = unsafe {
             libc::getpwnam_r(
@@ -68,28 +82,20 @@ fn passwd(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
                 &mut pw,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut found,
+                &mut entry,
             )
         };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some((pw.pw_uid, pw.pw_gid))),
-            libc::ERANGE => continue,
-            libc::ENOENT | libc::ESRCH => return Ok(None),
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-    Err(io::Error::other("the entry is too large"))
+        *found = !entry.is_null();
+        (rc, (pw.pw_uid, pw.pw_gid))
+    })
 }
 
 /// `getgrnam_r`: the gid of `name`, `None` if there is no such group.
 fn group_id(name: &str) -> io::Result<Option<libc::gid_t>> {
-    let name = CString::new(name).map_err(|_| io::Error::other("NUL in the name"))?;
-    for tries in 0..8 {
-        let mut buf = lookup_buffer(tries);
+    lookup_r(name, |name, buf, found| {
         // SAFETY: group is plain data; all-zero is a valid value.
         let mut gr: libc::group = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::group = std::ptr::null_mut();
+        let mut entry: *mut libc::group = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call, buf for its length.
         let rc = unsafe {
             libc::getgrnam_r(
@@ -97,18 +103,12 @@ fn group_id(name: &str) -> io::Result<Option<libc::gid_t>> {
                 &mut gr,
                 buf.as_mut_ptr(),
                 buf.len(),
-                &mut found,
+                &mut entry,
             )
         };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some(gr.gr_gid)),
-            libc::ERANGE => continue,
-            libc::ENOENT | libc::ESRCH => return Ok(None),
-            e => return Err(io::Error::from_raw_os_error(e)),
-        }
-    }
-    Err(io::Error::other("the entry is too large"))
+        *found = !entry.is_null();
+        (rc, gr.gr_gid)
+    })
 }
 
 /// The process's effective uid and gid.
