@@ -69,7 +69,10 @@ impl fmt::Display for Level {
 }
 
 static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// The level shown: `--log-level`'s, or debug with `-v`.
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Warn as u8);
+/// `--log-level`.
+static CONFIGURED: AtomicU8 = AtomicU8::new(Level::Warn as u8);
 /// Whether lines go to syslog (after `-d`).
 static SYSLOG: AtomicBool = AtomicBool::new(false);
 /// The `/dev/log` socket, once connected.
@@ -83,11 +86,24 @@ const DEV_LOG: &str = "/dev/log";
 /// debug.
 pub fn set_verbose(on: bool) {
     VERBOSE.store(on, Ordering::Relaxed);
+    shown();
 }
 
-/// Shows lines of `level` and more severe ones (`--log-level`).
+/// Shows lines of `level` and more severe ones (`--log-level`; debug with
+/// `-v` whatever the level).
 pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
+    CONFIGURED.store(level as u8, Ordering::Relaxed);
+    shown();
+}
+
+/// Sets the level shown from `--log-level` and `-v`.
+fn shown() {
+    let level = if verbose() {
+        Level::Debug as u8
+    } else {
+        CONFIGURED.load(Ordering::Relaxed)
+    };
+    LEVEL.store(level, Ordering::Relaxed);
 }
 
 /// Whether debug lines go to stdout (`-v`).
@@ -95,10 +111,10 @@ pub fn verbose() -> bool {
     VERBOSE.load(Ordering::Relaxed)
 }
 
-/// Whether lines of `level` are shown. Debug lines cost this one relaxed load
-/// when they are not.
+/// Whether lines of `level` are shown: one relaxed load, which is all a
+/// debug line on the connection path costs when it is not shown.
 pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed) || (level == Level::Debug && verbose())
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
 /// Sends the lines to syslog from now on (`-d`, once stderr is `/dev/null`):
