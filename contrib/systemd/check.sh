@@ -316,17 +316,23 @@ sb systemctl reload "$UNIT"
 wait_for 20 "STATUS 'serving (upgrade failed)'" is StatusText "serving (upgrade failed)"
 is MainPID "$new" || fail "MainPID changed to $(prop MainPID)"
 fast_ok || fail "no answer after a refused config"
-journal_since "$c" | grep -qF "conn-daemon: $CONF:$line: invalid value '0'" || fail "no line naming $CONF:$line in the journal: $(journal_since "$c")"
+journal_since "$c" | grep -qF "]: $CONF:$line: invalid value '0'" || fail "no line naming $CONF:$line in the journal: $(journal_since "$c")"
 journal_since "$c" | grep -q 'upgrade failed: .*exited with status 1); still serving' || fail "no 'upgrade failed' line: $(journal_since "$c")"
 pass "accept-threads = 0: --check-config and the reload refuse it naming $CONF:$line; MainPID $new serves on"
-sb journalctl -u "$UNIT" --no-pager -p err..err --after-cursor="$c" | grep -qF "]: $CONF:$line: invalid value '0'" \
-  || fail "the refusal is not at priority err in the journal: $(journal_since "$c")"
-sb journalctl -u "$UNIT" --no-pager -p info..info | grep -q 'conn-daemon\[[0-9]*\]: serving on ' \
-  || fail "no 'serving on' line at priority info in the journal"
+# priority CONF-TEXT: the PRIORITY of the unit's journal entries that
+# contain TEXT since cursor $c, one per line.
+priority() {
+  sb journalctl -u "$UNIT" --no-pager -o json --after-cursor="$c" \
+    | python3 -c 'import json,sys; [print(e.get("PRIORITY")) for e in map(json.loads, sys.stdin) if sys.argv[1] in str(e.get("MESSAGE"))]' "$1"
+}
+[ "$(priority "$CONF:$line: invalid value")" = 3 ] \
+  || fail "the refusal is not at priority 3 (err) in the journal: $(priority "$CONF:$line: invalid value")"
+[ "$(priority "upgrade failed:")" = 4 ] || fail "'upgrade failed' is not at priority 4 (warning): $(priority "upgrade failed:")"
+[ "$(priority "SIGUSR2: upgrade: started")" = 6 ] || fail "'upgrade: started' is not at priority 6 (info)"
 all=$(sb journalctl -u "$UNIT" --no-pager)
 grep -q ']: conn-daemon: ' <<<"$all" && fail "journal lines named twice: $(grep ']: conn-daemon: ' <<<"$all" | head -3)"
 grep -q 'counters' <<<"$all" && fail "the counters were not shared (seccomp, memfd?): $(grep counters <<<"$all" | head -3)"
-pass "the journal has the lines at their priorities (err, info), each named once: conn-daemon[PID]: text"
+pass "the journal has the lines at their priorities (err 3, warning 4, info 6), each named once: conn-daemon[PID]: text"
 sb install -m 644 /srv/share/conn-daemon.conf "$CONF"
 reload_to_new
 
