@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Ok(identity) => identity,
         Err(why) => return fail(EXIT_USAGE, &why),
     };
+    if config.check_config {
+        println!("conn-daemon: {}", config.valid());
+        return ExitCode::SUCCESS;
+    }
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),

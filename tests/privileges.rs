@@ -243,5 +243,14 @@ fn what_cannot_work_is_one_line_and_exit_1() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr:?}");
     }
     assert!(!root_pid.exists());
+    // --check-config checks them too.
+    let (status, stderr) = run(&["--check-config", "--user", "no-such-user-here"], None);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "conn-daemon: --user no-such-user-here: no such user\n"
+    );
+    let (status, stderr) = run(&["--check-config", "--user", "nobody"], None);
+    assert_eq!((status, stderr.as_str()), (Some(0), ""));
     let _ = fs::remove_dir_all(root_dir);
 }

@@ -102,17 +102,10 @@ impl Config {
     /// exits: help and version go to stdout with status 0, a bad command line
     /// goes to stderr with the full usage and status 1 (the reference's status;
     /// clap's own `Error::exit` would use 2), a bad config file is one line on
-    /// stderr and status 1. With `--check-config`, exits 0 once all is valid.
+    /// stderr and status 1. (`--check-config` is the caller's: see
+    /// [`Config::valid`].)
     pub fn from_env() -> Config {
         match Config::try_parse_from(std::env::args_os()) {
-            Ok(config) if config.check_config => {
-                let what = match &config.config_file {
-                    Some(path) => format!("{} and the command line", path.display()),
-                    None => "the command line".to_string(),
-                };
-                println!("conn-daemon: {what}: valid");
-                std::process::exit(0);
-            }
             Ok(config) => config,
             Err(ConfigError::File(e)) => {
                 crate::error!("{e}");
@@ -130,6 +123,16 @@ impl Config {
                     std::process::exit(1);
                 }
             },
+        }
+    }
+}
+
+impl Config {
+    /// What `--check-config` says once everything checked is valid.
+    pub fn valid(&self) -> String {
+        match &self.config_file {
+            Some(path) => format!("{} and the command line: valid", path.display()),
+            None => "the command line: valid".to_string(),
         }
     }
 }
