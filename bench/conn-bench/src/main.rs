@@ -52,6 +52,9 @@ const DEFAULT_FAST_REQUESTS: u64 = 20_000;
 const DEFAULT_CONCURRENCY: u32 = 50;
 /// Default slow load length, in seconds at the ideal rate.
 const SLOW_SECONDS: f64 = 2.0;
+/// How many times a server whose bind finds its port in use is moved to
+/// another port before conn-bench gives up.
+const PORT_MOVES: u32 = 5;
 
 fn main() {
     let args = Args::parse();
@@ -330,7 +333,7 @@ fn run(args: &Args) -> Result<(), String> {
                 Some(p)
             }
         };
-        rows.extend(run_at(&setup, threads, pinning.as_ref())?);
+        rows.extend(run_at(&setup, threads, pinning.as_ref(), &mut notes)?);
     }
     if rows.is_empty() {
         return Err(format!("nothing ran: {}", notes.join(" ")));
@@ -400,6 +403,7 @@ fn run_at(
     setup: &Setup,
     threads: Option<u32>,
     pinning: Option<&cpus::Pinning>,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<ServerReport>, String> {
     let args = setup.args;
     let loads = &setup.loads;
@@ -430,7 +434,7 @@ fn run_at(
     let with_threads = |w: &str| fill_placeholders(w, args, threads);
     let count = args.servers.len() + usize::from(setup.nginx.is_some());
     // Ports first: the nginx config needs its port written in.
-    let ports = servers::pick_ports(count, args.ports)?;
+    let ports = servers::pick_ports(count, args.ports, &[])?;
     let mut launches: Vec<servers::Launch> = args
         .servers
         .iter()
@@ -456,20 +460,50 @@ fn run_at(
     let at = threads.map_or(String::new(), |t| format!("threads={t}: "));
     let timeout = Duration::from_secs(args.start_timeout);
     let mut running = Vec::new();
-    for (launch, &port) in launches.iter().zip(&ports) {
-        progress.update(&format!("{at}starting {} on port {port}", launch.name));
-        let log_name = servers::Launch {
-            name: format!("{}{suffix}", launch.name),
-            ..launch.clone()
+    // Every port chosen so far, busy ones included: none is offered twice.
+    let mut tried = ports.clone();
+    for (i, launch) in launches.iter_mut().enumerate() {
+        let mut port = ports[i];
+        let mut moves = 0;
+        let mut server = loop {
+            progress.update(&format!("{at}starting {} on port {port}", launch.name));
+            let log_name = servers::Launch {
+                name: format!("{}{suffix}", launch.name),
+                ..launch.clone()
+            };
+            match servers::start(
+                &log_name,
+                port,
+                pinning.map(|p| p.server.as_slice()),
+                Some(&client),
+                &logs,
+                timeout,
+            ) {
+                Ok(server) => break server,
+                // Taken since the probe, or bound stricter than it: the
+                // next free port, not the end of the whole benchmark.
+                Err(failure) if failure.port_busy && moves < PORT_MOVES => {
+                    moves += 1;
+                    let next = servers::pick_ports(1, args.ports, &tried)
+                        .map_err(|e| format!("{}; {e}", failure.message))?[0];
+                    tried.push(next);
+                    notes.push(format!(
+                        "{at}{}: port {port} was in use when it bound it, so it ran on port {next}.",
+                        launch.name
+                    ));
+                    if let (Some(nginx), true) = (&setup.nginx, i + 1 == count) {
+                        *launch = servers::nginx_launch(
+                            nginx,
+                            &setup.out.join(format!("nginx{suffix}")),
+                            next,
+                            threads.unwrap_or(1),
+                        )?;
+                    }
+                    port = next;
+                }
+                Err(failure) => return Err(failure.message),
+            }
         };
-        let mut server = servers::start(
-            &log_name,
-            port,
-            pinning.map(|p| p.server.as_slice()),
-            Some(&client),
-            &logs,
-            timeout,
-        )?;
         server.name = launch.name.clone();
         running.push(server);
     }

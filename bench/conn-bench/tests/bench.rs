@@ -565,3 +565,79 @@ fn sigkill_mid_run_leaves_no_server_behind() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// Leaves `port` with a socket in TIME-WAIT on 127.0.0.1 (the server side
+/// closes first), as a fast run leaves the ports it used.
+fn time_wait(port: u16) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    drop(listener);
+    drop(accepted);
+    let mut byte = [0u8; 1];
+    assert_eq!((&client).read(&mut byte).unwrap(), 0);
+}
+
+/// The issue's abort: with `--ports`, a port holding only TIME-WAIT sockets
+/// is not chosen (the servers bind without SO_REUSEADDR, and so does the
+/// probe), and a server whose bind still fails with "Address already in
+/// use" is moved to the next free port instead of ending the benchmark.
+#[test]
+fn busy_ports_are_skipped_and_a_failed_bind_moves_on() {
+    let dir = scratch();
+    let out = dir.join("out");
+    let (from, to) = free_range(4);
+    time_wait(from);
+    // Fails its first bind the way the C++ reference does, then serves.
+    let flaky = dir.join("flaky-bind");
+    let marker = dir.join("failed-once");
+    script(
+        &flaky,
+        &format!(
+            "if [ ! -e '{m}' ]; then : > '{m}'; echo 'bind: Address already in use' >&2; exit 1; fi\n\
+             exec '{cd}' -A 1 -w 1 -p \"$1\"\n",
+            m = marker.display(),
+            cd = conn_daemon().display()
+        ),
+    );
+    let args: Vec<String> = [
+        "--server".to_string(),
+        format!("first={} -A 1 -w 1 -p {{port}}", conn_daemon().display()),
+        "--server".into(),
+        format!("flaky={} {{port}}", flaky.display()),
+        "--ports".into(),
+        format!("{from}-{to}"),
+        "--rounds".into(),
+        "1".into(),
+        "-n".into(),
+        "200".into(),
+        "-c".into(),
+        "5".into(),
+    ]
+    .into();
+    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+    let json = report_json(&out);
+    let ports: Vec<u64> = json["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["port"].as_u64().unwrap())
+        .collect();
+    // `from` is in TIME-WAIT: the first server gets from + 1, the flaky one
+    // is offered from + 2, fails there and runs on from + 3.
+    let (from, to) = (u64::from(from), u64::from(to));
+    assert_eq!(ports, [from + 1, to], "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "flaky: port {} was in use when it bound it, so it ran on port {to}.",
+            from + 2
+        )),
+        "{stdout}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
