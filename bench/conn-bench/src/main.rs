@@ -338,16 +338,7 @@ fn run(args: &Args) -> Result<(), String> {
     if rows.is_empty() {
         return Err(format!("nothing ran: {}", notes.join(" ")));
     }
-    if rows.iter().any(|r| {
-        r.server_cpus_busy - r.server_cpu_util > 0.25
-            || r.client_cpus_busy - r.client_cpu_util > 0.25
-    }) {
-        notes.push(
-            "Other processes kept the benchmark's CPUs busy during some runs (cells with \"CPUs N%\"): \
-             those rows measure a shared machine; rerun on a quiet one."
-                .into(),
-        );
-    }
+    notes.extend(report::shared_cpus_note(&rows));
     report::fill_ratios(&mut rows);
     for row in &rows {
         for load in &row.loads {
@@ -717,10 +708,7 @@ fn window(cpus: &Cpus, deltas: &[(Delta, Option<f64>)], source: &'static str) ->
         client_cpus_busy,
         // Unpinned, generator and server share CPUs: no side can be blamed.
         client_bound: cpus.pinned
-            && report::is_client_bound(
-                [server_cpu_util, server_cpus_busy],
-                [client_cpu_util, client_cpus_busy],
-            ),
+            && report::is_client_bound(server_cpu_util, [client_cpu_util, client_cpus_busy]),
         requests: deltas.iter().filter_map(|(_, n)| *n).sum(),
         cpu_us_per_request: stats::median(&per_round).unwrap_or(f64::NAN),
         cpu_us_per_request_rounds: per_round,

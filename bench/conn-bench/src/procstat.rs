@@ -299,12 +299,18 @@ mod tests {
         assert_eq!(parse_schedstat_ns("123456789 2000 17\n"), Some(123_456_789));
         assert_eq!(parse_schedstat_ns(""), None);
         assert_eq!(parse_schedstat_ns("x 1 2"), None);
-        // This test's own threads have run: some ns, and more after a spin.
-        let me = std::process::id();
-        let before = tree_cpu_ns(me).expect("own schedstat");
+        // This process has run: some ns. This thread's own count grows with a
+        // spin (the process's may not: other tests' threads end meanwhile,
+        // and an exited thread leaves the sum).
+        assert!(tree_cpu_ns(std::process::id()).expect("own schedstat") > 0);
+        let mine = || {
+            let text = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            parse_schedstat_ns(&text).unwrap()
+        };
+        let before = mine();
         let spin = std::time::Instant::now();
         while spin.elapsed() < Duration::from_millis(20) {}
-        let after = tree_cpu_ns(me).unwrap();
+        let after = mine();
         assert!(after > before, "{before} -> {after}");
         assert_eq!(process_cpu_ns(u32::MAX), None);
     }

@@ -224,6 +224,25 @@ pub struct LoadReport {
     pub ratios: LoadRatios,
     /// Names of the `ratios` whose difference is within noise.
     pub within_noise: Vec<&'static str>,
+    /// The percentiles (`p50_ms`, `p99_ms`, `p999_ms`) that rest on fewer
+    /// than `MIN_TAIL` of a round's requests: see `thin_percentiles`.
+    pub thin: Vec<&'static str>,
+}
+
+/// A percentile needs at least this many of a round's requests beyond it to
+/// be a measured tail rather than the slowest few requests.
+pub const MIN_TAIL: f64 = 10.0;
+
+/// The percentiles a round of `requests` (the smallest round) cannot
+/// measure: fewer than `MIN_TAIL` requests lie beyond them. With 267
+/// requests, 2.7 lie beyond p99 and 0.3 beyond p99.9, which is then the
+/// round's maximum: printed as a percentile it would look measured.
+pub fn thin_percentiles(requests: u64) -> Vec<&'static str> {
+    [("p50_ms", 50.0), ("p99_ms", 99.0), ("p999_ms", 99.9)]
+        .into_iter()
+        .filter(|&(_, p)| (requests as f64) * (1.0 - p / 100.0) < MIN_TAIL - 1e-9)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Ratios of server-wide figures to the first server (None: undefined).
@@ -324,12 +343,17 @@ impl LoadReport {
             p50_over_slow_ms: over(p50),
             p99_over_slow_ms: over(p99),
             p999_over_slow_ms: over(p999),
-            rounds,
             failed_runs: Vec::new(),
             resolution: Resolution::default(),
             window: Window::default(),
             ratios: LoadRatios::default(),
             within_noise: Vec::new(),
+            thin: rounds
+                .iter()
+                .map(|r| r.completed)
+                .min()
+                .map_or_else(Vec::new, thin_percentiles),
+            rounds,
         }
     }
 }
@@ -546,6 +570,16 @@ fn cell(value: String, ratio: Option<f64>, noisy: bool, first: bool) -> String {
     }
 }
 
+/// A percentile's cell: "(thin)" instead of a ratio when too few requests
+/// lie beyond it (`thin_percentiles`), else as `cell`.
+fn latency_cell(l: &LoadReport, name: &str, value: f64, ratio: Option<f64>, first: bool) -> String {
+    if l.thin.contains(&name) {
+        format!("{} (thin)", fmt_num(value))
+    } else {
+        cell(fmt_num(value), ratio, l.within_noise.contains(&name), first)
+    }
+}
+
 /// An axis tick: at most two decimals, trailing zeros dropped.
 fn fmt_axis(v: f64) -> String {
     let text = format!("{v:.2}");
@@ -564,21 +598,59 @@ fn percent(share: f64) -> String {
 /// A CPU % cell: the processes' share, and the CPUs' when other processes
 /// made them noticeably busier.
 fn cpu_cell(own: f64, busy: f64) -> String {
-    if busy.is_finite() && own.is_finite() && busy - own > 0.10 {
+    if busy.is_finite() && own.is_finite() && busy - own > SHARED {
         format!("{} (CPUs {})", percent(own), percent(busy))
     } else {
         percent(own)
     }
 }
 
-/// Whether a row is client-bound: the client side was saturated and the
-/// server side was not. A side counts as saturated when its processes used
+/// Whether a row is client-bound: the generator was saturated and the
+/// server was not. The generator counts as saturated when its processes used
 /// at least `SATURATED` of what they can use, or its CPUs were that busy
 /// whoever kept them so (a generator starved by other processes limits the
-/// throughput as surely as a slow one; a starved server is not client-bound).
-pub fn is_client_bound(server: [f64; 2], client: [f64; 2]) -> bool {
-    let saturated = |side: [f64; 2]| side.iter().any(|&v| v >= SATURATED);
-    saturated(client) && !saturated(server)
+/// throughput as surely as a slow one). The server is judged by its own CPU
+/// time against its CPU set only: other processes keeping its CPUs busy do
+/// not make it the limit (`shared_cpus_note` says when they did).
+pub fn is_client_bound(server_own: f64, client: [f64; 2]) -> bool {
+    client.iter().any(|&v| v >= SATURATED) && server_own.is_finite() && server_own < SATURATED
+}
+
+/// A CPU set counts as shared when whoever ran there kept it this much busier
+/// than the benchmark's own processes did.
+pub const SHARED: f64 = 0.10;
+
+/// The note naming the rows whose CPUs other processes used (by more than
+/// `SHARED`), or None on a quiet machine.
+pub fn shared_cpus_note(rows: &[ServerReport]) -> Option<String> {
+    let mut seen = Vec::new();
+    for s in rows {
+        let at = s.threads.map_or(String::new(), |t| format!(" ×{t}"));
+        for l in &s.loads {
+            let w = &l.window;
+            for (side, own, busy) in [
+                ("server", w.server_cpu_util, w.server_cpus_busy),
+                ("generator", w.client_cpu_util, w.client_cpus_busy),
+            ] {
+                if busy - own > SHARED {
+                    seen.push(format!(
+                        "{}{at} {}: {side} CPUs {} busy, {} by the {side}",
+                        s.name,
+                        l.kind.name(),
+                        percent(busy),
+                        percent(own)
+                    ));
+                }
+            }
+        }
+    }
+    (!seen.is_empty()).then(|| {
+        format!(
+            "Other processes used the benchmark's CPUs ({}): those rows measure a shared \
+             machine (their cells read \"N% (CPUs M%)\"); rerun on a quiet one.",
+            seen.join("; ")
+        )
+    })
 }
 
 fn mib(kib: u64) -> String {
@@ -666,9 +738,9 @@ pub fn markdown(report: &Report) -> String {
                         noisy("requests_per_s_max"),
                         first,
                     ),
-                    cell(fmt_num(l.p50_ms), r.p50_ms, noisy("p50_ms"), first),
-                    cell(fmt_num(l.p99_ms), r.p99_ms, noisy("p99_ms"), first),
-                    cell(fmt_num(l.p999_ms), r.p999_ms, noisy("p999_ms"), first),
+                    latency_cell(l, "p50_ms", l.p50_ms, r.p50_ms, first),
+                    latency_cell(l, "p99_ms", l.p99_ms, r.p99_ms, first),
+                    latency_cell(l, "p999_ms", l.p999_ms, r.p999_ms, first),
                     cell(l.failed.to_string(), r.failed, false, first),
                     cell(l.non_2xx.to_string(), r.non_2xx, false, first),
                     cell(
@@ -710,9 +782,9 @@ pub fn markdown(report: &Report) -> String {
              spread (the ratio would be noise). CPU and memory cover all threads and processes \
              of a server. CPU µs/req, server CPU % and client CPU % cover the row's own load \
              window (start of each round to that load's end): the share of the server's CPUs, \
-             and of the generator's threads' CPUs, busy in it; `client-bound` (generator at \
-             {:.0}% or more, server below): that row's throughput is the load generator's \
-             limit, not the server's.",
+             and of the generator's threads' CPUs, busy in it; `client-bound` (generator or its \
+             CPUs at {:.0}% or more, the server's own CPU time below that share of its CPUs): \
+             that row's throughput is the load generator's limit, not the server's.",
             report.servers[0].name,
             SATURATED * 100.0
         );
@@ -743,6 +815,14 @@ pub fn markdown(report: &Report) -> String {
         md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for (s, l) in slow {
             let opt = |v: Option<f64>| v.map_or("n/a".to_string(), fmt_num);
+            let over = |v: Option<f64>, name: &str| {
+                let text = opt(v);
+                if l.thin.contains(&name) {
+                    format!("{text} (thin)")
+                } else {
+                    text
+                }
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} |",
@@ -750,11 +830,14 @@ pub fn markdown(report: &Report) -> String {
                 opt(l.ideal_requests_per_s),
                 fmt_num(l.requests_per_s.median),
                 opt(l.percent_of_ideal),
-                opt(l.p50_over_slow_ms),
-                opt(l.p99_over_slow_ms),
-                opt(l.p999_over_slow_ms)
+                over(l.p50_over_slow_ms, "p50_ms"),
+                over(l.p99_over_slow_ms, "p99_ms"),
+                over(l.p999_over_slow_ms, "p999_ms")
             );
         }
+    }
+    if let Some(note) = thin_note(report) {
+        let _ = writeln!(md, "\n{note}");
     }
     if !report.notes.is_empty() {
         md += "\nNotes:\n";
@@ -763,6 +846,29 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     md
+}
+
+/// What "(thin)" means, with the smallest round of the report, when a
+/// cell says it.
+fn thin_note(report: &Report) -> Option<String> {
+    let fewest = report
+        .servers
+        .iter()
+        .flat_map(|s| &s.loads)
+        .filter(|l| !l.thin.is_empty())
+        .flat_map(|l| l.rounds.iter().map(|r| r.completed))
+        .min()?;
+    let beyond = |p: f64| fewest as f64 * (1.0 - p / 100.0);
+    Some(format!(
+        "(thin): fewer than {MIN_TAIL:.0} of a round's requests lie beyond that percentile, so it \
+         is the slowest few requests, not a measured tail, and gets no ratio (the smallest round, \
+         {fewest} requests, has {:.1} beyond p99 and {:.1} beyond p99.9). Measuring p99 takes at \
+         least {} requests per round, p99.9 {}.",
+        beyond(99.0),
+        beyond(99.9),
+        fmt_num(MIN_TAIL / 0.01),
+        fmt_num(MIN_TAIL / 0.001)
+    ))
 }
 
 /// `report.json`: the report, pretty-printed.
@@ -1196,7 +1302,7 @@ mod tests {
 
     fn run(rps: f64, p50: f64) -> RunResult {
         RunResult {
-            completed: 1000,
+            completed: 10_000,
             failed: 0,
             non_2xx: 0,
             rps,
@@ -1324,7 +1430,7 @@ mod tests {
                 max: 105.0
             }
         );
-        assert_eq!(load.completed, 3000);
+        assert_eq!(load.completed, 30_000);
         assert_eq!(load.p99_ms, 1.0);
         assert_eq!(load.ideal_requests_per_s, None);
         assert_eq!(load.ratios.requests_per_s_median, Some(0.5));
@@ -1333,6 +1439,47 @@ mod tests {
         assert_eq!(load.ratios.failed, None); // 0 vs 0
         assert_eq!(r.servers[1].ratios.cpu_us_per_request, Some(0.5));
         assert_eq!(r.servers[0].ratios.peak_rss_kib, Some(1.0));
+    }
+
+    /// The issue's slow run: 267 requests per round, where p99.9 = p99 = max.
+    #[test]
+    fn percentiles_of_few_requests_are_thin() {
+        assert_eq!(thin_percentiles(267), ["p99_ms", "p999_ms"]);
+        assert_eq!(thin_percentiles(999), ["p99_ms", "p999_ms"]);
+        assert_eq!(thin_percentiles(1000), ["p999_ms"]);
+        assert_eq!(thin_percentiles(10_000), Vec::<&str>::new());
+        assert_eq!(thin_percentiles(19), ["p50_ms", "p99_ms", "p999_ms"]);
+        let mut r = report(&[LoadKind::Slow]);
+        for s in &mut r.servers {
+            s.loads[0] = LoadReport::from_rounds(
+                LoadKind::Slow,
+                vec![
+                    RunResult {
+                        completed: 267,
+                        ..run(120.0, 31.0)
+                    };
+                    3
+                ],
+                30,
+                133.3,
+            );
+        }
+        fill_ratios(&mut r.servers);
+        let md = markdown(&r);
+        assert!(md.contains("| 31.0 | 62.0 (thin) | 93.0 (thin) |"), "{md}");
+        assert!(md.contains("| 1.00 | 32.0 (thin) | 63.0 (thin) |"), "{md}");
+        assert!(
+            md.contains(
+                "the smallest round, 267 requests, has 2.7 beyond p99 and 0.3 beyond p99.9"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("p99 takes at least 1000 requests per round, p99.9 10000"),
+            "{md}"
+        );
+        // Enough requests: no mark, no note.
+        assert!(!markdown(&report(&[LoadKind::Slow])).contains("(thin)"));
     }
 
     #[test]
@@ -1595,24 +1742,42 @@ mod tests {
 
     #[test]
     fn tells_client_bound_rows() {
-        assert!(is_client_bound([0.33, 0.35], [0.99, 0.99]));
+        assert!(is_client_bound(0.33, [0.99, 0.99]));
         assert!(
-            is_client_bound([0.33, 0.35], [0.40, 0.95]),
+            is_client_bound(0.33, [0.40, 0.95]),
             "generator starved by others on its CPUs"
         );
         assert!(
-            !is_client_bound([0.95, 0.96], [0.99, 0.99]),
+            !is_client_bound(0.95, [0.99, 0.99]),
             "both saturated: the server is a limit too"
         );
-        assert!(
-            !is_client_bound([0.15, 0.90], [0.60, 0.60]),
-            "server CPUs busy with others"
+        // The issue's row: generator 86%, the server 20% of its CPUs while
+        // other processes kept them busy: the rule fits, so it is flagged.
+        assert!(is_client_bound(0.20, [0.86, 0.86]));
+        assert!(!is_client_bound(0.50, [0.60, 0.6]), "neither saturated");
+        assert!(!is_client_bound(f64::NAN, [0.99, 0.99]));
+        assert!(!is_client_bound(0.2, [f64::NAN; 2]));
+    }
+
+    #[test]
+    fn names_rows_whose_cpus_others_used() {
+        let mut r = report(&[LoadKind::Fast]);
+        // Both rows: server 30% of CPUs 32%, generator 95% of 97% (cpp 60%
+        // of 75%): only cpp's generator CPUs were shared.
+        let note = shared_cpus_note(&r.servers).unwrap();
+        assert_eq!(
+            note,
+            "Other processes used the benchmark's CPUs (cpp fast: generator CPUs 75% busy, \
+             60% by the generator): those rows measure a shared machine (their cells read \
+             \"N% (CPUs M%)\"); rerun on a quiet one."
         );
-        assert!(
-            !is_client_bound([0.50, 0.5], [0.60, 0.6]),
-            "neither saturated"
-        );
-        assert!(!is_client_bound([f64::NAN; 2], [f64::NAN; 2]));
+        r.servers[1].loads[0].window.client_cpus_busy = 0.65;
+        assert_eq!(shared_cpus_note(&r.servers), None);
+        r.servers[0].loads[0].window.server_cpu_util = 0.20;
+        r.servers[0].loads[0].window.server_cpus_busy = 0.90;
+        assert!(shared_cpus_note(&r.servers)
+            .unwrap()
+            .contains("conn-daemon fast: server CPUs 90% busy, 20% by the server"));
     }
 
     fn svg_ok(r: &Report) -> bool {
