@@ -374,6 +374,7 @@ fn run(args: &Args) -> Result<(), String> {
         loads: setup.loads.clone(),
         threads: args.threads.clone(),
         clock_ticks_per_second: ticks_per_second,
+        machine: procstat::Machine::read(),
         notes,
         servers: rows,
     };

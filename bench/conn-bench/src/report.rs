@@ -3,6 +3,7 @@
 
 use crate::args::{Generator, PortRange, Scenario};
 use crate::load::{LoadKind, LoadSpec, RunResult};
+use crate::procstat::Machine;
 use crate::stats::{median, ratio, within_noise, Spread};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -39,6 +40,8 @@ pub struct Report {
     pub threads: Vec<u32>,
     /// Resolution of the CPU figures (`/proc` ticks per second).
     pub clock_ticks_per_second: u64,
+    /// Where and when it ran.
+    pub machine: Machine,
     /// Caveats and skipped servers, also printed under the table.
     pub notes: Vec<String>,
     /// One entry per server and thread count: per thread count, the
@@ -628,19 +631,27 @@ pub fn shared_cpus_note(rows: &[ServerReport]) -> Option<String> {
         let at = s.threads.map_or(String::new(), |t| format!(" ×{t}"));
         for l in &s.loads {
             let w = &l.window;
-            for (side, own, busy) in [
+            let sides: Vec<String> = [
                 ("server", w.server_cpu_util, w.server_cpus_busy),
                 ("generator", w.client_cpu_util, w.client_cpus_busy),
-            ] {
-                if busy - own > SHARED {
-                    seen.push(format!(
-                        "{}{at} {}: {side} CPUs {} busy, {} by the {side}",
-                        s.name,
-                        l.kind.name(),
-                        percent(busy),
-                        percent(own)
-                    ));
-                }
+            ]
+            .into_iter()
+            .filter(|(_, own, busy)| busy - own > SHARED)
+            .map(|(side, own, busy)| {
+                format!(
+                    "{side} CPUs {} busy, {} by the {side}",
+                    percent(busy),
+                    percent(own)
+                )
+            })
+            .collect();
+            if !sides.is_empty() {
+                seen.push(format!(
+                    "{}{at} {}: {}",
+                    s.name,
+                    l.kind.name(),
+                    sides.join(", ")
+                ));
             }
         }
     }
@@ -686,9 +697,10 @@ pub fn markdown(report: &Report) -> String {
         .collect();
     let _ = writeln!(
         md,
-        "{generator}, {} round(s) per server (servers alternating), per run: {}.\n",
+        "{generator}, {} round(s) per server (servers alternating), per run: {}. Measured {}.\n",
         report.rounds,
-        loads.join(" + ")
+        loads.join(" + "),
+        report.machine.describe()
     );
     if report.servers.is_empty() {
         let _ = writeln!(md, "No server was benchmarked.\n");
@@ -889,23 +901,59 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// One bar of a panel.
+/// One bar of a panel (or, with a NaN value and no label, a gap between
+/// groups).
 struct Bar {
     label: String,
     value: f64,
-    /// Whisker (min, max), drawn when present.
+    /// Whisker (min, max) over the rounds, drawn when present.
     range: Option<(f64, f64)>,
     colour: RGBColor,
-    /// A client-bound row: drawn pale, its height is the generator's limit.
+    /// Drawn pale: a client-bound row (its height is the generator's limit)
+    /// or a thin percentile.
     pale: bool,
+    /// Above the value: its ratio to the reference, "noise" (within noise,
+    /// the table's rule) or "thin"; empty for the reference itself.
+    mark: String,
 }
 
-/// One bar chart of the SVG.
+impl Bar {
+    fn gap() -> Bar {
+        Bar {
+            label: String::new(),
+            value: f64::NAN,
+            range: None,
+            colour: BLACK,
+            pale: false,
+            mark: String::new(),
+        }
+    }
+}
+
+/// One bar chart of the picture.
 struct Panel {
     caption: String,
     bars: Vec<Bar>,
     /// A reference line (the slow load's ideal throughput).
     line: Option<f64>,
+    /// Names written under groups of bars: (first bar, last bar, text).
+    groups: Vec<(usize, usize, String)>,
+}
+
+impl Panel {
+    fn new(caption: impl Into<String>) -> Panel {
+        Panel {
+            caption: caption.into(),
+            bars: Vec::new(),
+            line: None,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Whether there is anything to draw: a panel of n/a only is left out.
+    fn has_data(&self) -> bool {
+        self.bars.iter().any(|b| b.value.is_finite())
+    }
 }
 
 /// Names the servers get colours by, in first-seen order, so a server has
@@ -925,95 +973,267 @@ fn colour_of(names: &[&str], name: &str) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-/// `report.svg`: per load a panel of requests/s per server (median bar,
-/// min–max whisker; the slow load also shows its ideal), then panels of
-/// server CPU µs per request (one bar per load window in `mixed`), idle
-/// and peak RSS and exec-to-listen time. Loads get separate panels because
-/// fast and slow throughputs differ by orders of magnitude. In a sweep each bar is
-/// one server at one thread count (`name ×T`); client-bound bars are pale.
-pub fn svg(report: &Report) -> Result<String, String> {
-    let mut panels: Vec<Panel> = report
+/// The mark over a bar: what the table's cell says in parentheses.
+fn mark(ratio: Option<f64>, noisy: bool, first: bool) -> String {
+    match ratio {
+        Some(_) if !first && noisy => "noise".into(),
+        Some(r) if !first => format!("{r:.2}×"),
+        _ => String::new(),
+    }
+}
+
+/// Min and max of the finite `values`, when there are two or more rounds.
+fn min_max(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
+    let finite = values.filter(|v| v.is_finite());
+    (finite.clone().count() > 1).then(|| {
+        (
+            finite.clone().fold(f64::INFINITY, f64::min),
+            finite.fold(f64::NEG_INFINITY, f64::max),
+        )
+    })
+}
+
+/// The lines under the panels: where, when and how it ran, each server's
+/// command, and how to read the bars.
+fn facts(report: &Report) -> Vec<String> {
+    let generator = match report.generator {
+        Generator::Ab => "ab",
+        Generator::Wrk => "wrk",
+    };
+    let loads: Vec<String> = report
         .loads
         .iter()
-        .map(|spec| Panel {
-            caption: format!("{} requests/s (median, min–max)", spec.kind.name()),
-            bars: Vec::new(),
-            line: None,
+        .map(|l| match report.wrk_duration_s {
+            Some(d) => format!(
+                "{} for {d} s at concurrency {}",
+                l.kind.name(),
+                l.concurrency
+            ),
+            None => format!(
+                "{} × {} requests at concurrency {}",
+                l.kind.name(),
+                l.requests,
+                l.concurrency
+            ),
         })
         .collect();
-    let mut cpu = Panel {
-        caption: "server CPU µs per request (own window)".into(),
-        bars: Vec::new(),
-        line: None,
+    let mut lines = vec![format!(
+        "Measured {}. Generator: {generator}, per round {}.",
+        report.machine.describe(),
+        loads.join(" + ")
+    )];
+    let mut sets: Vec<String> = Vec::new();
+    for s in &report.servers {
+        let at = s
+            .threads
+            .map_or(String::new(), |t| format!("threads={t}: "));
+        let set = match (&s.server_cpus, &s.client_cpus) {
+            (Some(server), Some(client)) => {
+                format!("{at}servers on CPUs {server:?}, generator on CPUs {client:?}")
+            }
+            _ => format!("{at}servers and generator unpinned, sharing all CPUs"),
+        };
+        if !sets.contains(&set) {
+            sets.push(set);
+        }
+    }
+    if !sets.is_empty() {
+        lines.push(format!("CPU sets: {}.", sets.join("; ")));
+    }
+    let mut commands: Vec<String> = Vec::new();
+    for s in &report.servers {
+        let line = format!("{}: {}", s.name, s.command);
+        if !commands.contains(&line) {
+            commands.push(line);
+        }
+    }
+    for line in commands {
+        // A long path stays readable; report.md has the whole command.
+        let cut: String = line.chars().take(200).collect();
+        lines.push(if cut.len() < line.len() {
+            format!("{cut}…")
+        } else {
+            cut
+        });
+    }
+    if shared_cpus_note(&report.servers).is_some() {
+        lines.push(
+            "Shared machine: other processes kept the benchmark's CPUs busier than it did \
+             (report.md names the rows); its throughput and latency there measure the contention."
+                .into(),
+        );
+    }
+    let reference = report.servers.first().map_or("", |s| s.name.as_str());
+    let spread = if report.rounds > 1 {
+        "whiskers: min–max over the rounds"
+    } else {
+        "one round: no spread to show, so a ratio has passed the resolution check only"
     };
-    let new_panel = |caption: &str| Panel {
-        caption: caption.into(),
-        bars: Vec::new(),
-        line: None,
-    };
-    let mut idle = new_panel("idle RSS MiB");
-    let mut peak = new_panel("peak RSS MiB");
-    let mut startup = new_panel("exec → listen ms");
+    lines.push(format!(
+        "Bars: median of the rounds ({spread}). Over each bar its value, then its ratio to {reference} \
+         (the first server of its thread count); \"noise\": within noise by the table's rule; \
+         \"thin\" (pale): fewer than {MIN_TAIL:.0} requests per round beyond that percentile."
+    ));
+    lines
+}
+
+/// A latency bar's source: its label, its name in `thin` and
+/// `within_noise`, the median, the ratio, and its value in one round.
+type Percentile = (
+    &'static str,
+    &'static str,
+    f64,
+    Option<f64>,
+    fn(&RunResult) -> f64,
+);
+
+/// `report.svg`: per load a panel of requests/s per server and one of its
+/// latency percentiles (p50, p99, p99.9 per server), then server CPU µs
+/// per request (one bar per load window in `mixed`), idle and peak RSS and
+/// exec-to-listen time. Every bar that has rounds carries their min–max
+/// whisker, and over it its value and what the table says of it (ratio,
+/// noise, thin). Loads get separate panels because fast and slow figures
+/// differ by orders of magnitude. In a sweep each bar is one server at one
+/// thread count (`name ×T`); client-bound bars are pale. Under the panels:
+/// the machine, the generator, the CPU sets and every command.
+pub fn svg(report: &Report) -> Result<String, String> {
+    let mut rps: Vec<Panel> = report
+        .loads
+        .iter()
+        .map(|spec| Panel::new(format!("{} requests/s", spec.kind.name())))
+        .collect();
+    let mut latency: Vec<Panel> = report
+        .loads
+        .iter()
+        .map(|spec| Panel::new(format!("{} latency ms (p50, p99, p99.9)", spec.kind.name())))
+        .collect();
+    let mut cpu = Panel::new("server CPU µs per request (own window)");
+    let mut idle = Panel::new("idle RSS MiB");
+    let mut peak = Panel::new("peak RSS MiB");
+    let mut startup = Panel::new("exec → listen ms");
     let names = server_names(report);
     let several = report.loads.len() > 1;
-    for s in &report.servers {
+    for (i, s) in report.servers.iter().enumerate() {
+        let first = report.servers.iter().position(|b| b.threads == s.threads) == Some(i);
         let colour = colour_of(&names, &s.name);
         let label = match s.threads {
             Some(t) => format!("{} ×{t}", s.name),
             None => s.name.clone(),
         };
-        for (panel, spec) in panels.iter_mut().zip(&report.loads) {
+        for ((rps, lat), spec) in rps.iter_mut().zip(latency.iter_mut()).zip(&report.loads) {
             let Some(l) = s.loads.iter().find(|l| l.kind == spec.kind) else {
                 continue;
             };
-            panel.line = panel.line.or(l.ideal_requests_per_s);
-            panel.bars.push(Bar {
+            let noisy = |name: &str| l.within_noise.contains(&name);
+            rps.line = rps.line.or(l.ideal_requests_per_s);
+            rps.bars.push(Bar {
                 label: label.clone(),
                 value: l.requests_per_s.median,
-                range: Some((l.requests_per_s.min, l.requests_per_s.max)),
+                range: min_max(l.rounds.iter().map(|r| r.rps)),
                 colour,
                 pale: l.window.client_bound,
+                mark: mark(
+                    l.ratios.requests_per_s_median,
+                    noisy("requests_per_s_median"),
+                    first,
+                ),
             });
+            if !lat.bars.is_empty() {
+                lat.bars.push(Bar::gap());
+            }
+            let start = lat.bars.len();
+            let percentiles: [Percentile; 3] = [
+                ("p50", "p50_ms", l.p50_ms, l.ratios.p50_ms, |r| r.p50_ms),
+                ("p99", "p99_ms", l.p99_ms, l.ratios.p99_ms, |r| r.p99_ms),
+                ("p99.9", "p999_ms", l.p999_ms, l.ratios.p999_ms, |r| {
+                    r.p999_ms
+                }),
+            ];
+            for (short, name, value, ratio, of) in percentiles {
+                let thin = l.thin.contains(&name);
+                lat.bars.push(Bar {
+                    label: short.into(),
+                    value,
+                    range: min_max(l.rounds.iter().map(of)),
+                    colour,
+                    pale: thin || l.window.client_bound,
+                    mark: if thin {
+                        "thin".into()
+                    } else {
+                        mark(ratio, noisy(name), first)
+                    },
+                });
+            }
+            lat.groups.push((start, lat.bars.len() - 1, label.clone()));
         }
-        // In `mixed` each load has its own window, hence its own bar.
+        // In `mixed` each load has its own window, hence its own bar, and
+        // the server's bars are a group named under them.
+        if several && !cpu.bars.is_empty() {
+            cpu.bars.push(Bar::gap());
+        }
+        let start = cpu.bars.len();
         for l in &s.loads {
-            let rounds = &l.window.cpu_us_per_request_rounds;
-            let f = || rounds.iter().copied().filter(|v| v.is_finite());
+            let w = &l.window;
             cpu.bars.push(Bar {
                 label: if several {
-                    format!("{label} {}", l.kind.name())
+                    l.kind.name().to_string()
                 } else {
                     label.clone()
                 },
-                value: l.window.cpu_us_per_request,
-                range: (rounds.len() > 1).then(|| {
-                    (
-                        f().fold(f64::INFINITY, f64::min),
-                        f().fold(f64::NEG_INFINITY, f64::max),
-                    )
-                }),
+                value: w.cpu_us_per_request,
+                range: min_max(w.cpu_us_per_request_rounds.iter().copied()),
                 colour,
-                pale: l.window.client_bound,
+                pale: w.client_bound,
+                mark: mark(
+                    l.ratios.cpu_us_per_request,
+                    l.within_noise.contains(&"cpu_us_per_request"),
+                    first,
+                ),
             });
         }
-        let plain = |value: f64| Bar {
+        if several {
+            cpu.groups.push((start, cpu.bars.len() - 1, label.clone()));
+        }
+        let single = |value: f64, ratio: Option<f64>, name: &str| Bar {
             label: label.clone(),
             value,
             range: None,
             colour,
             pale: false,
+            mark: mark(ratio, s.within_noise.contains(&name), first),
         };
-        idle.bars.push(plain(s.idle_rss_kib as f64 / 1024.0));
-        peak.bars.push(plain(s.peak_rss_kib as f64 / 1024.0));
-        startup.bars.push(plain(s.startup_ms));
+        idle.bars.push(single(
+            s.idle_rss_kib as f64 / 1024.0,
+            s.ratios.idle_rss_kib,
+            "idle_rss_kib",
+        ));
+        peak.bars.push(single(
+            s.peak_rss_kib as f64 / 1024.0,
+            s.ratios.peak_rss_kib,
+            "peak_rss_kib",
+        ));
+        startup
+            .bars
+            .push(single(s.startup_ms, s.ratios.startup_ms, "startup_ms"));
+    }
+    let mut panels: Vec<Panel> = Vec::new();
+    for (r, l) in rps.into_iter().zip(latency) {
+        panels.extend([r, l]);
     }
     panels.extend([cpu, idle, peak, startup]);
+    // A panel with nothing measured (every run failed) says nothing.
+    panels.retain(Panel::has_data);
 
+    let facts = facts(report);
     let mut out = String::new();
     {
-        let cols = panels.len().min(3);
-        let rows = panels.len().div_ceil(cols);
-        let (width, height) = (540 * cols as u32, 420 * rows as u32 + 40);
+        // Three panels a row; the last row's panels share its whole width,
+        // so no cell is left empty.
+        const COLS: usize = 3;
+        let rows: Vec<&[Panel]> = panels.chunks(COLS).collect();
+        let (width, panel_h, line_h) = (1620_u32, 400_u32, 18_u32);
+        let facts_h = line_h * facts.len() as u32 + 20;
+        let height = 50 + panel_h * rows.len().max(1) as u32 + facts_h;
         let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let pale = if report
@@ -1033,8 +1253,28 @@ pub fn svg(report: &Report) -> Result<String, String> {
         let root = root
             .titled(&title, ("sans-serif", 22))
             .map_err(|e| e.to_string())?;
-        for (area, panel) in root.split_evenly((rows, cols)).iter().zip(&panels) {
-            draw_panel(area, panel)?;
+        let (body, foot) = root.split_vertically(panel_h * rows.len().max(1) as u32);
+        if rows.is_empty() {
+            body.draw(&Text::new(
+                "No figure to draw: nothing was measured (see report.md).",
+                (40, 40),
+                ("sans-serif", 18),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        for (area, row) in body.split_evenly((rows.len().max(1), 1)).iter().zip(&rows) {
+            for (cell, panel) in area.split_evenly((1, row.len())).iter().zip(row.iter()) {
+                draw_panel(cell, panel)?;
+            }
+        }
+        let style = ("sans-serif", 13).into_font().color(&BLACK);
+        for (i, line) in facts.iter().enumerate() {
+            foot.draw(&Text::new(
+                line.as_str(),
+                (20, 10 + line_h as i32 * i as i32),
+                style.clone(),
+            ))
+            .map_err(|e| e.to_string())?;
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -1181,28 +1421,33 @@ fn draw_lines<DB: DrawingBackend>(
 }
 
 /// Draws one bar panel. Bars sit in slots 1..=n of n+2, so there is air on
-/// both sides and a lone bar is not a wall.
+/// both sides and a lone bar is not a wall. Values and marks are written
+/// over the bars (over the whisker when there is one), in black, so a short
+/// bar's figure is as readable as a tall one's.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let bars = &panel.bars;
+    let top_of = |b: &Bar| b.range.map_or(b.value, |r| r.1.max(b.value));
     let top = bars
         .iter()
-        .flat_map(|b| [b.value, b.range.map_or(0.0, |r| r.1)])
+        .map(top_of)
         .chain(panel.line)
         .filter(|v| v.is_finite())
         .fold(0.0_f64, f64::max);
-    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    // Room over the tallest bar for its value and mark.
+    let top = if top > 0.0 { top * 1.3 } else { 1.0 };
     let n = bars.len();
     // plotters' integer ranges are inclusive: 0..n+1 gives n+2 slots.
     let slot_px = area.dim_in_pixel().0.saturating_sub(100) / (n as u32 + 2);
     let bar = |slot: &usize| slot.checked_sub(1).and_then(|i| bars.get(i));
+    let grouped = !panel.groups.is_empty();
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.caption, ("sans-serif", 16))
         .margin(15)
-        .x_label_area_size(35)
+        .x_label_area_size(if grouped { 50 } else { 35 })
         .y_label_area_size(70)
         .build_cartesian_2d((0..n + 1).into_segmented(), 0.0..top)
         .map_err(err)?;
@@ -1252,27 +1497,29 @@ fn draw_panel<DB: DrawingBackend>(
                 b.value,
                 hi,
                 BLACK.stroke_width(2),
-                12,
+                10,
             ))
         }))
         .map_err(err)?;
-    // Each value inside its bar, half-way up: above the bar it would collide
-    // with the whiskers, and in the axis label with its neighbours'.
-    let inside = ("sans-serif", 14)
+    let small = slot_px < 60;
+    let value_font = ("sans-serif", if small { 11 } else { 13 })
         .into_font()
-        .color(&WHITE)
-        .pos(Pos::new(HPos::Center, VPos::Center));
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    let mark_font = ("sans-serif", if small { 10 } else { 12 })
+        .into_font()
+        .color(&RGBColor(0x55, 0x55, 0x55))
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
     chart
         .draw_series(
             bars.iter()
                 .enumerate()
-                .filter(|(_, b)| b.value.is_finite() && b.value > 0.0)
+                .filter(|(_, b)| b.value.is_finite())
                 .map(|(i, b)| {
-                    Text::new(
-                        fmt_num(b.value),
-                        (SegmentValue::CenterOf(i + 1), b.value / 2.0),
-                        inside.clone(),
-                    )
+                    let at = (SegmentValue::CenterOf(i + 1), top_of(b));
+                    EmptyElement::at(at)
+                        + Text::new(fmt_num(b.value), (0, -3), value_font.clone())
+                        + Text::new(b.mark.clone(), (0, -17), mark_font.clone())
                 }),
         )
         .map_err(err)?;
@@ -1291,6 +1538,19 @@ fn draw_panel<DB: DrawingBackend>(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
+            .map_err(err)?;
+    }
+    // Group names (the server of three percentile bars) under their labels.
+    let base = area.get_base_pixel();
+    let group_font = ("sans-serif", 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (from, to, name) in &panel.groups {
+        let left = chart.backend_coord(&(SegmentValue::CenterOf(from + 1), 0.0));
+        let right = chart.backend_coord(&(SegmentValue::CenterOf(to + 1), 0.0));
+        let at = ((left.0 + right.0) / 2 - base.0, left.1 - base.1 + 24);
+        area.draw(&Text::new(name.as_str(), at, group_font.clone()))
             .map_err(err)?;
     }
     Ok(())
@@ -1413,6 +1673,12 @@ mod tests {
                 .collect(),
             threads: Vec::new(),
             clock_ticks_per_second: 100,
+            machine: Machine {
+                cpus: 2,
+                model: "Test CPU".into(),
+                kernel: "6.18.0".into(),
+                date: "2026-12-07 21:40".into(),
+            },
             notes: vec!["a note".into()],
             servers,
         }
@@ -1569,6 +1835,50 @@ mod tests {
         assert!(svg.contains(">\ncpp\n<"), "server name as an axis label");
         assert!(svg.contains(">\n100\n<"), "value drawn in its bar");
         assert!(svg.contains("ideal 133"));
+        // A latency panel per load, percentiles grouped by server.
+        assert!(svg.contains("fast latency ms (p50, p99, p99.9)"));
+        assert!(svg.contains("slow latency ms (p50, p99, p99.9)"));
+        assert!(svg.contains(">\np99.9\n<"));
+        // Over each bar what the table says: cpp's req/s is half (0.50×),
+        // its latency and memory within noise; conn-daemon, the
+        // reference, has no mark.
+        assert!(svg.contains(">\n0.50×\n<"), "the ratio over cpp's bars");
+        assert!(svg.contains(">\nnoise\n<"), "within noise over cpp's p50");
+        // The machine, the generator, the CPU sets and the commands.
+        for fact in [
+            "Measured 2026-12-07 21:40 UTC, 2 CPUs (Test CPU), Linux 6.18.0. Generator: ab, per \
+             round fast × 1000 requests at concurrency 10 + slow × 1000 requests at concurrency 10.",
+            "CPU sets: servers on CPUs [0], generator on CPUs [1].",
+            "conn-daemon: conn-daemon -p {port}",
+            "cpp: cpp -p {port}",
+            "whiskers: min–max over the rounds",
+        ] {
+            assert!(svg.contains(fact), "{fact} missing from the SVG");
+        }
+        // Few requests: the percentile is marked thin, not measured.
+        let mut thin = report(&[LoadKind::Slow]);
+        for s in &mut thin.servers {
+            for r in &mut s.loads[0].rounds {
+                r.completed = 267;
+            }
+            s.loads[0].thin = thin_percentiles(267);
+        }
+        assert!(super::svg(&thin).unwrap().contains(">\nthin\n<"));
+        // A load with no figure (every run failed) gets no empty panel.
+        let mut failed = report(&[LoadKind::Fast, LoadKind::Slow]);
+        for s in &mut failed.servers {
+            s.loads[1] = LoadReport::from_runs(
+                LoadKind::Slow,
+                vec![Err("garbage".into())],
+                Generator::Ab,
+                30,
+                133.3,
+            );
+        }
+        let chart = super::svg(&failed).unwrap();
+        assert!(chart.contains("fast requests/s"));
+        assert!(!chart.contains("slow requests/s"), "no empty panel");
+        assert!(!chart.contains("slow latency"), "no empty panel");
         // An empty report still renders.
         let mut empty = report(&[LoadKind::Fast]);
         empty.servers.clear();
