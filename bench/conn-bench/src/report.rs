@@ -993,8 +993,8 @@ fn min_max(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
     })
 }
 
-/// The lines under the panels: where, when and how it ran, each server's
-/// command, and how to read the bars.
+/// The lines under a chart: where, when and how it ran, and each server's
+/// command.
 fn facts(report: &Report) -> Vec<String> {
     let generator = match report.generator {
         Generator::Ab => "ab",
@@ -1063,18 +1063,22 @@ fn facts(report: &Report) -> Vec<String> {
                 .into(),
         );
     }
+    lines
+}
+
+/// How to read the bars of `svg`, under its facts.
+fn bar_legend(report: &Report) -> String {
     let reference = report.servers.first().map_or("", |s| s.name.as_str());
     let spread = if report.rounds > 1 {
         "whiskers: min–max over the rounds"
     } else {
         "one round: no spread to show, so a ratio has passed the resolution check only"
     };
-    lines.push(format!(
+    format!(
         "Bars: median of the rounds ({spread}). Over each bar its value, then its ratio to {reference} \
          (the first server of its thread count); \"noise\": within noise by the table's rule; \
          \"thin\" (pale): fewer than {MIN_TAIL:.0} requests per round beyond that percentile."
-    ));
-    lines
+    )
 }
 
 /// A latency bar's source: its label, its name in `thin` and
@@ -1224,7 +1228,8 @@ pub fn svg(report: &Report) -> Result<String, String> {
     // A panel with nothing measured (every run failed) says nothing.
     panels.retain(Panel::has_data);
 
-    let facts = facts(report);
+    let mut facts = facts(report);
+    facts.push(bar_legend(report));
     let mut out = String::new();
     {
         // Three panels a row; the last row's panels share its whole width,
@@ -1267,18 +1272,28 @@ pub fn svg(report: &Report) -> Result<String, String> {
                 draw_panel(cell, panel)?;
             }
         }
-        let style = ("sans-serif", 13).into_font().color(&BLACK);
-        for (i, line) in facts.iter().enumerate() {
-            foot.draw(&Text::new(
-                line.as_str(),
-                (20, 10 + line_h as i32 * i as i32),
-                style.clone(),
-            ))
-            .map_err(|e| e.to_string())?;
-        }
+        draw_facts(&foot, &facts, line_h)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// Writes `facts` one a line into `area`.
+fn draw_facts<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    facts: &[String],
+    line_h: u32,
+) -> Result<(), String> {
+    let style = ("sans-serif", 13).into_font().color(&BLACK);
+    for (i, line) in facts.iter().enumerate() {
+        area.draw(&Text::new(
+            line.as_str(),
+            (20, 10 + (line_h * i as u32) as i32),
+            style.clone(),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A point of the scaling chart: threads, value, client-bound.
@@ -1332,7 +1347,18 @@ pub fn scaling_svg(report: &Report) -> Result<String, String> {
     ];
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (1100, 480)).into_drawing_area();
+        let mut facts = facts(report);
+        facts.extend(
+            report
+                .notes
+                .iter()
+                .filter(|n| n.contains(" skipped: "))
+                .cloned(),
+        );
+        facts.push("Points: median of the rounds; hollow: client-bound.".into());
+        let line_h = 18_u32;
+        let height = 480 + line_h * facts.len() as u32 + 20;
+        let root = SVGBackend::with_string(&mut out, (1400, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let title = format!(
             "conn-bench: scaling, {} scenario, {} round(s) (hollow points: client-bound)",
@@ -1342,9 +1368,11 @@ pub fn scaling_svg(report: &Report) -> Result<String, String> {
         let root = root
             .titled(&title, ("sans-serif", 20))
             .map_err(|e| e.to_string())?;
-        for (area, (caption, series)) in root.split_evenly((1, 2)).iter().zip(&panels) {
+        let (body, foot) = root.split_vertically(440);
+        for (area, (caption, series)) in body.split_evenly((1, 2)).iter().zip(&panels) {
             draw_lines(area, caption, series, &names, max_threads)?;
         }
+        draw_facts(&foot, &facts, line_h)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
@@ -1933,6 +1961,10 @@ mod tests {
         let chart = scaling_svg(&r).unwrap();
         assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("hollow points: client-bound"));
+        assert!(
+            chart.contains("threads=1: servers on CPUs [0], generator on CPUs [1]"),
+            "the CPU sets under the chart"
+        );
         assert!(chart.contains("conn-daemon") && chart.contains("cpp"));
         // Two panels of two lines of two points; conn-daemon at threads=1,
         // client-bound, is hollow in both panels.
