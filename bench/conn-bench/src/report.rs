@@ -668,16 +668,16 @@ fn mib(kib: u64) -> String {
     fmt_num(kib as f64 / 1024.0)
 }
 
-/// The Markdown report: a heading, the main table, the slow-load table when
-/// there is a slow load, and the notes.
-pub fn markdown(report: &Report) -> String {
-    let mut md = String::new();
-    let scenario = report.scenario.name();
-    let generator = match report.generator {
+/// The generator's command name.
+fn generator_name(generator: Generator) -> &'static str {
+    match generator {
         Generator::Ab => "ab",
         Generator::Wrk => "wrk",
-    };
-    let _ = writeln!(md, "## conn-bench: {scenario} scenario\n");
+    }
+}
+
+/// One run's loads: "fast × 20000 requests at concurrency 50 + ...".
+fn describe_loads(report: &Report) -> String {
     let loads: Vec<String> = report
         .loads
         .iter()
@@ -695,11 +695,21 @@ pub fn markdown(report: &Report) -> String {
             ),
         })
         .collect();
+    loads.join(" + ")
+}
+
+/// The Markdown report: a heading, the main table, the slow-load table when
+/// there is a slow load, and the notes.
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let scenario = report.scenario.name();
+    let generator = generator_name(report.generator);
+    let _ = writeln!(md, "## conn-bench: {scenario} scenario\n");
     let _ = writeln!(
         md,
         "{generator}, {} round(s) per server (servers alternating), per run: {}. Measured {}.\n",
         report.rounds,
-        loads.join(" + "),
+        describe_loads(report),
         report.machine.describe()
     );
     if report.servers.is_empty() {
@@ -996,31 +1006,11 @@ fn min_max(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
 /// The lines under a chart: where, when and how it ran, and each server's
 /// command.
 fn facts(report: &Report) -> Vec<String> {
-    let generator = match report.generator {
-        Generator::Ab => "ab",
-        Generator::Wrk => "wrk",
-    };
-    let loads: Vec<String> = report
-        .loads
-        .iter()
-        .map(|l| match report.wrk_duration_s {
-            Some(d) => format!(
-                "{} for {d} s at concurrency {}",
-                l.kind.name(),
-                l.concurrency
-            ),
-            None => format!(
-                "{} × {} requests at concurrency {}",
-                l.kind.name(),
-                l.requests,
-                l.concurrency
-            ),
-        })
-        .collect();
+    let generator = generator_name(report.generator);
     let mut lines = vec![format!(
         "Measured {}. Generator: {generator}, per round {}.",
         report.machine.describe(),
-        loads.join(" + ")
+        describe_loads(report)
     )];
     let mut sets: Vec<String> = Vec::new();
     for s in &report.servers {

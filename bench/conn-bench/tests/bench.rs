@@ -51,11 +51,7 @@ fn benchmarks_conn_daemon_against_itself() {
         ]
         .map(String::from),
     );
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
 
     // Markdown table with both servers.
     assert!(
@@ -130,6 +126,20 @@ fn conn_bench(
     args: &[String],
 ) -> (std::process::ExitStatus, String, String) {
     conn_bench_with(dir, out, args, None)
+}
+
+/// `conn_bench` that must succeed: its stdout and stderr.
+fn conn_bench_ok(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    args: &[String],
+) -> (String, String) {
+    let (status, stdout, stderr) = conn_bench(dir, out, args);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+    (stdout, stderr)
 }
 
 /// `conn_bench` with `PATH` starting at `path_first` when given (a fake
@@ -220,11 +230,7 @@ fn sweeps_thread_counts_and_skips_what_the_machine_cannot_give() {
         "10".into(),
     ]
     .into();
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, stderr) = conn_bench_ok(&dir, &out, &args);
     let skipped = format!("threads={n} skipped");
     assert!(stderr.contains(&skipped), "{stderr}");
     assert!(
@@ -345,11 +351,7 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
         "60".into(),
     ]
     .into();
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
     let json = report_json(&out);
     let rows = json["servers"].as_array().expect("servers");
     let port = rows[0]["port"].as_u64().unwrap() as u16;
@@ -616,11 +618,7 @@ fn busy_ports_are_skipped_and_a_failed_bind_moves_on() {
         "5".into(),
     ]
     .into();
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
     let json = report_json(&out);
     let ports: Vec<u64> = json["servers"]
         .as_array()
