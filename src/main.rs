@@ -34,6 +34,14 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(e.exit_status(), &e),
     };
+    // The limit is final now (bind_with raised soft to hard): say at start-up
+    // when it cannot hold what -A x -C reserves.
+    let loops = config.accept_threads + config.worker_threads;
+    let own = os::own_fds(loops as u64, server.addresses().len() as u64);
+    let connections = (config.accept_threads as u64).saturating_mul(config.accept_capacity as u64);
+    if let Some(line) = os::nofile_line(connections, own) {
+        eprintln!("conn-daemon: {line}");
+    }
     // Read before -d changes directory (a relative argv[0] would then miss).
     let plan = match UpgradePlan::new(
         &config,

@@ -117,17 +117,9 @@ impl Server {
             None => None,
         };
         // After the checks that can refuse to start, so a refusal is one line.
-        let wanted = (threads as u64).saturating_mul(config.accept_capacity as u64);
+        // Whether the limit holds -A x -C is said by main (os::nofile_line).
         match net::raise_nofile_limit() {
-            Ok(limit) => {
-                debug!("open files limit raised to {limit}");
-                if limit < wanted {
-                    warn!(
-                        "open files limit {limit} is below accept threads x capacity ({wanted}): \
-                         accept will pause when it runs out"
-                    );
-                }
-            }
+            Ok(limit) => debug!("open files limit raised to {limit}"),
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
         // After the limit is raised: libev's arrays are sized from it.

@@ -2,11 +2,13 @@
 //! (`signals`), waiting on fds (`poll`), starting and stopping a new binary with
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), address
-//! space reserved at start-up (`memory`), counting fds (`fds`).
+//! space reserved at start-up (`memory`), counting fds (`fds`), the open-files
+//! limit against the reservation (`limits`).
 #![allow(unsafe_code)]
 
 mod fds;
 mod inherit;
+mod limits;
 mod memory;
 mod notify;
 mod poll;
@@ -19,6 +21,7 @@ pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
     UPGRADES_VAR,
 };
+pub use limits::{nofile_line, own_fds};
 pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
