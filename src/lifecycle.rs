@@ -632,11 +632,37 @@ pub fn announce_ready(pid_file: Option<&Path>, ready: Option<OwnedFd>, addresses
 }
 
 /// Replaces the file at once (write, then rename), so a reader never sees it
-/// half written. The temporary file is always a new one (`O_EXCL`, and
-/// `O_NOFOLLOW` besides): a symlink planted under its name is never followed, so
-/// the pid cannot be written through it into another file; a name that exists
-/// is skipped for the next.
+/// half written (the temporary file: see [`new_temp_file`]).
 fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
+    let (tmp, mut file) = new_temp_file(path, pid)?;
+    let written = file.write_all(format!("{pid}\n").as_bytes());
+    drop(file);
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Checks at start-up that the pid file can be written where it is to be:
+/// a temporary file beside it is created and removed (the pid file itself is
+/// left alone: it may name a server still running). With `-d` nothing would
+/// say so later (stderr is gone), and a detached server that nothing names
+/// would run on.
+pub fn check_pid_file(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::other("it is a directory"));
+    }
+    let (tmp, file) = new_temp_file(path, std::process::id())?;
+    drop(file);
+    fs::remove_file(&tmp)
+}
+
+/// A new file beside `path`, for the pid file's write and rename. Always a new
+/// one (`O_EXCL`, and `O_NOFOLLOW` besides): a symlink planted under its name
+/// is never followed, so the pid cannot be written through it into another
+/// file; a name that exists is skipped for the next.
+fn new_temp_file(path: &Path, pid: u32) -> io::Result<(PathBuf, fs::File)> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut last = None;
     for attempt in 0..64u32 {
@@ -652,15 +678,7 @@ fn write_pid_file(path: &Path, pid: u32) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&tmp);
         match file {
-            Ok(mut file) => {
-                let written = file.write_all(format!("{pid}\n").as_bytes());
-                drop(file);
-                if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(e);
-                }
-                return Ok(());
-            }
+            Ok(file) => return Ok((PathBuf::from(tmp), file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
         }

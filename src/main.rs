@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
     };
+    // Before anything is bound or detached: a pid file that cannot be written
+    // would leave a server (with -d, a detached one) that nothing names.
+    if let Some(path) = &config.pid_file {
+        if let Err(e) = lifecycle::check_pid_file(path) {
+            let line = format_args!("cannot write the pid file {}: {e}", path.display());
+            return fail(EXIT_SYSTEM, &line);
+        }
+    }
     let upgrades = UpgradeCount::new(inherited.upgrades);
     let handed = Handed {
         listeners: inherited.listeners,

@@ -160,6 +160,54 @@ fn daemonize_detaches_into_var_tmp_and_serves() {
     drop(stop);
 }
 
+/// `-d` with a pid file that cannot be written (its directory missing, a file
+/// where a directory should be, a directory in its place) exits 100 with one
+/// line before detaching: no server runs on that nothing names (it exited 0
+/// silently, and the detached server served on).
+#[test]
+fn daemonize_with_a_pid_file_that_cannot_be_written_exits_100() {
+    let dir = std::env::temp_dir().join(format!("conn-daemon-pidfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+    std::fs::write(dir.join("a-file"), "").unwrap();
+    for (pid_file, why) in [
+        (dir.join("missing/cd.pid"), "No such file or directory"),
+        (dir.join("a-file/cd.pid"), "Not a directory"),
+        (dir.join("a-directory"), "it is a directory"),
+    ] {
+        let port = free_port().to_string();
+        let pid_arg = pid_file.to_str().unwrap().to_string();
+        let args = [
+            bin(),
+            "-d".into(),
+            "-p".into(),
+            port.clone(),
+            "-A".into(),
+            "1".into(),
+            "--pid-file".into(),
+            pid_arg.clone(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bounded(&args[1..], Duration::from_secs(10));
+        // Whatever the outcome, no daemon of this test's may outlive it.
+        std::thread::sleep(Duration::from_millis(200));
+        let daemon = find_process(&args).map(scopeguard);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(100), "{pid_arg}: {out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{pid_arg}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "conn-daemon: cannot write the pid file {pid_arg}: {why}"
+            )),
+            "{pid_arg}: {stderr}"
+        );
+        assert!(daemon.is_none(), "{pid_arg}: a detached server runs on");
+        let refused = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()));
+        assert!(refused.is_err(), "{pid_arg}: something listens on {port}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Kills the daemon when the test ends, however it ends.
 struct KillOnDrop(u32);
 
