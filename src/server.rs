@@ -564,6 +564,9 @@ fn bind_addresses(
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
+    if let Some((first, second)) = net::overlapping(addrs) {
+        return Err(overlap_error(first, second));
+    }
     let mut per_thread = Vec::with_capacity(threads);
     let first = addrs
         .iter()
@@ -592,6 +595,31 @@ fn bind_addresses(
     }
     let handover = per_thread.iter().flatten().map(|s| s.as_raw_fd()).collect();
     Ok((per_thread, handover))
+}
+
+/// Two of our own `--listen` addresses on one port, one covering the other: a
+/// command line that cannot be served, said as such (the bind would fail with
+/// "port P is already in use", as if another process held it).
+fn overlap_error(first: SocketAddr, second: SocketAddr) -> StartError {
+    let why = if first.ip() == second.ip() {
+        "the same address".to_string()
+    } else {
+        let wildcard = if first.ip().is_unspecified() {
+            first
+        } else {
+            second
+        };
+        let family = if wildcard.is_ipv4() { "IPv4" } else { "IPv6" };
+        format!(
+            "{} takes port {} on every {family} address",
+            wildcard.ip(),
+            wildcard.port()
+        )
+    };
+    StartError::new(
+        StartFailure::Usage,
+        format!("--listen {second} overlaps --listen {first} ({why}): give one of them"),
+    )
 }
 
 /// Inherited listeners, grouped by address, shared out over the accept

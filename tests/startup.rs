@@ -45,6 +45,38 @@ fn a_port_a_plain_listener_holds_is_refused() {
     assert_refused_busy_port(holder.local_addr().unwrap().port());
 }
 
+/// Two of our own `--listen` addresses on one port, one covering the other,
+/// are refused as such (exit 1, one line naming both), not as a port another
+/// process holds; the IPv4 and IPv6 wildcards do not overlap and both serve.
+#[test]
+fn listen_addresses_that_overlap_each_other_are_named() {
+    let port = free_port();
+    let (wild, local) = (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"));
+    for (first, second) in [(&wild, &local), (&local, &wild)] {
+        let out = run_bounded(
+            &["--listen", first, "--listen", second, "-A", "2"],
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{first} {second}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "conn-daemon: --listen {second} overlaps --listen {first} (0.0.0.0 takes \
+                 port {port} on every IPv4 address): give one of them\n"
+            )
+        );
+    }
+    // Without a port, --listen takes the test server's -p.
+    let both = Server::start(&["--listen", "0.0.0.0", "--listen", "[::]", "-A", "1"]);
+    for host in ["127.0.0.1", "[::1]"] {
+        let addr: std::net::SocketAddr = format!("{host}:{}", both.port()).parse().unwrap();
+        let s = util::connect(addr);
+        util::send(&s, b"GET /test/fast\r\n\r\n");
+        check_response(&s, IO_TIMEOUT).unwrap();
+    }
+}
+
 #[test]
 fn verbose_prints_debug_lines_to_stdout() {
     let port = free_port();
