@@ -261,6 +261,17 @@ fn spawn_with_address_limit(
     limit_kib: u64,
     env: &[(&str, &str)],
 ) -> std::process::Child {
+    spawn_limited(args, libc::RLIMIT_AS, limit_kib * 1024, env)
+}
+
+/// The binary with `resource` limited to `limit` (soft and hard), `env` added;
+/// stderr piped.
+fn spawn_limited(
+    args: &[&str],
+    resource: util::Resource,
+    limit: u64,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("NOTIFY_SOCKET")
@@ -268,7 +279,7 @@ fn spawn_with_address_limit(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    util::limit_before_exec(&mut cmd, libc::RLIMIT_AS, limit_kib * 1024);
+    util::limit_before_exec(&mut cmd, resource, limit);
     cmd.spawn().unwrap()
 }
 
@@ -427,6 +438,78 @@ fn under_any_address_space_limit_start_up_serves_or_exits_10() {
     }
     // The sweep reaches limits where the server does start.
     assert!(served > 0, "no limit was wide enough to serve");
+}
+
+/// Starts `args` under `ulimit -n limit`: whether it served (said READY=1),
+/// else its exit status and stderr.
+fn start_under_fd_limit(args: &[&str], limit: u64) -> Result<(), (Option<i32>, String)> {
+    let notify = util::Notify::bind();
+    let env = [("NOTIFY_SOCKET", notify.env())];
+    let mut child = spawn_limited(args, libc::RLIMIT_NOFILE, limit, &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if notify.ready_within(Duration::from_millis(5)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+            return Err(finish(child));
+        }
+    }
+}
+
+/// An open-files limit start-up would run out of is one line and exit 100,
+/// before anything is created: libev aborted (SIGABRT, a core dump) when an
+/// eventfd could not be made, at `ulimit -n 1024` with `-A 300 -C 10` and at
+/// 10 to 14 with `-A 2`. Swept from 8 up in three shapes (the worker loops of
+/// `--delegate loop`, `--metrics`): each limit serves or refuses, and the
+/// number of fds the line says start-up needs is the first limit that serves.
+#[test]
+fn an_open_files_limit_start_up_would_run_out_of_is_one_line_and_exit_100() {
+    let port = free_port().to_string();
+    let many = ["-p", &port, "-A", "300", "-C", "10", "-w", "1"];
+    let (code, stderr) = start_under_fd_limit(&many, 1024).unwrap_err();
+    assert_eq!(code, Some(100), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("conn-daemon: open files limit 1024 is below the "),
+        "{stderr}"
+    );
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let shapes: [&[&str]; 3] = [
+        &["-A", "2", "-C", "10", "-w", "2"],
+        &["-A", "2", "-C", "10", "-w", "3", "--delegate", "loop"],
+        &["-A", "3", "-C", "10", "-w", "1", "--metrics", &metrics],
+    ];
+    for shape in shapes {
+        let mut args = vec!["-p", &port];
+        args.extend_from_slice(shape);
+        let mut said_needed = None;
+        let mut first_served = None;
+        // Below about 5 the dynamic loader itself cannot open the libraries.
+        for limit in 8..80u64 {
+            match start_under_fd_limit(&args, limit) {
+                Ok(()) => {
+                    first_served = Some(limit);
+                    break;
+                }
+                Err((code, stderr)) => {
+                    let prefix = format!("conn-daemon: open files limit {limit} is below the ");
+                    assert!(
+                        code == Some(100) && stderr.lines().count() == 1,
+                        "{shape:?} under {limit}: {code:?}\n{stderr}"
+                    );
+                    let rest = stderr.strip_prefix(&prefix).unwrap_or_else(|| {
+                        panic!("{shape:?} under {limit}: {stderr}");
+                    });
+                    said_needed = rest.split(' ').next().and_then(|n| n.parse::<u64>().ok());
+                }
+            }
+        }
+        assert!(said_needed.is_some(), "{shape:?}: served even under 8 fds");
+        assert_eq!(first_served, said_needed, "{shape:?}");
+    }
 }
 
 /// The pid file's temporary name is never followed as a symlink: with links
