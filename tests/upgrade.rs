@@ -504,3 +504,186 @@ fn a_new_process_that_dies_while_the_old_one_drains_is_replaced() {
     util::check_response(&s, secs(5)).unwrap();
     lineage.stop(secs(10)).unwrap();
 }
+
+/// The first line of a request: accepted (there are bytes) but incomplete, it
+/// keeps the process that accepted it draining until the rest comes.
+const PARTIAL: &[u8] = b"GET /test/fast HTTP/1.1\r\n";
+
+/// A client whose incomplete request is accepted by the process serving now.
+fn idle_client(lineage: &Lineage) -> TcpStream {
+    let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+    util::send(&s, PARTIAL);
+    // Accepted once its bytes are there (TCP_DEFER_ACCEPT), at once.
+    std::thread::sleep(Duration::from_millis(200));
+    s
+}
+
+/// Sends SIGUSR2 to `from` and waits for the pid file to name a new process.
+fn upgrade_from(lineage: &mut Lineage, from: u32) -> u32 {
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(from as libc::pid_t, libc::SIGUSR2) };
+    let new = lineage
+        .wait_pid_file(|p| p != from && alive(p), secs(10))
+        .unwrap_or_else(|| panic!("no new process after {from}: {}", lineage.stderr()));
+    lineage.pids.push(new);
+    new
+}
+
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A stop is final: SIGTERM or SIGQUIT to the new process (the one the pid
+/// file names) while the old one still drains ends the lineage. The old one
+/// starts nothing (it did: `new process N ended while we drain (exited with
+/// status 0)`, then its own binary, which served on), drops its copies of the
+/// listeners at once so that new connections are refused while it finishes,
+/// and exits after its drain.
+#[test]
+fn a_stop_of_the_new_process_while_the_old_one_drains_is_final() {
+    for sig in [libc::SIGTERM, libc::SIGQUIT] {
+        let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--shutdown-timeout", "8000"]);
+        let old = lineage.pid();
+        let idle = idle_client(&lineage);
+        let new = upgrade_from(&mut lineage, old);
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(new as libc::pid_t, sig) };
+        wait_gone(new, secs(10));
+        // The old process drains on (the idle client), yet nothing listens.
+        refused_within(lineage.addr(), secs(2))
+            .unwrap_or_else(|e| panic!("signal {sig}: {e}\n{}", lineage.stderr()));
+        assert!(alive(old), "signal {sig}: the old process ended early");
+        let status = if sig == libc::SIGTERM { 0 } else { 1 };
+        assert!(
+            lineage.wait_stderr(
+                &format!(
+                    "upgrade: new process {new} ended while we drain (exited with status {status})"
+                ),
+                1,
+                secs(5)
+            ),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        assert!(
+            lineage.stderr().contains("nothing is started again"),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        // The old process answers what it had, then exits; nothing came back.
+        util::send(&idle, b"\r\n");
+        util::check_response(&idle, secs(5)).unwrap();
+        wait_gone(old, secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+        refused_within(lineage.addr(), Duration::ZERO).unwrap();
+        assert!(
+            lineage.running().is_empty(),
+            "signal {sig}: {:?}",
+            lineage.running()
+        );
+        assert!(
+            !lineage.stderr().contains("our own binary"),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        if sig == libc::SIGTERM {
+            assert!(!lineage.pid_file.exists(), "the pid file is left behind");
+        }
+    }
+}
+
+/// Two upgrades within the first process's drain leave one lineage: the
+/// second process hands over to the third and exits 0 (or is killed while it
+/// drains in turn), and the first, which had said the second crashed and
+/// started a replacement that took the pid file while the third served on
+/// unnamed, now starts nothing. The pid file names the third throughout, and
+/// a stop through it stops every generation.
+#[test]
+fn two_upgrades_within_a_drain_leave_one_lineage() {
+    for kill_second in [false, true] {
+        let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--shutdown-timeout", "8000"]);
+        let first = lineage.pid();
+        let idle_first = idle_client(&lineage);
+        let second = upgrade_from(&mut lineage, first);
+        let idle_second = kill_second.then(|| idle_client(&lineage));
+        let third = upgrade_from(&mut lineage, second);
+        if kill_second {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(second as libc::pid_t, libc::SIGKILL) };
+        }
+        wait_gone(second, secs(10));
+        drop(idle_second);
+        std::thread::sleep(Duration::from_millis(500));
+        let what = if kill_second { "killed" } else { "exited" };
+        assert!(
+            !lineage.stderr().contains("our own binary"),
+            "second {what}: {}",
+            lineage.stderr()
+        );
+        assert_eq!(lineage.pid_in_file(), Some(third), "second {what}");
+        let mut running = lineage.running();
+        running.sort();
+        let mut expected = vec![first, third];
+        expected.sort();
+        assert_eq!(running, expected, "second {what}: {}", lineage.stderr());
+        for _ in 0..5 {
+            let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+            util::send(&s, b"GET /test/fast\r\n\r\n");
+            util::check_response(&s, secs(5)).unwrap();
+        }
+        util::send(&idle_first, b"\r\n");
+        util::check_response(&idle_first, secs(5)).unwrap();
+        wait_gone(first, secs(10));
+        lineage
+            .stop_through_pid_file(secs(10))
+            .unwrap_or_else(|e| panic!("second {what}: {e}\n{}", lineage.stderr()));
+        refused_within(lineage.addr(), secs(2)).unwrap();
+    }
+}
+
+/// A failed upgrade whose new executable daemonizes (an older conn-daemon
+/// with `-d`, simulated by a wrapper that hides the readiness pipe and the
+/// upgrade count) cannot escape: it leaves its process group, but as we are
+/// its subreaper it becomes our child, gets SIGTERM with the group, and the
+/// line says how it ended (it said `stopped with SIGTERM (exited with status
+/// 0)` of the parent that had exited at once, while the escaped server served
+/// on, even after the old process was stopped).
+#[test]
+fn a_failed_new_executable_that_daemonizes_is_stopped_too() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "800"]);
+    let old = lineage.pid();
+    let wrapper = format!(
+        "#!/bin/sh\nunset CONN_DAEMON_READY_FD CONN_DAEMON_UPGRADES\nexec '{}' \"$@\" -d -v\n",
+        util::bin()
+    );
+    lineage.install(wrapper.as_bytes(), 0o755);
+    lineage.signal(libc::SIGUSR2);
+    assert!(
+        lineage.wait_stderr("still serving\n", 1, secs(20)),
+        "{}",
+        lineage.stderr()
+    );
+    let line = lineage
+        .stderr()
+        .lines()
+        .find(|l| l.contains("upgrade failed"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("stopped with SIGTERM (exited with status 0; pid ")
+            && line
+                .contains(", which left its process group: exited with status 0); still serving"),
+        "{line}"
+    );
+    assert!(alive(old));
+    // Only the old process serves, and its stop is the end of it.
+    lineage.install_real();
+    lineage.stop(secs(10)).unwrap();
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}

@@ -279,6 +279,53 @@ impl Lineage {
         }
     }
 
+    /// Every live process that runs an executable from the lineage's directory
+    /// (every generation and replacement, whatever the pid file says).
+    pub fn running(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.starts_with(&self.dir))
+                    && alive(pid)
+            })
+            .collect()
+    }
+
+    /// The pid the pid file names, if it names one.
+    pub fn pid_in_file(&self) -> Option<u32> {
+        fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// A stop as an operator or systemd does it: SIGTERM to the pid in the pid
+    /// file. Waits (bounded) until no process of the lineage runs and the pid
+    /// file is gone; Err says what is left.
+    pub fn stop_through_pid_file(&mut self, timeout: Duration) -> Result<(), String> {
+        let pid = self.pid_in_file().ok_or("no pid file")?;
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.first.try_wait();
+            let left = self.running();
+            let file = self.pid_file.exists();
+            if left.is_empty() && !file {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "after SIGTERM to {pid}: still running {left:?}; pid file left: {file}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The directory the test may put files in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -287,6 +334,10 @@ impl Lineage {
 
 impl Drop for Lineage {
     fn drop(&mut self) {
+        for pid in self.running() {
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         for &pid in &self.pids {
             if alive(pid) {
                 // SAFETY: kill(2) has no memory preconditions.
