@@ -59,6 +59,9 @@ pub struct Lineage {
     stderr_path: PathBuf,
     pub port: u16,
     first: Child,
+    /// How `first` was started, for [`Lineage::restart`].
+    command: Vec<String>,
+    env: Vec<(String, String)>,
     /// Every pid seen, oldest first.
     pub pids: Vec<u32>,
 }
@@ -113,24 +116,25 @@ impl Lineage {
         let pid_file = dir.join("pid");
         let stderr_path = dir.join("stderr");
         let port = free_port();
-        let mut cmd = match how {
-            Launch::Relative => Command::new("./conn-daemon"),
-            _ => Command::new(&exe),
+        let program = match how {
+            Launch::Relative => "./conn-daemon".to_string(),
+            _ => exe.to_string_lossy().into_owned(),
         };
-        let first = cmd
-            .current_dir(&dir)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .args(super::delegate_args(args))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .expect("spawn the copied binary");
+        let mut command = vec![
+            program,
+            "-p".to_string(),
+            port.to_string(),
+            "--pid-file".to_string(),
+            pid_file.to_string_lossy().into_owned(),
+        ];
+        command.extend(super::delegate_args(args));
+        command.extend(args.iter().map(|a| a.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        fs::File::create(&stderr_path).expect("stderr file");
+        let first = spawn_command(&dir, &command, &env, &stderr_path);
         drop(guard);
         let mut lineage = Lineage {
             dir,
@@ -139,6 +143,8 @@ impl Lineage {
             stderr_path,
             port,
             first,
+            command,
+            env,
             pids: Vec::new(),
         };
         let pid = lineage
@@ -155,6 +161,23 @@ impl Lineage {
             thread::sleep(Duration::from_millis(10));
         }
         lineage
+    }
+
+    /// Starts the first process's command line again (same port, pid file and
+    /// stderr), as an operator would after the lineage ended; waits (bounded)
+    /// until the pid file names the new process.
+    pub fn restart(&mut self) -> u32 {
+        let _ = self.first.kill();
+        let _ = self.first.wait();
+        let guard = spawn_guard();
+        self.first = spawn_command(&self.dir, &self.command, &self.env, &self.stderr_path);
+        drop(guard);
+        let started = self.first.id();
+        let pid = self
+            .wait_pid_file(|p| p == started, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no pid file after a restart; stderr:\n{}", self.stderr()));
+        self.pids.push(pid);
+        pid
     }
 
     /// 127.0.0.1:PORT.
@@ -330,6 +353,23 @@ impl Lineage {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Starts `command` from `dir`, its stderr appended to `stderr`.
+fn spawn_command(dir: &Path, command: &[String], env: &[(String, String)], stderr: &Path) -> Child {
+    let stderr = fs::OpenOptions::new()
+        .append(true)
+        .open(stderr)
+        .expect("stderr file");
+    Command::new(&command[0])
+        .current_dir(dir)
+        .args(&command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the copied binary")
 }
 
 impl Drop for Lineage {
