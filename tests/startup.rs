@@ -160,17 +160,25 @@ fn find_process(args: &[&str]) -> Option<u32> {
         })
 }
 
-#[test]
-fn daemonize_detaches_into_var_tmp_and_serves() {
-    let port = free_port().to_string();
-    let args = [
+/// The command line of a daemon on `port` with one accept thread, `extra`
+/// after it: the binary first, as `/proc/PID/cmdline` shows it.
+fn daemon_command(port: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
         bin(),
         "-d".into(),
         "-p".into(),
-        port.clone(),
+        port.into(),
         "-A".into(),
         "1".into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+#[test]
+fn daemonize_detaches_into_var_tmp_and_serves() {
+    let port = free_port().to_string();
+    let args = daemon_command(&port, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The foreground process returns at once, successfully; the daemon serves on.
     let out = run_bounded(&args[1..], Duration::from_secs(10));
@@ -209,16 +217,7 @@ fn daemonize_with_a_pid_file_that_cannot_be_written_exits_100() {
     ] {
         let port = free_port().to_string();
         let pid_arg = pid_file.to_str().unwrap().to_string();
-        let args = [
-            bin(),
-            "-d".into(),
-            "-p".into(),
-            port.clone(),
-            "-A".into(),
-            "1".into(),
-            "--pid-file".into(),
-            pid_arg.clone(),
-        ];
+        let args = daemon_command(&port, &["--pid-file", &pid_arg]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = run_bounded(&args[1..], Duration::from_secs(10));
         // Whatever the outcome, no daemon of this test's may outlive it.

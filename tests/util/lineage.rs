@@ -284,6 +284,23 @@ impl Lineage {
         }
     }
 
+    /// The first whole line of stderr that contains `needle`, once it has
+    /// been written to its end (bounded wait).
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            let whole = stderr.rfind('\n').map_or("", |end| &stderr[..end]);
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGTERM to the newest process; waits (bounded) until no process of the
     /// lineage is left. Err names the survivors.
     pub fn stop(&mut self, timeout: Duration) -> Result<(), String> {
