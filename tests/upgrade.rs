@@ -848,7 +848,9 @@ fn random_signal_storms_end_with_nothing_serving() {
         unsafe { libc::kill(target as libc::pid_t, sig) };
     }
     // The end: a lineage that runs (started again if the storm ended it), then
-    // a stop through its pid file.
+    // a stop through its pid file. The last signals take effect first: a
+    // SIGQUIT just sent leaves the pid file naming a process about to end.
+    std::thread::sleep(Duration::from_millis(500));
     let deadline = Instant::now() + secs(10);
     while lineage.pid_in_file().is_none_or(|p| !alive(p)) {
         if lineage.running().is_empty() {
