@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use conn_daemon::config::Config;
-use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
+use conn_daemon::lifecycle::{self, Predecessor, Supervisor, UpgradeCount, UpgradePlan};
 use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
@@ -23,6 +23,14 @@ fn main() -> ExitCode {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
     };
+    // Before anything is bound or detached: a pid file that cannot be written
+    // would leave a server (with -d, a detached one) that nothing names.
+    if let Some(path) = &config.pid_file {
+        if let Err(e) = lifecycle::check_pid_file(path) {
+            let line = format_args!("cannot write the pid file {}: {e}", path.display());
+            return fail(EXIT_SYSTEM, &line);
+        }
+    }
     let upgrades = UpgradeCount::new(inherited.upgrades);
     let handed = Handed {
         listeners: inherited.listeners,
@@ -65,15 +73,16 @@ fn main() -> ExitCode {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }
     }
-    let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
+    let predecessor = Predecessor::new(inherited.ready);
+    let supervisor = Supervisor::new(server.shutdown_handle(), plan, predecessor.clone())
+        .and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
         return fail(e.exit_status(), &e);
     }
     let addresses = server.addresses().len();
-    let ready = inherited.ready;
     let pid_file = config.pid_file.as_deref();
-    let result = server.run_with(|| lifecycle::announce_ready(pid_file, ready, addresses));
+    let result = server.run_with(|| lifecycle::announce_ready(pid_file, &predecessor, addresses));
     if let Some(path) = pid_file {
         lifecycle::remove_pid_file(path);
     }

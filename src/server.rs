@@ -98,6 +98,12 @@ impl Server {
             upgrades,
         } = handed;
         check_reservation(config, &Host::read())?;
+        // Raised before anything is created, so that the budget is checked
+        // against the limit the server will run with.
+        let nofile = net::raise_nofile_limit();
+        if let Ok(limit) = nofile {
+            check_fd_budget(config, &inherited, inherited_metrics.is_some(), limit)?;
+        }
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
@@ -118,7 +124,7 @@ impl Server {
         };
         // After the checks that can refuse to start, so a refusal is one line.
         // Whether the limit holds -A x -C is said by main (os::nofile_line).
-        match net::raise_nofile_limit() {
+        match nofile {
             Ok(limit) => debug!("open files limit raised to {limit}"),
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
@@ -504,6 +510,86 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     }
 }
 
+/// Fds the server keeps beyond those it creates at start-up: an upgrade's
+/// readiness pipe (2), a scrape's `/proc` read (1), an `sd_notify` datagram (1).
+const SPARE_FDS: u64 = 4;
+
+/// Refuses, before any fd is created, an open-files limit that start-up would
+/// run out of: libev cannot report a failed eventfd (it aborted, with a core
+/// dump), and a loop that cannot be made is not worth a half-started server.
+/// Counts what is open already (stdio, inherited sockets, a readiness pipe),
+/// then per accept thread one listener per address (an inherited address:
+/// those the handed sockets do not cover), a copy of each kept for upgrades,
+/// an epoll fd and an eventfd per event loop (the worker loops of `--delegate
+/// loop` too), the signalfd, the `--metrics` listener and its copy, one
+/// connection per accept thread and [`SPARE_FDS`].
+fn check_fd_budget(
+    config: &Config,
+    inherited: &[OwnedFd],
+    metrics_inherited: bool,
+    limit: u64,
+) -> Result<(), StartError> {
+    let threads = config.accept_threads as u64;
+    let (listeners, copies) = if inherited.is_empty() {
+        let n = threads.saturating_mul(config.listen.len() as u64);
+        (n, n)
+    } else {
+        let mut groups: Vec<(Option<SocketAddr>, u64)> = Vec::new();
+        for fd in inherited {
+            let addr = socket2::SockRef::from(fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            match groups.iter_mut().find(|(a, _)| a.is_some() && *a == addr) {
+                Some((_, k)) => *k += 1,
+                None => groups.push((addr, 1)),
+            }
+        }
+        let extra: u64 = groups.iter().map(|&(_, k)| threads.saturating_sub(k)).sum();
+        (extra, inherited.len() as u64 + extra)
+    };
+    let worker_loops = match config.effective_delegate() {
+        Delegate::Loop => config.worker_threads as u64,
+        _ => 0,
+    };
+    let loops = threads.saturating_add(worker_loops);
+    let metrics = match (config.metrics.is_some(), metrics_inherited) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => 2,
+    };
+    let open = crate::os::open_fds().unwrap_or(3 + inherited.len() as u64);
+    let needed = [
+        open,
+        listeners,
+        copies,
+        loops.saturating_mul(2),
+        1,
+        metrics,
+        threads,
+        SPARE_FDS,
+    ]
+    .iter()
+    .fold(0u64, |sum, &n| sum.saturating_add(n));
+    if needed <= limit {
+        return Ok(());
+    }
+    let metrics = match metrics {
+        0 => String::new(),
+        n => format!(", {n} for --metrics"),
+    };
+    Err(StartError::new(
+        StartFailure::System,
+        format!(
+            "open files limit {limit} is below the {needed} fds start-up needs ({open} open, \
+             {listeners} listeners and {copies} copies kept for upgrades, {} for {loops} event \
+             loops, 1 signalfd{metrics}, {threads} connections (one per accept thread), \
+             {SPARE_FDS} spare): raise it (ulimit -n, LimitNOFILE=) or lower -A",
+            loops.saturating_mul(2)
+        ),
+    ))
+}
+
 /// The `--metrics` listener on `addr`: the one handed over by the process we
 /// take over from, else bound here, refused if anyone holds the address (another
 /// instance's metrics, say) or if it is the port of a service socket (which
@@ -556,6 +642,9 @@ fn bind_addresses(
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
+    if let Some((first, second)) = net::overlapping(addrs) {
+        return Err(overlap_error(first, second));
+    }
     let mut per_thread = Vec::with_capacity(threads);
     let first = addrs
         .iter()
@@ -584,6 +673,31 @@ fn bind_addresses(
     }
     let handover = per_thread.iter().flatten().map(|s| s.as_raw_fd()).collect();
     Ok((per_thread, handover))
+}
+
+/// Two of our own `--listen` addresses on one port, one covering the other: a
+/// command line that cannot be served, said as such (the bind would fail with
+/// "port P is already in use", as if another process held it).
+fn overlap_error(first: SocketAddr, second: SocketAddr) -> StartError {
+    let why = if first.ip() == second.ip() {
+        "the same address".to_string()
+    } else {
+        let wildcard = if first.ip().is_unspecified() {
+            first
+        } else {
+            second
+        };
+        let family = if wildcard.is_ipv4() { "IPv4" } else { "IPv6" };
+        format!(
+            "{} takes port {} on every {family} address",
+            wildcard.ip(),
+            wildcard.port()
+        )
+    };
+    StartError::new(
+        StartFailure::Usage,
+        format!("--listen {second} overlaps --listen {first} ({why}): give one of them"),
+    )
 }
 
 /// Inherited listeners, grouped by address, shared out over the accept

@@ -1,7 +1,12 @@
 /* Functions for what libev only offers as macros, and the layout table that
  * tests/layout.rs compares with the #[repr(C)] mirrors in src/sys.rs.
- * Compiled with exactly the defines ev.c gets (see build.rs). */
+ * Also the handler of libev's fatal system errors (below). Compiled with
+ * exactly the defines ev.c gets (see build.rs). */
+#include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 #include "ev.h"
 
 typedef void (*conn_timer_cb)(struct ev_loop *, ev_timer *, int);
@@ -12,6 +17,33 @@ void conn_ev_timer_init(ev_timer *w, conn_timer_cb cb, ev_tstamp after, ev_tstam
   ev_timer_init(w, cb, after, repeat);
 }
 void conn_ev_async_init(ev_async *w, conn_async_cb cb) { ev_async_init(w, cb); }
+
+/* libev's fatal system errors (ev_syserr: an eventfd that cannot be created
+ * when an ev_async starts, epoll_wait failing with anything but EINTR) end the
+ * process as every start-up error does: one line on stderr, then the exit
+ * status src/start_error.rs decides for a failed system call (10 for ENOMEM or
+ * EAGAIN, else 100), instead of libev's perror and abort (a core dump). The
+ * callback must not return: libev would carry on with the failed fd, or spin.
+ * _exit, not exit: other threads still run, and no destructor may run under
+ * them. Start-up checks the fd budget before any loop exists
+ * (src/server.rs), so this is the last resort, not the usual path. */
+static void conn_ev_syserr(const char *msg) {
+  int err = errno;
+  char line[256];
+  int n = snprintf(line, sizeof line, "conn-daemon: %s: %s\n", msg, strerror(err));
+  if (n > 0) {
+    size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    ssize_t ignored = write(2, line, len);
+    (void)ignored;
+  }
+  _exit(err == ENOMEM || err == EAGAIN ? 10 : 100);
+}
+
+/* Installed before main, so before any loop exists (libev reads the callback
+ * without synchronisation) and in every program linking the crate. */
+__attribute__((constructor)) static void conn_ev_install_syserr(void) {
+  ev_set_syserr_cb(conn_ev_syserr);
+}
 
 struct conn_ev_layout_entry {
   const char *name;

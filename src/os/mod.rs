@@ -25,6 +25,6 @@ pub use limits::{nofile_line, own_fds};
 pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
-pub use process::{daemonize, exit_now};
+pub use process::{daemonize, descendants, exit_now, set_child_subreaper, Proc};
 pub use signals::{block_signals, signal_name, SignalFd, IGNORED_SIGNALS};
-pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Wait};
+pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Status, Wait};
