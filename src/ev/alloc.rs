@@ -116,23 +116,40 @@ const FD_CEILING: RawFd = 1 << 24;
 /// The largest fd bound of any reservation; 0 before the first.
 static RESERVED_FDS: AtomicI32 = AtomicI32::new(0);
 
+/// Without a reservation: the fd hard limit when first asked, capped; 0
+/// before. Read once, so that the check costs no system call and the limit
+/// never shrinks under a watcher that passed it.
+static UNRESERVED_FDS: AtomicI32 = AtomicI32::new(0);
+
 /// Fds below this may be watched (see the module documentation).
+#[inline]
 pub(super) fn fd_limit() -> RawFd {
     match RESERVED_FDS.load(Ordering::Relaxed) {
-        0 => {
-            let mut lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: valid out-pointer.
-            let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-                RawFd::try_from(lim.rlim_max).unwrap_or(RawFd::MAX)
-            } else {
-                FD_CEILING
-            };
-            hard.min(FD_CEILING)
-        }
+        0 => match UNRESERVED_FDS.load(Ordering::Relaxed) {
+            0 => unreserved_fd_limit(),
+            fds => fds,
+        },
         fds => fds,
+    }
+}
+
+#[cold]
+fn unreserved_fd_limit() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        RawFd::try_from(lim.rlim_max).unwrap_or(RawFd::MAX)
+    } else {
+        FD_CEILING
+    };
+    let fds = hard.clamp(1, FD_CEILING);
+    // The first value stored wins (racing threads read the same limit anyway).
+    match UNRESERVED_FDS.compare_exchange(0, fds, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fds,
+        Err(first) => first,
     }
 }
 
