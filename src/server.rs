@@ -138,6 +138,14 @@ impl Server {
                 threads + config.worker_threads,
                 config.accept_capacity.max(capacity.seats),
             )
+        } else if mode.hands_off() {
+            // `socket`: the blocking workers hold up to `seats` connections
+            // besides the pools' (libev refuses an fd beyond the reservation).
+            let workers_share = capacity.seats.div_ceil(threads.max(1));
+            (
+                threads,
+                config.accept_capacity.saturating_add(workers_share),
+            )
         } else {
             (threads, config.accept_capacity)
         };
