@@ -168,6 +168,29 @@ fn counters_equal_what_the_clients_did() {
 }
 
 /// `-w 0` answers slow requests inline: still `kind="slow"`, and no task.
+/// `process_cpu_seconds_total` is the server's CPU time as /proc counts it:
+/// read from outside just before and just after a scrape, it lies between the
+/// two, once the server has used some (so that a constant 0 fails).
+#[test]
+fn cpu_seconds_are_the_processs_cpu_time() {
+    let (server, addr) = start(&[]);
+    let ticks = || util::cpu_ticks(server.pid()) as f64 / util::clk_tck() as f64;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while ticks() < 0.05 {
+        assert!(Instant::now() < deadline, "50 ms of CPU not used");
+        for _ in 0..50 {
+            assert_eq!(server.request(b"GET /test/fast\r\n\r\n"), util::RESPONSE);
+        }
+    }
+    let before = ticks();
+    let cpu = Scrape::get(addr).one("process_cpu_seconds_total");
+    let after = ticks();
+    assert!(
+        before <= cpu && cpu <= after,
+        "process_cpu_seconds_total {cpu}, /proc: {before} before the scrape, {after} after"
+    );
+}
+
 #[test]
 fn slow_requests_answered_inline_count_as_slow() {
     let (server, addr) = start(&["-A", "1", "-w", "0"]);

@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    check_closed_silently, check_nothing_for, check_response, connect, count_lines, ms,
-    read_to_end, reset, serial, show, End, Server, RESPONSE,
+    check_closed_silently, check_nothing_for, check_response, clk_tck, connect, count_lines,
+    cpu_ticks, ms, read_to_end, reset, serial, show, End, Server, RESPONSE,
 };
 
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
@@ -29,30 +29,9 @@ const PARTIAL: &[u8] = b"GET /te";
 /// whole core: 100 % of the window).
 const CPU_BUDGET: Duration = Duration::from_millis(200);
 
-/// Clock ticks per second of /proc/PID/stat.
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    assert!(n > 0, "sysconf(_SC_CLK_TCK) = {n}");
-    n as u64
-}
-
 /// `CPU_BUDGET` in clock ticks.
 fn cpu_budget_ticks() -> u64 {
     (CPU_BUDGET.as_millis() as u64 * clk_tck()).div_ceil(1000)
-}
-
-/// utime + stime of process `pid` (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
-    // The comm field (2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields[11].parse().expect("utime");
-    let stime: u64 = fields[12].parse().expect("stime");
-    utime + stime
 }
 
 /// Number of open fds of `pid` whose number is below `limit`.

@@ -587,6 +587,27 @@ pub fn raise_own_nofile(needed: u64) {
     );
 }
 
+/// Clock ticks per second of /proc/PID/stat.
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(n > 0, "sysconf(_SC_CLK_TCK) = {n}");
+    n as u64
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The comm field (2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
 /// Number of open file descriptors of process `pid` (entries of
 /// /proc/PID/fd); 0 once it is gone.
 pub fn fd_count_of(pid: u32) -> usize {
