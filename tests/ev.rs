@@ -257,8 +257,8 @@ fn read_deadline_survives_a_backward_step_of_the_wall_clock() {
     let client = server.connect();
     util::send(&client, b"GET /test/fast HTTP/1.1\r\n");
     let sent = Instant::now();
-    // Let the server accept the connection and set its deadline, then step.
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the server has read the partial request, its deadline is set: step.
+    util::wait_read([&client], Duration::from_secs(5));
     std::fs::write(&trigger, b"").unwrap();
 
     let got = util::read_to_end(&client, Duration::from_secs(6));

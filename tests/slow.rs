@@ -7,7 +7,10 @@ mod util;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{ms, read_to_end, send, show, End, Server, RESPONSE};
+use util::{
+    check_response, ms, read_to_end, send, show, wait_closed, wait_read, End, Server, ServerEnd,
+    RESPONSE,
+};
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
@@ -125,9 +128,10 @@ fn a_client_leaving_during_its_slow_task_does_not_disturb_the_next() {
     for round in 0..3 {
         let a = server.connect();
         send(&a, SLOW);
+        let a_end = ServerEnd::of(&a);
         drop(a);
-        // Let the server read A's request and EOF, and release A's connection.
-        thread::sleep(ms(50));
+        // The server has read A's request and EOF and released A's connection.
+        wait_closed(&[a_end], ms(5000));
         let b = server.connect();
         send(&b, SLOW);
         let t = Instant::now();
@@ -176,10 +180,16 @@ fn abandoned_slow_tasks_are_harmless() {
     for _ in 0..10 {
         let s = server.connect();
         send(&s, SLOW);
+        // Its task is queued before its client goes.
+        wait_read([&s], ms(5000));
         drop(s);
     }
-    // 10 tasks x 100 ms on one worker.
-    thread::sleep(ms(1200));
+    // 10 tasks x 100 ms on one worker, in order: once a slow request sent now
+    // is answered, every abandoned task is done.
+    let behind = server.connect();
+    send(&behind, SLOW);
+    check_response(&behind, ms(1100) + SLACK + ms(2000)).unwrap();
+    drop(behind);
     server.assert_running();
     let fds = server.wait_fd_count_at_most(baseline, Duration::from_secs(3));
     assert!(
