@@ -6,6 +6,8 @@
 //! killed when its test ends. Every wait is bounded.
 #![allow(unsafe_code)]
 
+mod util;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -143,9 +145,9 @@ fn echo_idle_echoes_lines_and_closes_an_idle_connection() {
     let mut b = ex.connect();
     a.write_all(b"hello\n").unwrap();
     assert_eq!(read_exactly(&mut a, 6), b"hello\n");
-    // A line split across writes comes back whole, once.
+    // A line split across reads comes back whole, once.
     b.write_all(b"wor").unwrap();
-    thread::sleep(Duration::from_millis(50));
+    util::wait_read([&b], IO_TIMEOUT);
     b.write_all(b"ld\ntwo\n").unwrap();
     assert_eq!(read_exactly(&mut b, 10), b"world\ntwo\n");
     // Silence: the repeating idle timer, restarted by each line, ends it.
@@ -235,7 +237,7 @@ fn blocking_worker_answers_fast_inline_and_slow_from_a_worker() {
     // Rule 7: bytes while a slow request is being worked on: no response.
     let mut s = ex.connect();
     s.write_all(SLOW).unwrap();
-    thread::sleep(Duration::from_millis(50));
+    util::wait_read([&s], IO_TIMEOUT);
     s.write_all(b"x").unwrap();
     assert_eq!(read_to_end(&mut s), b"");
 }
@@ -262,10 +264,10 @@ fn dispatcher_serves_through_its_worker_loops() {
         "{:?}",
         t0.elapsed()
     );
-    // A request split across writes, and an invalid one.
+    // A request split across reads, and an invalid one.
     let mut s = ex.connect();
     s.write_all(&FAST[..10]).unwrap();
-    thread::sleep(Duration::from_millis(50));
+    util::wait_read([&s], IO_TIMEOUT);
     s.write_all(&FAST[10..]).unwrap();
     assert_eq!(read_to_end(&mut s), RESPONSE);
     assert_eq!(ex.exchange(b"GET /other HTTP/1.1\r\n\r\n"), b"");

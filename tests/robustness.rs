@@ -169,12 +169,18 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
             s
         })
         .collect();
-    // Let the server take what it can and run into EMFILE.
-    thread::sleep(ms(300));
+    // The server takes what it can and runs into EMFILE: every fd number
+    // below the limit is taken (fds inherited above it, such as a jobserver
+    // pipe, do not count).
+    let deadline = Instant::now() + ms(5000);
+    let below = loop {
+        let below = fds_below(server.pid(), NOFILE);
+        if below + 2 >= NOFILE || Instant::now() >= deadline {
+            break below;
+        }
+        thread::sleep(ms(5));
+    };
     server.assert_running();
-    // Every fd number below the limit is taken (fds inherited above it, such as
-    // a jobserver pipe, do not count).
-    let below = fds_below(server.pid(), NOFILE);
     assert!(
         below + 2 >= NOFILE,
         "the server holds only {below} fds below RLIMIT_NOFILE {NOFILE} with {CLIENTS} clients waiting"
@@ -448,10 +454,10 @@ fn resets_mid_request_leave_the_server_healthy() {
                 s
             })
             .collect();
-        // Every other batch gives the server time to accept before the resets;
-        // the others reset connections that may still be in the backlog.
+        // Every other batch is read by the server before the resets; the
+        // others reset connections that may still be in the backlog.
         if batch % 2 == 1 {
-            thread::sleep(ms(20));
+            util::wait_read(&streams, ms(5000));
         }
         for s in streams {
             reset(s);
@@ -501,8 +507,8 @@ fn resets_while_slow_requests_are_in_flight_leave_the_server_healthy() {
                 s
             })
             .collect();
-        // Let the requests reach the workers, then leave.
-        thread::sleep(ms(30));
+        // The requests are with the server (their tasks queued), then leave.
+        util::wait_read(&streams, ms(5000));
         for s in streams {
             reset(s);
         }
