@@ -48,14 +48,12 @@ fn fds_below(pid: u32, limit: u64) -> u64 {
 
 /// Waits (bounded) until `fd_count() >= min`; returns the last count seen.
 fn wait_fd_count_at_least(server: &Server, min: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = server.fd_count();
-        if n >= min || Instant::now() >= deadline {
-            return n;
-        }
-        thread::sleep(ms(5));
-    }
+    let mut n = server.fd_count();
+    util::poll_until(timeout, || {
+        n = server.fd_count();
+        n >= min
+    });
+    n
 }
 
 /// The server's fd count at rest: once the socket it sent `READY=1` on is closed
@@ -172,14 +170,11 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
     // The server takes what it can and runs into EMFILE: every fd number
     // below the limit is taken (fds inherited above it, such as a jobserver
     // pipe, do not count).
-    let deadline = Instant::now() + ms(5000);
-    let below = loop {
-        let below = fds_below(server.pid(), NOFILE);
-        if below + 2 >= NOFILE || Instant::now() >= deadline {
-            break below;
-        }
-        thread::sleep(ms(5));
-    };
+    let mut below = 0;
+    util::poll_until(ms(5000), || {
+        below = fds_below(server.pid(), NOFILE);
+        below + 2 >= NOFILE
+    });
     server.assert_running();
     assert!(
         below + 2 >= NOFILE,

@@ -415,14 +415,12 @@ impl Server {
 
     /// Waits (bounded) until `fd_count() <= max`; returns the last count seen.
     pub fn wait_fd_count_at_most(&self, max: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.fd_count();
-            if n <= max || Instant::now() >= deadline {
-                return n;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let mut n = self.fd_count();
+        poll_until(timeout, || {
+            n = self.fd_count();
+            n <= max
+        });
+        n
     }
 
     /// The server's threads as (tid, comm), sorted by tid. The main thread's tid is
@@ -813,16 +811,7 @@ pub fn wait_closed(ends: &[ServerEnd], within: Duration) {
 
 /// Polls until `ok` holds of every one of `ends` (true) or `within` has passed.
 fn wait_for_ends(ends: &[ServerEnd], within: Duration, ok: impl Fn(&ServerEnd) -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if ends.iter().all(&ok) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
+    poll_until(within, || ends.iter().all(&ok))
 }
 
 /// What the kernel has for `ends` now, for a failure message.
@@ -837,13 +826,24 @@ fn show_ends(ends: &[ServerEnd]) -> String {
 /// Waits (bounded) until `cond` holds; panics naming `what` once `within`
 /// has passed.
 #[track_caller]
-pub fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(within, cond),
+        "waited {within:?} for {what} in vain"
+    );
+}
+
+/// Polls `cond` every 2 ms until it holds (true) or `within` has passed
+/// (false): the one bounded polling loop of the tests' waits.
+pub fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {what} in vain"
-        );
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         thread::sleep(Duration::from_millis(2));
     }
 }
