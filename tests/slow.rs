@@ -22,8 +22,10 @@ fn slow_is_answered_no_sooner_than_the_duration() {
     let server = Server::start(&["-w", "1", "-D", "200"]);
     for req in [SLOW, b"GET /test/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"] {
         let s = server.connect();
+        // Before the write: a lower bound must not lose the time this thread
+        // may wait between the write and reading the clock.
+        let t = Instant::now();
         send(&s, req);
-        let t = Instant::now(); // the end of the write
         let r = read_to_end(&s, ms(200) + SLACK + ms(1000));
         let elapsed = t.elapsed();
         assert_eq!(
@@ -133,8 +135,8 @@ fn a_client_leaving_during_its_slow_task_does_not_disturb_the_next() {
         // The server has read A's request and EOF and released A's connection.
         wait_closed(&[a_end], ms(5000));
         let b = server.connect();
+        let t = Instant::now(); // before the write, as above
         send(&b, SLOW);
-        let t = Instant::now();
         let r = read_to_end(&b, ms(600) + SLACK + ms(1000));
         let elapsed = t.elapsed();
         assert_eq!(
@@ -198,8 +200,8 @@ fn abandoned_slow_tasks_are_harmless() {
     );
     assert_eq!(server.request(FAST), RESPONSE);
     let s = server.connect();
+    let t = Instant::now(); // before the write, as above
     send(&s, SLOW);
-    let t = Instant::now();
     let r = read_to_end(&s, ms(100) + SLACK + ms(1000));
     assert_eq!(r.bytes, RESPONSE, "got {} then {:?}", show(&r.bytes), r.end);
     assert!(
