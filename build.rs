@@ -11,7 +11,11 @@ use std::path::Path;
 /// Why each group is set:
 /// - layout: `EV_MULTIPLICITY` (one loop per accept thread), `EV_COMMON` (one
 ///   `data` pointer), no priorities (no `priority` field in watchers);
-/// - features: only the watchers we use (io, timer, async) so nothing else links;
+/// - features: every watcher kind a ported server uses on Linux (io, timer,
+///   async, signal, child, periodic, stat, idle, prepare, check, fork, cleanup);
+///   only `ev_embed` (a loop inside another, which epoll cannot embed) is out.
+///   The server itself uses io, timer and async; the others cost it nothing per
+///   connection (a few compares per loop iteration: bench/lean.sh rows 5 and 6);
 /// - backends: epoll only, the reference's backend on Linux;
 /// - OS: eventfd for `ev_async`, `clock_gettime` through the vDSO (the raw clock
 ///   syscall would cost a system call per loop iteration).
@@ -24,15 +28,15 @@ const LIBEV_DEFINES: &[(&str, &str)] = &[
     ("EV_MAXPRI", "0"),
     ("EV_VERIFY", "0"),
     ("EV_COMPAT3", "0"),
-    ("EV_PERIODIC_ENABLE", "0"),
-    ("EV_STAT_ENABLE", "0"),
-    ("EV_PREPARE_ENABLE", "0"),
-    ("EV_CHECK_ENABLE", "0"),
-    ("EV_IDLE_ENABLE", "0"),
-    ("EV_FORK_ENABLE", "0"),
-    ("EV_CLEANUP_ENABLE", "0"),
-    ("EV_SIGNAL_ENABLE", "0"),
-    ("EV_CHILD_ENABLE", "0"),
+    ("EV_PERIODIC_ENABLE", "1"),
+    ("EV_STAT_ENABLE", "1"),
+    ("EV_PREPARE_ENABLE", "1"),
+    ("EV_CHECK_ENABLE", "1"),
+    ("EV_IDLE_ENABLE", "1"),
+    ("EV_FORK_ENABLE", "1"),
+    ("EV_CLEANUP_ENABLE", "1"),
+    ("EV_SIGNAL_ENABLE", "1"),
+    ("EV_CHILD_ENABLE", "1"),
     ("EV_ASYNC_ENABLE", "1"),
     ("EV_EMBED_ENABLE", "0"),
     ("EV_USE_EPOLL", "1"),

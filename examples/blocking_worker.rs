@@ -54,7 +54,9 @@ impl Handler for Server {
                 self.next_token += 1;
                 let io = Box::pin(Io::new());
                 io.set_fd(stream.as_raw_fd(), Events::READ, token);
-                io.as_ref().start(lp);
+                if io.as_ref().start(lp).is_err() {
+                    continue; // an fd beyond Loop::fd_limit: closed
+                }
                 let (buf, parser) = (Vec::with_capacity(REQUEST_MAX), ReqParser::new());
                 self.conns.insert(
                     token,
@@ -159,7 +161,7 @@ fn main() -> io::Result<()> {
     let lp = Loop::new()?;
     let accept = Box::pin(Io::new());
     accept.set_fd(listener.as_raw_fd(), Events::READ, LISTENER);
-    accept.as_ref().start(&lp);
+    accept.as_ref().start(&lp)?;
     let mut server = Server {
         listener,
         conns: HashMap::new(),

@@ -86,7 +86,9 @@ impl Handler for WorkerLoop {
             // The dispatcher accepted it because it was readable (or will be):
             // watch it here; the first callback reads.
             io.set_fd(stream.as_raw_fd(), Events::READ, token);
-            io.as_ref().start(lp);
+            if io.as_ref().start(lp).is_err() {
+                continue; // an fd beyond Loop::fd_limit: closed
+            }
             let conn = Conn {
                 stream,
                 _io: io,
@@ -204,7 +206,7 @@ fn main() -> io::Result<()> {
     let lp = Loop::new()?;
     let accept = Box::pin(Io::new());
     accept.set_fd(listener.as_raw_fd(), Events::READ, 0);
-    accept.as_ref().start(&lp);
+    accept.as_ref().start(&lp)?;
     let mut dispatcher = Dispatcher {
         listener,
         workers,

@@ -1,4 +1,5 @@
-//! The smallest libev port: one loop, `Io` watchers and a `Timer` per connection.
+//! The smallest libev port: one loop, and per connection an `Io` watcher and
+//! an idle `Timer` in a pool slot, so that nothing is allocated per connection.
 //! A line echo server that says goodbye to a connection idle for too long.
 //!
 //! Run: `cargo run --example echo_idle -- 127.0.0.1:7000 5000` (address, idle
@@ -7,40 +8,58 @@
 //! | C with libev                                   | here                                        |
 //! |------------------------------------------------|---------------------------------------------|
 //! | `struct ev_loop *l = ev_loop_new(...)`         | `Loop::new()`                               |
-//! | `ev_io_init(&w, cb, fd, EV_READ); w.data = c`  | `io.set_fd(fd, Events::READ, token)`        |
-//! | `ev_io_start(l, &w)`                           | `io.as_ref().start(&lp)`                    |
-//! | one `cb` per watcher, casting `w->data` back   | one [`Handler`], called with the token      |
-//! | `ev_timer_init(&t, cb, 0., idle); ev_timer_again` on activity | `timer.as_ref().again(&lp, idle, token)` |
-//! | `ev_io_stop; ev_timer_stop; close; free(c)`    | drop the `Conn`: a dropped watcher stops    |
+//! | a preallocated array of `struct conn { ev_io io; ev_timer idle; ... }` | `Pool<Conn, (Io, Timer)>`: the slots never move |
+//! | `&c->io`, `&c->idle`                           | `pool.split(idx)`, then `.project()`: each watcher pinned |
+//! | `ev_io_init(&c->io, cb, fd, EV_READ); c->io.data = c` | `io.set_fd(fd, Events::READ, idx)`   |
+//! | `ev_io_start(l, &c->io)`                       | `io.start(&lp)?` (refuses an fd libev cannot hold) |
+//! | one `cb` per watcher, casting `w->data` back   | one [`Handler`], called with the token (the slot) |
+//! | `ev_timer_init(&t, cb, 0., idle); ev_timer_again` on activity | `idle.again(&lp, idle, idx)` |
+//! | `ev_io_stop; ev_timer_stop; close` and back on the free list | `close`: stop both, drop the stream, `pool.release` |
 //! | `ev_run(l, 0)`                                 | `lp.run(&mut server)`                       |
 
-use std::collections::HashMap;
+#![forbid(unsafe_code)]
+
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::time::Duration;
 
-use conn_daemon::ev::{Events, Handler, Io, Loop, Timer};
+use conn_daemon::ev::{self, Events, Handler, Io, Loop, Project, Timer};
+use conn_daemon::pool::Pool;
 
-/// The listener's token; connections count up from 0, so they never meet it.
+/// The listener's token; slots are numbered from 0, so they never meet it.
 const LISTENER: usize = usize::MAX;
+/// Connections served at once; one more waits in the kernel's backlog.
+pub const CAPACITY: usize = 1024;
+/// The longest line kept whole; a longer one is echoed in pieces.
+const LINE_MAX: usize = 1024;
 
-/// One client. The watchers are boxed and pinned because libev keeps their
-/// address while they are started (the C code would `malloc` the struct).
+/// Each slot's watchers: the socket's readiness and the idle timeout. A tuple
+/// of watchers is a slot watcher, and `project` reaches each one pinned.
+type Watchers = (Io, Timer);
+
+/// One client, in its pool slot: made once, reused by the slot's next client.
 struct Conn {
-    stream: TcpStream,
-    io: Pin<Box<Io>>,
-    idle: Pin<Box<Timer>>,
-    /// Bytes of a line not yet ended by `\n`.
-    partial: Vec<u8>,
+    stream: Option<TcpStream>,
+    /// Bytes of a line not yet ended by `\n`: `line[..len]`.
+    line: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            stream: None,
+            line: [0; LINE_MAX],
+            len: 0,
+        }
+    }
 }
 
 /// Everything the callbacks need: in C, the globals or the `data` pointers.
 struct Server {
     listener: TcpListener,
-    conns: HashMap<usize, Conn>,
-    next_token: usize,
+    pool: Pool<Conn, Watchers>,
     idle: Duration,
 }
 
@@ -48,22 +67,25 @@ impl Handler for Server {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, _events: Events) {
         if token == LISTENER {
             self.accept_all(lp);
-        } else if let Err(e) = self.echo(lp, token) {
+            return;
+        }
+        let idx = token as u32;
+        if let Err(e) = self.echo(lp, idx) {
             if e.kind() != ErrorKind::UnexpectedEof {
-                eprintln!("echo_idle: conn {token}: {e}");
+                eprintln!("echo_idle: conn {idx}: {e}");
             }
-            // Dropping the connection stops its watchers, then closes the socket.
-            self.conns.remove(&token);
+            self.close(idx);
         }
     }
 
     fn on_timer(&mut self, _lp: &Loop<Self>, token: usize) {
-        // The idle timer repeats, so it is still active here: dropping stops it.
-        if let Some(mut conn) = self.conns.remove(&token) {
-            let _ = conn.stream.write_all(b"idle timeout\n");
+        let idx = token as u32;
+        if let Some(stream) = &mut self.pool.get_mut(idx).stream {
+            let _ = stream.write_all(b"idle timeout\n");
         }
+        self.close(idx);
     }
-    // on_async: not used, the no-op default.
+    // The other callbacks: not used, their no-op defaults.
 }
 
 impl Server {
@@ -71,30 +93,12 @@ impl Server {
     fn accept_all(&mut self, lp: &Loop<Self>) {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    let conn = Conn {
-                        io: Box::pin(Io::new()),
-                        idle: Box::pin(Timer::new()),
-                        partial: Vec::new(),
-                        stream,
-                    };
-                    conn.io.set_fd(conn.stream.as_raw_fd(), Events::READ, token);
-                    conn.io.as_ref().start(lp);
-                    // A repeating timer, restarted on activity: the libev
-                    // manual's cheapest idle timeout ("ev_timer_again").
-                    conn.idle.as_ref().again(lp, self.idle, token);
-                    self.conns.insert(token, conn);
-                }
+                Ok((stream, _)) => self.open(lp, stream),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: a real server pauses the listener
-                    // (src/accept.rs); an example just reports it.
+                    // (src/engine.rs); an example just reports it.
                     eprintln!("echo_idle: accept: {e}");
                     return;
                 }
@@ -102,33 +106,97 @@ impl Server {
         }
     }
 
+    /// Gives `stream` a slot and starts its watchers; a client beyond the
+    /// pool's capacity is closed at once (dropped).
+    fn open(&mut self, lp: &Loop<Self>, stream: TcpStream) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Some(idx) = self.pool.acquire() else {
+            return;
+        };
+        let (conn, watchers) = self.pool.split(idx);
+        let (io, idle) = watchers.project();
+        io.set_fd(stream.as_raw_fd(), Events::READ, idx as usize);
+        if io.start(lp).is_err() {
+            // An fd beyond Loop::fd_limit: closed, the slot free again.
+            self.pool.release(idx);
+            return;
+        }
+        // A repeating timer, restarted on activity: the libev manual's
+        // cheapest idle timeout ("ev_timer_again").
+        idle.again(lp, self.idle, idx as usize);
+        conn.stream = Some(stream);
+        conn.len = 0;
+    }
+
     /// Reads what is there and writes back every complete line.
-    fn echo(&mut self, lp: &Loop<Self>, token: usize) -> io::Result<()> {
-        let conn = self
-            .conns
-            .get_mut(&token)
-            .expect("a started watcher has its conn");
-        let mut buf = [0u8; 4096];
+    fn echo(&mut self, lp: &Loop<Self>, idx: u32) -> io::Result<()> {
+        let (conn, watchers) = self.pool.split(idx);
+        let stream = conn
+            .stream
+            .as_mut()
+            .expect("a started watcher has its stream");
         loop {
-            match conn.stream.read(&mut buf) {
+            if conn.len == LINE_MAX {
+                // No newline in a full buffer: echo it as it is.
+                stream.write_all(&conn.line)?;
+                conn.len = 0;
+            }
+            match stream.read(&mut conn.line[conn.len..]) {
                 Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-                Ok(n) => conn.partial.extend_from_slice(&buf[..n]),
+                Ok(n) => conn.len += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+            if let Some(end) = conn.line[..conn.len].iter().rposition(|&b| b == b'\n') {
+                // Short replies fit the socket buffer; a server with large ones
+                // keeps the rest and watches Events::WRITE (see src/conn.rs).
+                stream.write_all(&conn.line[..=end])?;
+                conn.line.copy_within(end + 1..conn.len, 0);
+                conn.len -= end + 1;
+            }
         }
-        if let Some(end) = conn.partial.iter().rposition(|&b| b == b'\n') {
-            // Short replies fit the socket buffer; a server with large ones keeps
-            // the rest and watches Events::WRITE (see src/conn.rs).
-            conn.stream.write_all(&conn.partial[..=end])?;
-            conn.partial.drain(..=end);
-        }
-        conn.idle.as_ref().again(lp, self.idle, token);
+        let (_io, idle) = watchers.project();
+        idle.again(lp, self.idle, idx as usize);
         Ok(())
+    }
+
+    /// Stops the slot's watchers, closes its socket and frees the slot.
+    fn close(&mut self, idx: u32) {
+        let (conn, watchers) = self.pool.split(idx);
+        let (io, idle) = watchers.project();
+        io.stop();
+        idle.stop();
+        conn.stream = None;
+        self.pool.release(idx);
     }
 }
 
+/// Serves `listener` until the process ends: everything per connection lives
+/// in pool slots and libev's arrays reserved here, so serving allocates nothing.
+pub fn serve(listener: TcpListener, idle: Duration) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    // libev's own arrays too: reserved before the first loop (process-wide).
+    ev::reserve_arrays(1, CAPACITY)?;
+    // Locals drop in reverse order: the watchers (here and in `server`'s pool),
+    // made after the loop, are dropped, so stopped, before it; the other order
+    // panics (a loop cannot be freed while watchers are started on it).
+    let lp = Loop::new()?;
+    let accept = Box::pin(Io::new());
+    accept.set_fd(listener.as_raw_fd(), Events::READ, LISTENER);
+    accept.as_ref().start(&lp)?;
+    let mut server = Server {
+        listener,
+        pool: Pool::new(CAPACITY)?,
+        idle,
+    };
+    lp.run(&mut server);
+    Ok(())
+}
+
+#[allow(dead_code)] // tests/echo_idle_alloc.rs includes this file for `serve`.
 fn main() -> io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7000".into());
@@ -136,25 +204,8 @@ fn main() -> io::Result<()> {
         .next()
         .map_or(Ok(5000), |s| s.parse())
         .map_err(io::Error::other)?;
-
     let listener = TcpListener::bind(&addr)?;
-    listener.set_nonblocking(true)?;
     println!("listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
-
-    // Locals drop in reverse order: the watchers (here and in `server`), made
-    // after the loop, are dropped, so stopped, before it. The other order aborts:
-    // a loop cannot be freed while watchers are started on it.
-    let lp = Loop::new()?;
-    let accept = Box::pin(Io::new());
-    accept.set_fd(listener.as_raw_fd(), Events::READ, LISTENER);
-    accept.as_ref().start(&lp);
-    let mut server = Server {
-        listener,
-        conns: HashMap::new(),
-        next_token: 0,
-        idle: Duration::from_millis(idle_ms),
-    };
-    lp.run(&mut server);
-    Ok(())
+    serve(listener, Duration::from_millis(idle_ms))
 }

@@ -165,7 +165,7 @@ impl ConnectionCtx {
                 if verdict == Verdict::Fast || workers == 0 {
                     // ev_io_stop; events = EV_READ | EV_WRITE; ev_io_start.
                     io.set_fd(io.fd(), Events::READ | Events::WRITE, idx as usize);
-                    io.start(lp);
+                    io.start(lp).expect("the fd was watched before");
                     Then::Nothing
                 } else {
                     // "read event is still active in event loop. So, we terminate
@@ -258,7 +258,11 @@ impl AcceptTask {
         }
         let (ctx, io) = self.pool.split(idx);
         io.set_fd(conn.as_raw_fd(), Events::READ, idx as usize);
-        io.start(lp);
+        if io.start(lp).is_err() {
+            // An fd beyond Loop::fd_limit: the newcomer is closed.
+            self.pool.release(idx);
+            return;
+        }
         *ctx = ConnectionCtx {
             stream: Some(conn),
             full_buf: Vec::with_capacity(REQUEST_MAX),
@@ -336,7 +340,7 @@ impl AcceptTask {
                 continue;
             }
             io.set_fd(io.fd(), Events::READ | Events::WRITE, idx as usize);
-            io.start(lp);
+            io.start(lp).expect("the fd was watched before");
         }
     }
 
@@ -345,7 +349,10 @@ impl AcceptTask {
     fn execute(mut self, lp: Loop<Self>, wake: Pin<Box<Async>>) {
         let accept_watcher = Box::pin(Io::new());
         accept_watcher.set_fd(self.listen.as_raw_fd(), Events::READ, ACCEPT_TOKEN);
-        accept_watcher.as_ref().start(&lp);
+        accept_watcher
+            .as_ref()
+            .start(&lp)
+            .expect("a listener opened at start-up is within the loop's fd limit");
         // The C++ calls accept() once and, if it got a connection, ev_invoke()s
         // the accept callback, which accepts *again*: the first fd is leaked.
         // ev_invoke's equivalent is calling the callback; no accept before it.

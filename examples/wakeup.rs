@@ -88,7 +88,10 @@ impl Handler for Server {
                 self.conns.remove(&done.token);
                 continue;
             }
-            conn.io.as_ref().start(lp);
+            conn.io
+                .as_ref()
+                .start(lp)
+                .expect("the fd was watched before");
             self.next_line(done.token);
         }
     }
@@ -104,7 +107,9 @@ impl Server {
             self.next_token += 1;
             let io = Box::pin(Io::new());
             io.set_fd(stream.as_raw_fd(), Events::READ, token);
-            io.as_ref().start(lp);
+            if io.as_ref().start(lp).is_err() {
+                continue; // an fd beyond Loop::fd_limit: closed
+            }
             let conn = Conn {
                 stream,
                 io,
@@ -204,7 +209,7 @@ fn main() -> io::Result<()> {
     let lp = Loop::new()?;
     let accept = Box::pin(Io::new());
     accept.set_fd(listener.as_raw_fd(), Events::READ, LISTENER);
-    accept.as_ref().start(&lp);
+    accept.as_ref().start(&lp)?;
     // The one Async of this loop; its sender is Send + Sync + Clone.
     let wake = Box::pin(Async::new());
     wake.as_ref().start(&lp, 0);

@@ -94,12 +94,14 @@ impl Host<OwnedFd> for EvHost<'_> {
     #[inline]
     fn accept(&mut self, listener: usize) -> Option<io::Result<OwnedFd>> {
         let l = self.side.listeners.get(listener)?;
-        Some(net::accept(l.sock.as_fd()))
+        Some(net::accept(l.sock.as_fd()).and_then(|fd| ev_engine::admit(self.lp, fd)))
     }
 
     fn watch_listeners(&mut self) {
         for l in &self.side.listeners {
-            l.io.as_ref().start(self.lp);
+            l.io.as_ref().start(self.lp).expect(
+                "each listener started once in AcceptTask::new, and the fd limit only grows",
+            );
         }
     }
 
@@ -187,7 +189,11 @@ impl AcceptTask {
         side.shared
             .mailbox(task.engine.id())
             .connect(side.wake.as_ref().sender());
-        EvHost { lp, side }.watch_listeners();
+        // The first start reports a listener fd libev cannot take (the others
+        // cannot fail then: see watch_listeners).
+        for l in &side.listeners {
+            l.io.as_ref().start(lp)?;
+        }
         Ok(task)
     }
 

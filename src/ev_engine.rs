@@ -30,7 +30,20 @@ pub fn watch<H: Handler>(lp: &Loop<H>, io: Pin<&Io>, fd: RawFd, interest: Intere
     };
     if !io.is_active() || io.events() != events || io.fd() != fd {
         io.set_fd(fd, events, Token::Slot(slot).encode());
-        io.start(lp);
+        io.start(lp)
+            .expect("every connection fd passed `admit`, and the fd limit only grows");
+    }
+}
+
+/// Lets an accepted connection in only if its fd can be watched
+/// ([`Loop::fd_limit`]); otherwise closes it and reports `EMFILE`, on which the
+/// engine rests its listeners as when the kernel's fd table is full.
+#[inline]
+pub fn admit<H: Handler, F: std::os::fd::AsRawFd>(lp: &Loop<H>, fd: F) -> std::io::Result<F> {
+    if fd.as_raw_fd() < lp.fd_limit() {
+        Ok(fd)
+    } else {
+        Err(std::io::Error::from_raw_os_error(libc::EMFILE))
     }
 }
 

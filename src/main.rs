@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use conn_daemon::config::Config;
-use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
+use conn_daemon::lifecycle::{self, Predecessor, Supervisor, UpgradeCount, UpgradePlan};
 use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM, EXIT_USAGE};
-use conn_daemon::{error, info, log, os};
+use conn_daemon::{error, info, log, os, warn};
 
 fn main() -> ExitCode {
     // The very first thing, before the arguments are even read and before any
@@ -32,6 +32,14 @@ fn main() -> ExitCode {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
     };
+    // Before anything is bound or detached: a pid file that cannot be written
+    // would leave a server (with -d, a detached one) that nothing names.
+    if let Some(path) = &config.pid_file {
+        if let Err(e) = lifecycle::check_pid_file(path) {
+            let line = format_args!("cannot write the pid file {}: {e}", path.display());
+            return fail(EXIT_SYSTEM, &line);
+        }
+    }
     let upgrades = UpgradeCount::new(inherited.upgrades);
     let handed = Handed {
         listeners: inherited.listeners,
@@ -44,6 +52,19 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => return fail(e.exit_status(), &e),
     };
+    // The limit is final now (bind_with raised soft to hard): say it at info,
+    // and warn when it cannot hold what -A x -C plausibly needs (a -C the
+    // operator chose: the default is a ceiling, not a plan).
+    let loops = config.accept_threads + config.worker_threads;
+    let own = os::own_fds(loops as u64, server.addresses().len() as u64);
+    let connections = (config.accept_threads as u64).saturating_mul(config.accept_capacity as u64);
+    let chosen = config.accept_capacity != Config::default().accept_capacity;
+    if let Some(soft) = os::nofile_soft() {
+        info!("open files limit {soft}: accept pauses when it runs out");
+    }
+    if let Some(line) = os::nofile_line(connections, own, chosen) {
+        warn!("{line}");
+    }
     // Read before -d changes directory (a relative argv[0] would then miss).
     let plan = match UpgradePlan::new(
         &config,
@@ -88,18 +109,19 @@ fn main() -> ExitCode {
             id.user, id.uid, id.group, id.gid
         );
     }
-    let supervisor = Supervisor::new(server.shutdown_handle(), plan).and_then(Supervisor::spawn);
+    let predecessor = Predecessor::new(inherited.ready);
+    let supervisor = Supervisor::new(server.shutdown_handle(), plan, predecessor.clone())
+        .and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
         return fail(e.exit_status(), &e);
     }
     let addresses = server.addresses().len();
     let serving = serving_line(&config, server.addresses());
-    let ready = inherited.ready;
     let pid_file = config.pid_file.as_deref();
     let result = server.run_with(|| {
         info!("{serving}");
-        lifecycle::announce_ready(pid_file, ready, addresses)
+        lifecycle::announce_ready(pid_file, &predecessor, addresses)
     });
     if let Some(path) = pid_file {
         lifecycle::remove_pid_file(path);

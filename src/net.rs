@@ -151,6 +151,24 @@ pub fn exclusive_listener(
     Ok(sock)
 }
 
+/// The first two of `addrs` that cannot both listen: the same port, and one
+/// covers the other (the same address, or the wildcard of its family:
+/// `0.0.0.0:P` holds port P on every IPv4 address, `[::]:P` on every IPv6 one;
+/// our IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` do not overlap).
+/// Found before anything is bound, so that the refusal names our own two
+/// addresses instead of blaming another process for a busy port.
+pub fn overlapping(addrs: &[SocketAddr]) -> Option<(SocketAddr, SocketAddr)> {
+    let covers = |a: &SocketAddr, b: &SocketAddr| {
+        a.port() == b.port()
+            && a.is_ipv4() == b.is_ipv4()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    addrs
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| addrs[..i].iter().find(|b| covers(a, b)).map(|b| (*b, *a)))
+}
+
 /// One accept thread's listener on `addr`: `SO_REUSEPORT` (the kernel spreads
 /// connections across the threads' listeners), non-blocking, backlog
 /// `SOMAXCONN`, and `IPV6_V6ONLY` for IPv6, so that `[::]` and `0.0.0.0` can
@@ -278,4 +296,26 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
     }
     Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_that_cover_each_other_on_one_port_overlap() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let overlap = |list: &[&str]| overlapping(&list.iter().map(|s| a(s)).collect::<Vec<_>>());
+        assert_eq!(
+            overlap(&["0.0.0.0:9000", "127.0.0.1:9000"]),
+            Some((a("0.0.0.0:9000"), a("127.0.0.1:9000")))
+        );
+        assert_eq!(
+            overlap(&["[::1]:1", "127.0.0.1:1", "[::]:1"]),
+            Some((a("[::1]:1"), a("[::]:1")))
+        );
+        assert_eq!(overlap(&["0.0.0.0:9000", "[::]:9000"]), None);
+        assert_eq!(overlap(&["0.0.0.0:9000", "127.0.0.1:9001"]), None);
+        assert_eq!(overlap(&["127.0.0.1:9000", "127.0.0.2:9000"]), None);
+    }
 }

@@ -290,47 +290,12 @@ mod tests {
     use super::*;
     use Verdict::{Fast, Incomplete, Invalid, Slow, TooLarge};
 
-    /// A deliberately naive whole-buffer reading of the protocol, written straight
-    /// from the rules, to check the incremental parser against.
-    fn reference(filled: &[u8]) -> Verdict {
-        fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-            (from..=hay.len().saturating_sub(needle.len()))
-                .find(|&i| hay.len() >= needle.len() && &hay[i..i + needle.len()] == needle)
-        }
-        let buf = &filled[..filled.len().min(REQUEST_MAX)];
-        let full = filled.len() >= REQUEST_MAX;
-        if buf.len() < 4 {
-            return if find(buf, b"\r\n", 0).is_some() {
-                Invalid
-            } else {
-                Incomplete
-            };
-        }
-        if &buf[..4] != b"GET " {
-            return Invalid;
-        }
-        let Some(cr) = find(buf, b"\r\n", 0) else {
-            return if full { TooLarge } else { Incomplete };
-        };
-        let line = &buf[4..cr];
-        let mut i = 0;
-        while i < line.len() && line[i] == b' ' {
-            i += 1;
-        }
-        let mut j = i;
-        while j < line.len() && line[j] != b' ' {
-            j += 1;
-        }
-        let target = match &line[i..j] {
-            b"/test/fast" => Fast,
-            b"/test/slow" => Slow,
-            _ => return Invalid,
-        };
-        match find(buf, b"\r\n\r\n", cr) {
-            Some(_) => target,
-            None if full => TooLarge,
-            None => Incomplete,
-        }
+    /// The protocol's one model (tests/protocol-model, written from
+    /// docs/protocol.md, deliberately naive), to check the incremental parser
+    /// against.
+    fn model(filled: &[u8]) -> Verdict {
+        assert_eq!(protocol_model::BUFFER, REQUEST_MAX);
+        protocol_model::verdict_as!(Verdict, filled)
     }
 
     fn whole(input: &[u8]) -> Verdict {
@@ -359,13 +324,9 @@ mod tests {
     /// single split point.
     fn check_splits(input: &[u8]) {
         let expected = whole(input);
-        assert_eq!(expected, reference(input), "reference on {input:?}");
+        assert_eq!(expected, model(input), "model on {input:?}");
         for end in 0..=input.len() {
-            assert_eq!(
-                whole(&input[..end]),
-                reference(&input[..end]),
-                "prefix {end}"
-            );
+            assert_eq!(whole(&input[..end]), model(&input[..end]), "prefix {end}");
         }
         assert_eq!(feed_cuts(input, 0..input.len()), expected, "byte by byte");
         for cut in 0..=input.len() {
@@ -413,7 +374,7 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
-            assert_eq!(reference(input), expected, "reference {input:?}");
+            assert_eq!(model(input), expected, "model {input:?}");
         }
     }
 

@@ -5,9 +5,18 @@
 //! The slots are one anonymous mapping, so the kernel commits a page only when a
 //! slot on it is first used: a pool of 100,000 connections costs nothing until
 //! connections arrive. Slots are constructed on first use (a high-water mark) and
-//! never move, which is what lets each carry the event-loop watcher of its
-//! connection (libev's [`Io`] in the server; any [`SlotWatcher`]) and the holder of
-//! its delegated task.
+//! never move, which is what lets each carry the event-loop watchers of its
+//! connection (libev's [`Io`] in the server; any [`SlotWatcher`], such as a
+//! tuple `(Io, Timer)` split with [`Project`](crate::ev::Project)) and the
+//! holder of its delegated task.
+//!
+//! Soundness: slots are addressed by index, like a slab's keys. Every index of
+//! a slot ever acquired stays valid memory for the pool's life (values are not
+//! dropped on release, only reset by their next user), so reaching a released
+//! slot by a stale index is a logic error the caller detects itself (the
+//! server keeps a generation per connection), never undefined behaviour.
+//! Releasing a slot that is not in use panics, in every build: a second
+//! release would otherwise hand one slot to two owners.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -16,27 +25,57 @@ use std::mem::size_of;
 use std::pin::Pin;
 use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 
-use crate::ev::Io;
+use crate::ev::{
+    Async, Check, Child, Cleanup, Fork, Idle, Io, Periodic, Prepare, Signal, Stat, Timer,
+};
 use crate::task::{Cancel, Done, Filled, Route, Task, TaskHolder};
 
-/// The per-slot watcher of an event loop: what a slot must know of it is whether
-/// the loop still holds it (a slot is only released once it does not).
+/// The per-slot watchers of an event loop: what a slot must know of them is
+/// whether the loop still holds one (a slot is only released once it does not).
+///
+/// Every libev watcher type is one, and so is a tuple of up to six of them:
+/// the watchers of one connection in one slot, reached pinned each on its own
+/// through [`Project`](crate::ev::Project), with no `unsafe` in the user's code.
 pub trait SlotWatcher: Default {
     /// Whether the loop holds the watcher (it must then not move or be dropped).
     fn is_active(&self) -> bool;
 }
 
-impl SlotWatcher for Io {
-    #[inline]
-    fn is_active(&self) -> bool {
-        Io::is_active(self)
-    }
+macro_rules! slot_watcher {
+    ($($ty:ty),*) => {$(
+        impl SlotWatcher for $ty {
+            #[inline]
+            fn is_active(&self) -> bool {
+                <$ty>::is_active(self)
+            }
+        }
+    )*};
 }
+slot_watcher!(Io, Timer, Async, Signal, Child, Periodic, Stat, Idle, Prepare, Check, Fork, Cleanup);
+
+macro_rules! slot_watchers {
+    ($($name:ident . $idx:tt),+) => {
+        /// Several watchers in one slot: active while any is.
+        impl<$($name: SlotWatcher),+> SlotWatcher for ($($name,)+) {
+            #[inline]
+            fn is_active(&self) -> bool {
+                false $(|| self.$idx.is_active())+
+            }
+        }
+    };
+}
+slot_watchers!(A.0, B.1);
+slot_watchers!(A.0, B.1, C.2);
+slot_watchers!(A.0, B.1, C.2, D.3);
+slot_watchers!(A.0, B.1, C.2, D.3, E.4);
+slot_watchers!(A.0, B.1, C.2, D.3, E.4, F.5);
 
 /// One slot: the watcher and task holder the pool manages, and the user's value.
 struct Slot<T, W> {
     io: W,
     task: TaskHolder,
+    /// Acquired and not yet released: what makes a second release a panic.
+    in_use: bool,
     value: T,
 }
 
@@ -93,7 +132,11 @@ impl<T: Default, W: SlotWatcher> Pool<T, W> {
     /// Takes a free slot; `None` when all `capacity` are in use.
     pub fn acquire(&mut self) -> Option<u32> {
         let idx = match self.free.pop() {
-            Some(idx) => idx,
+            Some(idx) => {
+                // SAFETY: a freed index is a constructed slot; only the flag is written, through the pool's &mut.
+                unsafe { (*self.base.as_ptr().add(idx as usize)).in_use = true };
+                idx
+            }
             None if self.constructed < self.capacity => {
                 let idx = self.constructed;
                 // SAFETY: idx < capacity, inside the mapping, and not yet constructed.
@@ -103,6 +146,7 @@ impl<T: Default, W: SlotWatcher> Pool<T, W> {
                         Slot {
                             io: W::default(),
                             task: TaskHolder::new(),
+                            in_use: true,
                             value: T::default(),
                         },
                     )
@@ -121,23 +165,33 @@ impl<T, W: SlotWatcher> Pool<T, W> {
     /// task holder free: the slot's next user starts clean.
     ///
     /// # Panics
-    /// If the watcher is active or a task is still out (a bug in the caller).
+    /// If the slot is not in use (released twice: a bug in the caller, which
+    /// would otherwise hand the slot to two owners), or its watcher is active
+    /// or a task is still out (a bug in the caller).
     pub fn release(&mut self, idx: u32) {
         let slot = self.slot(idx);
-        // SAFETY: slot is constructed; shared references to its pool-managed fields are fine (no &mut to them exists).
-        let (active, busy) = unsafe {
+        // SAFETY: slot is constructed; shared references to its pool-managed fields are fine (no &mut to them exists), and the flag is written through the pool's &mut.
+        let (in_use, active, busy) = unsafe {
             (
+                &mut *addr_of_mut!((*slot).in_use),
                 (*addr_of!((*slot).io)).is_active(),
                 (*addr_of!((*slot).task)).is_busy(),
             )
         };
+        assert!(*in_use, "pool slot {idx} released twice");
         assert!(
             !active && !busy,
             "released a pool slot still in use by libev or a worker"
         );
-        debug_assert!(!self.free.contains(&idx), "slot released twice");
+        *in_use = false;
         // Never reallocates: at most `capacity` indices are ever free.
         self.free.push(idx);
+    }
+
+    /// Whether slot `idx` is acquired and not yet released.
+    pub fn is_in_use(&self, idx: u32) -> bool {
+        // SAFETY: constructed slot; a plain read of the flag through &self.
+        unsafe { *addr_of!((*self.slot(idx)).in_use) }
     }
 
     /// The value in slot `idx`.
@@ -270,6 +324,7 @@ mod tests {
         pool.release(b);
         pool.release(a);
         assert_eq!(pool.in_use(), 1);
+        assert!(!pool.is_in_use(a) && pool.is_in_use(c));
         // Last released, first reused; values persist until the user resets them.
         assert_eq!(pool.acquire(), Some(a));
         assert_eq!(pool.acquire(), Some(b));

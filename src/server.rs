@@ -27,7 +27,7 @@ use crate::metrics::{self, Metrics};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
 use crate::worker::{Shared, Workers};
-use crate::{debug, info, net, warn};
+use crate::{debug, net, warn};
 
 /// How long the end of a drain waits for the scrapes the metrics thread took.
 const SCRAPE_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -101,6 +101,12 @@ impl Server {
             counters,
         } = handed;
         check_reservation(config, &Host::read())?;
+        // Raised before anything is created, so that the budget is checked
+        // against the limit the server will run with.
+        let nofile = net::raise_nofile_limit();
+        if let Ok(limit) = nofile {
+            check_fd_budget(config, &inherited, inherited_metrics.is_some(), limit)?;
+        }
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
@@ -120,16 +126,9 @@ impl Server {
             None => None,
         };
         // After the checks that can refuse to start, so a refusal is one line.
-        match net::raise_nofile_limit() {
-            Ok(limit) => {
-                info!("open files limit {limit}: accept pauses when it runs out");
-                if let Some(need) = fd_shortfall(config, limit) {
-                    warn!(
-                        "open files limit {limit} is below what -A x -C ({need}) may need: \
-                         accept will pause when it runs out"
-                    );
-                }
-            }
+        // Whether the limit holds -A x -C is said by main (os::nofile_line).
+        match nofile {
+            Ok(limit) => debug!("open files limit raised to {limit}"),
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
         // Before the reservations sized by -A and -C: under an address-space
@@ -144,6 +143,14 @@ impl Server {
             (
                 threads + config.worker_threads,
                 config.accept_capacity.max(capacity.seats),
+            )
+        } else if mode.hands_off() {
+            // `socket`: the blocking workers hold up to `seats` connections
+            // besides the pools' (libev refuses an fd beyond the reservation).
+            let workers_share = capacity.seats.div_ceil(threads.max(1));
+            (
+                threads,
+                config.accept_capacity.saturating_add(workers_share),
             )
         } else {
             (threads, config.accept_capacity)
@@ -424,20 +431,6 @@ fn join_lineage(counters: Option<OwnedFd>) -> Option<metrics::Generations> {
     }
 }
 
-/// Below this many fds a server is short whatever its -C: the usual unraised
-/// soft limit is 1024.
-const FEW_FDS: u64 = 4096;
-
-/// `Some(-A x -C)` when the open files `limit` is below what the configured
-/// capacity can plausibly need: an -C the operator chose (not the default,
-/// which is a ceiling sized for big hosts, not a plan: warning about it would
-/// be noise on every start), or a limit too small for any server.
-fn fd_shortfall(config: &Config, limit: u64) -> Option<u64> {
-    let need = (config.accept_threads as u64).saturating_mul(config.accept_capacity as u64);
-    let chosen = config.accept_capacity != Config::default().accept_capacity;
-    (limit < need && (chosen || limit < FEW_FDS)).then_some(need)
-}
-
 /// What the host can give at most, read once at start-up.
 struct Host {
     /// `/proc/sys/kernel/threads-max`.
@@ -563,6 +556,86 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     }
 }
 
+/// Fds the server keeps beyond those it creates at start-up: an upgrade's
+/// readiness pipe (2), a scrape's `/proc` read (1), an `sd_notify` datagram (1).
+const SPARE_FDS: u64 = 4;
+
+/// Refuses, before any fd is created, an open-files limit that start-up would
+/// run out of: libev cannot report a failed eventfd (it aborted, with a core
+/// dump), and a loop that cannot be made is not worth a half-started server.
+/// Counts what is open already (stdio, inherited sockets, a readiness pipe),
+/// then per accept thread one listener per address (an inherited address:
+/// those the handed sockets do not cover), a copy of each kept for upgrades,
+/// an epoll fd and an eventfd per event loop (the worker loops of `--delegate
+/// loop` too), the signalfd, the `--metrics` listener and its copy, one
+/// connection per accept thread and [`SPARE_FDS`].
+fn check_fd_budget(
+    config: &Config,
+    inherited: &[OwnedFd],
+    metrics_inherited: bool,
+    limit: u64,
+) -> Result<(), StartError> {
+    let threads = config.accept_threads as u64;
+    let (listeners, copies) = if inherited.is_empty() {
+        let n = threads.saturating_mul(config.listen.len() as u64);
+        (n, n)
+    } else {
+        let mut groups: Vec<(Option<SocketAddr>, u64)> = Vec::new();
+        for fd in inherited {
+            let addr = socket2::SockRef::from(fd)
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket());
+            match groups.iter_mut().find(|(a, _)| a.is_some() && *a == addr) {
+                Some((_, k)) => *k += 1,
+                None => groups.push((addr, 1)),
+            }
+        }
+        let extra: u64 = groups.iter().map(|&(_, k)| threads.saturating_sub(k)).sum();
+        (extra, inherited.len() as u64 + extra)
+    };
+    let worker_loops = match config.effective_delegate() {
+        Delegate::Loop => config.worker_threads as u64,
+        _ => 0,
+    };
+    let loops = threads.saturating_add(worker_loops);
+    let metrics = match (config.metrics.is_some(), metrics_inherited) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => 2,
+    };
+    let open = crate::os::open_fds().unwrap_or(3 + inherited.len() as u64);
+    let needed = [
+        open,
+        listeners,
+        copies,
+        loops.saturating_mul(2),
+        1,
+        metrics,
+        threads,
+        SPARE_FDS,
+    ]
+    .iter()
+    .fold(0u64, |sum, &n| sum.saturating_add(n));
+    if needed <= limit {
+        return Ok(());
+    }
+    let metrics = match metrics {
+        0 => String::new(),
+        n => format!(", {n} for --metrics"),
+    };
+    Err(StartError::new(
+        StartFailure::System,
+        format!(
+            "open files limit {limit} is below the {needed} fds start-up needs ({open} open, \
+             {listeners} listeners and {copies} copies kept for upgrades, {} for {loops} event \
+             loops, 1 signalfd{metrics}, {threads} connections (one per accept thread), \
+             {SPARE_FDS} spare): raise it (ulimit -n, LimitNOFILE=) or lower -A",
+            loops.saturating_mul(2)
+        ),
+    ))
+}
+
 /// The `--metrics` listener on `addr`: the one handed over by the process we
 /// take over from, else bound here, refused if anyone holds the address (another
 /// instance's metrics, say) or if it is the port of a service socket (which
@@ -615,6 +688,9 @@ fn bind_addresses(
     threads: usize,
     defer: u32,
 ) -> Result<Listeners, StartError> {
+    if let Some((first, second)) = net::overlapping(addrs) {
+        return Err(overlap_error(first, second));
+    }
     let mut per_thread = Vec::with_capacity(threads);
     let first = addrs
         .iter()
@@ -643,6 +719,31 @@ fn bind_addresses(
     }
     let handover = per_thread.iter().flatten().map(|s| s.as_raw_fd()).collect();
     Ok((per_thread, handover))
+}
+
+/// Two of our own `--listen` addresses on one port, one covering the other: a
+/// command line that cannot be served, said as such (the bind would fail with
+/// "port P is already in use", as if another process held it).
+fn overlap_error(first: SocketAddr, second: SocketAddr) -> StartError {
+    let why = if first.ip() == second.ip() {
+        "the same address".to_string()
+    } else {
+        let wildcard = if first.ip().is_unspecified() {
+            first
+        } else {
+            second
+        };
+        let family = if wildcard.is_ipv4() { "IPv4" } else { "IPv6" };
+        format!(
+            "{} takes port {} on every {family} address",
+            wildcard.ip(),
+            wildcard.port()
+        )
+    };
+    StartError::new(
+        StartFailure::Usage,
+        format!("--listen {second} overlaps --listen {first} ({why}): give one of them"),
+    )
 }
 
 /// Inherited listeners, grouped by address, shared out over the accept
@@ -754,26 +855,6 @@ mod tests {
             Queues::of(&task).scaling_bytes(128),
             ("the task queues", Some((128 << 24) * 32))
         );
-    }
-
-    #[cfg(feature = "cli")]
-    #[test]
-    fn the_open_files_warning_is_for_a_chosen_capacity_or_a_tiny_limit() {
-        // The default -C beside a modest limit: no noise.
-        assert_eq!(fd_shortfall(&config(&["-A", "2"]), 20_000), None);
-        assert_eq!(fd_shortfall(&config(&["-A", "2"]), 200_000), None);
-        // A chosen -C the limit cannot hold.
-        assert_eq!(
-            fd_shortfall(&config(&["-A", "4", "-C", "65000"]), 20_000),
-            Some(260_000)
-        );
-        assert_eq!(
-            fd_shortfall(&config(&["-A", "4", "-C", "65000"]), 262_144),
-            None
-        );
-        // A limit no server should run with.
-        assert_eq!(fd_shortfall(&config(&["-A", "1"]), 1024), Some(100_000));
-        assert_eq!(fd_shortfall(&config(&["-A", "1", "-C", "500"]), 1024), None);
     }
 
     #[cfg(feature = "cli")]

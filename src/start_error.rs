@@ -9,7 +9,7 @@ use std::io;
 /// Exit status for a failed system call at start-up (the reference's).
 pub const EXIT_SYSTEM: i32 = 100;
 /// Exit status for a refused command line (the reference's), here one that only
-/// the sockets handed over show to be wrong.
+/// binding shows to be wrong.
 pub const EXIT_USAGE: i32 = 1;
 /// Exit status when the pools cannot be reserved (the reference's).
 pub const EXIT_NO_MEMORY: i32 = 10;
@@ -17,7 +17,8 @@ pub const EXIT_NO_MEMORY: i32 = 10;
 /// What kind of start-up failure a [`StartError`] is: it decides the exit status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFailure {
-    /// The command line is wrong in a way only the sockets handed over show.
+    /// The command line is wrong in a way only binding shows: the sockets
+    /// handed over, or `--listen` addresses that overlap on one port.
     Usage,
     /// A system call failed, or what was handed over is not what it must be.
     System,

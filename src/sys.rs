@@ -3,7 +3,7 @@
 //! functions we call, for the configuration fixed in `build.rs`.
 //!
 //! This is the crate's libev-sys layer. Nothing here is safe to use directly;
-//! `ev.rs` wraps it. `tests/layout.rs` checks every size, alignment, offset and
+//! `ev` wraps it. `tests/layout.rs` checks every size, alignment, offset and
 //! constant below against the C compiler's view (`conn_ev_layout` in `shim.c`).
 #![allow(unsafe_code)]
 
@@ -28,6 +28,16 @@ pub type ev_io_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_io, c_int);
 pub type ev_timer_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_timer, c_int);
 /// Callback type of an `ev_async` watcher.
 pub type ev_async_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_async, c_int);
+/// Callback type of an `ev_signal` watcher.
+pub type ev_signal_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_signal, c_int);
+/// Callback type of an `ev_child` watcher.
+pub type ev_child_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_child, c_int);
+/// Callback type of an `ev_periodic` watcher.
+pub type ev_periodic_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_periodic, c_int);
+/// An `ev_periodic`'s `reschedule_cb`: the next wall-clock time after `now`.
+pub type ev_periodic_reschedule_cb = unsafe extern "C" fn(*mut ev_periodic, ev_tstamp) -> ev_tstamp;
+/// Callback type of an `ev_stat` watcher.
+pub type ev_stat_cb = unsafe extern "C" fn(*mut ev_loop, *mut ev_stat, c_int);
 
 /// `struct ev_io` with `EV_COMMON = void *data;` and no priorities.
 #[repr(C)]
@@ -83,6 +93,133 @@ pub struct ev_async {
     pub sent: c_int,
 }
 
+/// The watchers that are `EV_WATCHER` and nothing more: idle, prepare, check,
+/// fork and cleanup, each its own C type (and callback type) over one layout.
+macro_rules! plain_watcher {
+    ($($(#[$doc:meta])* $name:ident, $cb:ident;)*) => {$(
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Debug)]
+        pub struct $name {
+            /// Nonzero while started (libev private).
+            pub active: c_int,
+            /// Nonzero while an event is queued (libev private).
+            pub pending: c_int,
+            /// `EV_COMMON`: ours; holds the watcher's token.
+            pub data: *mut c_void,
+            /// The callback libev invokes.
+            pub cb: Option<$cb>,
+        }
+        #[doc = concat!("Callback type of an `", stringify!($name), "` watcher.")]
+        pub type $cb = unsafe extern "C" fn(*mut ev_loop, *mut $name, c_int);
+    )*};
+}
+
+plain_watcher! {
+    /// `struct ev_idle`: runs when the loop has nothing else to do.
+    ev_idle, ev_idle_cb;
+    /// `struct ev_prepare`: runs before the loop blocks.
+    ev_prepare, ev_prepare_cb;
+    /// `struct ev_check`: runs after the loop blocked.
+    ev_check, ev_check_cb;
+    /// `struct ev_fork`: runs in the next iteration after `ev_loop_fork`.
+    ev_fork, ev_fork_cb;
+    /// `struct ev_cleanup`: runs as the loop is destroyed.
+    ev_cleanup, ev_cleanup_cb;
+}
+
+/// `struct ev_signal` (`EV_WATCHER_LIST`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ev_signal {
+    /// Nonzero while started (libev private).
+    pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
+    pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
+    pub data: *mut c_void,
+    /// The callback libev invokes.
+    pub cb: Option<ev_signal_cb>,
+    /// Next watcher of the same signal (libev private).
+    pub next: *mut c_void,
+    /// The signal number.
+    pub signum: c_int,
+}
+
+/// `struct ev_child` (`EV_WATCHER_LIST`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ev_child {
+    /// Nonzero while started (libev private).
+    pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
+    pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
+    pub data: *mut c_void,
+    /// The callback libev invokes.
+    pub cb: Option<ev_child_cb>,
+    /// Next watcher in the same hash bucket (libev private).
+    pub next: *mut c_void,
+    /// Whether stops and continues are reported too (libev private).
+    pub flags: c_int,
+    /// The pid watched; 0 for any.
+    pub pid: c_int,
+    /// The pid whose status changed.
+    pub rpid: c_int,
+    /// Its status, as `waitpid` reports it.
+    pub rstatus: c_int,
+}
+
+/// `struct ev_periodic` (`EV_WATCHER_TIME`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ev_periodic {
+    /// Nonzero while started (libev private).
+    pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
+    pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
+    pub data: *mut c_void,
+    /// The callback libev invokes.
+    pub cb: Option<ev_periodic_cb>,
+    /// The next wall-clock time it fires (`ev_periodic_at`).
+    pub at: ev_tstamp,
+    /// Absolute time (interval 0) or the phase within the interval.
+    pub offset: ev_tstamp,
+    /// Seconds between firings; 0 for one absolute time.
+    pub interval: ev_tstamp,
+    /// Computes the next time instead (unused: null).
+    pub reschedule_cb: Option<ev_periodic_reschedule_cb>,
+}
+
+/// `struct ev_stat` (`EV_WATCHER_LIST`), `ev_statdata` being `struct stat`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ev_stat {
+    /// Nonzero while started (libev private).
+    pub active: c_int,
+    /// Nonzero while an event is queued (libev private).
+    pub pending: c_int,
+    /// `EV_COMMON`: ours; holds the watcher's token.
+    pub data: *mut c_void,
+    /// The callback libev invokes.
+    pub cb: Option<ev_stat_cb>,
+    /// Next watcher (libev private).
+    pub next: *mut c_void,
+    /// The polling timer (libev private).
+    pub timer: ev_timer,
+    /// Seconds between polls; 0 for libev's default.
+    pub interval: ev_tstamp,
+    /// The path, NUL-terminated; must stay valid while started.
+    pub path: *const c_char,
+    /// The attributes before the last change.
+    pub prev: libc::stat,
+    /// The attributes now (`st_nlink` 0: the path does not exist).
+    pub attr: libc::stat,
+    /// inotify's watch descriptor (unused here: polling only).
+    pub wd: c_int,
+}
+
 /// Readable event.
 pub const EV_READ: c_int = 0x01;
 /// Writable event.
@@ -91,6 +228,26 @@ pub const EV_WRITE: c_int = 0x02;
 pub const EV_TIMER: c_int = 0x0000_0100;
 /// Async watcher signalled.
 pub const EV_ASYNC: c_int = 0x0008_0000;
+/// Periodic timer fired.
+pub const EV_PERIODIC: c_int = 0x0000_0200;
+/// Signal received.
+pub const EV_SIGNAL: c_int = 0x0000_0400;
+/// Child status changed.
+pub const EV_CHILD: c_int = 0x0000_0800;
+/// Stat data changed.
+pub const EV_STAT: c_int = 0x0000_1000;
+/// Loop idle.
+pub const EV_IDLE: c_int = 0x0000_2000;
+/// Loop about to block.
+pub const EV_PREPARE: c_int = 0x0000_4000;
+/// Loop done blocking.
+pub const EV_CHECK: c_int = 0x0000_8000;
+/// Loop resumed after `ev_loop_fork`.
+pub const EV_FORK: c_int = 0x0002_0000;
+/// Loop being destroyed.
+pub const EV_CLEANUP: c_int = 0x0004_0000;
+/// One past the highest signal number libev accepts (`EV_NSIG`).
+pub const EV_NSIG: c_int = 65;
 /// Watcher stopped by libev after an error (e.g. a bad fd).
 pub const EV_ERROR: c_int = 0x8000_0000_u32 as c_int;
 /// The epoll backend.
@@ -122,6 +279,12 @@ extern "C" {
     pub fn ev_set_allocator(cb: ev_allocator);
     /// Creates a loop with the given backend flags; null on failure.
     pub fn ev_loop_new(flags: c_uint) -> *mut ev_loop;
+    /// The process's one default loop (made on the first call; the only loop
+    /// that may have child watchers, and it reaps every child on `SIGCHLD`).
+    pub fn ev_default_loop(flags: c_uint) -> *mut ev_loop;
+    /// Marks the loop to recreate its kernel state (epoll set, eventfd) and run
+    /// its fork watchers in its next iteration.
+    pub fn ev_loop_fork(l: *mut ev_loop);
     /// Frees a loop (its watchers must be stopped).
     pub fn ev_loop_destroy(l: *mut ev_loop);
     /// Runs the loop until no watcher is active or `ev_break` is called.
@@ -160,6 +323,49 @@ extern "C" {
     pub fn ev_async_stop(l: *mut ev_loop, w: *mut ev_async);
     /// Signals an async watcher; the one call safe from any thread.
     pub fn ev_async_send(l: *mut ev_loop, w: *mut ev_async);
+    /// Starts a signal watcher (one loop per signal number, process-wide).
+    pub fn ev_signal_start(l: *mut ev_loop, w: *mut ev_signal);
+    /// Stops a signal watcher; the last one of a signal restores `SIG_DFL`.
+    pub fn ev_signal_stop(l: *mut ev_loop, w: *mut ev_signal);
+    /// Starts a child watcher (default loop only).
+    pub fn ev_child_start(l: *mut ev_loop, w: *mut ev_child);
+    /// Stops a child watcher.
+    pub fn ev_child_stop(l: *mut ev_loop, w: *mut ev_child);
+    /// Starts a periodic watcher.
+    pub fn ev_periodic_start(l: *mut ev_loop, w: *mut ev_periodic);
+    /// Stops a periodic watcher.
+    pub fn ev_periodic_stop(l: *mut ev_loop, w: *mut ev_periodic);
+    /// Recomputes an active periodic watcher's next time.
+    pub fn ev_periodic_again(l: *mut ev_loop, w: *mut ev_periodic);
+    /// Starts a stat watcher (the path must stay valid while it is started).
+    pub fn ev_stat_start(l: *mut ev_loop, w: *mut ev_stat);
+    /// Stops a stat watcher.
+    pub fn ev_stat_stop(l: *mut ev_loop, w: *mut ev_stat);
+    /// Refreshes `attr` from the path now.
+    pub fn ev_stat_stat(l: *mut ev_loop, w: *mut ev_stat);
+    /// Starts an idle watcher.
+    pub fn ev_idle_start(l: *mut ev_loop, w: *mut ev_idle);
+    /// Stops an idle watcher.
+    pub fn ev_idle_stop(l: *mut ev_loop, w: *mut ev_idle);
+    /// Starts a prepare watcher.
+    pub fn ev_prepare_start(l: *mut ev_loop, w: *mut ev_prepare);
+    /// Stops a prepare watcher.
+    pub fn ev_prepare_stop(l: *mut ev_loop, w: *mut ev_prepare);
+    /// Starts a check watcher.
+    pub fn ev_check_start(l: *mut ev_loop, w: *mut ev_check);
+    /// Stops a check watcher.
+    pub fn ev_check_stop(l: *mut ev_loop, w: *mut ev_check);
+    /// Starts a fork watcher.
+    pub fn ev_fork_start(l: *mut ev_loop, w: *mut ev_fork);
+    /// Stops a fork watcher.
+    pub fn ev_fork_stop(l: *mut ev_loop, w: *mut ev_fork);
+    /// Starts a cleanup watcher.
+    pub fn ev_cleanup_start(l: *mut ev_loop, w: *mut ev_cleanup);
+    /// Stops a cleanup watcher.
+    pub fn ev_cleanup_stop(l: *mut ev_loop, w: *mut ev_cleanup);
+    /// `ev_unit.c`: queues every started cleanup watcher and invokes what is
+    /// pending: the first step of `ev_loop_destroy`, on its own.
+    pub fn conn_ev_invoke_cleanups(l: *mut ev_loop);
 
     // shim.c: libev's init/set macros as functions.
     /// `ev_io_set`.
@@ -173,6 +379,34 @@ extern "C" {
     );
     /// `ev_async_init`.
     pub fn conn_ev_async_init(w: *mut ev_async, cb: ev_async_cb);
+    /// `ev_signal_init`.
+    pub fn conn_ev_signal_init(w: *mut ev_signal, cb: ev_signal_cb, signum: c_int);
+    /// `ev_child_init`.
+    pub fn conn_ev_child_init(w: *mut ev_child, cb: ev_child_cb, pid: c_int, trace: c_int);
+    /// `ev_periodic_init` (no `reschedule_cb`).
+    pub fn conn_ev_periodic_init(
+        w: *mut ev_periodic,
+        cb: ev_periodic_cb,
+        offset: ev_tstamp,
+        interval: ev_tstamp,
+    );
+    /// `ev_stat_init`.
+    pub fn conn_ev_stat_init(
+        w: *mut ev_stat,
+        cb: ev_stat_cb,
+        path: *const c_char,
+        interval: ev_tstamp,
+    );
+    /// `ev_idle_init`.
+    pub fn conn_ev_idle_init(w: *mut ev_idle, cb: ev_idle_cb);
+    /// `ev_prepare_init`.
+    pub fn conn_ev_prepare_init(w: *mut ev_prepare, cb: ev_prepare_cb);
+    /// `ev_check_init`.
+    pub fn conn_ev_check_init(w: *mut ev_check, cb: ev_check_cb);
+    /// `ev_fork_init`.
+    pub fn conn_ev_fork_init(w: *mut ev_fork, cb: ev_fork_cb);
+    /// `ev_cleanup_init`.
+    pub fn conn_ev_cleanup_init(w: *mut ev_cleanup, cb: ev_cleanup_cb);
 
     /// The C side's sizes, offsets and constants, ending with a null name.
     pub static conn_ev_layout: [conn_ev_layout_entry; 0];

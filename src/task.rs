@@ -61,26 +61,43 @@ struct Storage([MaybeUninit<u8>; TASK_SIZE]);
 
 /// Inline storage for one task of any type up to [`TASK_SIZE`] bytes.
 ///
-/// ```compile_fail
-/// use conn_daemon::task::{Task, TaskHolder, Route};
+/// Holders live in [`Pool`](crate::pool::Pool) slots only (their tokens point
+/// into them, so a holder must never move or be freed while one is out, which
+/// the pool's mapping guarantees: it is never moved, and is leaked rather than
+/// unmapped while a token is out); they are used through the pool
+/// ([`Pool::delegate`](crate::pool::Pool::delegate), `cancel`, `finish`).
+///
+/// ```compile_fail,E0080
+/// use conn_daemon::pool::Pool;
+/// use conn_daemon::task::{Task, Route};
 /// struct Big([u8; 97]);
 /// impl Task for Big { fn run(self) {} }
-/// let holder = TaskHolder::new();
+/// let mut pool: Pool<()> = Pool::new(1).unwrap();
+/// let slot = pool.acquire().unwrap();
 /// // A 97-byte task does not fit: this is a compile-time error.
-/// let _ = holder.fill(Big([0; 97]), Route { owner: 0, slot: 0, gen: 0 });
+/// let _ = pool.delegate(slot, Big([0; 97]), Route { owner: 0, slot, gen: 0 });
 /// ```
 ///
 /// ```
-/// use conn_daemon::task::{Filled, Task, TaskHolder, Route};
+/// use conn_daemon::pool::Pool;
+/// use conn_daemon::task::{Filled, Task, Route};
 /// struct Fits([u8; 96]);
 /// impl Task for Fits { fn run(self) {} }
-/// let holder = TaskHolder::new();
-/// let Some(Filled::New(token)) = holder.fill(Fits([0; 96]), Route { owner: 0, slot: 1, gen: 2 }) else {
+/// let mut pool: Pool<()> = Pool::new(1)?;
+/// let slot = pool.acquire().unwrap();
+/// let Some(Filled::New(token)) = pool.delegate(slot, Fits([0; 96]), Route { owner: 0, slot, gen: 2 }) else {
 ///     panic!("an idle holder takes a task");
 /// };
 /// let done = token.run().expect("not cancelled");
-/// assert_eq!(done.route().slot, 1);
-/// assert_eq!(holder.finish(done).map(|r| r.gen), Some(2));
+/// assert_eq!(done.route().slot, slot);
+/// assert_eq!(pool.finish(done).map(|r| r.gen), Some(2));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// A holder cannot be made outside the crate (one on the stack could move or
+/// go away under a queued token):
+/// ```compile_fail,E0624
+/// let holder = conn_daemon::task::TaskHolder::new();
 /// ```
 #[derive(Debug)]
 pub struct TaskHolder {
@@ -120,15 +137,9 @@ pub enum Cancel {
     Running,
 }
 
-impl Default for TaskHolder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl TaskHolder {
-    /// An empty holder.
-    pub const fn new() -> Self {
+    /// An empty holder; only pools make them (see the type's documentation).
+    pub(crate) const fn new() -> Self {
         TaskHolder {
             storage: UnsafeCell::new(Storage([MaybeUninit::uninit(); TASK_SIZE])),
             call: Cell::new(None),

@@ -27,8 +27,9 @@ use util::{listening_sockets_on, show, Server, RESPONSE};
 
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
 
-/// Waits (bounded) until the server has at least `n` listeners, lets it settle, and
-/// returns their inodes.
+/// Waits (bounded) until the server has at least `n` listeners, then watches
+/// 100 ms more (a listener too many would show up late: no state to wait
+/// for), and returns their inodes.
 fn listeners(server: &Server, n: usize) -> Vec<u64> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while server.listening_inodes().len() < n && Instant::now() < deadline {
@@ -99,9 +100,15 @@ fn two_accept_threads_two_listeners_both_serving() {
         server.port()
     );
 
-    // Let start-up activity settle, then measure.
-    thread::sleep(Duration::from_millis(100));
-    let (main0, acc0) = (vcs(&server, main), vcs(&server, accept1));
+    // Start-up's own wake-ups must not count as serving: measure from when
+    // neither counter has moved for 50 ms.
+    let mut last = (vcs(&server, main), vcs(&server, accept1));
+    util::wait_until("start-up's wake-ups over", Duration::from_secs(5), || {
+        thread::sleep(Duration::from_millis(50));
+        let now = (vcs(&server, main), vcs(&server, accept1));
+        std::mem::replace(&mut last, now) == now
+    });
+    let (main0, acc0) = last;
     for i in 0..400 {
         let got = server.request(FAST);
         assert_eq!(got, RESPONSE, "request {i}: got {}", show(&got));

@@ -325,6 +325,47 @@ fn a_readiness_fd_on_a_standard_stream_is_refused_by_name() {
     }
 }
 
+/// A readiness pipe on an fd that `LISTEN_FDS` hands over as a socket is
+/// refused with one line: taken twice, it was closed after the readiness write
+/// under the loop watching it, and libev aborted in `epoll_modify`.
+#[test]
+fn a_readiness_fd_that_names_an_inherited_socket_is_refused() {
+    let port = free_port();
+    let sock = listening_socket(port, true);
+    let err = tmp("ready-fd-socket");
+    let mut child = activated_with(
+        None,
+        &[sock.as_raw_fd()],
+        &["-A", "1", "-p", &port.to_string()],
+        &[("CONN_DAEMON_READY_FD", "3")],
+        &err,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running; stderr:\n{}",
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stderr = fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(100), "{status}; stderr:\n{stderr}");
+    assert_eq!(
+        stderr,
+        "conn-daemon: CONN_DAEMON_READY_FD=3 names an inherited socket (LISTEN_FDS=1 \
+         hands over fds 3 to 3), not a readiness pipe (an upgrading conn-daemon hands it \
+         over after the sockets)\n"
+    );
+    let _ = fs::remove_file(err);
+}
+
 /// Reads the next notification (bounded wait).
 fn next_notification(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];

@@ -22,7 +22,7 @@ mod util;
 
 use conn_daemon::config::Config;
 use conn_daemon::server::Server;
-use util::metrics::{free_addr, Scrape};
+use util::metrics::{free_addr, wait_for, Scrape};
 use util::{connect, reset, RESPONSE};
 
 struct Counting;
@@ -180,6 +180,22 @@ fn drive(addr: SocketAddr, threads: usize, per_thread: usize) {
     }
 }
 
+/// Client threads, and the connections each makes (then 5 that time out).
+const THREADS: usize = 4;
+const PER_THREAD: usize = 2520;
+const _: () = assert!(
+    THREADS * (PER_THREAD + 5) >= 10_000,
+    "10,000 connections or more"
+);
+
+/// No connection open, no slow task queued or running.
+fn quiet(m: &Scrape) -> bool {
+    m.sum("conn_daemon_connections_open", &[])
+        + m.one("conn_daemon_slow_tasks_running")
+        + m.one("conn_daemon_slow_tasks_queued")
+        == 0.0
+}
+
 #[test]
 fn no_allocation_per_connection() {
     let port = util::free_port();
@@ -214,10 +230,9 @@ fn no_allocation_per_connection() {
 
     // Warm-up: every kind of connection, on both accept threads and all workers.
     drive(addr, 4, 70);
-    Scrape::get(metrics);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(metrics, "the warm-up done", Duration::from_secs(10), quiet);
 
-    let (threads, per_thread) = (4, 2520);
+    let (threads, per_thread) = (THREADS, PER_THREAD);
     let go = Arc::new(Barrier::new(threads + 1));
     let handles = clients(addr, threads, per_thread, Arc::clone(&go));
     let before = ALLOCATIONS.load(Ordering::SeqCst);
@@ -231,11 +246,15 @@ fn no_allocation_per_connection() {
     for h in handles {
         h.join().unwrap();
     }
-    // Let abandoned slow tasks come back and deadlines fire.
-    std::thread::sleep(Duration::from_millis(400));
+    // Abandoned slow tasks come back and deadlines fire.
+    wait_for(
+        metrics,
+        "every connection done",
+        Duration::from_secs(10),
+        quiet,
+    );
     let after = ALLOCATIONS.load(Ordering::SeqCst);
     let connections = threads * (per_thread + 5);
-    assert!(connections >= 10_000);
     eprintln!(
         "{connections} connections in {:?}: {} allocations by the server",
         started.elapsed(),

@@ -14,15 +14,14 @@
 //! `--delegate` mode, slow clients that leave during their work included.
 
 use std::fs;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 mod util;
 
-use util::metrics::{free_addr, Scrape};
+use util::metrics::{free_addr, wait_for, Scrape};
 use util::{check_closed_silently, check_response, reset_on_close, send, Server, IO_TIMEOUT};
 
 /// `--read-timeout`: long enough for the loaded phase, short enough to wait
@@ -84,8 +83,8 @@ fn resets(server: &Server, head: &[u8], n: usize) {
         send(s, head);
         reset_on_close(s);
     }
-    // Give the server the bytes first, so it has watched these connections.
-    thread::sleep(Duration::from_millis(50));
+    // The server has read the bytes first, so it has watched these connections.
+    util::wait_read(&conns, IO_TIMEOUT);
 }
 
 /// `n` connections that each send a whole request in four pieces, one read
@@ -96,7 +95,7 @@ fn trickle(server: &Server, n: usize) {
         for s in &conns {
             send(s, piece);
         }
-        thread::sleep(Duration::from_millis(20));
+        util::wait_read(&conns, IO_TIMEOUT);
     }
     for s in &conns {
         check_response(s, IO_TIMEOUT).unwrap();
@@ -126,18 +125,23 @@ fn idle(server: &Server, n: usize) -> Vec<TcpStream> {
 
 /// `n` slow requests whose clients leave (reset) before the response: the task
 /// (or the connection, with `--delegate socket|loop`) is with a worker when the
-/// client goes.
-fn leave_mid_task(server: &Server, n: usize) {
+/// client goes. Returns once the workers have finished the abandoned work.
+fn leave_mid_task(server: &Server, metrics: SocketAddr, n: usize) {
     let conns: Vec<TcpStream> = (0..n).map(|_| server.connect()).collect();
     for s in &conns {
         send(s, SLOW);
     }
+    util::wait_read(&conns, IO_TIMEOUT);
     for s in &conns {
         reset_on_close(s);
     }
     drop(conns);
-    // Give the workers time to finish the abandoned work.
-    thread::sleep(Duration::from_millis(50));
+    wait_for(metrics, "the abandoned work done", IO_TIMEOUT, idle_workers);
+}
+
+/// No slow work queued or running.
+fn idle_workers(m: &Scrape) -> bool {
+    m.one("conn_daemon_slow_tasks_running") + m.one("conn_daemon_slow_tasks_queued") == 0.0
 }
 
 /// Waits for the read deadline to close `conns` without a response.
@@ -200,15 +204,19 @@ fn no_allocation_in(mode: &str) {
     trickle(&server, 4);
     invalid(&server, 4);
     resets(&server, HALF, 4);
-    leave_mid_task(&server, 4);
+    leave_mid_task(&server, metrics, 4);
     let eof = server.connect();
     send(&eof, HALF);
     util::shutdown_write(&eof);
     check_closed_silently(&eof, IO_TIMEOUT).unwrap();
     expect_timed_out(&warm_idle);
     drop(warm_idle);
-    Scrape::get(metrics);
-    thread::sleep(Duration::from_millis(200));
+    wait_for(
+        metrics,
+        "the warm-up's connections all closed",
+        IO_TIMEOUT,
+        |m| idle_workers(m) && m.sum("conn_daemon_connections_open", &[]) == 0.0,
+    );
     let quiet_fds = server.fd_count();
     let before = allocations(&counter);
 
@@ -222,7 +230,7 @@ fn no_allocation_in(mode: &str) {
     trickle(&server, 300);
     invalid(&server, 400);
     resets(&server, HALF, 300);
-    leave_mid_task(&server, 300);
+    leave_mid_task(&server, metrics, 300);
     burst(&server, SLOW, 400, 400);
     // Half of the held connections complete their request: each gets its
     // response, if its read deadline (counted from accept) has not passed.

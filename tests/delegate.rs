@@ -136,7 +136,9 @@ fn a_client_that_leaves_during_its_slow_work(mode: &str) {
     };
     let leaving = server.connect();
     send(&leaving, SLOW);
-    std::thread::sleep(Duration::from_millis(50));
+    wait_for(addr, "the slow work started", SETTLE, |m| {
+        m.one("conn_daemon_slow_tasks_running") == 1.0
+    });
     shutdown_write(&leaving);
     let left = Instant::now();
     check_closed_silently(&leaving, Duration::from_secs(3))
@@ -350,9 +352,10 @@ fn a_loop_worker_gives_each_connection_its_full_duration() {
     for _ in 0..3 {
         let leaving = server.connect();
         send(&leaving, SLOW);
+        // 300 ms into its work, the client goes, and the server closes it.
         std::thread::sleep(Duration::from_millis(300));
         drop(leaving);
-        std::thread::sleep(Duration::from_millis(50));
+        wait_for(addr, "the client that left closed", SETTLE, settled);
         let next = server.connect();
         send(&next, SLOW);
         let t = Instant::now();

@@ -407,3 +407,238 @@ fn build_reference_patches_a_copy_and_builds_debug_and_o2() {
     );
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// The tracked Markdown files a reader follows links through: the README and
+/// the docs (not libev's tree, not the fuzz corpora).
+fn markdown_files() -> Vec<PathBuf> {
+    tracked_files()
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md") && !f.starts_with("vendor"))
+        .collect()
+}
+
+/// Lines outside fenced code blocks, where `#` starts a comment, not a heading.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+/// The anchors GitHub gives a file's headings: lower case, punctuation but
+/// `-` and `_` dropped, spaces to `-`, a repeated heading suffixed `-1`, `-2`.
+fn anchors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in prose_lines(text) {
+        let Some(title) = line.strip_prefix('#').map(|t| t.trim_start_matches('#')) else {
+            continue;
+        };
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = out
+            .iter()
+            .filter(|a| **a == slug || a.starts_with(&format!("{slug}-")))
+            .count();
+        out.push(if n == 0 { slug } else { format!("{slug}-{n}") });
+    }
+    out
+}
+
+/// The targets of the inline links `[text](target)` of a Markdown text,
+/// outside code blocks.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    for line in prose_lines(text) {
+        let mut rest = line;
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let Some(end) = rest.find(')') else { break };
+            targets.push(rest[..end].trim().to_string());
+            rest = &rest[end..];
+        }
+    }
+    targets
+}
+
+/// Every relative link of the README and the docs leads somewhere: the file
+/// exists, and an anchor (`path#heading`, `#heading`) names one of its
+/// headings.
+#[test]
+fn every_link_in_the_docs_leads_to_a_file_and_heading() {
+    let root = Path::new(ROOT);
+    let mut broken = Vec::new();
+    let mut seen = 0;
+    for file in markdown_files() {
+        let text = std::fs::read_to_string(root.join(&file)).unwrap();
+        let dir = file.parent().unwrap_or(Path::new(""));
+        for target in link_targets(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            seen += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else {
+                dir.join(path)
+            };
+            let full = root.join(&resolved);
+            if !full.exists() {
+                broken.push(format!("{}: {target}: no such file", file.display()));
+                continue;
+            }
+            if !anchor.is_empty() && full.extension().is_some_and(|e| e == "md") {
+                let theirs = std::fs::read_to_string(&full).unwrap();
+                if !anchors(&theirs).iter().any(|a| a == anchor) {
+                    broken.push(format!(
+                        "{}: {target}: no heading with that anchor",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(seen >= 30, "found only {seen} links: the scan is broken");
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn anchors_follow_github() {
+    let text = "# Top\n## The check: `contrib/systemd/check.sh`\n```sh\n# a comment\n```\n\
+                ## Scaling across cores (`conn-bench --threads`)\n## Top\n";
+    assert_eq!(
+        anchors(text),
+        [
+            "top",
+            "the-check-contribsystemdchecksh",
+            "scaling-across-cores-conn-bench---threads",
+            "top-1"
+        ]
+    );
+    assert_eq!(
+        link_targets("see [a](x.md#b) and [c](#d)\n```\n[e](f)\n```\n"),
+        ["x.md#b", "#d"]
+    );
+}
+
+/// The numbers written just before `unit` in `text` ("835.4 MB" -> 835.4;
+/// thousands separators allowed).
+fn figures_before(text: &str, unit: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices(unit) {
+        let head = &text[..i];
+        let start = head
+            .rfind(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','))
+            .map_or(0, |j| j + 1);
+        if let Ok(v) = head[start..].replace(',', "").parse() {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The numbers written just after `prefix` in `text`.
+fn figures_after(text: &str, prefix: &str) -> Vec<f64> {
+    text.match_indices(prefix)
+        .filter_map(|(i, _)| {
+            let tail = &text[i + prefix.len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ','))
+                .unwrap_or(tail.len());
+            tail[..end]
+                .trim_end_matches(['.', ','])
+                .replace(',', "")
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// One figure per fact, in one place: the measured facts that documents
+/// once gave two different values for each appear in their one home only,
+/// the others link to it.
+#[test]
+fn each_measured_fact_is_stated_in_one_place() {
+    type Finds = fn(&str) -> bool;
+    let facts: [(&str, &str, Finds); 3] = [
+        (
+            "systemd-analyze security's exposure level",
+            "docs/packaging.md",
+            |t| !figures_after(t, "exposure ").is_empty(),
+        ),
+        (
+            "the C++ reference's idle resident memory (hundreds of MB)",
+            "docs/performance.md",
+            |t| {
+                figures_before(t, " MB")
+                    .iter()
+                    .any(|v| (800.0..1000.0).contains(v))
+            },
+        ),
+        (
+            "the C++ reference's user-space instructions per request",
+            "docs/performance.md",
+            |t| {
+                let count = |v: &f64| (2000.0..10_000.0).contains(v);
+                figures_after(t, "reference about ").iter().any(count)
+                    || t.lines().any(|l| {
+                        l.contains("instructions") && figures_before(l, " |").iter().any(count)
+                    })
+            },
+        ),
+    ];
+    let root = Path::new(ROOT);
+    let docs: Vec<(PathBuf, String)> = markdown_files()
+        .into_iter()
+        .filter(|f| f.starts_with("docs") || f == Path::new("README.md"))
+        .map(|f| {
+            let text = std::fs::read_to_string(root.join(&f)).unwrap();
+            (f, text)
+        })
+        .collect();
+    assert!(docs.len() >= 10, "{docs:?}");
+    let mut wrong = Vec::new();
+    for (fact, home, finds) in facts {
+        let places: Vec<String> = docs
+            .iter()
+            .filter(|(_, text)| finds(text))
+            .map(|(f, _)| f.display().to_string())
+            .collect();
+        if places != [home] {
+            wrong.push(format!(
+                "{fact}: stated in {places:?}, its one place is {home}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn finds_figures() {
+    assert_eq!(
+        figures_before("835.4 MB and 1,200 MB", " MB"),
+        [835.4, 1200.0]
+    );
+    assert_eq!(
+        figures_after("exposure 1.8, exposure x", "exposure "),
+        [1.8]
+    );
+    assert_eq!(
+        figures_after("reference about 2,750; a", "reference about "),
+        [2750.0]
+    );
+}

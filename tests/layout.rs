@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::mem::{align_of, offset_of, size_of};
 
-use conn_daemon::sys::{self, ev_async, ev_io, ev_timer};
+use conn_daemon::sys::{
+    self, ev_async, ev_check, ev_child, ev_cleanup, ev_fork, ev_idle, ev_io, ev_periodic,
+    ev_prepare, ev_signal, ev_stat, ev_timer,
+};
 
 /// Every entry of the shim's table, by name.
 fn c_layout() -> BTreeMap<String, usize> {
@@ -40,11 +43,30 @@ fn rust_layout() -> BTreeMap<String, usize> {
     watcher!(ev_io: active, pending, data, cb, next, fd, events);
     watcher!(ev_timer: active, pending, data, cb, at, repeat);
     watcher!(ev_async: active, pending, data, cb, sent);
+    watcher!(ev_signal: active, pending, data, cb, next, signum);
+    watcher!(ev_child: active, pending, data, cb, next, flags, pid, rpid, rstatus);
+    watcher!(ev_periodic: active, pending, data, cb, at, offset, interval, reschedule_cb);
+    watcher!(ev_stat: active, pending, data, cb, next, timer, interval, path, prev, attr, wd);
+    watcher!(ev_idle: active, pending, data, cb);
+    watcher!(ev_prepare: active, pending, data, cb);
+    watcher!(ev_check: active, pending, data, cb);
+    watcher!(ev_fork: active, pending, data, cb);
+    watcher!(ev_cleanup: active, pending, data, cb);
     put("EV_READ", sys::EV_READ as usize);
     put("EV_WRITE", sys::EV_WRITE as usize);
     put("EV_TIMER", sys::EV_TIMER as usize);
     put("EV_ASYNC", sys::EV_ASYNC as usize);
     put("EV_ERROR", sys::EV_ERROR as isize as usize);
+    put("EV_PERIODIC", sys::EV_PERIODIC as usize);
+    put("EV_SIGNAL", sys::EV_SIGNAL as usize);
+    put("EV_CHILD", sys::EV_CHILD as usize);
+    put("EV_STAT", sys::EV_STAT as usize);
+    put("EV_IDLE", sys::EV_IDLE as usize);
+    put("EV_PREPARE", sys::EV_PREPARE as usize);
+    put("EV_CHECK", sys::EV_CHECK as usize);
+    put("EV_FORK", sys::EV_FORK as usize);
+    put("EV_CLEANUP", sys::EV_CLEANUP as usize);
+    put("EV_NSIG", sys::EV_NSIG as usize);
     put("EVBACKEND_EPOLL", sys::EVBACKEND_EPOLL as usize);
     put("EVFLAG_NOENV", sys::EVFLAG_NOENV as usize);
     put("EVBREAK_ALL", sys::EVBREAK_ALL as usize);

@@ -302,8 +302,8 @@ fn the_open_files_warning_only_where_the_capacity_cannot_be_held() {
     let server = Server::start_limited(libc::RLIMIT_NOFILE, 20_000, &["-A", "2", "-C", "15000"]);
     let stderr = server.stderr();
     assert!(
-        stderr
-            .contains("conn-daemon: open files limit 20000 is below what -A x -C (30000) may need"),
+        stderr.contains("conn-daemon: open files limit 20000 (hard limit 20000) is below the 30")
+            && stderr.contains("that -A x -C (30000 connections) and about "),
         "{stderr}"
     );
     assert!(

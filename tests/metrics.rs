@@ -168,6 +168,29 @@ fn counters_equal_what_the_clients_did() {
 }
 
 /// `-w 0` answers slow requests inline: still `kind="slow"`, and no task.
+/// `process_cpu_seconds_total` is the server's CPU time as /proc counts it:
+/// read from outside just before and just after a scrape, it lies between the
+/// two, once the server has used some (so that a constant 0 fails).
+#[test]
+fn cpu_seconds_are_the_processs_cpu_time() {
+    let (server, addr) = start(&[]);
+    let ticks = || util::cpu_ticks(server.pid()) as f64 / util::clk_tck() as f64;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while ticks() < 0.05 {
+        assert!(Instant::now() < deadline, "50 ms of CPU not used");
+        for _ in 0..50 {
+            assert_eq!(server.request(b"GET /test/fast\r\n\r\n"), util::RESPONSE);
+        }
+    }
+    let before = ticks();
+    let cpu = Scrape::get(addr).one("process_cpu_seconds_total");
+    let after = ticks();
+    assert!(
+        before <= cpu && cpu <= after,
+        "process_cpu_seconds_total {cpu}, /proc: {before} before the scrape, {after} after"
+    );
+}
+
 #[test]
 fn slow_requests_answered_inline_count_as_slow() {
     let (server, addr) = start(&["-A", "1", "-w", "0"]);
@@ -471,8 +494,10 @@ fn idle_scrape_connections_do_not_delay_a_scrape() {
                 s
             })
             .collect();
-        // Every one of them accepted and waiting for the rest of its request.
-        thread::sleep(Duration::from_millis(200));
+        // As many as the listener serves at once (8, `SLOTS` in
+        // src/metrics/scrape.rs) accepted and waiting for the rest of their
+        // request; the others, if any, wait in its backlog.
+        util::wait_read(&holders[..idle.min(8)], IO_TIMEOUT);
         let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
         send(&s, b"GET /metrics HTTP/1.1\r\n\r\n");
         let r = read_to_end(&s, Duration::from_millis(1500));
@@ -493,7 +518,7 @@ fn idle_scrape_connections_do_not_delay_a_scrape() {
 /// succeed.
 #[test]
 fn an_upgrade_hands_the_metrics_listener_over() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let addr = free_addr();
     let metrics = addr.to_string();
@@ -501,11 +526,13 @@ fn an_upgrade_hands_the_metrics_listener_over() {
     let before = util::listening_sockets_on(addr.port());
     assert_eq!(before.len(), 1, "{before:?}");
     let stop = Arc::new(AtomicBool::new(false));
+    let scrapes = Arc::new(AtomicU64::new(0));
     let scraper = {
-        let stop = Arc::clone(&stop);
+        let (stop, scrapes) = (Arc::clone(&stop), Arc::clone(&scrapes));
         thread::spawn(move || {
             let (mut ok, mut failures) = (0u64, Vec::new());
             while !stop.load(Ordering::Relaxed) {
+                scrapes.fetch_add(1, Ordering::Relaxed);
                 match exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n") {
                     Ok((status, _, _)) if status == "HTTP/1.1 200 OK" => ok += 1,
                     Ok((status, _, _)) => failures.push(status),
@@ -522,7 +549,11 @@ fn an_upgrade_hands_the_metrics_listener_over() {
         let now = util::listening_sockets_on(addr.port());
         assert_eq!(now, before, "upgrade {round}: the metrics socket changed");
     }
-    thread::sleep(Duration::from_millis(100));
+    // A few scrapes that start after the last upgrade, too.
+    let after_last = scrapes.load(Ordering::Relaxed) + 3;
+    util::wait_until("scrapes after the last upgrade", IO_TIMEOUT, || {
+        scrapes.load(Ordering::Relaxed) > after_last
+    });
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = scraper.join().unwrap();
     assert!(

@@ -1,5 +1,6 @@
-//! Property tests for `ReqParser`: the verdict must not depend on how the bytes
-//! were split into reads, and every well-formed request must be accepted.
+//! Property tests for `ReqParser`: the verdict is the protocol model's
+//! (tests/protocol-model), it does not depend on how the bytes were split into
+//! reads, and every well-formed request is accepted.
 
 use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
 use proptest::prelude::*;
@@ -48,43 +49,11 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// The protocol read naively off the whole buffer (rescanning, quadratic), as an
-/// oracle for the incremental parser on random input.
-fn reference(filled: &[u8]) -> Verdict {
-    fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-        (from..hay.len()).find(|&i| hay[i..].starts_with(needle))
-    }
-    let buf = &filled[..filled.len().min(REQUEST_MAX)];
-    let starved = if filled.len() >= REQUEST_MAX {
-        Verdict::TooLarge
-    } else {
-        Verdict::Incomplete
-    };
-    if buf.len() < 4 {
-        return if find(buf, b"\r\n", 0).is_some() {
-            Verdict::Invalid
-        } else {
-            Verdict::Incomplete
-        };
-    }
-    if !buf.starts_with(b"GET ") {
-        return Verdict::Invalid;
-    }
-    let Some(cr) = find(buf, b"\r\n", 0) else {
-        return starved;
-    };
-    let line = &buf[4..cr];
-    let start = line.iter().take_while(|&&b| b == b' ').count();
-    let target = line[start..].split(|&b| b == b' ').next().unwrap_or(&[]);
-    let verdict = match target {
-        b"/test/fast" => Verdict::Fast,
-        b"/test/slow" => Verdict::Slow,
-        _ => return Verdict::Invalid,
-    };
-    match find(buf, b"\r\n\r\n", cr) {
-        Some(_) => verdict,
-        None => starved,
-    }
+/// The protocol's one model (tests/protocol-model, written from
+/// docs/protocol.md), the oracle for the incremental parser on random input.
+fn model(filled: &[u8]) -> Verdict {
+    assert_eq!(protocol_model::BUFFER, REQUEST_MAX);
+    protocol_model::verdict_as!(Verdict, filled)
 }
 
 /// Feeds `data` as growing prefixes ending at the (sorted) `cuts`, then whole,
@@ -143,7 +112,7 @@ proptest! {
         fractions in prop::collection::vec(any::<u16>(), 0..12),
     ) {
         let whole = ReqParser::new().parse(&data);
-        prop_assert_eq!(whole, reference(&data));
+        prop_assert_eq!(whole, model(&data));
         let cuts = cuts_for(data.len(), &fractions);
         prop_assert_eq!(feed(&data, &cuts), whole);
     }

@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use util::{
-    check_closed_silently, check_nothing_for, check_response, connect, count_lines, ms,
-    read_to_end, reset, serial, show, End, Server, RESPONSE,
+    check_closed_silently, check_nothing_for, check_response, clk_tck, connect, count_lines,
+    cpu_ticks, ms, read_to_end, reset, serial, show, End, Server, RESPONSE,
 };
 
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
@@ -29,30 +29,9 @@ const PARTIAL: &[u8] = b"GET /te";
 /// whole core: 100 % of the window).
 const CPU_BUDGET: Duration = Duration::from_millis(200);
 
-/// Clock ticks per second of /proc/PID/stat.
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    assert!(n > 0, "sysconf(_SC_CLK_TCK) = {n}");
-    n as u64
-}
-
 /// `CPU_BUDGET` in clock ticks.
 fn cpu_budget_ticks() -> u64 {
     (CPU_BUDGET.as_millis() as u64 * clk_tck()).div_ceil(1000)
-}
-
-/// utime + stime of process `pid` (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
-    // The comm field (2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields[11].parse().expect("utime");
-    let stime: u64 = fields[12].parse().expect("stime");
-    utime + stime
 }
 
 /// Number of open fds of `pid` whose number is below `limit`.
@@ -69,14 +48,12 @@ fn fds_below(pid: u32, limit: u64) -> u64 {
 
 /// Waits (bounded) until `fd_count() >= min`; returns the last count seen.
 fn wait_fd_count_at_least(server: &Server, min: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = server.fd_count();
-        if n >= min || Instant::now() >= deadline {
-            return n;
-        }
-        thread::sleep(ms(5));
-    }
+    let mut n = server.fd_count();
+    util::poll_until(timeout, || {
+        n = server.fd_count();
+        n >= min
+    });
+    n
 }
 
 /// The server's fd count at rest: once the socket it sent `READY=1` on is closed
@@ -190,12 +167,15 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
             s
         })
         .collect();
-    // Let the server take what it can and run into EMFILE.
-    thread::sleep(ms(300));
+    // The server takes what it can and runs into EMFILE: every fd number
+    // below the limit is taken (fds inherited above it, such as a jobserver
+    // pipe, do not count).
+    let mut below = 0;
+    util::poll_until(ms(5000), || {
+        below = fds_below(server.pid(), NOFILE);
+        below + 2 >= NOFILE
+    });
     server.assert_running();
-    // Every fd number below the limit is taken (fds inherited above it, such as
-    // a jobserver pipe, do not count).
-    let below = fds_below(server.pid(), NOFILE);
     assert!(
         below + 2 >= NOFILE,
         "the server holds only {below} fds below RLIMIT_NOFILE {NOFILE} with {CLIENTS} clients waiting"
@@ -469,10 +449,10 @@ fn resets_mid_request_leave_the_server_healthy() {
                 s
             })
             .collect();
-        // Every other batch gives the server time to accept before the resets;
-        // the others reset connections that may still be in the backlog.
+        // Every other batch is read by the server before the resets; the
+        // others reset connections that may still be in the backlog.
         if batch % 2 == 1 {
-            thread::sleep(ms(20));
+            util::wait_read(&streams, ms(5000));
         }
         for s in streams {
             reset(s);
@@ -522,8 +502,8 @@ fn resets_while_slow_requests_are_in_flight_leave_the_server_healthy() {
                 s
             })
             .collect();
-        // Let the requests reach the workers, then leave.
-        thread::sleep(ms(30));
+        // The requests are with the server (their tasks queued), then leave.
+        util::wait_read(&streams, ms(5000));
         for s in streams {
             reset(s);
         }

@@ -12,10 +12,21 @@ use std::thread;
 use std::time::Instant;
 
 use util::{
-    check_closed_silently, check_response, ms, read_to_end, send, show, End, Mismatch, Server,
+    check_closed_silently, check_response, ms, read_to_end, send, show, wait_read, End, Mismatch,
+    Server,
 };
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
+
+/// The server listens no more by `by` (it is polled until then), and one
+/// connection attempt (no retry) is refused.
+#[track_caller]
+fn expect_refused_by(server: &Server, by: Instant, when: &str) {
+    while !server.listening_inodes().is_empty() && Instant::now() < by {
+        thread::sleep(ms(2));
+    }
+    expect_refused(server, when);
+}
 
 /// One connection attempt (no retry) must be refused: nothing listens any more.
 #[track_caller]
@@ -38,22 +49,16 @@ fn slow_requests(server: &Server, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Sleeps until `at` (no-op if it is past).
-fn sleep_until(at: Instant) {
-    thread::sleep(at.saturating_duration_since(Instant::now()));
-}
-
 #[test]
 fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
     const N: usize = 20;
     let mut server = Server::start(&["-A", "2", "-w", "4", "-D", "500"]);
     let streams = slow_requests(&server, N);
-    thread::sleep(ms(100));
+    wait_read(&streams, ms(5000));
     server.signal(libc::SIGTERM);
     let t_sig = Instant::now();
 
-    sleep_until(t_sig + ms(100));
-    expect_refused(&server, "100 ms after SIGTERM");
+    expect_refused_by(&server, t_sig + ms(100), "100 ms after SIGTERM");
 
     // 20 tasks of 500 ms on 4 workers: ~2.5 s, well within the default 10 s drain.
     let limit = t_sig + ms(2500 + 3000);
@@ -99,9 +104,14 @@ fn sigterm_finishes_slow_requests_refuses_new_ones_and_exits_0() {
 fn a_repeated_sigterm_is_the_same_request() {
     let mut server = Server::start(&["-w", "2", "-D", "600"]);
     let streams = slow_requests(&server, 2);
-    thread::sleep(ms(100));
+    wait_read(&streams, ms(5000));
     server.signal(libc::SIGTERM);
-    thread::sleep(ms(50));
+    // The second once the first has been acted on.
+    expect_refused_by(
+        &server,
+        Instant::now() + ms(5000),
+        "after the first SIGTERM",
+    );
     server.signal(libc::SIGTERM);
     for (i, s) in streams.iter().enumerate() {
         if let Err(e) = check_response(s, ms(3000)) {
@@ -183,7 +193,7 @@ fn one_slow_in_flight() -> (Server, TcpStream) {
     let server = Server::start(&["-w", "1", "-D", "5000"]);
     let s = server.connect();
     send(&s, SLOW);
-    thread::sleep(ms(100));
+    wait_read([&s], ms(5000));
     (server, s)
 }
 
@@ -238,7 +248,7 @@ fn shutdown_timeout_bounds_the_drain() {
     send(&slow, SLOW);
     let idle = server.connect();
     send(&idle, b"GET /te");
-    thread::sleep(ms(100));
+    wait_read([&slow, &idle], ms(5000));
     server.signal(libc::SIGTERM);
     let t_sig = Instant::now();
 
@@ -287,11 +297,10 @@ fn sigint_behaves_as_sigterm() {
     let mut server = Server::start(&["-w", "1", "-D", "300"]);
     let s = server.connect();
     send(&s, SLOW);
-    thread::sleep(ms(50));
+    wait_read([&s], ms(5000));
     server.signal(libc::SIGINT);
     let t_sig = Instant::now();
-    sleep_until(t_sig + ms(100));
-    expect_refused(&server, "100 ms after SIGINT");
+    expect_refused_by(&server, t_sig + ms(100), "100 ms after SIGINT");
     if let Err(e) = check_response(&s, ms(300 + 2000)) {
         panic!("slow request in flight at SIGINT: {e}");
     }

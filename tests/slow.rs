@@ -7,7 +7,10 @@ mod util;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{ms, read_to_end, send, show, End, Server, RESPONSE};
+use util::{
+    check_response, ms, read_to_end, send, show, wait_closed, wait_read, End, Server, ServerEnd,
+    RESPONSE,
+};
 
 const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
 const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
@@ -19,8 +22,10 @@ fn slow_is_answered_no_sooner_than_the_duration() {
     let server = Server::start(&["-w", "1", "-D", "200"]);
     for req in [SLOW, b"GET /test/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"] {
         let s = server.connect();
+        // Before the write: a lower bound must not lose the time this thread
+        // may wait between the write and reading the clock.
+        let t = Instant::now();
         send(&s, req);
-        let t = Instant::now(); // the end of the write
         let r = read_to_end(&s, ms(200) + SLACK + ms(1000));
         let elapsed = t.elapsed();
         assert_eq!(
@@ -125,12 +130,13 @@ fn a_client_leaving_during_its_slow_task_does_not_disturb_the_next() {
     for round in 0..3 {
         let a = server.connect();
         send(&a, SLOW);
+        let a_end = ServerEnd::of(&a);
         drop(a);
-        // Let the server read A's request and EOF, and release A's connection.
-        thread::sleep(ms(50));
+        // The server has read A's request and EOF and released A's connection.
+        wait_closed(&[a_end], ms(5000));
         let b = server.connect();
+        let t = Instant::now(); // before the write, as above
         send(&b, SLOW);
-        let t = Instant::now();
         let r = read_to_end(&b, ms(600) + SLACK + ms(1000));
         let elapsed = t.elapsed();
         assert_eq!(
@@ -176,10 +182,16 @@ fn abandoned_slow_tasks_are_harmless() {
     for _ in 0..10 {
         let s = server.connect();
         send(&s, SLOW);
+        // Its task is queued before its client goes.
+        wait_read([&s], ms(5000));
         drop(s);
     }
-    // 10 tasks x 100 ms on one worker.
-    thread::sleep(ms(1200));
+    // 10 tasks x 100 ms on one worker, in order: once a slow request sent now
+    // is answered, every abandoned task is done.
+    let behind = server.connect();
+    send(&behind, SLOW);
+    check_response(&behind, ms(1100) + SLACK + ms(2000)).unwrap();
+    drop(behind);
     server.assert_running();
     let fds = server.wait_fd_count_at_most(baseline, Duration::from_secs(3));
     assert!(
@@ -188,8 +200,8 @@ fn abandoned_slow_tasks_are_harmless() {
     );
     assert_eq!(server.request(FAST), RESPONSE);
     let s = server.connect();
+    let t = Instant::now(); // before the write, as above
     send(&s, SLOW);
-    let t = Instant::now();
     let r = read_to_end(&s, ms(100) + SLACK + ms(1000));
     assert_eq!(r.bytes, RESPONSE, "got {} then {:?}", show(&r.bytes), r.end);
     assert!(

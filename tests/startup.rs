@@ -45,6 +45,38 @@ fn a_port_a_plain_listener_holds_is_refused() {
     assert_refused_busy_port(holder.local_addr().unwrap().port());
 }
 
+/// Two of our own `--listen` addresses on one port, one covering the other,
+/// are refused as such (exit 1, one line naming both), not as a port another
+/// process holds; the IPv4 and IPv6 wildcards do not overlap and both serve.
+#[test]
+fn listen_addresses_that_overlap_each_other_are_named() {
+    let port = free_port();
+    let (wild, local) = (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"));
+    for (first, second) in [(&wild, &local), (&local, &wild)] {
+        let out = run_bounded(
+            &["--listen", first, "--listen", second, "-A", "2"],
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{first} {second}: {stderr}");
+        assert_eq!(
+            stderr,
+            format!(
+                "conn-daemon: --listen {second} overlaps --listen {first} (0.0.0.0 takes \
+                 port {port} on every IPv4 address): give one of them\n"
+            )
+        );
+    }
+    // Without a port, --listen takes the test server's -p.
+    let both = Server::start(&["--listen", "0.0.0.0", "--listen", "[::]", "-A", "1"]);
+    for host in ["127.0.0.1", "[::1]"] {
+        let addr: std::net::SocketAddr = format!("{host}:{}", both.port()).parse().unwrap();
+        let s = util::connect(addr);
+        util::send(&s, b"GET /test/fast\r\n\r\n");
+        check_response(&s, IO_TIMEOUT).unwrap();
+    }
+}
+
 #[test]
 fn verbose_prints_debug_lines_to_stdout() {
     let port = free_port();
@@ -128,17 +160,25 @@ fn find_process(args: &[&str]) -> Option<u32> {
         })
 }
 
-#[test]
-fn daemonize_detaches_into_var_tmp_and_serves() {
-    let port = free_port().to_string();
-    let args = [
+/// The command line of a daemon on `port` with one accept thread, `extra`
+/// after it: the binary first, as `/proc/PID/cmdline` shows it.
+fn daemon_command(port: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
         bin(),
         "-d".into(),
         "-p".into(),
-        port.clone(),
+        port.into(),
         "-A".into(),
         "1".into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+#[test]
+fn daemonize_detaches_into_var_tmp_and_serves() {
+    let port = free_port().to_string();
+    let args = daemon_command(&port, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The foreground process returns at once, successfully; the daemon serves on.
     let out = run_bounded(&args[1..], Duration::from_secs(10));
@@ -158,6 +198,45 @@ fn daemonize_detaches_into_var_tmp_and_serves() {
         std::path::Path::new("/var/tmp")
     );
     drop(stop);
+}
+
+/// `-d` with a pid file that cannot be written (its directory missing, a file
+/// where a directory should be, a directory in its place) exits 100 with one
+/// line before detaching: no server runs on that nothing names (it exited 0
+/// silently, and the detached server served on).
+#[test]
+fn daemonize_with_a_pid_file_that_cannot_be_written_exits_100() {
+    let dir = std::env::temp_dir().join(format!("conn-daemon-pidfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("a-directory")).unwrap();
+    std::fs::write(dir.join("a-file"), "").unwrap();
+    for (pid_file, why) in [
+        (dir.join("missing/cd.pid"), "No such file or directory"),
+        (dir.join("a-file/cd.pid"), "Not a directory"),
+        (dir.join("a-directory"), "it is a directory"),
+    ] {
+        let port = free_port().to_string();
+        let pid_arg = pid_file.to_str().unwrap().to_string();
+        let args = daemon_command(&port, &["--pid-file", &pid_arg]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_bounded(&args[1..], Duration::from_secs(10));
+        // Whatever the outcome, no daemon of this test's may outlive it.
+        std::thread::sleep(Duration::from_millis(200));
+        let daemon = find_process(&args).map(scopeguard);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(100), "{pid_arg}: {out:?}");
+        assert_eq!(stderr.lines().count(), 1, "{pid_arg}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "conn-daemon: cannot write the pid file {pid_arg}: {why}"
+            )),
+            "{pid_arg}: {stderr}"
+        );
+        assert!(daemon.is_none(), "{pid_arg}: a detached server runs on");
+        let refused = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()));
+        assert!(refused.is_err(), "{pid_arg}: something listens on {port}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Kills the daemon when the test ends, however it ends.
@@ -181,6 +260,17 @@ fn spawn_with_address_limit(
     limit_kib: u64,
     env: &[(&str, &str)],
 ) -> std::process::Child {
+    spawn_limited(args, libc::RLIMIT_AS, limit_kib * 1024, env)
+}
+
+/// The binary with `resource` limited to `limit` (soft and hard), `env` added;
+/// stderr piped.
+fn spawn_limited(
+    args: &[&str],
+    resource: util::Resource,
+    limit: u64,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("NOTIFY_SOCKET")
@@ -188,7 +278,7 @@ fn spawn_with_address_limit(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    util::limit_before_exec(&mut cmd, libc::RLIMIT_AS, limit_kib * 1024);
+    util::limit_before_exec(&mut cmd, resource, limit);
     cmd.spawn().unwrap()
 }
 
@@ -347,6 +437,78 @@ fn under_any_address_space_limit_start_up_serves_or_exits_10() {
     }
     // The sweep reaches limits where the server does start.
     assert!(served > 0, "no limit was wide enough to serve");
+}
+
+/// Starts `args` under `ulimit -n limit`: whether it served (said READY=1),
+/// else its exit status and stderr.
+fn start_under_fd_limit(args: &[&str], limit: u64) -> Result<(), (Option<i32>, String)> {
+    let notify = util::Notify::bind();
+    let env = [("NOTIFY_SOCKET", notify.env())];
+    let mut child = spawn_limited(args, libc::RLIMIT_NOFILE, limit, &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if notify.ready_within(Duration::from_millis(5)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+            return Err(finish(child));
+        }
+    }
+}
+
+/// An open-files limit start-up would run out of is one line and exit 100,
+/// before anything is created: libev aborted (SIGABRT, a core dump) when an
+/// eventfd could not be made, at `ulimit -n 1024` with `-A 300 -C 10` and at
+/// 10 to 14 with `-A 2`. Swept from 8 up in three shapes (the worker loops of
+/// `--delegate loop`, `--metrics`): each limit serves or refuses, and the
+/// number of fds the line says start-up needs is the first limit that serves.
+#[test]
+fn an_open_files_limit_start_up_would_run_out_of_is_one_line_and_exit_100() {
+    let port = free_port().to_string();
+    let many = ["-p", &port, "-A", "300", "-C", "10", "-w", "1"];
+    let (code, stderr) = start_under_fd_limit(&many, 1024).unwrap_err();
+    assert_eq!(code, Some(100), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("conn-daemon: open files limit 1024 is below the "),
+        "{stderr}"
+    );
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let shapes: [&[&str]; 3] = [
+        &["-A", "2", "-C", "10", "-w", "2"],
+        &["-A", "2", "-C", "10", "-w", "3", "--delegate", "loop"],
+        &["-A", "3", "-C", "10", "-w", "1", "--metrics", &metrics],
+    ];
+    for shape in shapes {
+        let mut args = vec!["-p", &port];
+        args.extend_from_slice(shape);
+        let mut said_needed = None;
+        let mut first_served = None;
+        // Below about 5 the dynamic loader itself cannot open the libraries.
+        for limit in 8..80u64 {
+            match start_under_fd_limit(&args, limit) {
+                Ok(()) => {
+                    first_served = Some(limit);
+                    break;
+                }
+                Err((code, stderr)) => {
+                    let prefix = format!("conn-daemon: open files limit {limit} is below the ");
+                    assert!(
+                        code == Some(100) && stderr.lines().count() == 1,
+                        "{shape:?} under {limit}: {code:?}\n{stderr}"
+                    );
+                    let rest = stderr.strip_prefix(&prefix).unwrap_or_else(|| {
+                        panic!("{shape:?} under {limit}: {stderr}");
+                    });
+                    said_needed = rest.split(' ').next().and_then(|n| n.parse::<u64>().ok());
+                }
+            }
+        }
+        assert!(said_needed.is_some(), "{shape:?}: served even under 8 fds");
+        assert_eq!(first_served, said_needed, "{shape:?}");
+    }
 }
 
 /// The pid file's temporary name is never followed as a symlink: with links

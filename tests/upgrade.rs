@@ -339,12 +339,7 @@ fn a_new_process_that_serves_silently_is_stopped_gracefully() {
         failures.is_empty() && answered > 0,
         "{answered} answered, {failures:?}"
     );
-    let line = lineage
-        .stderr()
-        .lines()
-        .find(|l| l.contains("upgrade failed"))
-        .unwrap()
-        .to_string();
+    let line = lineage.wait_line("upgrade failed", secs(5)).unwrap();
     assert!(
         line.contains("it did not report that it serves within 800 ms; stopped with SIGTERM (exited with status 0); still serving"),
         "{line}"
@@ -503,4 +498,391 @@ fn a_new_process_that_dies_while_the_old_one_drains_is_replaced() {
     util::send(&s, b"GET /test/fast\r\n\r\n");
     util::check_response(&s, secs(5)).unwrap();
     lineage.stop(secs(10)).unwrap();
+}
+
+/// The first line of a request: accepted (there are bytes) but incomplete, it
+/// keeps the process that accepted it draining until the rest comes.
+const PARTIAL: &[u8] = b"GET /test/fast HTTP/1.1\r\n";
+
+/// A client whose incomplete request is accepted by the process serving now.
+fn idle_client(lineage: &Lineage) -> TcpStream {
+    let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+    util::send(&s, PARTIAL);
+    // Accepted once its bytes are there (TCP_DEFER_ACCEPT), at once.
+    std::thread::sleep(Duration::from_millis(200));
+    s
+}
+
+/// Sends SIGUSR2 to `from` and waits for the pid file to name a new process.
+fn upgrade_from(lineage: &mut Lineage, from: u32) -> u32 {
+    // SAFETY: kill(2) has no memory preconditions.
+    unsafe { libc::kill(from as libc::pid_t, libc::SIGUSR2) };
+    let new = lineage
+        .wait_pid_file(|p| p != from && alive(p), secs(10))
+        .unwrap_or_else(|| panic!("no new process after {from}: {}", lineage.stderr()));
+    lineage.pids.push(new);
+    new
+}
+
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{pid} still running");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A stop is final: SIGTERM or SIGQUIT to the new process (the one the pid
+/// file names) while the old one still drains ends the lineage. The old one
+/// starts nothing (it did: `new process N ended while we drain (exited with
+/// status 0)`, then its own binary, which served on), drops its copies of the
+/// listeners at once so that new connections are refused while it finishes,
+/// and exits after its drain.
+#[test]
+fn a_stop_of_the_new_process_while_the_old_one_drains_is_final() {
+    for sig in [libc::SIGTERM, libc::SIGQUIT] {
+        let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--shutdown-timeout", "8000"]);
+        let old = lineage.pid();
+        let idle = idle_client(&lineage);
+        let new = upgrade_from(&mut lineage, old);
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(new as libc::pid_t, sig) };
+        wait_gone(new, secs(10));
+        // The old process drains on (the idle client), yet nothing listens.
+        refused_within(lineage.addr(), secs(2))
+            .unwrap_or_else(|e| panic!("signal {sig}: {e}\n{}", lineage.stderr()));
+        assert!(alive(old), "signal {sig}: the old process ended early");
+        let status = if sig == libc::SIGTERM { 0 } else { 1 };
+        assert!(
+            lineage.wait_stderr(
+                &format!(
+                    "upgrade: new process {new} ended while we drain (exited with status {status})"
+                ),
+                1,
+                secs(5)
+            ),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        assert!(
+            lineage.stderr().contains("nothing is started again"),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        // The old process answers what it had, then exits; nothing came back.
+        util::send(&idle, b"\r\n");
+        util::check_response(&idle, secs(5)).unwrap();
+        wait_gone(old, secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+        refused_within(lineage.addr(), Duration::ZERO).unwrap();
+        assert!(
+            lineage.running().is_empty(),
+            "signal {sig}: {:?}",
+            lineage.running()
+        );
+        assert!(
+            !lineage.stderr().contains("our own binary"),
+            "signal {sig}: {}",
+            lineage.stderr()
+        );
+        if sig == libc::SIGTERM {
+            assert!(!lineage.pid_file.exists(), "the pid file is left behind");
+        }
+    }
+}
+
+/// Two upgrades within the first process's drain leave one lineage: the
+/// second process hands over to the third and exits 0 (or is killed while it
+/// drains in turn), and the first, which had said the second crashed and
+/// started a replacement that took the pid file while the third served on
+/// unnamed, now starts nothing. The pid file names the third throughout, and
+/// a stop through it stops every generation.
+#[test]
+fn two_upgrades_within_a_drain_leave_one_lineage() {
+    for kill_second in [false, true] {
+        let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--shutdown-timeout", "8000"]);
+        let first = lineage.pid();
+        let idle_first = idle_client(&lineage);
+        let second = upgrade_from(&mut lineage, first);
+        let idle_second = kill_second.then(|| idle_client(&lineage));
+        let third = upgrade_from(&mut lineage, second);
+        if kill_second {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(second as libc::pid_t, libc::SIGKILL) };
+        }
+        wait_gone(second, secs(10));
+        drop(idle_second);
+        std::thread::sleep(Duration::from_millis(500));
+        let what = if kill_second { "killed" } else { "exited" };
+        assert!(
+            !lineage.stderr().contains("our own binary"),
+            "second {what}: {}",
+            lineage.stderr()
+        );
+        assert_eq!(lineage.pid_in_file(), Some(third), "second {what}");
+        let mut running = lineage.running();
+        running.sort();
+        let mut expected = vec![first, third];
+        expected.sort();
+        assert_eq!(running, expected, "second {what}: {}", lineage.stderr());
+        for _ in 0..5 {
+            let s = TcpStream::connect_timeout(&lineage.addr(), secs(2)).unwrap();
+            util::send(&s, b"GET /test/fast\r\n\r\n");
+            util::check_response(&s, secs(5)).unwrap();
+        }
+        util::send(&idle_first, b"\r\n");
+        util::check_response(&idle_first, secs(5)).unwrap();
+        wait_gone(first, secs(10));
+        lineage
+            .stop_through_pid_file(secs(10))
+            .unwrap_or_else(|e| panic!("second {what}: {e}\n{}", lineage.stderr()));
+        refused_within(lineage.addr(), secs(2)).unwrap();
+    }
+}
+
+/// A failed upgrade whose new executable daemonizes (an older conn-daemon
+/// with `-d`, simulated by a wrapper that hides the readiness pipe and the
+/// upgrade count) cannot escape: it leaves its process group, but as we are
+/// its subreaper it becomes our child, gets SIGTERM with the group, and the
+/// line says how it ended (it said `stopped with SIGTERM (exited with status
+/// 0)` of the parent that had exited at once, while the escaped server served
+/// on, even after the old process was stopped).
+#[test]
+fn a_failed_new_executable_that_daemonizes_is_stopped_too() {
+    let mut lineage = Lineage::start(&["-A", "1", "-w", "1", "--upgrade-timeout", "800"]);
+    let old = lineage.pid();
+    let wrapper = format!(
+        "#!/bin/sh\nunset CONN_DAEMON_READY_FD CONN_DAEMON_UPGRADES\nexec '{}' \"$@\" -d -v\n",
+        util::bin()
+    );
+    lineage.install(wrapper.as_bytes(), 0o755);
+    lineage.signal(libc::SIGUSR2);
+    let line = lineage
+        .wait_line("upgrade failed", secs(20))
+        .unwrap_or_else(|| panic!("{}", lineage.stderr()));
+    assert!(
+        line.contains("stopped with SIGTERM (exited with status 0; pid ")
+            && line
+                .contains(", which left its process group: exited with status 0); still serving"),
+        "{line}"
+    );
+    assert!(alive(old));
+    // Only the old process serves, and its stop is the end of it.
+    lineage.install_real();
+    lineage.stop(secs(10)).unwrap();
+    refused_within(lineage.addr(), secs(5)).unwrap();
+}
+
+/// A small xorshift generator: the storm is random, and its seed is printed
+/// (and can be given back through `CONN_DAEMON_TEST_SEED`) to replay a run.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("CONN_DAEMON_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("storm seed: CONN_DAEMON_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// How one client connection of the storm ended.
+#[derive(Debug, Default)]
+struct Outcomes {
+    answered: u64,
+    /// Nothing listened: the connection was refused (or reset while the
+    /// handshake was under way).
+    refused: u64,
+    /// Closed or reset before any byte of an answer: a stop without a drain
+    /// (SIGQUIT, a second SIGINT), or an incomplete request a drain closed.
+    dropped: u64,
+    /// Anything else: a hang, or bytes that are not the answer.
+    wrong: Vec<String>,
+}
+
+/// One connection: `first` (and, after `pause`, `rest`), then the outcome.
+fn storm_request(
+    addr: SocketAddr,
+    first: &[u8],
+    pause: Duration,
+    rest: &[u8],
+) -> Result<bool, String> {
+    let s = match TcpStream::connect_timeout(&addr, secs(2)) {
+        Ok(s) => s,
+        // Reset during the handshake: the listener closed under it (a stop).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(false)
+        }
+        Err(e) => return Err(format!("connect: {e}")),
+    };
+    let sent = util::send_lenient(&s, first) && {
+        std::thread::sleep(pause);
+        rest.is_empty() || util::send_lenient(&s, rest)
+    };
+    let got = util::read_to_end(&s, secs(10));
+    if got.bytes == util::RESPONSE {
+        return Ok(true);
+    }
+    if got.bytes.is_empty() && got.end != util::End::Timeout {
+        return Err("dropped".into());
+    }
+    Err(format!("sent {sent}: {got:?}"))
+}
+
+/// Clients of the storm: fast and slow requests back to back, and idle ones
+/// that send the first line of a request, wait, then the rest.
+fn storm_clients(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Outcomes>> {
+    (0..6)
+        .map(|c| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut out = Outcomes::default();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let result = match c % 3 {
+                        0 => storm_request(addr, b"GET /test/fast\r\n\r\n", Duration::ZERO, b""),
+                        1 => storm_request(addr, SLOW, Duration::ZERO, b""),
+                        _ => storm_request(
+                            addr,
+                            PARTIAL,
+                            Duration::from_millis(200 + 150 * (n % 9)),
+                            b"\r\n",
+                        ),
+                    };
+                    // Paced, so that the storm leaves the machine to the
+                    // other tests running beside it.
+                    std::thread::sleep(Duration::from_millis(2));
+                    match result {
+                        Ok(true) => out.answered += 1,
+                        Ok(false) => {
+                            out.refused += 1;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) if e == "dropped" => out.dropped += 1,
+                        Err(e) => out.wrong.push(e),
+                    }
+                }
+                out
+            })
+        })
+        .collect()
+}
+
+/// Random storms of SIGUSR2, SIGHUP, SIGTERM, SIGQUIT and SIGINT sent to
+/// random generations while slow and idle clients are open (the lineage is
+/// started again whenever a stop ended it), ending with a stop through the pid
+/// file: afterwards nothing runs and nothing listens, the pid file is gone,
+/// and every connection was answered, refused, or closed without an answer by
+/// a stop; none hung or got anything else. (Every storm the report ran left a
+/// server listening after the final SIGTERM.)
+#[test]
+fn random_signal_storms_end_with_nothing_serving() {
+    let mut rng = Rng::seeded();
+    let mut lineage = Lineage::start(&[
+        "-A",
+        "2",
+        "-w",
+        "2",
+        "-D",
+        "100",
+        "--shutdown-timeout",
+        "2500",
+        "--upgrade-timeout",
+        "3000",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = storm_clients(lineage.addr(), Arc::clone(&stop));
+    const SIGNALS: [libc::c_int; 8] = [
+        libc::SIGUSR2,
+        libc::SIGUSR2,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGQUIT,
+        libc::SIGINT,
+    ];
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(40 + rng.below(160)));
+        let running = lineage.running();
+        if running.is_empty() {
+            let pid = lineage.restart();
+            sent.push(format!("restart {pid}"));
+            continue;
+        }
+        let newest = lineage.pid_in_file().filter(|p| running.contains(p));
+        let target = match newest {
+            Some(p) if rng.below(10) < 7 => p,
+            _ => running[rng.below(running.len() as u64) as usize],
+        };
+        let sig = SIGNALS[rng.below(SIGNALS.len() as u64) as usize];
+        sent.push(format!("{sig} {target}"));
+        // SAFETY: kill(2) has no memory preconditions; the target runs our copy.
+        unsafe { libc::kill(target as libc::pid_t, sig) };
+    }
+    // The end: a lineage that runs (started again if the storm ended it), then
+    // a stop through its pid file. The last signals take effect first: a
+    // SIGQUIT just sent leaves the pid file naming a process about to end.
+    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + secs(10);
+    while lineage.pid_in_file().is_none_or(|p| !alive(p)) {
+        if lineage.running().is_empty() {
+            let pid = lineage.restart();
+            sent.push(format!("restart {pid}"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?} run, nothing named",
+            lineage.running()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sent.push("stop through the pid file".into());
+    let stopped = lineage.stop_through_pid_file(secs(15));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Outcomes::default();
+    for c in clients {
+        let out = c.join().unwrap();
+        total.answered += out.answered;
+        total.refused += out.refused;
+        total.dropped += out.dropped;
+        total.wrong.extend(out.wrong);
+    }
+    eprintln!("storm: {sent:?}\nstorm: {total:?}");
+    stopped.unwrap_or_else(|e| panic!("{e}; signals: {sent:?}\n{}", lineage.stderr()));
+    refused_within(lineage.addr(), secs(2)).unwrap();
+    assert!(
+        total.wrong.is_empty(),
+        "{:?}; signals: {sent:?}",
+        &total.wrong[..total.wrong.len().min(10)]
+    );
+    assert!(total.answered > 0, "{total:?}");
 }

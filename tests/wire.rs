@@ -564,12 +564,24 @@ fn rule7_bytes_after_the_end() {
     for _ in 0..3 {
         let s = server.connect();
         send(&s, b"GET /test/slow\r\n\r\n");
+        util::wait_read([&s], IO_TIMEOUT);
         drop(s);
     }
 
-    // The abandoned tasks complete (at most ~3 rounds of 500 ms on 2 workers) and
-    // must find their connections gone; the server keeps serving correctly.
-    thread::sleep(Duration::from_millis(1700));
+    // The abandoned tasks complete and must find their connections gone; the
+    // server keeps serving correctly. Two slow requests queued behind them (two
+    // workers, tasks in order): the second is answered only once the third
+    // abandoned task has ended, 500 ms or more before.
+    let behind: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let s = server.connect();
+            send(&s, b"GET /test/slow\r\n\r\n");
+            s
+        })
+        .collect();
+    for s in &behind {
+        check_response(s, IO_TIMEOUT).unwrap();
+    }
     server.assert_running();
     assert_eq!(server.request(b"GET /test/fast\r\n\r\n"), RESPONSE);
     let got = server.request(b"GET /test/slow\r\n\r\n");
@@ -695,8 +707,9 @@ fn eof_before_the_end_of_the_request_closes_silently() {
         let s = server.connect();
         if !req.is_empty() {
             send(&s, req);
+            // The EOF comes in a read of its own.
+            util::wait_read([&s], IO_TIMEOUT);
         }
-        thread::sleep(GAP);
         shutdown_write(&s);
         check_closed_silently(&s, Duration::from_secs(3))
             .unwrap_or_else(|e| panic!("{} then EOF: {e}", show(req)));

@@ -390,10 +390,14 @@ if [ -n "$deb_old" ]; then
   done
   sb test -s /usr/share/doc/conn-daemon/copyright || fail "no copyright"
   sb test -s /usr/share/doc/conn-daemon/README.md || fail "no README"
+  sb test -s /usr/share/doc/conn-daemon/changelog.Debian.gz || fail "no changelog.Debian.gz"
+  for doc in $(sb grep -ho '/usr/share/doc/conn-daemon/docs/[a-z-]*\.md' /lib/systemd/system/conn-daemon.service /lib/systemd/system/conn-daemon.socket); do
+    sb test -s "$doc" || fail "the units cite $doc, which the package does not install"
+  done
   if sb sh -c 'command -v man' >/dev/null 2>&1; then
     [ "$(sb man -w conn-daemon)" = /usr/share/man/man8/conn-daemon.8.gz ] || fail "man -w conn-daemon: $(sb man -w conn-daemon 2>&1)"
   fi
-  pass "man page conn-daemon(8) with SIGNALS, UPGRADE, FILES, EXIT STATUS, EXAMPLES; README and copyright in /usr/share/doc"
+  pass "man page conn-daemon(8) with SIGNALS, UPGRADE, FILES, EXIT STATUS, EXAMPLES; README, docs the units cite, changelog and copyright in /usr/share/doc"
 
   section "the Debian package: upgrade with dpkg -i under load"
   old=$(prop MainPID)

@@ -11,12 +11,6 @@ pub mod model {
 
     /// The model's verdict on `input`, the bytes a connection has read so far.
     pub fn verdict(input: &[u8]) -> Verdict {
-        match protocol_model::verdict(input) {
-            protocol_model::Verdict::Incomplete => Verdict::Incomplete,
-            protocol_model::Verdict::Fast => Verdict::Fast,
-            protocol_model::Verdict::Slow => Verdict::Slow,
-            protocol_model::Verdict::Invalid => Verdict::Invalid,
-            protocol_model::Verdict::TooLarge => Verdict::TooLarge,
-        }
+        protocol_model::verdict_as!(Verdict, input)
     }
 }

@@ -67,15 +67,29 @@
 //! at start-up, plus `-A` x `-C` connections, plus a few per loop
 //! ([`FD_SLACK`]). The loop struct itself is a few hundred bytes.
 //!
-//! In this build (`EV_FEATURES` and the watcher kinds of `build.rs`) a loop
+//! A loop using the watcher kinds this server uses (io, timer, async)
 //! allocates [`ARRAYS_PER_LOOP`] blocks: the loop, `anfds`, `fdchanges`,
 //! `pendings` (one priority), `rfeeds`, `timers`, `asyncs`, and the epoll
-//! backend's events and `eperms`.
+//! backend's events and `eperms`. The other kinds `build.rs` enables each add
+//! one array when first started on a loop (`periodics`, `idles`, `prepares`,
+//! `checks`, `forks`, `cleanups`; signals and children live in static tables):
+//! they take the spare regions, then libc's heap.
+//!
+//! # The fd limit
+//!
+//! The same sizing bounds the fds an [`Io`](super::Io) may watch
+//! ([`Loop::fd_limit`](super::Loop::fd_limit)): the largest fd bound any
+//! reservation was sized for, so that `anfds` never outgrows a region; without
+//! a reservation, the fd hard limit, capped at [`FD_CEILING`], far below the
+//! fd numbers at which libev's `int` size arithmetic overflows (2^25 with its
+//! 16-byte `ANFD`). Both only grow once a loop exists, so a check passed once
+//! holds for good.
 
 use std::ffi::c_void;
 use std::io;
+use std::os::fd::RawFd;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::Mutex;
 
 use libc::c_long;
@@ -96,6 +110,48 @@ const EXTRA_ELEMS: usize = 64;
 const FD_SLACK: usize = 1024;
 /// libev's `MALLOC_ROUND`: the granularity of its size rounding.
 const MALLOC_ROUND: usize = 4096;
+/// The highest fd limit without a reservation (see the module documentation).
+const FD_CEILING: RawFd = 1 << 24;
+
+/// The largest fd bound of any reservation; 0 before the first.
+static RESERVED_FDS: AtomicI32 = AtomicI32::new(0);
+
+/// Without a reservation: the fd hard limit when first asked, capped; 0
+/// before. Read once, so that the check costs no system call and the limit
+/// never shrinks under a watcher that passed it.
+static UNRESERVED_FDS: AtomicI32 = AtomicI32::new(0);
+
+/// Fds below this may be watched (see the module documentation).
+#[inline]
+pub(super) fn fd_limit() -> RawFd {
+    match RESERVED_FDS.load(Ordering::Relaxed) {
+        0 => match UNRESERVED_FDS.load(Ordering::Relaxed) {
+            0 => unreserved_fd_limit(),
+            fds => fds,
+        },
+        fds => fds,
+    }
+}
+
+#[cold]
+fn unreserved_fd_limit() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        RawFd::try_from(lim.rlim_max).unwrap_or(RawFd::MAX)
+    } else {
+        FD_CEILING
+    };
+    let fds = hard.clamp(1, FD_CEILING);
+    // The first value stored wins (racing threads read the same limit anyway).
+    match UNRESERVED_FDS.compare_exchange(0, fds, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fds,
+        Err(first) => first,
+    }
+}
 
 /// One start-up reservation: `taken.len()` regions of `region` bytes from `base`.
 struct Arena {
@@ -177,21 +233,24 @@ pub(super) fn loop_made() {
     }
 }
 
-/// Installs [`ev_alloc`] unless a loop already exists with libc's allocator.
-fn install() -> io::Result<()> {
-    let mut c = choice();
-    match *c {
-        Choice::Reserved => Ok(()),
+/// Fails unless the process may still choose (or has chosen) our allocator.
+fn may_reserve(c: Choice) -> io::Result<()> {
+    match c {
+        Choice::Undecided | Choice::Reserved => Ok(()),
         Choice::Libc => Err(io::Error::other(
             "conn_daemon::ev::reserve_arrays: a loop was made before it, with libc's allocator; \
              reserve before the first Loop::new",
         )),
-        Choice::Undecided => {
-            // SAFETY: no loop exists (the lock orders us before every `Loop::new`), so nothing reads libev's allocator concurrently; `ev_alloc` has the realloc semantics libev expects.
-            unsafe { sys::ev_set_allocator(ev_alloc) };
-            *c = Choice::Reserved;
-            Ok(())
-        }
+    }
+}
+
+/// Installs [`ev_alloc`], once; the caller holds the choice's lock and has
+/// checked [`may_reserve`].
+fn install(c: &mut Choice) {
+    if *c == Choice::Undecided {
+        // SAFETY: no loop exists (the lock orders us before every `Loop::new`), so nothing reads libev's allocator concurrently; `ev_alloc` has the realloc semantics libev expects.
+        unsafe { sys::ev_set_allocator(ev_alloc) };
+        *c = Choice::Reserved;
     }
 }
 
@@ -254,8 +313,11 @@ unsafe extern "C" fn ev_alloc(p: *mut c_void, size: c_long) -> *mut c_void {
 /// Fails with `ENOMEM` if the address space cannot be reserved, and with an
 /// error naming the cause if a loop was already made with libc's allocator.
 pub fn reserve_arrays(loops: usize, connections: usize) -> io::Result<()> {
-    install()?;
-    let fds = fd_bound(loops.saturating_mul(connections));
+    // Held throughout: a loop made meanwhile would see the allocator installed
+    // but not the fd limit of the arena.
+    let mut c = choice();
+    may_reserve(*c)?;
+    let fds = fd_bound(loops.saturating_mul(connections)).min(FD_CEILING as usize);
     let region = region_size(fds).ok_or_else(no_memory)?;
     let count = loops
         .max(1)
@@ -278,10 +340,13 @@ pub fn reserve_arrays(loops: usize, connections: usize) -> io::Result<()> {
     loop {
         arena.next = head;
         match ARENAS.compare_exchange_weak(head, arena, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return Ok(()),
+            Ok(_) => break,
             Err(now) => head = now,
         }
     }
+    RESERVED_FDS.fetch_max(fds as RawFd, Ordering::Relaxed);
+    install(&mut c);
+    Ok(())
 }
 
 fn no_memory() -> io::Error {
@@ -289,8 +354,9 @@ fn no_memory() -> io::Error {
 }
 
 /// A bound on the fd numbers this process will use with `connections` more
-/// connections open: the soft fd limit, or fewer when the fds open now plus
-/// the connections plus [`FD_SLACK`] are fewer.
+/// connections open: the soft fd limit, or less when the highest fd open now
+/// plus the connections plus [`FD_SLACK`] is less (the kernel hands out the
+/// lowest free number, but fds open at start-up may leave gaps).
 fn fd_bound(connections: usize) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -302,7 +368,11 @@ fn fd_bound(connections: usize) -> usize {
     } else {
         usize::MAX
     };
-    let open = std::fs::read_dir("/proc/self/fd").map_or(limit, |d| d.count());
+    let open = std::fs::read_dir("/proc/self/fd").map_or(limit, |d| {
+        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |fd| fd + 1)
+    });
     limit.min(open.saturating_add(connections).saturating_add(FD_SLACK))
 }
 

@@ -576,7 +576,9 @@ mod tests {
             start > now - 3600.0 && start <= now + 1.0,
             "{start} vs {now}"
         );
-        assert!(value(&text, "process_cpu_seconds_total") >= 0.0);
+        // The CPU time's value is checked against /proc in tests/metrics.rs;
+        // here only that the series is there (value() panics on a missing one).
+        let _ = value(&text, "process_cpu_seconds_total");
     }
 
     #[test]

@@ -63,6 +63,15 @@ pub enum InheritError {
         /// The fd (0, 1 or 2).
         fd: RawFd,
     },
+    /// `CONN_DAEMON_READY_FD` names an fd that `LISTEN_FDS` hands over as a
+    /// socket already: one fd cannot be both (it would be closed after the
+    /// readiness write under the loop watching it).
+    ClaimedTwice {
+        /// The fd.
+        fd: RawFd,
+        /// `LISTEN_FDS`: the sockets are fds 3 to 2 + this.
+        listen_fds: u32,
+    },
 }
 
 impl std::fmt::Display for InheritError {
@@ -81,6 +90,13 @@ impl std::fmt::Display for InheritError {
                      (an upgrading conn-daemon hands it over as fd 3 or above)"
                 )
             }
+            InheritError::ClaimedTwice { fd, listen_fds } => write!(
+                f,
+                "{READY_FD_VAR}={fd} names an inherited socket (LISTEN_FDS={listen_fds} \
+                 hands over fds 3 to {}), not a readiness pipe (an upgrading conn-daemon \
+                 hands it over after the sockets)",
+                2 + listen_fds
+            ),
         }
     }
 }
@@ -98,7 +114,8 @@ impl std::error::Error for InheritError {
 /// fds are claimed on the first call only, later calls get nothing. Sockets
 /// meant for another pid (`LISTEN_PID` differs) are ignored, as systemd's
 /// `sd_listen_fds` does. Err: a variable that is set but malformed or names an fd
-/// that is not open, or a readiness pipe on fd 0, 1 or 2.
+/// that is not open, or a readiness pipe on fd 0, 1 or 2 or on one of the
+/// sockets.
 pub fn take_inherited() -> Result<Inherited, InheritError> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.swap(true, Ordering::SeqCst) {
@@ -133,6 +150,10 @@ pub fn take_inherited() -> Result<Inherited, InheritError> {
             // Closing a standard stream on the way would hide our own output.
             if (0..3).contains(&fd) {
                 return Err(InheritError::Stdio { fd });
+            }
+            // Each fd has one owner: a socket claimed above is not a pipe too.
+            if (3..3i64.saturating_add(i64::from(n))).contains(&i64::from(fd)) {
+                return Err(InheritError::ClaimedTwice { fd, listen_fds: n });
             }
             inherited.ready = Some(claim_fd(fd)?);
         }

@@ -3,11 +3,13 @@
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), dropping
 //! root (`privileges`), memory the generations share (`shared`), address
-//! space reserved at start-up (`memory`), counting fds (`fds`).
+//! space reserved at start-up (`memory`), counting fds (`fds`), the open-files
+//! limit against the reservation (`limits`).
 #![allow(unsafe_code)]
 
 mod fds;
 mod inherit;
+mod limits;
 mod memory;
 mod notify;
 mod poll;
@@ -22,11 +24,12 @@ pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, COUNTERS_FD_VAR, METRICS_FD_NAME,
     READY_FD_VAR, UPGRADES_VAR,
 };
+pub use limits::{nofile_line, nofile_soft, own_fds};
 pub use memory::{array_queue, deque_with_room, reserve, vec_with_room};
 pub use notify::{monotonic_usec, sd_notify};
 pub use poll::{poll, poll2};
 pub use privileges::{check as check_privileges, drop_to, lookup as lookup_identity, Identity};
-pub use process::{daemonize, exit_now};
+pub use process::{daemonize, descendants, exit_now, set_child_subreaper, Proc};
 pub use shared::SharedWords;
 pub use signals::{block_signals, signal_name, SignalFd, IGNORED_SIGNALS};
-pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Wait};
+pub use spawn::{kill, kill_group, pipe, reap, Exec, ListenPid, Status, Wait};

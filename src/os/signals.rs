@@ -6,13 +6,15 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The signals the supervisor thread handles (see `lifecycle`); every other
-/// thread has them blocked.
-const HANDLED_SIGNALS: [libc::c_int; 5] = [
+/// thread has them blocked. SIGCHLD among them: the end of an upgrade's new process, or of a descendant
+/// it left behind, wakes the supervisor to reap it.
+const HANDLED_SIGNALS: [libc::c_int; 6] = [
     libc::SIGTERM,
     libc::SIGINT,
     libc::SIGQUIT,
     libc::SIGUSR2,
     libc::SIGHUP,
+    libc::SIGCHLD,
 ];
 
 /// Signals a user or supervisor may send that would end the process by default
@@ -36,6 +38,7 @@ pub fn signal_name(sig: libc::c_int) -> &'static str {
         libc::SIGUSR1 => "SIGUSR1",
         libc::SIGUSR2 => "SIGUSR2",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGCHLD => "SIGCHLD",
         libc::SIGALRM => "SIGALRM",
         libc::SIGVTALRM => "SIGVTALRM",
         libc::SIGPROF => "SIGPROF",

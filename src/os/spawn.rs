@@ -207,9 +207,30 @@ pub enum Wait {
     NoHang,
 }
 
-/// Reaps `pid` if it has ended (or waits for it with [`Wait::Block`]); returns
-/// its status as text for a log line.
-pub fn reap(pid: libc::pid_t, wait: Wait) -> Option<String> {
+/// How a process ended, as `waitpid` tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal ended it.
+    Killed(i32),
+    /// Anything else `waitpid` reported (the raw status).
+    Other(i32),
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Exited(code) => write!(f, "exited with status {code}"),
+            Status::Killed(sig) => write!(f, "killed by signal {sig}"),
+            Status::Other(raw) => write!(f, "ended ({raw})"),
+        }
+    }
+}
+
+/// Reaps `pid` if it has ended (or waits for it with [`Wait::Block`]); its
+/// status, `None` if it runs on or is not our child.
+pub fn reap(pid: libc::pid_t, wait: Wait) -> Option<Status> {
     let mut status = 0;
     let flags = match wait {
         Wait::Block => 0,
@@ -221,10 +242,10 @@ pub fn reap(pid: libc::pid_t, wait: Wait) -> Option<String> {
         return None;
     }
     Some(if libc::WIFEXITED(status) {
-        format!("exited with status {}", libc::WEXITSTATUS(status))
+        Status::Exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        format!("killed by signal {}", libc::WTERMSIG(status))
+        Status::Killed(libc::WTERMSIG(status))
     } else {
-        format!("ended ({status})")
+        Status::Other(status)
     })
 }

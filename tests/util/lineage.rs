@@ -59,6 +59,9 @@ pub struct Lineage {
     stderr_path: PathBuf,
     pub port: u16,
     first: Child,
+    /// How `first` was started, for [`Lineage::restart`].
+    command: Vec<String>,
+    env: Vec<(String, String)>,
     /// Every pid seen, oldest first.
     pub pids: Vec<u32>,
 }
@@ -113,24 +116,25 @@ impl Lineage {
         let pid_file = dir.join("pid");
         let stderr_path = dir.join("stderr");
         let port = free_port();
-        let mut cmd = match how {
-            Launch::Relative => Command::new("./conn-daemon"),
-            _ => Command::new(&exe),
+        let program = match how {
+            Launch::Relative => "./conn-daemon".to_string(),
+            _ => exe.to_string_lossy().into_owned(),
         };
-        let first = cmd
-            .current_dir(&dir)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .args(super::delegate_args(args))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr_path).expect("stderr file"))
-            .spawn()
-            .expect("spawn the copied binary");
+        let mut command = vec![
+            program,
+            "-p".to_string(),
+            port.to_string(),
+            "--pid-file".to_string(),
+            pid_file.to_string_lossy().into_owned(),
+        ];
+        command.extend(super::delegate_args(args));
+        command.extend(args.iter().map(|a| a.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        fs::File::create(&stderr_path).expect("stderr file");
+        let first = spawn_command(&dir, &command, &env, &stderr_path);
         drop(guard);
         let mut lineage = Lineage {
             dir,
@@ -139,6 +143,8 @@ impl Lineage {
             stderr_path,
             port,
             first,
+            command,
+            env,
             pids: Vec::new(),
         };
         let pid = lineage
@@ -155,6 +161,23 @@ impl Lineage {
             thread::sleep(Duration::from_millis(10));
         }
         lineage
+    }
+
+    /// Starts the first process's command line again (same port, pid file and
+    /// stderr), as an operator would after the lineage ended; waits (bounded)
+    /// until the pid file names the new process.
+    pub fn restart(&mut self) -> u32 {
+        let _ = self.first.kill();
+        let _ = self.first.wait();
+        let guard = spawn_guard();
+        self.first = spawn_command(&self.dir, &self.command, &self.env, &self.stderr_path);
+        drop(guard);
+        let started = self.first.id();
+        let pid = self
+            .wait_pid_file(|p| p == started, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no pid file after a restart; stderr:\n{}", self.stderr()));
+        self.pids.push(pid);
+        pid
     }
 
     /// 127.0.0.1:PORT.
@@ -261,6 +284,23 @@ impl Lineage {
         }
     }
 
+    /// The first whole line of stderr that contains `needle`, once it has
+    /// been written to its end (bounded wait).
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stderr = self.stderr();
+            let whole = stderr.rfind('\n').map_or("", |end| &stderr[..end]);
+            if let Some(line) = whole.lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGTERM to the newest process; waits (bounded) until no process of the
     /// lineage is left. Err names the survivors.
     pub fn stop(&mut self, timeout: Duration) -> Result<(), String> {
@@ -279,14 +319,82 @@ impl Lineage {
         }
     }
 
+    /// Every live process that runs an executable from the lineage's directory
+    /// (every generation and replacement, whatever the pid file says).
+    pub fn running(&self) -> Vec<u32> {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|exe| exe.starts_with(&self.dir))
+                    && alive(pid)
+            })
+            .collect()
+    }
+
+    /// The pid the pid file names, if it names one.
+    pub fn pid_in_file(&self) -> Option<u32> {
+        fs::read_to_string(&self.pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+    }
+
+    /// A stop as an operator or systemd does it: SIGTERM to the pid in the pid
+    /// file. Waits (bounded) until no process of the lineage runs and the pid
+    /// file is gone; Err says what is left.
+    pub fn stop_through_pid_file(&mut self, timeout: Duration) -> Result<(), String> {
+        let pid = self.pid_in_file().ok_or("no pid file")?;
+        // SAFETY: kill(2) has no memory preconditions.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = self.first.try_wait();
+            let left = self.running();
+            let file = self.pid_file.exists();
+            if left.is_empty() && !file {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "after SIGTERM to {pid}: still running {left:?}; pid file left: {file}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The directory the test may put files in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 }
 
+/// Starts `command` from `dir`, its stderr appended to `stderr`.
+fn spawn_command(dir: &Path, command: &[String], env: &[(String, String)], stderr: &Path) -> Child {
+    let stderr = fs::OpenOptions::new()
+        .append(true)
+        .open(stderr)
+        .expect("stderr file");
+    Command::new(&command[0])
+        .current_dir(dir)
+        .args(&command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn the copied binary")
+}
+
 impl Drop for Lineage {
     fn drop(&mut self) {
+        for pid in self.running() {
+            // SAFETY: kill(2) has no memory preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         for &pid in &self.pids {
             if alive(pid) {
                 // SAFETY: kill(2) has no memory preconditions.

@@ -415,14 +415,12 @@ impl Server {
 
     /// Waits (bounded) until `fd_count() <= max`; returns the last count seen.
     pub fn wait_fd_count_at_most(&self, max: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let n = self.fd_count();
-            if n <= max || Instant::now() >= deadline {
-                return n;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let mut n = self.fd_count();
+        poll_until(timeout, || {
+            n = self.fd_count();
+            n <= max
+        });
+        n
     }
 
     /// The server's threads as (tid, comm), sorted by tid. The main thread's tid is
@@ -587,6 +585,27 @@ pub fn raise_own_nofile(needed: u64) {
     );
 }
 
+/// Clock ticks per second of /proc/PID/stat.
+pub fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(n > 0, "sysconf(_SC_CLK_TCK) = {n}");
+    n as u64
+}
+
+/// utime + stime of process `pid` (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The comm field (2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')').expect("comm in /proc/PID/stat") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
 /// Number of open file descriptors of process `pid` (entries of
 /// /proc/PID/fd); 0 once it is gone.
 pub fn fd_count_of(pid: u32) -> usize {
@@ -638,6 +657,195 @@ pub fn listening_sockets_on(port: u16) -> Vec<u64> {
         }
     }
     v
+}
+
+/// The server's end of a loopback connection: what the server has done with
+/// a connection, seen from outside without a byte on the wire. Looked up by
+/// its addresses through the kernel's socket diagnostics (`sock_diag(7)`),
+/// one socket at a time: /proc/net/tcp lists every socket of the host,
+/// thousands in TIME_WAIT after a test suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerEnd {
+    server: SocketAddr,
+    client: SocketAddr,
+}
+
+/// What `sock_diag` tells of one TCP socket.
+#[derive(Debug, Clone, Copy)]
+struct SocketState {
+    /// The kernel's `TCP_*` state number.
+    state: u8,
+    /// Bytes received and not yet read by the process that holds it.
+    unread: u32,
+    /// 0 while no process holds it: in the accept queue, or closed.
+    inode: u32,
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_RECV: u8 = 3;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+impl ServerEnd {
+    /// The server's end of `client`.
+    pub fn of(client: &TcpStream) -> ServerEnd {
+        ServerEnd {
+            server: client.peer_addr().expect("peer_addr"),
+            client: client.local_addr().expect("local_addr"),
+        }
+    }
+
+    /// The socket, `None` when the kernel has none with these addresses.
+    fn state(&self) -> Option<SocketState> {
+        // Netlink's own constants (linux/netlink.h, linux/sock_diag.h).
+        const NETLINK_SOCK_DIAG: libc::c_int = 4;
+        const SOCK_DIAG_BY_FAMILY: u16 = 20;
+        const NLM_F_REQUEST: u16 = 1;
+        const NLMSG_ERROR: u16 = 2;
+        // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
+        assert!(fd >= 0, "netlink socket: {}", io::Error::last_os_error());
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // nlmsghdr (16 bytes), then inet_diag_req_v2: family, protocol, ext,
+        // pad, states (all), and the socket's id: ports and addresses in
+        // network order, no interface, no cookie. The server's end is the one
+        // whose source is the server.
+        let mut req = Vec::with_capacity(72);
+        req.extend_from_slice(&72u32.to_ne_bytes());
+        req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        req.extend_from_slice(&[0; 8]); // sequence number, port id
+        let family = if self.server.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        req.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+        req.extend_from_slice(&u32::MAX.to_ne_bytes());
+        req.extend_from_slice(&self.server.port().to_be_bytes());
+        req.extend_from_slice(&self.client.port().to_be_bytes());
+        for addr in [self.server.ip(), self.client.ip()] {
+            let mut bytes = [0u8; 16];
+            match addr {
+                std::net::IpAddr::V4(a) => bytes[..4].copy_from_slice(&a.octets()),
+                std::net::IpAddr::V6(a) => bytes = a.octets(),
+            }
+            req.extend_from_slice(&bytes);
+        }
+        req.extend_from_slice(&[0; 4]); // interface
+        req.extend_from_slice(&[0xff; 8]); // INET_DIAG_NOCOOKIE
+        assert_eq!(req.len(), 72);
+        // SAFETY: `req` is valid for its length; to the kernel (an unbound
+        // netlink socket sends to it).
+        let sent = unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) };
+        assert_eq!(sent, 72, "netlink send: {}", io::Error::last_os_error());
+        let mut buf = [0u8; 1024];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n >= 16, "netlink recv: {}", io::Error::last_os_error());
+        let buf = &buf[..n as usize];
+        let u16_at = |i: usize| u16::from_ne_bytes([buf[i], buf[i + 1]]);
+        let u32_at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap());
+        if u16_at(4) == NLMSG_ERROR {
+            return None; // ENOENT: no such socket
+        }
+        // inet_diag_msg after the header: family, state, timer, retrans,
+        // the id (ports at +4 and +6), expires, rqueue, wqueue, uid, inode.
+        assert!(buf.len() >= 16 + 72, "short sock_diag answer");
+        let msg = 16;
+        // Without a connection the lookup falls back to the listener.
+        if u16::from_be_bytes([buf[msg + 6], buf[msg + 7]]) != self.client.port() {
+            return None;
+        }
+        Some(SocketState {
+            state: buf[msg + 1],
+            unread: u32_at(msg + 56),
+            inode: u32_at(msg + 68),
+        })
+    }
+}
+
+/// Waits (bounded) until the server has accepted every one of `clients` and
+/// read every byte sent on it so far: its request is with the server (which
+/// may even have answered and closed it already).
+#[track_caller]
+pub fn wait_read<'a>(clients: impl IntoIterator<Item = &'a TcpStream>, within: Duration) {
+    let ends: Vec<ServerEnd> = clients.into_iter().map(ServerEnd::of).collect();
+    // Not yet accepted: a request socket (SYN_RECV, TCP_DEFER_ACCEPT waiting
+    // for bytes), or one in the accept queue (no process holds it: inode 0).
+    // Accepted and then closed by the server, it has no inode either.
+    let taken = |s: SocketState| {
+        s.unread == 0
+            && s.state != TCP_SYN_RECV
+            && (s.inode != 0 || ![TCP_ESTABLISHED, TCP_CLOSE_WAIT].contains(&s.state))
+    };
+    if !wait_for_ends(&ends, within, |e| e.state().is_some_and(taken)) {
+        panic!(
+            "the server did not read what was sent within {within:?}: {}",
+            show_ends(&ends)
+        );
+    }
+}
+
+/// Waits (bounded) until the server has closed its end of every connection of
+/// `ends`, whose clients closed theirs with a FIN (an end the kernel no longer
+/// has was closed on both sides; a reset one would be gone at once).
+#[track_caller]
+pub fn wait_closed(ends: &[ServerEnd], within: Duration) {
+    let open = [TCP_ESTABLISHED, TCP_SYN_RECV, TCP_CLOSE_WAIT];
+    let closed = |e: &ServerEnd| !e.state().is_some_and(|s| open.contains(&s.state));
+    if !wait_for_ends(ends, within, closed) {
+        panic!(
+            "the server did not close its ends within {within:?}: {}",
+            show_ends(ends)
+        );
+    }
+}
+
+/// Polls until `ok` holds of every one of `ends` (true) or `within` has passed.
+fn wait_for_ends(ends: &[ServerEnd], within: Duration, ok: impl Fn(&ServerEnd) -> bool) -> bool {
+    poll_until(within, || ends.iter().all(&ok))
+}
+
+/// What the kernel has for `ends` now, for a failure message.
+fn show_ends(ends: &[ServerEnd]) -> String {
+    let shown: Vec<String> = ends
+        .iter()
+        .map(|e| format!("{e:?}: {:?}", e.state()))
+        .collect();
+    shown.join(", ")
+}
+
+/// Waits (bounded) until `cond` holds; panics naming `what` once `within`
+/// has passed.
+#[track_caller]
+pub fn wait_until(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(within, cond),
+        "waited {within:?} for {what} in vain"
+    );
+}
+
+/// Polls `cond` every 2 ms until it holds (true) or `within` has passed
+/// (false): the one bounded polling loop of the tests' waits.
+pub fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// How a read loop ended.

@@ -52,6 +52,9 @@ const DEFAULT_FAST_REQUESTS: u64 = 20_000;
 const DEFAULT_CONCURRENCY: u32 = 50;
 /// Default slow load length, in seconds at the ideal rate.
 const SLOW_SECONDS: f64 = 2.0;
+/// How many times a server whose bind finds its port in use is moved to
+/// another port before conn-bench gives up.
+const PORT_MOVES: u32 = 5;
 
 fn main() {
     let args = Args::parse();
@@ -330,21 +333,12 @@ fn run(args: &Args) -> Result<(), String> {
                 Some(p)
             }
         };
-        rows.extend(run_at(&setup, threads, pinning.as_ref())?);
+        rows.extend(run_at(&setup, threads, pinning.as_ref(), &mut notes)?);
     }
     if rows.is_empty() {
         return Err(format!("nothing ran: {}", notes.join(" ")));
     }
-    if rows.iter().any(|r| {
-        r.server_cpus_busy - r.server_cpu_util > 0.25
-            || r.client_cpus_busy - r.client_cpu_util > 0.25
-    }) {
-        notes.push(
-            "Other processes kept the benchmark's CPUs busy during some runs (cells with \"CPUs N%\"): \
-             those rows measure a shared machine; rerun on a quiet one."
-                .into(),
-        );
-    }
+    notes.extend(report::shared_cpus_note(&rows));
     report::fill_ratios(&mut rows);
     for row in &rows {
         for load in &row.loads {
@@ -380,6 +374,7 @@ fn run(args: &Args) -> Result<(), String> {
         loads: setup.loads.clone(),
         threads: args.threads.clone(),
         clock_ticks_per_second: ticks_per_second,
+        machine: procstat::Machine::read(),
         notes,
         servers: rows,
     };
@@ -400,6 +395,7 @@ fn run_at(
     setup: &Setup,
     threads: Option<u32>,
     pinning: Option<&cpus::Pinning>,
+    notes: &mut Vec<String>,
 ) -> Result<Vec<ServerReport>, String> {
     let args = setup.args;
     let loads = &setup.loads;
@@ -430,7 +426,7 @@ fn run_at(
     let with_threads = |w: &str| fill_placeholders(w, args, threads);
     let count = args.servers.len() + usize::from(setup.nginx.is_some());
     // Ports first: the nginx config needs its port written in.
-    let ports = servers::pick_ports(count, args.ports)?;
+    let ports = servers::pick_ports(count, args.ports, &[])?;
     let mut launches: Vec<servers::Launch> = args
         .servers
         .iter()
@@ -456,20 +452,50 @@ fn run_at(
     let at = threads.map_or(String::new(), |t| format!("threads={t}: "));
     let timeout = Duration::from_secs(args.start_timeout);
     let mut running = Vec::new();
-    for (launch, &port) in launches.iter().zip(&ports) {
-        progress.update(&format!("{at}starting {} on port {port}", launch.name));
-        let log_name = servers::Launch {
-            name: format!("{}{suffix}", launch.name),
-            ..launch.clone()
+    // Every port chosen so far, busy ones included: none is offered twice.
+    let mut tried = ports.clone();
+    for (i, launch) in launches.iter_mut().enumerate() {
+        let mut port = ports[i];
+        let mut moves = 0;
+        let mut server = loop {
+            progress.update(&format!("{at}starting {} on port {port}", launch.name));
+            let log_name = servers::Launch {
+                name: format!("{}{suffix}", launch.name),
+                ..launch.clone()
+            };
+            match servers::start(
+                &log_name,
+                port,
+                pinning.map(|p| p.server.as_slice()),
+                Some(&client),
+                &logs,
+                timeout,
+            ) {
+                Ok(server) => break server,
+                // Taken since the probe, or bound stricter than it: the
+                // next free port, not the end of the whole benchmark.
+                Err(failure) if failure.port_busy && moves < PORT_MOVES => {
+                    moves += 1;
+                    let next = servers::pick_ports(1, args.ports, &tried)
+                        .map_err(|e| format!("{}; {e}", failure.message))?[0];
+                    tried.push(next);
+                    notes.push(format!(
+                        "{at}{}: port {port} was in use when it bound it, so it ran on port {next}.",
+                        launch.name
+                    ));
+                    if let (Some(nginx), true) = (&setup.nginx, i + 1 == count) {
+                        *launch = servers::nginx_launch(
+                            nginx,
+                            &setup.out.join(format!("nginx{suffix}")),
+                            next,
+                            threads.unwrap_or(1),
+                        )?;
+                    }
+                    port = next;
+                }
+                Err(failure) => return Err(failure.message),
+            }
         };
-        let mut server = servers::start(
-            &log_name,
-            port,
-            pinning.map(|p| p.server.as_slice()),
-            Some(&client),
-            &logs,
-            timeout,
-        )?;
         server.name = launch.name.clone();
         running.push(server);
     }
@@ -683,10 +709,7 @@ fn window(cpus: &Cpus, deltas: &[(Delta, Option<f64>)], source: &'static str) ->
         client_cpus_busy,
         // Unpinned, generator and server share CPUs: no side can be blamed.
         client_bound: cpus.pinned
-            && report::is_client_bound(
-                [server_cpu_util, server_cpus_busy],
-                [client_cpu_util, client_cpus_busy],
-            ),
+            && report::is_client_bound(server_cpu_util, [client_cpu_util, client_cpus_busy]),
         requests: deltas.iter().filter_map(|(_, n)| *n).sum(),
         cpu_us_per_request: stats::median(&per_round).unwrap_or(f64::NAN),
         cpu_us_per_request_rounds: per_round,

@@ -159,6 +159,87 @@ pub fn cpu_ticks(cpus: &[usize]) -> (u64, u64) {
     fs::read_to_string("/proc/stat").map_or((0, 0), |text| parse_cpu_ticks(&text, cpus))
 }
 
+/// The machine a report was measured on, for the report and its picture.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Machine {
+    /// CPUs online (`/proc/stat`'s `cpuN` lines).
+    pub cpus: usize,
+    /// The first `model name` of `/proc/cpuinfo` ("" when absent).
+    pub model: String,
+    /// Kernel release (`/proc/sys/kernel/osrelease`).
+    pub kernel: String,
+    /// When the run ended, UTC, `YYYY-MM-DD HH:MM`.
+    pub date: String,
+}
+
+impl Machine {
+    /// Reads this machine's facts and the time now.
+    pub fn read() -> Machine {
+        let read = |path: &str| fs::read_to_string(path).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Machine {
+            cpus: count_cpus(&read("/proc/stat")),
+            model: cpu_model(&read("/proc/cpuinfo")),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            date: utc_date(now),
+        }
+    }
+
+    /// One line: "2026-12-07 21:40 UTC, 2 CPUs (AMD EPYC 7B13), Linux 6.18.0".
+    pub fn describe(&self) -> String {
+        let model = if self.model.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.model)
+        };
+        format!(
+            "{} UTC, {} CPUs{model}, Linux {}",
+            self.date, self.cpus, self.kernel
+        )
+    }
+}
+
+/// The `cpuN` lines of a `/proc/stat` text.
+pub fn count_cpus(stat: &str) -> usize {
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count()
+}
+
+/// The first `model name` of a `/proc/cpuinfo` text, spaces collapsed.
+pub fn cpu_model(cpuinfo: &str) -> String {
+    cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "model name")
+                .then(|| value.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .unwrap_or_default()
+}
+
+/// `secs` since the epoch as `YYYY-MM-DD HH:MM` (UTC), by the civil-from-days
+/// algorithm (H. Hinnant), so no date crate is needed for one line.
+pub fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hour, minute) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}")
+}
+
 /// Converts clock ticks to microseconds.
 pub fn ticks_to_us(ticks: u64, ticks_per_second: u64) -> f64 {
     ticks as f64 * 1e6 / ticks_per_second.max(1) as f64
@@ -299,14 +380,35 @@ mod tests {
         assert_eq!(parse_schedstat_ns("123456789 2000 17\n"), Some(123_456_789));
         assert_eq!(parse_schedstat_ns(""), None);
         assert_eq!(parse_schedstat_ns("x 1 2"), None);
-        // This test's own threads have run: some ns, and more after a spin.
-        let me = std::process::id();
-        let before = tree_cpu_ns(me).expect("own schedstat");
+        // This process has run: some ns. This thread's own count grows with a
+        // spin (the process's may not: other tests' threads end meanwhile,
+        // and an exited thread leaves the sum).
+        assert!(tree_cpu_ns(std::process::id()).expect("own schedstat") > 0);
+        let mine = || {
+            let text = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            parse_schedstat_ns(&text).unwrap()
+        };
+        let before = mine();
         let spin = std::time::Instant::now();
         while spin.elapsed() < Duration::from_millis(20) {}
-        let after = tree_cpu_ns(me).unwrap();
+        let after = mine();
         assert!(after > before, "{before} -> {after}");
         assert_eq!(process_cpu_ns(u32::MAX), None);
+    }
+
+    #[test]
+    fn reads_the_machine() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00");
+        assert_eq!(utc_date(951_782_400 + 3600 + 120), "2000-02-29 01:02");
+        assert_eq!(utc_date(1_796_680_800), "2026-12-07 22:00");
+        assert_eq!(count_cpus("cpu  1 2\ncpu0 1\ncpu1 2\nintr 5\n"), 2);
+        assert_eq!(
+            cpu_model("processor\t: 0\nmodel name\t: AMD  EPYC 7B13\nmodel name: x\n"),
+            "AMD EPYC 7B13"
+        );
+        let m = Machine::read();
+        assert!(m.cpus >= 1 && !m.kernel.is_empty(), "{m:?}");
+        assert!(m.describe().contains(" UTC, "), "{}", m.describe());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::args::{Generator, PortRange, Scenario};
 use crate::load::{LoadKind, LoadSpec, RunResult};
+use crate::procstat::Machine;
 use crate::stats::{median, ratio, within_noise, Spread};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -39,6 +40,8 @@ pub struct Report {
     pub threads: Vec<u32>,
     /// Resolution of the CPU figures (`/proc` ticks per second).
     pub clock_ticks_per_second: u64,
+    /// Where and when it ran.
+    pub machine: Machine,
     /// Caveats and skipped servers, also printed under the table.
     pub notes: Vec<String>,
     /// One entry per server and thread count: per thread count, the
@@ -224,6 +227,25 @@ pub struct LoadReport {
     pub ratios: LoadRatios,
     /// Names of the `ratios` whose difference is within noise.
     pub within_noise: Vec<&'static str>,
+    /// The percentiles (`p50_ms`, `p99_ms`, `p999_ms`) that rest on fewer
+    /// than `MIN_TAIL` of a round's requests: see `thin_percentiles`.
+    pub thin: Vec<&'static str>,
+}
+
+/// A percentile needs at least this many of a round's requests beyond it to
+/// be a measured tail rather than the slowest few requests.
+pub const MIN_TAIL: f64 = 10.0;
+
+/// The percentiles a round of `requests` (the smallest round) cannot
+/// measure: fewer than `MIN_TAIL` requests lie beyond them. With 267
+/// requests, 2.7 lie beyond p99 and 0.3 beyond p99.9, which is then the
+/// round's maximum: printed as a percentile it would look measured.
+pub fn thin_percentiles(requests: u64) -> Vec<&'static str> {
+    [("p50_ms", 50.0), ("p99_ms", 99.0), ("p999_ms", 99.9)]
+        .into_iter()
+        .filter(|&(_, p)| (requests as f64) * (1.0 - p / 100.0) < MIN_TAIL - 1e-9)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Ratios of server-wide figures to the first server (None: undefined).
@@ -324,12 +346,17 @@ impl LoadReport {
             p50_over_slow_ms: over(p50),
             p99_over_slow_ms: over(p99),
             p999_over_slow_ms: over(p999),
-            rounds,
             failed_runs: Vec::new(),
             resolution: Resolution::default(),
             window: Window::default(),
             ratios: LoadRatios::default(),
             within_noise: Vec::new(),
+            thin: rounds
+                .iter()
+                .map(|r| r.completed)
+                .min()
+                .map_or_else(Vec::new, thin_percentiles),
+            rounds,
         }
     }
 }
@@ -546,6 +573,16 @@ fn cell(value: String, ratio: Option<f64>, noisy: bool, first: bool) -> String {
     }
 }
 
+/// A percentile's cell: "(thin)" instead of a ratio when too few requests
+/// lie beyond it (`thin_percentiles`), else as `cell`.
+fn latency_cell(l: &LoadReport, name: &str, value: f64, ratio: Option<f64>, first: bool) -> String {
+    if l.thin.contains(&name) {
+        format!("{} (thin)", fmt_num(value))
+    } else {
+        cell(fmt_num(value), ratio, l.within_noise.contains(&name), first)
+    }
+}
+
 /// An axis tick: at most two decimals, trailing zeros dropped.
 fn fmt_axis(v: f64) -> String {
     let text = format!("{v:.2}");
@@ -564,37 +601,83 @@ fn percent(share: f64) -> String {
 /// A CPU % cell: the processes' share, and the CPUs' when other processes
 /// made them noticeably busier.
 fn cpu_cell(own: f64, busy: f64) -> String {
-    if busy.is_finite() && own.is_finite() && busy - own > 0.10 {
+    if busy.is_finite() && own.is_finite() && busy - own > SHARED {
         format!("{} (CPUs {})", percent(own), percent(busy))
     } else {
         percent(own)
     }
 }
 
-/// Whether a row is client-bound: the client side was saturated and the
-/// server side was not. A side counts as saturated when its processes used
+/// Whether a row is client-bound: the generator was saturated and the
+/// server was not. The generator counts as saturated when its processes used
 /// at least `SATURATED` of what they can use, or its CPUs were that busy
 /// whoever kept them so (a generator starved by other processes limits the
-/// throughput as surely as a slow one; a starved server is not client-bound).
-pub fn is_client_bound(server: [f64; 2], client: [f64; 2]) -> bool {
-    let saturated = |side: [f64; 2]| side.iter().any(|&v| v >= SATURATED);
-    saturated(client) && !saturated(server)
+/// throughput as surely as a slow one). The server is judged by its own CPU
+/// time against its CPU set only: other processes keeping its CPUs busy do
+/// not make it the limit (`shared_cpus_note` says when they did).
+pub fn is_client_bound(server_own: f64, client: [f64; 2]) -> bool {
+    client.iter().any(|&v| v >= SATURATED) && server_own.is_finite() && server_own < SATURATED
+}
+
+/// A CPU set counts as shared when whoever ran there kept it this much busier
+/// than the benchmark's own processes did.
+pub const SHARED: f64 = 0.10;
+
+/// The note naming the rows whose CPUs other processes used (by more than
+/// `SHARED`), or None on a quiet machine.
+pub fn shared_cpus_note(rows: &[ServerReport]) -> Option<String> {
+    let mut seen = Vec::new();
+    for s in rows {
+        let at = s.threads.map_or(String::new(), |t| format!(" ×{t}"));
+        for l in &s.loads {
+            let w = &l.window;
+            let sides: Vec<String> = [
+                ("server", w.server_cpu_util, w.server_cpus_busy),
+                ("generator", w.client_cpu_util, w.client_cpus_busy),
+            ]
+            .into_iter()
+            .filter(|(_, own, busy)| busy - own > SHARED)
+            .map(|(side, own, busy)| {
+                format!(
+                    "{side} CPUs {} busy, {} by the {side}",
+                    percent(busy),
+                    percent(own)
+                )
+            })
+            .collect();
+            if !sides.is_empty() {
+                seen.push(format!(
+                    "{}{at} {}: {}",
+                    s.name,
+                    l.kind.name(),
+                    sides.join(", ")
+                ));
+            }
+        }
+    }
+    (!seen.is_empty()).then(|| {
+        format!(
+            "Other processes used the benchmark's CPUs ({}): those rows measure a shared \
+             machine (their cells read \"N% (CPUs M%)\"); rerun on a quiet one.",
+            seen.join("; ")
+        )
+    })
 }
 
 fn mib(kib: u64) -> String {
     fmt_num(kib as f64 / 1024.0)
 }
 
-/// The Markdown report: a heading, the main table, the slow-load table when
-/// there is a slow load, and the notes.
-pub fn markdown(report: &Report) -> String {
-    let mut md = String::new();
-    let scenario = report.scenario.name();
-    let generator = match report.generator {
+/// The generator's command name.
+fn generator_name(generator: Generator) -> &'static str {
+    match generator {
         Generator::Ab => "ab",
         Generator::Wrk => "wrk",
-    };
-    let _ = writeln!(md, "## conn-bench: {scenario} scenario\n");
+    }
+}
+
+/// One run's loads: "fast × 20000 requests at concurrency 50 + ...".
+fn describe_loads(report: &Report) -> String {
     let loads: Vec<String> = report
         .loads
         .iter()
@@ -612,11 +695,22 @@ pub fn markdown(report: &Report) -> String {
             ),
         })
         .collect();
+    loads.join(" + ")
+}
+
+/// The Markdown report: a heading, the main table, the slow-load table when
+/// there is a slow load, and the notes.
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let scenario = report.scenario.name();
+    let generator = generator_name(report.generator);
+    let _ = writeln!(md, "## conn-bench: {scenario} scenario\n");
     let _ = writeln!(
         md,
-        "{generator}, {} round(s) per server (servers alternating), per run: {}.\n",
+        "{generator}, {} round(s) per server (servers alternating), per run: {}. Measured {}.\n",
         report.rounds,
-        loads.join(" + ")
+        describe_loads(report),
+        report.machine.describe()
     );
     if report.servers.is_empty() {
         let _ = writeln!(md, "No server was benchmarked.\n");
@@ -666,9 +760,9 @@ pub fn markdown(report: &Report) -> String {
                         noisy("requests_per_s_max"),
                         first,
                     ),
-                    cell(fmt_num(l.p50_ms), r.p50_ms, noisy("p50_ms"), first),
-                    cell(fmt_num(l.p99_ms), r.p99_ms, noisy("p99_ms"), first),
-                    cell(fmt_num(l.p999_ms), r.p999_ms, noisy("p999_ms"), first),
+                    latency_cell(l, "p50_ms", l.p50_ms, r.p50_ms, first),
+                    latency_cell(l, "p99_ms", l.p99_ms, r.p99_ms, first),
+                    latency_cell(l, "p999_ms", l.p999_ms, r.p999_ms, first),
                     cell(l.failed.to_string(), r.failed, false, first),
                     cell(l.non_2xx.to_string(), r.non_2xx, false, first),
                     cell(
@@ -710,9 +804,9 @@ pub fn markdown(report: &Report) -> String {
              spread (the ratio would be noise). CPU and memory cover all threads and processes \
              of a server. CPU µs/req, server CPU % and client CPU % cover the row's own load \
              window (start of each round to that load's end): the share of the server's CPUs, \
-             and of the generator's threads' CPUs, busy in it; `client-bound` (generator at \
-             {:.0}% or more, server below): that row's throughput is the load generator's \
-             limit, not the server's.",
+             and of the generator's threads' CPUs, busy in it; `client-bound` (generator or its \
+             CPUs at {:.0}% or more, the server's own CPU time below that share of its CPUs): \
+             that row's throughput is the load generator's limit, not the server's.",
             report.servers[0].name,
             SATURATED * 100.0
         );
@@ -743,6 +837,14 @@ pub fn markdown(report: &Report) -> String {
         md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for (s, l) in slow {
             let opt = |v: Option<f64>| v.map_or("n/a".to_string(), fmt_num);
+            let over = |v: Option<f64>, name: &str| {
+                let text = opt(v);
+                if l.thin.contains(&name) {
+                    format!("{text} (thin)")
+                } else {
+                    text
+                }
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} |",
@@ -750,11 +852,14 @@ pub fn markdown(report: &Report) -> String {
                 opt(l.ideal_requests_per_s),
                 fmt_num(l.requests_per_s.median),
                 opt(l.percent_of_ideal),
-                opt(l.p50_over_slow_ms),
-                opt(l.p99_over_slow_ms),
-                opt(l.p999_over_slow_ms)
+                over(l.p50_over_slow_ms, "p50_ms"),
+                over(l.p99_over_slow_ms, "p99_ms"),
+                over(l.p999_over_slow_ms, "p999_ms")
             );
         }
+    }
+    if let Some(note) = thin_note(report) {
+        let _ = writeln!(md, "\n{note}");
     }
     if !report.notes.is_empty() {
         md += "\nNotes:\n";
@@ -763,6 +868,29 @@ pub fn markdown(report: &Report) -> String {
         }
     }
     md
+}
+
+/// What "(thin)" means, with the smallest round of the report, when a
+/// cell says it.
+fn thin_note(report: &Report) -> Option<String> {
+    let fewest = report
+        .servers
+        .iter()
+        .flat_map(|s| &s.loads)
+        .filter(|l| !l.thin.is_empty())
+        .flat_map(|l| l.rounds.iter().map(|r| r.completed))
+        .min()?;
+    let beyond = |p: f64| fewest as f64 * (1.0 - p / 100.0);
+    Some(format!(
+        "(thin): fewer than {MIN_TAIL:.0} of a round's requests lie beyond that percentile, so it \
+         is the slowest few requests, not a measured tail, and gets no ratio (the smallest round, \
+         {fewest} requests, has {:.1} beyond p99 and {:.1} beyond p99.9). Measuring p99 takes at \
+         least {} requests per round, p99.9 {}.",
+        beyond(99.0),
+        beyond(99.9),
+        fmt_num(MIN_TAIL / 0.01),
+        fmt_num(MIN_TAIL / 0.001)
+    ))
 }
 
 /// `report.json`: the report, pretty-printed.
@@ -783,23 +911,59 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// One bar of a panel.
+/// One bar of a panel (or, with a NaN value and no label, a gap between
+/// groups).
 struct Bar {
     label: String,
     value: f64,
-    /// Whisker (min, max), drawn when present.
+    /// Whisker (min, max) over the rounds, drawn when present.
     range: Option<(f64, f64)>,
     colour: RGBColor,
-    /// A client-bound row: drawn pale, its height is the generator's limit.
+    /// Drawn pale: a client-bound row (its height is the generator's limit)
+    /// or a thin percentile.
     pale: bool,
+    /// Above the value: its ratio to the reference, "noise" (within noise,
+    /// the table's rule) or "thin"; empty for the reference itself.
+    mark: String,
 }
 
-/// One bar chart of the SVG.
+impl Bar {
+    fn gap() -> Bar {
+        Bar {
+            label: String::new(),
+            value: f64::NAN,
+            range: None,
+            colour: BLACK,
+            pale: false,
+            mark: String::new(),
+        }
+    }
+}
+
+/// One bar chart of the picture.
 struct Panel {
     caption: String,
     bars: Vec<Bar>,
     /// A reference line (the slow load's ideal throughput).
     line: Option<f64>,
+    /// Names written under groups of bars: (first bar, last bar, text).
+    groups: Vec<(usize, usize, String)>,
+}
+
+impl Panel {
+    fn new(caption: impl Into<String>) -> Panel {
+        Panel {
+            caption: caption.into(),
+            bars: Vec::new(),
+            line: None,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Whether there is anything to draw: a panel of n/a only is left out.
+    fn has_data(&self) -> bool {
+        self.bars.iter().any(|b| b.value.is_finite())
+    }
 }
 
 /// Names the servers get colours by, in first-seen order, so a server has
@@ -819,95 +983,252 @@ fn colour_of(names: &[&str], name: &str) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-/// `report.svg`: per load a panel of requests/s per server (median bar,
-/// min–max whisker; the slow load also shows its ideal), then panels of
-/// server CPU µs per request (one bar per load window in `mixed`), idle
-/// and peak RSS and exec-to-listen time. Loads get separate panels because
-/// fast and slow throughputs differ by orders of magnitude. In a sweep each bar is
-/// one server at one thread count (`name ×T`); client-bound bars are pale.
+/// The mark over a bar: what the table's cell says in parentheses.
+fn mark(ratio: Option<f64>, noisy: bool, first: bool) -> String {
+    match ratio {
+        Some(_) if !first && noisy => "noise".into(),
+        Some(r) if !first => format!("{r:.2}×"),
+        _ => String::new(),
+    }
+}
+
+/// Min and max of the finite `values`, when there are two or more rounds.
+fn min_max(values: impl Iterator<Item = f64> + Clone) -> Option<(f64, f64)> {
+    let finite = values.filter(|v| v.is_finite());
+    (finite.clone().count() > 1).then(|| {
+        (
+            finite.clone().fold(f64::INFINITY, f64::min),
+            finite.fold(f64::NEG_INFINITY, f64::max),
+        )
+    })
+}
+
+/// The lines under a chart: where, when and how it ran, and each server's
+/// command.
+fn facts(report: &Report) -> Vec<String> {
+    let generator = generator_name(report.generator);
+    let mut lines = vec![format!(
+        "Measured {}. Generator: {generator}, per round {}.",
+        report.machine.describe(),
+        describe_loads(report)
+    )];
+    let mut sets: Vec<String> = Vec::new();
+    for s in &report.servers {
+        let at = s
+            .threads
+            .map_or(String::new(), |t| format!("threads={t}: "));
+        let set = match (&s.server_cpus, &s.client_cpus) {
+            (Some(server), Some(client)) => {
+                format!("{at}servers on CPUs {server:?}, generator on CPUs {client:?}")
+            }
+            _ => format!("{at}servers and generator unpinned, sharing all CPUs"),
+        };
+        if !sets.contains(&set) {
+            sets.push(set);
+        }
+    }
+    if !sets.is_empty() {
+        lines.push(format!("CPU sets: {}.", sets.join("; ")));
+    }
+    let mut commands: Vec<String> = Vec::new();
+    for s in &report.servers {
+        let line = format!("{}: {}", s.name, s.command);
+        if !commands.contains(&line) {
+            commands.push(line);
+        }
+    }
+    for line in commands {
+        // A long path stays readable; report.md has the whole command.
+        let cut: String = line.chars().take(200).collect();
+        lines.push(if cut.len() < line.len() {
+            format!("{cut}…")
+        } else {
+            cut
+        });
+    }
+    if shared_cpus_note(&report.servers).is_some() {
+        lines.push(
+            "Shared machine: other processes kept the benchmark's CPUs busier than it did \
+             (report.md names the rows); its throughput and latency there measure the contention."
+                .into(),
+        );
+    }
+    lines
+}
+
+/// How to read the bars of `svg`, under its facts.
+fn bar_legend(report: &Report) -> String {
+    let reference = report.servers.first().map_or("", |s| s.name.as_str());
+    let spread = if report.rounds > 1 {
+        "whiskers: min–max over the rounds"
+    } else {
+        "one round: no spread to show, so a ratio has passed the resolution check only"
+    };
+    format!(
+        "Bars: median of the rounds ({spread}). Over each bar its value, then its ratio to {reference} \
+         (the first server of its thread count); \"noise\": within noise by the table's rule; \
+         \"thin\" (pale): fewer than {MIN_TAIL:.0} requests per round beyond that percentile."
+    )
+}
+
+/// A latency bar's source: its label, its name in `thin` and
+/// `within_noise`, the median, the ratio, and its value in one round.
+type Percentile = (
+    &'static str,
+    &'static str,
+    f64,
+    Option<f64>,
+    fn(&RunResult) -> f64,
+);
+
+/// `report.svg`: per load a panel of requests/s per server and one of its
+/// latency percentiles (p50, p99, p99.9 per server), then server CPU µs
+/// per request (one bar per load window in `mixed`), idle and peak RSS and
+/// exec-to-listen time. Every bar that has rounds carries their min–max
+/// whisker, and over it its value and what the table says of it (ratio,
+/// noise, thin). Loads get separate panels because fast and slow figures
+/// differ by orders of magnitude. In a sweep each bar is one server at one
+/// thread count (`name ×T`); client-bound bars are pale. Under the panels:
+/// the machine, the generator, the CPU sets and every command.
 pub fn svg(report: &Report) -> Result<String, String> {
-    let mut panels: Vec<Panel> = report
+    let mut rps: Vec<Panel> = report
         .loads
         .iter()
-        .map(|spec| Panel {
-            caption: format!("{} requests/s (median, min–max)", spec.kind.name()),
-            bars: Vec::new(),
-            line: None,
-        })
+        .map(|spec| Panel::new(format!("{} requests/s", spec.kind.name())))
         .collect();
-    let mut cpu = Panel {
-        caption: "server CPU µs per request (own window)".into(),
-        bars: Vec::new(),
-        line: None,
-    };
-    let new_panel = |caption: &str| Panel {
-        caption: caption.into(),
-        bars: Vec::new(),
-        line: None,
-    };
-    let mut idle = new_panel("idle RSS MiB");
-    let mut peak = new_panel("peak RSS MiB");
-    let mut startup = new_panel("exec → listen ms");
+    let mut latency: Vec<Panel> = report
+        .loads
+        .iter()
+        .map(|spec| Panel::new(format!("{} latency ms (p50, p99, p99.9)", spec.kind.name())))
+        .collect();
+    let mut cpu = Panel::new("server CPU µs per request (own window)");
+    let mut idle = Panel::new("idle RSS MiB");
+    let mut peak = Panel::new("peak RSS MiB");
+    let mut startup = Panel::new("exec → listen ms");
     let names = server_names(report);
     let several = report.loads.len() > 1;
-    for s in &report.servers {
+    for (i, s) in report.servers.iter().enumerate() {
+        let first = report.servers.iter().position(|b| b.threads == s.threads) == Some(i);
         let colour = colour_of(&names, &s.name);
         let label = match s.threads {
             Some(t) => format!("{} ×{t}", s.name),
             None => s.name.clone(),
         };
-        for (panel, spec) in panels.iter_mut().zip(&report.loads) {
+        for ((rps, lat), spec) in rps.iter_mut().zip(latency.iter_mut()).zip(&report.loads) {
             let Some(l) = s.loads.iter().find(|l| l.kind == spec.kind) else {
                 continue;
             };
-            panel.line = panel.line.or(l.ideal_requests_per_s);
-            panel.bars.push(Bar {
+            let noisy = |name: &str| l.within_noise.contains(&name);
+            rps.line = rps.line.or(l.ideal_requests_per_s);
+            rps.bars.push(Bar {
                 label: label.clone(),
                 value: l.requests_per_s.median,
-                range: Some((l.requests_per_s.min, l.requests_per_s.max)),
+                range: min_max(l.rounds.iter().map(|r| r.rps)),
                 colour,
                 pale: l.window.client_bound,
+                mark: mark(
+                    l.ratios.requests_per_s_median,
+                    noisy("requests_per_s_median"),
+                    first,
+                ),
             });
+            if !lat.bars.is_empty() {
+                lat.bars.push(Bar::gap());
+            }
+            let start = lat.bars.len();
+            let percentiles: [Percentile; 3] = [
+                ("p50", "p50_ms", l.p50_ms, l.ratios.p50_ms, |r| r.p50_ms),
+                ("p99", "p99_ms", l.p99_ms, l.ratios.p99_ms, |r| r.p99_ms),
+                ("p99.9", "p999_ms", l.p999_ms, l.ratios.p999_ms, |r| {
+                    r.p999_ms
+                }),
+            ];
+            for (short, name, value, ratio, of) in percentiles {
+                let thin = l.thin.contains(&name);
+                lat.bars.push(Bar {
+                    label: short.into(),
+                    value,
+                    range: min_max(l.rounds.iter().map(of)),
+                    colour,
+                    pale: thin || l.window.client_bound,
+                    mark: if thin {
+                        "thin".into()
+                    } else {
+                        mark(ratio, noisy(name), first)
+                    },
+                });
+            }
+            lat.groups.push((start, lat.bars.len() - 1, label.clone()));
         }
-        // In `mixed` each load has its own window, hence its own bar.
+        // In `mixed` each load has its own window, hence its own bar, and
+        // the server's bars are a group named under them.
+        if several && !cpu.bars.is_empty() {
+            cpu.bars.push(Bar::gap());
+        }
+        let start = cpu.bars.len();
         for l in &s.loads {
-            let rounds = &l.window.cpu_us_per_request_rounds;
-            let f = || rounds.iter().copied().filter(|v| v.is_finite());
+            let w = &l.window;
             cpu.bars.push(Bar {
                 label: if several {
-                    format!("{label} {}", l.kind.name())
+                    l.kind.name().to_string()
                 } else {
                     label.clone()
                 },
-                value: l.window.cpu_us_per_request,
-                range: (rounds.len() > 1).then(|| {
-                    (
-                        f().fold(f64::INFINITY, f64::min),
-                        f().fold(f64::NEG_INFINITY, f64::max),
-                    )
-                }),
+                value: w.cpu_us_per_request,
+                range: min_max(w.cpu_us_per_request_rounds.iter().copied()),
                 colour,
-                pale: l.window.client_bound,
+                pale: w.client_bound,
+                mark: mark(
+                    l.ratios.cpu_us_per_request,
+                    l.within_noise.contains(&"cpu_us_per_request"),
+                    first,
+                ),
             });
         }
-        let plain = |value: f64| Bar {
+        if several {
+            cpu.groups.push((start, cpu.bars.len() - 1, label.clone()));
+        }
+        let single = |value: f64, ratio: Option<f64>, name: &str| Bar {
             label: label.clone(),
             value,
             range: None,
             colour,
             pale: false,
+            mark: mark(ratio, s.within_noise.contains(&name), first),
         };
-        idle.bars.push(plain(s.idle_rss_kib as f64 / 1024.0));
-        peak.bars.push(plain(s.peak_rss_kib as f64 / 1024.0));
-        startup.bars.push(plain(s.startup_ms));
+        idle.bars.push(single(
+            s.idle_rss_kib as f64 / 1024.0,
+            s.ratios.idle_rss_kib,
+            "idle_rss_kib",
+        ));
+        peak.bars.push(single(
+            s.peak_rss_kib as f64 / 1024.0,
+            s.ratios.peak_rss_kib,
+            "peak_rss_kib",
+        ));
+        startup
+            .bars
+            .push(single(s.startup_ms, s.ratios.startup_ms, "startup_ms"));
+    }
+    let mut panels: Vec<Panel> = Vec::new();
+    for (r, l) in rps.into_iter().zip(latency) {
+        panels.extend([r, l]);
     }
     panels.extend([cpu, idle, peak, startup]);
+    // A panel with nothing measured (every run failed) says nothing.
+    panels.retain(Panel::has_data);
 
+    let mut facts = facts(report);
+    facts.push(bar_legend(report));
     let mut out = String::new();
     {
-        let cols = panels.len().min(3);
-        let rows = panels.len().div_ceil(cols);
-        let (width, height) = (540 * cols as u32, 420 * rows as u32 + 40);
+        // Three panels a row; the last row's panels share its whole width,
+        // so no cell is left empty.
+        const COLS: usize = 3;
+        let rows: Vec<&[Panel]> = panels.chunks(COLS).collect();
+        let (width, panel_h, line_h) = (1620_u32, 400_u32, 18_u32);
+        let facts_h = line_h * facts.len() as u32 + 20;
+        let height = 50 + panel_h * rows.len().max(1) as u32 + facts_h;
         let root = SVGBackend::with_string(&mut out, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let pale = if report
@@ -927,12 +1248,42 @@ pub fn svg(report: &Report) -> Result<String, String> {
         let root = root
             .titled(&title, ("sans-serif", 22))
             .map_err(|e| e.to_string())?;
-        for (area, panel) in root.split_evenly((rows, cols)).iter().zip(&panels) {
-            draw_panel(area, panel)?;
+        let (body, foot) = root.split_vertically(panel_h * rows.len().max(1) as u32);
+        if rows.is_empty() {
+            body.draw(&Text::new(
+                "No figure to draw: nothing was measured (see report.md).",
+                (40, 40),
+                ("sans-serif", 18),
+            ))
+            .map_err(|e| e.to_string())?;
         }
+        for (area, row) in body.split_evenly((rows.len().max(1), 1)).iter().zip(&rows) {
+            for (cell, panel) in area.split_evenly((1, row.len())).iter().zip(row.iter()) {
+                draw_panel(cell, panel)?;
+            }
+        }
+        draw_facts(&foot, &facts, line_h)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// Writes `facts` one a line into `area`.
+fn draw_facts<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    facts: &[String],
+    line_h: u32,
+) -> Result<(), String> {
+    let style = ("sans-serif", 13).into_font().color(&BLACK);
+    for (i, line) in facts.iter().enumerate() {
+        area.draw(&Text::new(
+            line.as_str(),
+            (20, 10 + (line_h * i as u32) as i32),
+            style.clone(),
+        ))
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// A point of the scaling chart: threads, value, client-bound.
@@ -986,7 +1337,18 @@ pub fn scaling_svg(report: &Report) -> Result<String, String> {
     ];
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, (1100, 480)).into_drawing_area();
+        let mut facts = facts(report);
+        facts.extend(
+            report
+                .notes
+                .iter()
+                .filter(|n| n.contains(" skipped: "))
+                .cloned(),
+        );
+        facts.push("Points: median of the rounds; hollow: client-bound.".into());
+        let line_h = 18_u32;
+        let height = 480 + line_h * facts.len() as u32 + 20;
+        let root = SVGBackend::with_string(&mut out, (1400, height)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let title = format!(
             "conn-bench: scaling, {} scenario, {} round(s) (hollow points: client-bound)",
@@ -996,9 +1358,11 @@ pub fn scaling_svg(report: &Report) -> Result<String, String> {
         let root = root
             .titled(&title, ("sans-serif", 20))
             .map_err(|e| e.to_string())?;
-        for (area, (caption, series)) in root.split_evenly((1, 2)).iter().zip(&panels) {
+        let (body, foot) = root.split_vertically(440);
+        for (area, (caption, series)) in body.split_evenly((1, 2)).iter().zip(&panels) {
             draw_lines(area, caption, series, &names, max_threads)?;
         }
+        draw_facts(&foot, &facts, line_h)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
@@ -1075,28 +1439,33 @@ fn draw_lines<DB: DrawingBackend>(
 }
 
 /// Draws one bar panel. Bars sit in slots 1..=n of n+2, so there is air on
-/// both sides and a lone bar is not a wall.
+/// both sides and a lone bar is not a wall. Values and marks are written
+/// over the bars (over the whisker when there is one), in black, so a short
+/// bar's figure is as readable as a tall one's.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let bars = &panel.bars;
+    let top_of = |b: &Bar| b.range.map_or(b.value, |r| r.1.max(b.value));
     let top = bars
         .iter()
-        .flat_map(|b| [b.value, b.range.map_or(0.0, |r| r.1)])
+        .map(top_of)
         .chain(panel.line)
         .filter(|v| v.is_finite())
         .fold(0.0_f64, f64::max);
-    let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+    // Room over the tallest bar for its value and mark.
+    let top = if top > 0.0 { top * 1.3 } else { 1.0 };
     let n = bars.len();
     // plotters' integer ranges are inclusive: 0..n+1 gives n+2 slots.
     let slot_px = area.dim_in_pixel().0.saturating_sub(100) / (n as u32 + 2);
     let bar = |slot: &usize| slot.checked_sub(1).and_then(|i| bars.get(i));
+    let grouped = !panel.groups.is_empty();
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.caption, ("sans-serif", 16))
         .margin(15)
-        .x_label_area_size(35)
+        .x_label_area_size(if grouped { 50 } else { 35 })
         .y_label_area_size(70)
         .build_cartesian_2d((0..n + 1).into_segmented(), 0.0..top)
         .map_err(err)?;
@@ -1146,27 +1515,29 @@ fn draw_panel<DB: DrawingBackend>(
                 b.value,
                 hi,
                 BLACK.stroke_width(2),
-                12,
+                10,
             ))
         }))
         .map_err(err)?;
-    // Each value inside its bar, half-way up: above the bar it would collide
-    // with the whiskers, and in the axis label with its neighbours'.
-    let inside = ("sans-serif", 14)
+    let small = slot_px < 60;
+    let value_font = ("sans-serif", if small { 11 } else { 13 })
         .into_font()
-        .color(&WHITE)
-        .pos(Pos::new(HPos::Center, VPos::Center));
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    let mark_font = ("sans-serif", if small { 10 } else { 12 })
+        .into_font()
+        .color(&RGBColor(0x55, 0x55, 0x55))
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
     chart
         .draw_series(
             bars.iter()
                 .enumerate()
-                .filter(|(_, b)| b.value.is_finite() && b.value > 0.0)
+                .filter(|(_, b)| b.value.is_finite())
                 .map(|(i, b)| {
-                    Text::new(
-                        fmt_num(b.value),
-                        (SegmentValue::CenterOf(i + 1), b.value / 2.0),
-                        inside.clone(),
-                    )
+                    let at = (SegmentValue::CenterOf(i + 1), top_of(b));
+                    EmptyElement::at(at)
+                        + Text::new(fmt_num(b.value), (0, -3), value_font.clone())
+                        + Text::new(b.mark.clone(), (0, -17), mark_font.clone())
                 }),
         )
         .map_err(err)?;
@@ -1187,6 +1558,19 @@ fn draw_panel<DB: DrawingBackend>(
             .draw()
             .map_err(err)?;
     }
+    // Group names (the server of three percentile bars) under their labels.
+    let base = area.get_base_pixel();
+    let group_font = ("sans-serif", 13)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (from, to, name) in &panel.groups {
+        let left = chart.backend_coord(&(SegmentValue::CenterOf(from + 1), 0.0));
+        let right = chart.backend_coord(&(SegmentValue::CenterOf(to + 1), 0.0));
+        let at = ((left.0 + right.0) / 2 - base.0, left.1 - base.1 + 24);
+        area.draw(&Text::new(name.as_str(), at, group_font.clone()))
+            .map_err(err)?;
+    }
     Ok(())
 }
 
@@ -1196,7 +1580,7 @@ mod tests {
 
     fn run(rps: f64, p50: f64) -> RunResult {
         RunResult {
-            completed: 1000,
+            completed: 10_000,
             failed: 0,
             non_2xx: 0,
             rps,
@@ -1307,6 +1691,12 @@ mod tests {
                 .collect(),
             threads: Vec::new(),
             clock_ticks_per_second: 100,
+            machine: Machine {
+                cpus: 2,
+                model: "Test CPU".into(),
+                kernel: "6.18.0".into(),
+                date: "2026-12-07 21:40".into(),
+            },
             notes: vec!["a note".into()],
             servers,
         }
@@ -1324,7 +1714,7 @@ mod tests {
                 max: 105.0
             }
         );
-        assert_eq!(load.completed, 3000);
+        assert_eq!(load.completed, 30_000);
         assert_eq!(load.p99_ms, 1.0);
         assert_eq!(load.ideal_requests_per_s, None);
         assert_eq!(load.ratios.requests_per_s_median, Some(0.5));
@@ -1333,6 +1723,47 @@ mod tests {
         assert_eq!(load.ratios.failed, None); // 0 vs 0
         assert_eq!(r.servers[1].ratios.cpu_us_per_request, Some(0.5));
         assert_eq!(r.servers[0].ratios.peak_rss_kib, Some(1.0));
+    }
+
+    /// The issue's slow run: 267 requests per round, where p99.9 = p99 = max.
+    #[test]
+    fn percentiles_of_few_requests_are_thin() {
+        assert_eq!(thin_percentiles(267), ["p99_ms", "p999_ms"]);
+        assert_eq!(thin_percentiles(999), ["p99_ms", "p999_ms"]);
+        assert_eq!(thin_percentiles(1000), ["p999_ms"]);
+        assert_eq!(thin_percentiles(10_000), Vec::<&str>::new());
+        assert_eq!(thin_percentiles(19), ["p50_ms", "p99_ms", "p999_ms"]);
+        let mut r = report(&[LoadKind::Slow]);
+        for s in &mut r.servers {
+            s.loads[0] = LoadReport::from_rounds(
+                LoadKind::Slow,
+                vec![
+                    RunResult {
+                        completed: 267,
+                        ..run(120.0, 31.0)
+                    };
+                    3
+                ],
+                30,
+                133.3,
+            );
+        }
+        fill_ratios(&mut r.servers);
+        let md = markdown(&r);
+        assert!(md.contains("| 31.0 | 62.0 (thin) | 93.0 (thin) |"), "{md}");
+        assert!(md.contains("| 1.00 | 32.0 (thin) | 63.0 (thin) |"), "{md}");
+        assert!(
+            md.contains(
+                "the smallest round, 267 requests, has 2.7 beyond p99 and 0.3 beyond p99.9"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("p99 takes at least 1000 requests per round, p99.9 10000"),
+            "{md}"
+        );
+        // Enough requests: no mark, no note.
+        assert!(!markdown(&report(&[LoadKind::Slow])).contains("(thin)"));
     }
 
     #[test]
@@ -1422,6 +1853,50 @@ mod tests {
         assert!(svg.contains(">\ncpp\n<"), "server name as an axis label");
         assert!(svg.contains(">\n100\n<"), "value drawn in its bar");
         assert!(svg.contains("ideal 133"));
+        // A latency panel per load, percentiles grouped by server.
+        assert!(svg.contains("fast latency ms (p50, p99, p99.9)"));
+        assert!(svg.contains("slow latency ms (p50, p99, p99.9)"));
+        assert!(svg.contains(">\np99.9\n<"));
+        // Over each bar what the table says: cpp's req/s is half (0.50×),
+        // its latency and memory within noise; conn-daemon, the
+        // reference, has no mark.
+        assert!(svg.contains(">\n0.50×\n<"), "the ratio over cpp's bars");
+        assert!(svg.contains(">\nnoise\n<"), "within noise over cpp's p50");
+        // The machine, the generator, the CPU sets and the commands.
+        for fact in [
+            "Measured 2026-12-07 21:40 UTC, 2 CPUs (Test CPU), Linux 6.18.0. Generator: ab, per \
+             round fast × 1000 requests at concurrency 10 + slow × 1000 requests at concurrency 10.",
+            "CPU sets: servers on CPUs [0], generator on CPUs [1].",
+            "conn-daemon: conn-daemon -p {port}",
+            "cpp: cpp -p {port}",
+            "whiskers: min–max over the rounds",
+        ] {
+            assert!(svg.contains(fact), "{fact} missing from the SVG");
+        }
+        // Few requests: the percentile is marked thin, not measured.
+        let mut thin = report(&[LoadKind::Slow]);
+        for s in &mut thin.servers {
+            for r in &mut s.loads[0].rounds {
+                r.completed = 267;
+            }
+            s.loads[0].thin = thin_percentiles(267);
+        }
+        assert!(super::svg(&thin).unwrap().contains(">\nthin\n<"));
+        // A load with no figure (every run failed) gets no empty panel.
+        let mut failed = report(&[LoadKind::Fast, LoadKind::Slow]);
+        for s in &mut failed.servers {
+            s.loads[1] = LoadReport::from_runs(
+                LoadKind::Slow,
+                vec![Err("garbage".into())],
+                Generator::Ab,
+                30,
+                133.3,
+            );
+        }
+        let chart = super::svg(&failed).unwrap();
+        assert!(chart.contains("fast requests/s"));
+        assert!(!chart.contains("slow requests/s"), "no empty panel");
+        assert!(!chart.contains("slow latency"), "no empty panel");
         // An empty report still renders.
         let mut empty = report(&[LoadKind::Fast]);
         empty.servers.clear();
@@ -1476,6 +1951,10 @@ mod tests {
         let chart = scaling_svg(&r).unwrap();
         assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("hollow points: client-bound"));
+        assert!(
+            chart.contains("threads=1: servers on CPUs [0], generator on CPUs [1]"),
+            "the CPU sets under the chart"
+        );
         assert!(chart.contains("conn-daemon") && chart.contains("cpp"));
         // Two panels of two lines of two points; conn-daemon at threads=1,
         // client-bound, is hollow in both panels.
@@ -1595,24 +2074,42 @@ mod tests {
 
     #[test]
     fn tells_client_bound_rows() {
-        assert!(is_client_bound([0.33, 0.35], [0.99, 0.99]));
+        assert!(is_client_bound(0.33, [0.99, 0.99]));
         assert!(
-            is_client_bound([0.33, 0.35], [0.40, 0.95]),
+            is_client_bound(0.33, [0.40, 0.95]),
             "generator starved by others on its CPUs"
         );
         assert!(
-            !is_client_bound([0.95, 0.96], [0.99, 0.99]),
+            !is_client_bound(0.95, [0.99, 0.99]),
             "both saturated: the server is a limit too"
         );
-        assert!(
-            !is_client_bound([0.15, 0.90], [0.60, 0.60]),
-            "server CPUs busy with others"
+        // The issue's row: generator 86%, the server 20% of its CPUs while
+        // other processes kept them busy: the rule fits, so it is flagged.
+        assert!(is_client_bound(0.20, [0.86, 0.86]));
+        assert!(!is_client_bound(0.50, [0.60, 0.6]), "neither saturated");
+        assert!(!is_client_bound(f64::NAN, [0.99, 0.99]));
+        assert!(!is_client_bound(0.2, [f64::NAN; 2]));
+    }
+
+    #[test]
+    fn names_rows_whose_cpus_others_used() {
+        let mut r = report(&[LoadKind::Fast]);
+        // Both rows: server 30% of CPUs 32%, generator 95% of 97% (cpp 60%
+        // of 75%): only cpp's generator CPUs were shared.
+        let note = shared_cpus_note(&r.servers).unwrap();
+        assert_eq!(
+            note,
+            "Other processes used the benchmark's CPUs (cpp fast: generator CPUs 75% busy, \
+             60% by the generator): those rows measure a shared machine (their cells read \
+             \"N% (CPUs M%)\"); rerun on a quiet one."
         );
-        assert!(
-            !is_client_bound([0.50, 0.5], [0.60, 0.6]),
-            "neither saturated"
-        );
-        assert!(!is_client_bound([f64::NAN; 2], [f64::NAN; 2]));
+        r.servers[1].loads[0].window.client_cpus_busy = 0.65;
+        assert_eq!(shared_cpus_note(&r.servers), None);
+        r.servers[0].loads[0].window.server_cpu_util = 0.20;
+        r.servers[0].loads[0].window.server_cpus_busy = 0.90;
+        assert!(shared_cpus_note(&r.servers)
+            .unwrap()
+            .contains("conn-daemon fast: server CPUs 90% busy, 20% by the server"));
     }
 
     fn svg_ok(r: &Report) -> bool {

@@ -5,8 +5,7 @@ use crate::args::PortRange;
 use crate::load::tail;
 use crate::{procstat, sys};
 use std::fs;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,40 +75,62 @@ pub fn require(program: &str, package: &str) -> Result<PathBuf, String> {
     which(program).ok_or_else(|| format!("`{program}` not found: install Debian's {package}"))
 }
 
-/// Picks `count` distinct free TCP ports on 127.0.0.1: from `range` (the
-/// first ones a listener can bind), else any the kernel gives for port 0.
-/// All listeners are held until every port is chosen so none repeats; the
-/// short window before the server binds is an accepted race.
-pub fn pick_ports(count: usize, range: Option<PortRange>) -> Result<Vec<u16>, String> {
-    let Some(range) = range else {
-        let listeners = (0..count)
-            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| format!("picking free ports: {e}"))?;
-        return listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|e| format!("picking free ports: {e}"));
-    };
+/// Picks `count` distinct free TCP ports, none of them in `avoid`: from
+/// `range` (the first ones free), else any the kernel gives for port 0.
+/// "Free" is what a server's bind would say (`sys::reserve_port`: every
+/// address, no `SO_REUSEADDR`), so a port held only by TIME-WAIT sockets of
+/// an earlier run is not chosen. All probes are held until every port is
+/// chosen so none repeats; the short window before the server binds is an
+/// accepted race, which `start`'s `port_busy` lets the caller retry.
+pub fn pick_ports(
+    count: usize,
+    range: Option<PortRange>,
+    avoid: &[u16],
+) -> Result<Vec<u16>, String> {
     let mut held = Vec::new();
+    let Some(range) = range else {
+        while held.len() < count {
+            let (socket, port) =
+                sys::reserve_port(0).map_err(|e| format!("picking free ports: {e}"))?;
+            if !avoid.contains(&port) {
+                held.push((socket, port));
+            }
+        }
+        return Ok(held.into_iter().map(|(_, p)| p).collect());
+    };
     for port in range.from..=range.to {
         if held.len() == count {
             break;
         }
-        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            held.push((port, l));
+        if avoid.contains(&port) {
+            continue;
+        }
+        if let Ok(probe) = sys::reserve_port(port) {
+            held.push(probe);
         }
     }
     if held.len() < count {
         return Err(format!(
-            "--ports {}-{}: {} of them free on 127.0.0.1, {count} needed",
+            "--ports {}-{}: {} of them free on 127.0.0.1{}, {count} needed",
             range.from,
             range.to,
-            held.len()
+            held.len(),
+            if avoid.is_empty() {
+                String::new()
+            } else {
+                format!(" besides the {} already used or busy", avoid.len())
+            }
         ));
     }
-    Ok(held.into_iter().map(|(p, _)| p).collect())
+    Ok(held.into_iter().map(|(_, p)| p).collect())
+}
+
+/// Whether a server's error output says its bind found the port in use
+/// (strerror(EADDRINUSE), which conn-daemon, the C++ reference and nginx all
+/// print): the port was taken between the probe and the bind, or the server
+/// binds stricter than the probe; the caller moves it to another port.
+pub fn says_port_busy(log: &str) -> bool {
+    log.contains("Address already in use") || log.contains("EADDRINUSE")
 }
 
 /// The template's worker count, replaced for a sweep.
@@ -152,6 +173,25 @@ pub fn nginx_launch(nginx: &Path, dir: &Path, port: u16, workers: u32) -> Result
     })
 }
 
+/// Why a server did not start.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The error, with the tail of the server's stderr.
+    pub message: String,
+    /// The server exited saying its port was in use (`says_port_busy`):
+    /// another port may work.
+    pub port_busy: bool,
+}
+
+impl From<String> for StartFailure {
+    fn from(message: String) -> Self {
+        StartFailure {
+            message,
+            port_busy: false,
+        }
+    }
+}
+
 /// Starts `launch` on `port`, pinned to `cpus` (None: unpinned), logging to
 /// `log_dir`, and waits until a TCP connect to the port succeeds. The time
 /// from spawn to that connect is the server's startup time.
@@ -162,7 +202,7 @@ pub fn start(
     restore_cpus: Option<&[usize]>,
     log_dir: &Path,
     timeout: Duration,
-) -> Result<Server, String> {
+) -> Result<Server, StartFailure> {
     let name = &launch.name;
     let argv: Vec<String> = launch
         .argv
@@ -200,7 +240,7 @@ pub fn start(
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("server `{name}`: cannot fork its group guard: {e}"));
+            return Err(format!("server `{name}`: cannot fork its group guard: {e}").into());
         }
     };
 
@@ -219,13 +259,16 @@ pub fn start(
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
         if sys::interrupted() {
-            return Err("interrupted".into());
+            return Err(String::from("interrupted").into());
         }
         if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!(
-                "server `{name}` exited ({status}) before listening on port {port}; its stderr: {}",
-                server.log_tail()
-            ));
+            let tail = server.log_tail();
+            return Err(StartFailure {
+                port_busy: says_port_busy(&tail),
+                message: format!(
+                    "server `{name}` exited ({status}) before listening on port {port}; its stderr: {tail}"
+                ),
+            });
         }
         // A refused connect returns at once, so this polls about every ms.
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
@@ -237,7 +280,8 @@ pub fn start(
                 "server `{name}` did not listen on port {port} within {} s; its stderr: {}",
                 timeout.as_secs(),
                 server.log_tail()
-            ));
+            )
+            .into());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -319,25 +363,81 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn picks_distinct_ports() {
-        let ports = pick_ports(3, None).unwrap();
+        let ports = pick_ports(3, None, &[]).unwrap();
         assert_eq!(ports.len(), 3);
         assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
         // From a range: a busy port is skipped, a short range refused.
         let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let b = busy.local_addr().unwrap().port();
-        if b < 65535 {
+        if b < 65534 {
             let range = PortRange { from: b, to: b + 1 };
-            match pick_ports(1, Some(range)) {
+            match pick_ports(1, Some(range), &[]) {
                 Ok(p) => assert_eq!(p, [b + 1]),
                 // b + 1 may be taken by someone else on a shared machine.
                 Err(e) => assert!(e.contains("1 needed"), "{e}"),
             }
-            let err = pick_ports(2, Some(range)).unwrap_err();
+            let err = pick_ports(2, Some(range), &[]).unwrap_err();
             assert!(err.contains("2 needed"), "{err}");
+            // A port already used (or found busy) is not offered again.
+            let range = PortRange {
+                from: b + 1,
+                to: b + 2,
+            };
+            if let Ok(p) = pick_ports(1, Some(range), &[b + 1]) {
+                assert_eq!(p, [b + 2]);
+            }
+            let err = pick_ports(2, Some(range), &[b + 1]).unwrap_err();
+            assert!(err.contains("besides the 1 already used or busy"), "{err}");
         }
+    }
+
+    /// The abort: a port whose only sockets are in TIME-WAIT. std's
+    /// bind (SO_REUSEADDR) calls it free, a server's bind fails, and so
+    /// must the probe.
+    #[test]
+    fn a_port_in_time_wait_is_busy() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        drop(listener);
+        // The side that closes first keeps TIME-WAIT: the server's side, on `port`.
+        drop(accepted);
+        let mut byte = [0u8; 1];
+        use std::io::Read;
+        assert_eq!((&client).read(&mut byte).unwrap(), 0, "EOF from the server");
+        drop(client);
+        assert!(
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok(),
+            "std's bind (SO_REUSEADDR) takes a TIME-WAIT port"
+        );
+        let err = sys::reserve_port(port).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE), "{err}");
+        let range = PortRange {
+            from: port,
+            to: port,
+        };
+        let err = pick_ports(1, Some(range), &[]).unwrap_err();
+        assert!(err.contains("0 of them free"), "{err}");
+    }
+
+    #[test]
+    fn tells_a_busy_port_from_other_failures() {
+        // conn-daemon, the C++ reference, nginx.
+        for line in [
+            "conn-daemon: cannot listen on 0.0.0.0:30003: Address already in use (os error 98)",
+            "bind: Address already in use",
+            "nginx: [emerg] bind() to 127.0.0.1:30003 failed (98: Address already in use)",
+        ] {
+            assert!(says_port_busy(line), "{line}");
+        }
+        assert!(!says_port_busy(
+            "conn-daemon: invalid value '0' for '--port'"
+        ));
     }
 
     #[test]
@@ -384,15 +484,30 @@ mod tests {
             Ok(_) => panic!("should fail"),
             Err(e) => e,
         };
+        assert!(!err.port_busy);
+        let err = err.message;
         assert!(err.contains("server `bad` exited"), "{err}");
         assert!(err.contains("broken 1"), "{err}");
+        let busy = Launch {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'bind: Address already in use' >&2; exit 1".into(),
+            ],
+            ..launch.clone()
+        };
+        let err = start(&busy, 1, None, None, &dir, Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(err.port_busy, "{}", err.message);
         let missing = Launch {
             argv: vec!["/nonexistent/server".into()],
             ..launch
         };
         let err = start(&missing, 1, None, None, &dir, Duration::from_secs(1))
             .err()
-            .unwrap();
+            .unwrap()
+            .message;
         assert!(err.contains("cannot run `/nonexistent/server`"), "{err}");
         let _ = fs::remove_dir_all(&dir);
     }

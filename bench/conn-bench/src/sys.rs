@@ -1,5 +1,5 @@
 //! The few libc calls the standard library lacks: signal flag, CPU affinity,
-//! clock ticks, CPU time used, sending a signal, and tying children's lives to
+//! clock ticks, CPU time used, probing a port as servers bind it, sending a signal, and tying children's lives to
 //! conn-bench's (parent-death signal, process-group guards). This is the only
 //! module with `unsafe`; each block is one call with no pointer juggling
 //! beyond a local struct, except the guard's fork, explained there.
@@ -90,6 +90,40 @@ pub fn client_side_cpu_us() -> f64 {
             us(usage.ru_utime) + us(usage.ru_stime)
         })
         .sum()
+}
+
+/// Binds a TCP socket to `port` of every local IPv4 address (0: any free
+/// port) the way a server under test binds its listener: without
+/// `SO_REUSEADDR`, so a port that still has sockets in TIME-WAIT counts as
+/// busy (std's `TcpListener::bind` sets `SO_REUSEADDR` and calls it free,
+/// and the C++ reference's bind then fails). The socket never listens, so
+/// closing it leaves nothing behind. Returns the socket and its port.
+pub fn reserve_port(port: u16) -> io::Result<(OwnedFd, u16)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain data; all-zero is INADDR_ANY, port 0.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = port.to_be();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: passes a live sockaddr_in and its exact size.
+    let rc = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getsockname writes at most `len` bytes into the live `addr`.
+    let rc =
+        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((socket, u16::from_be(addr.sin_port)))
 }
 
 /// Sends `signal` to `pid`; errors (already gone) are ignored because

@@ -51,11 +51,7 @@ fn benchmarks_conn_daemon_against_itself() {
         ]
         .map(String::from),
     );
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
 
     // Markdown table with both servers.
     assert!(
@@ -130,6 +126,20 @@ fn conn_bench(
     args: &[String],
 ) -> (std::process::ExitStatus, String, String) {
     conn_bench_with(dir, out, args, None)
+}
+
+/// `conn_bench` that must succeed: its stdout and stderr.
+fn conn_bench_ok(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    args: &[String],
+) -> (String, String) {
+    let (status, stdout, stderr) = conn_bench(dir, out, args);
+    assert!(
+        status.success(),
+        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
+    );
+    (stdout, stderr)
 }
 
 /// `conn_bench` with `PATH` starting at `path_first` when given (a fake
@@ -220,11 +230,7 @@ fn sweeps_thread_counts_and_skips_what_the_machine_cannot_give() {
         "10".into(),
     ]
     .into();
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, stderr) = conn_bench_ok(&dir, &out, &args);
     let skipped = format!("threads={n} skipped");
     assert!(stderr.contains(&skipped), "{stderr}");
     assert!(
@@ -345,11 +351,7 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
         "60".into(),
     ]
     .into();
-    let (status, stdout, stderr) = conn_bench(&dir, &out, &args);
-    assert!(
-        status.success(),
-        "conn-bench failed ({status}):\n{stderr}\n{stdout}"
-    );
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
     let json = report_json(&out);
     let rows = json["servers"].as_array().expect("servers");
     let port = rows[0]["port"].as_u64().unwrap() as u16;
@@ -563,5 +565,95 @@ fn sigkill_mid_run_leaves_no_server_behind() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Leaves `port` with a socket in TIME-WAIT on 127.0.0.1 (the server side
+/// closes first), as a fast run leaves the ports it used.
+fn time_wait(port: u16) -> std::io::Result<()> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let client = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let (accepted, _) = listener.accept()?;
+    drop(listener);
+    drop(accepted);
+    let mut byte = [0u8; 1];
+    assert_eq!((&client).read(&mut byte)?, 0);
+    Ok(())
+}
+
+/// The issue's abort: with `--ports`, a port holding only TIME-WAIT sockets
+/// is not chosen (the servers bind without SO_REUSEADDR, and so does the
+/// probe), and a server whose bind still fails with "Address already in
+/// use" is moved to the next free port instead of ending the benchmark.
+#[test]
+fn busy_ports_are_skipped_and_a_failed_bind_moves_on() {
+    let dir = scratch();
+    let out = dir.join("out");
+    // The machine is shared: another process may take a port of the range
+    // between the probe and here; then take another range.
+    let (from, to) = (0..20)
+        .map(|_| free_range(4))
+        .find(|&(from, _)| time_wait(from).is_ok())
+        .expect("a free range whose first port could be left in TIME-WAIT");
+    // Fails its first bind the way the C++ reference does, then serves.
+    let flaky = dir.join("flaky-bind");
+    let marker = dir.join("failed-once");
+    script(
+        &flaky,
+        &format!(
+            "if [ ! -e '{m}' ]; then : > '{m}'; echo 'bind: Address already in use' >&2; exit 1; fi\n\
+             exec '{cd}' -A 1 -w 1 -p \"$1\"\n",
+            m = marker.display(),
+            cd = conn_daemon().display()
+        ),
+    );
+    let args: Vec<String> = [
+        "--server".to_string(),
+        format!("first={} -A 1 -w 1 -p {{port}}", conn_daemon().display()),
+        "--server".into(),
+        format!("flaky={} {{port}}", flaky.display()),
+        "--ports".into(),
+        format!("{from}-{to}"),
+        "--rounds".into(),
+        "1".into(),
+        "-n".into(),
+        "200".into(),
+        "-c".into(),
+        "5".into(),
+    ]
+    .into();
+    let (stdout, _) = conn_bench_ok(&dir, &out, &args);
+    let json = report_json(&out);
+    let ports: Vec<u64> = json["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["port"].as_u64().unwrap())
+        .collect();
+    // `from` is in TIME-WAIT: nobody gets it. The flaky server fails on the
+    // port it is offered (from + 2 on a quiet machine) and runs on another
+    // one of the range.
+    let (from, to) = (u64::from(from), u64::from(to));
+    assert!(
+        ports.iter().all(|p| (from + 1..=to).contains(p)),
+        "{ports:?} in {from}-{to}: {stdout}"
+    );
+    let moved = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("- flaky: port "))
+        .expect("a note on the move");
+    let offered: u64 = moved.split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        offered != ports[0] && offered != ports[1] && offered != from,
+        "{moved}"
+    );
+    assert_eq!(
+        moved,
+        format!(
+            "{offered} was in use when it bound it, so it ran on port {}.",
+            ports[1]
+        )
+    );
     let _ = fs::remove_dir_all(&dir);
 }

@@ -3,8 +3,10 @@
 //! (rules 5, 6 and 8).
 //!
 //! `tests/wire.rs` asks it what the server must have done after each piece it
-//! sends, and checks its hand-written tables against it; the fuzz targets
-//! (`fuzz/`) compare `ReqParser` and `ConnectionCtx` with it on every input.
+//! sends, and checks its hand-written tables against it; `ReqParser`'s unit
+//! tests, `tests/parser_prop.rs` and the fuzz targets (`fuzz/`) compare
+//! `ReqParser` and `ConnectionCtx` with it on every input, through
+//! [`verdict_as!`].
 //!
 //! Written from docs/protocol.md, not from `src/parser.rs`, and deliberately
 //! naive (plain substring searches over the whole buffer, no state across calls,
@@ -111,6 +113,23 @@ pub fn verdict(input: &[u8]) -> Verdict {
         Some(_) => kind,
         None => undecided,
     }
+}
+
+/// [`verdict`] as a value of another enum with the same five variant names
+/// (`verdict_as!(Verdict, input)`, with the server's `Verdict` in scope): how
+/// the parser's tests and the fuzz targets compare the parser with the model,
+/// while the model still shares no type with the server.
+#[macro_export]
+macro_rules! verdict_as {
+    ($verdict:ident, $input:expr) => {
+        match $crate::verdict($input) {
+            $crate::Verdict::Incomplete => $verdict::Incomplete,
+            $crate::Verdict::Fast => $verdict::Fast,
+            $crate::Verdict::Slow => $verdict::Slow,
+            $crate::Verdict::Invalid => $verdict::Invalid,
+            $crate::Verdict::TooLarge => $verdict::TooLarge,
+        }
+    };
 }
 
 /// Shorthand for `verdict(input).outcome()`: what the client must have seen
