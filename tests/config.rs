@@ -137,7 +137,10 @@ fn the_command_line_overrides_the_file() {
         "override",
         &format!("port = 1\naccept-capacity = 77\naccept-threads = 1\nmetrics = {metrics}\n"),
     );
-    let server = Server::start(&["--config", &arg(&path), "-A", "2"]);
+    let server = {
+        let _guard = spawn_guard();
+        Server::start(&["--config", &arg(&path), "-A", "2"])
+    };
     let response = server.request(b"GET /test/fast HTTP/1.1\r\n\r\n");
     assert_eq!(response, util::RESPONSE);
     let m = Scrape::get(metrics);

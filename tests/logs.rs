@@ -17,6 +17,14 @@ mod util;
 use util::lineage::{alive, spawn_guard, Lineage};
 use util::{bin, free_port, Server};
 
+/// Runs `f` (which forks) while no test of this binary writes an executable:
+/// a child forked meanwhile would hold the file open for writing, and the
+/// upgrade test's exec of it would fail with ETXTBSY (see `spawn_guard`).
+fn forking<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = spawn_guard();
+    f()
+}
+
 /// A file for a child's stderr, and its path.
 fn stderr_file(name: &str) -> (fs::File, PathBuf) {
     let path = std::env::temp_dir().join(format!(
@@ -142,7 +150,7 @@ fn start_up_errors_are_the_first_line_at_error_priority() {
 #[test]
 fn log_level_filters_lines() {
     // The default (warn): warnings, no info.
-    let server = Server::start(&["-A", "1"]);
+    let server = forking(|| Server::start(&["-A", "1"]));
     server.signal(libc::SIGUSR1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.stderr().contains("SIGUSR1: ignored") {
@@ -157,17 +165,19 @@ fn log_level_filters_lines() {
     // error: not even the warning, nor the info line of the drain's end. The
     // signal thread reads SIGUSR1 before SIGTERM (lower numbers first), so
     // once the process has exited it has handled both.
-    let mut quiet = Server::start(&["-A", "1", "--log-level", "error"]);
+    let mut quiet = forking(|| Server::start(&["-A", "1", "--log-level", "error"]));
     quiet.signal(libc::SIGUSR1);
     quiet.signal(libc::SIGTERM);
     let status = quiet.wait_exit(Duration::from_secs(15)).expect("exit");
     assert!(status.success());
     assert_eq!(quiet.stderr(), "", "--log-level error");
     // A bad level is refused with the usage.
-    let out = Command::new(bin())
-        .args(["--log-level", "notice"])
-        .output()
-        .unwrap();
+    let out = forking(|| {
+        Command::new(bin())
+            .args(["--log-level", "notice"])
+            .output()
+            .unwrap()
+    });
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr)
         .starts_with("error: invalid value 'notice' for '--log-level <LEVEL>'"));
@@ -287,11 +297,13 @@ fn info_lines_for_each_upgrade_step_and_the_drain() {
 fn the_open_files_warning_only_where_the_capacity_cannot_be_held() {
     // The default -C (100000 a thread) beside a limit of 20000: the limit at
     // info, no warning.
-    let server = Server::start_limited(
-        libc::RLIMIT_NOFILE,
-        20_000,
-        &["-A", "2", "--log-level", "info"],
-    );
+    let server = forking(|| {
+        Server::start_limited(
+            libc::RLIMIT_NOFILE,
+            20_000,
+            &["-A", "2", "--log-level", "info"],
+        )
+    });
     let stderr = server.stderr();
     assert!(
         stderr.contains("conn-daemon: open files limit 20000: "),
@@ -299,7 +311,8 @@ fn the_open_files_warning_only_where_the_capacity_cannot_be_held() {
     );
     assert!(!stderr.contains("is below"), "{stderr}");
     // A chosen -C the limit cannot hold: the warning.
-    let server = Server::start_limited(libc::RLIMIT_NOFILE, 20_000, &["-A", "2", "-C", "15000"]);
+    let server =
+        forking(|| Server::start_limited(libc::RLIMIT_NOFILE, 20_000, &["-A", "2", "-C", "15000"]));
     let stderr = server.stderr();
     assert!(
         stderr.contains("conn-daemon: open files limit 20000 (hard limit 20000) is below the 30")
