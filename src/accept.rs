@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use socket2::Socket;
 
+use crate::delegate::task::Shared;
 use crate::delegate::{Handoff, WorkerSide};
 use crate::engine::{Engine, Host};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
@@ -21,7 +22,6 @@ use crate::net;
 use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
-use crate::worker::Shared;
 
 pub use crate::engine::{Settings, Stats};
 

@@ -20,13 +20,13 @@ use socket2::{Socket, Type};
 
 use crate::accept::{AcceptTask, Settings, Stats};
 use crate::config::Config;
+use crate::delegate::handoff::HandoffWorkers;
+use crate::delegate::task::{Shared, Workers};
 use crate::delegate::{Capacity, Delegate, WorkerSide};
 use crate::ev::Loop;
-use crate::handoff::HandoffWorkers;
 use crate::metrics::{self, Metrics};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
-use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
 /// How long the end of a drain waits for the scrapes the metrics thread took.

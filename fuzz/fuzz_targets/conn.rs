@@ -26,10 +26,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conn_daemon::conn::{DropReason, Next, Socket, State, RESPONSE};
+use conn_daemon::engine::conn::{DropReason, Next, Socket, State, RESPONSE};
 use conn_daemon::engine::{Engine, Host, Interest, Settings};
 use conn_daemon::lifecycle::Drain;
-use conn_daemon::parser::Verdict;
+use conn_daemon::proto::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
 use conn_daemon::task::{Claimed, TaskRef};
 use conn_daemon::token::TimerId;

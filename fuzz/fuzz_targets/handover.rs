@@ -39,15 +39,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conn_daemon::conn::{Next, Socket, RESPONSE};
+use conn_daemon::engine::conn::{Next, Socket, RESPONSE};
 use conn_daemon::engine::{Engine, Host, Interest, Settings};
 use conn_daemon::lifecycle::Drain;
-use conn_daemon::parser::Verdict;
+use conn_daemon::proto::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
-use conn_daemon::socket_worker::{answer, work, Outcome, WorkerSocket};
+use conn_daemon::delegate::socket::{answer, work, Outcome, WorkerSocket};
 use conn_daemon::task::TaskRef;
 use conn_daemon::token::TimerId;
-use conn_daemon::worker_loop::{Adopted, Due, SlowTimers};
+use conn_daemon::delegate::worker_loop::{Adopted, Due, SlowTimers};
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 

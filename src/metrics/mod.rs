@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::Delegate;
-use crate::conn::DropReason;
 
 mod process;
 mod render;
@@ -24,6 +23,47 @@ mod scrape;
 
 pub use process::Process;
 pub use scrape::{bind, serve, Scrapes};
+
+/// Why a connection was closed without a response: the `reason` label of
+/// `conn_daemon_connections_dropped_total`. A connection decides the first three
+/// itself; the engine the other two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The bytes break the protocol (docs/protocol.md rules 1-3).
+    Invalid,
+    /// `REQUEST_MAX` bytes without the end of the request (docs/protocol.md rule 4).
+    TooLarge,
+    /// EOF, reset, a socket error, or bytes after a complete request before the
+    /// response went out (docs/protocol.md rule 7).
+    ClientGone,
+    /// The read deadline passed.
+    TimedOut,
+    /// The graceful drain closed it (incomplete at the drain's start, or still
+    /// open at its timeout).
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in the order the metrics list them.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::Invalid,
+        DropReason::TooLarge,
+        DropReason::ClientGone,
+        DropReason::TimedOut,
+        DropReason::Shutdown,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::Invalid => "invalid",
+            DropReason::TooLarge => "too_large",
+            DropReason::ClientGone => "client_gone",
+            DropReason::TimedOut => "timed_out",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
 
 /// Upper bounds (seconds) of the slow-task histogram's buckets, around the default
 /// 30 ms slow duration; `+Inf` follows.

@@ -4,8 +4,8 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
+use super::DropReason;
 use super::{AcceptCounters, Metrics, PauseCause, Process, SLOW_BUCKETS};
-use crate::conn::DropReason;
 use crate::sys;
 
 impl Metrics {

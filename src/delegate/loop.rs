@@ -30,9 +30,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::Socket;
 use crate::debug;
 use crate::delegate::WorkerSide;
+use crate::engine::conn::Socket;
 use crate::engine::{Engine, Host, Settings, Stats};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;

@@ -8,12 +8,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::{socket as socket_worker, worker_loop};
 use crate::config::Config;
 use crate::delegate::{Delegate, WorkerSide};
 use crate::engine::{Settings, Stats};
 use crate::metrics::Metrics;
 use crate::start_error::StartError;
-use crate::{socket_worker, worker_loop};
 
 /// How long past the drain's deadline the workers are waited for (a blocking
 /// worker may be inside its sleep, a loop inside its last send).

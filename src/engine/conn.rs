@@ -14,9 +14,11 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use crate::deadline::{Linked, Links};
+use crate::engine::deadline::{Linked, Links};
 use crate::net;
-use crate::parser::{ReqParser, Verdict, REQUEST_MAX};
+
+pub use crate::metrics::DropReason;
+use crate::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 
 /// The only response: 57 bytes, then the server closes.
 pub const RESPONSE: &[u8; 57] =
@@ -63,47 +65,6 @@ pub enum Next {
     /// Bad input, a misbehaving or vanished client, or a socket error: close
     /// without a response.
     Drop(DropReason),
-}
-
-/// Why a connection was closed without a response: the `reason` label of
-/// `conn_daemon_connections_dropped_total`. A connection decides the first three
-/// itself; the engine the other two.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    /// The bytes break the protocol (docs/protocol.md rules 1-3).
-    Invalid,
-    /// `REQUEST_MAX` bytes without the end of the request (docs/protocol.md rule 4).
-    TooLarge,
-    /// EOF, reset, a socket error, or bytes after a complete request before the
-    /// response went out (docs/protocol.md rule 7).
-    ClientGone,
-    /// The read deadline passed.
-    TimedOut,
-    /// The graceful drain closed it (incomplete at the drain's start, or still
-    /// open at its timeout).
-    Shutdown,
-}
-
-impl DropReason {
-    /// Every reason, in the order the metrics list them.
-    pub const ALL: [DropReason; 5] = [
-        DropReason::Invalid,
-        DropReason::TooLarge,
-        DropReason::ClientGone,
-        DropReason::TimedOut,
-        DropReason::Shutdown,
-    ];
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            DropReason::Invalid => "invalid",
-            DropReason::TooLarge => "too_large",
-            DropReason::ClientGone => "client_gone",
-            DropReason::TimedOut => "timed_out",
-            DropReason::Shutdown => "shutdown",
-        }
-    }
 }
 
 /// What a complete `/test/slow` gets: chosen once per server (`-w`), kept by

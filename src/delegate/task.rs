@@ -18,20 +18,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::ev::AsyncSender;
 use crate::metrics::Metrics;
-use crate::task::{Done, Task, TaskRef};
-
-/// The slow request's work: wait `--slow-duration`, as the reference does.
-#[derive(Debug)]
-pub struct SlowTask {
-    /// How long the "slow business logic" takes.
-    pub duration: Duration,
-}
-
-impl Task for SlowTask {
-    fn run(self) {
-        thread::sleep(self.duration);
-    }
-}
+use crate::task::{Done, TaskRef};
 
 /// Where one accept loop receives its finished tasks.
 #[derive(Debug)]

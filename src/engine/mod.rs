@@ -18,23 +18,27 @@
 //! requests and partial sends are registered with the loop.
 #![forbid(unsafe_code)]
 
+pub mod conn;
+pub(crate) mod deadline;
+mod waiting;
+
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::{ConnectionCtx, DropReason, Next, Release, SlowRequests, Socket, State};
-use crate::deadline::{DeadlineList, Linked};
-use crate::delegate::Waiting;
+use crate::engine::conn::{ConnectionCtx, DropReason, Next, Release, SlowRequests, Socket, State};
+use crate::engine::deadline::{DeadlineList, Linked};
 use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
+use crate::proto::SlowTask;
 use crate::shutdown::Drain;
 use crate::task::{Cancel, Done, Filled, Route, TaskRef};
 use crate::token::TimerId;
-use crate::worker::SlowTask;
 use crate::{debug, warn};
+use waiting::Waiting;
 
 /// Most connections accepted per listener wake-up, so that one busy listener
 /// cannot starve the connections and timers of its loop.
@@ -953,7 +957,7 @@ mod tests {
         let (mut e, mut host) = engine(4, Some(1.0));
         let peer = client(&mut host, FAST);
         e.on_listener(&mut host, 0);
-        assert_eq!(&peer.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(peer.closed.get());
         assert_eq!(host.closes, [(0, Next::Finished)]);
         assert_eq!(host.timers, [None; 4], "no timer for a whole request");
@@ -983,7 +987,7 @@ mod tests {
         e.on_io(&mut host, 1, Interest::Read);
         assert!(host.listening, "resumed once a slot freed");
         e.on_listener(&mut host, 0);
-        assert_eq!(&c.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&c.sent.borrow()[..], crate::engine::conn::RESPONSE);
     }
 
     #[test]
@@ -1040,7 +1044,7 @@ mod tests {
         assert_eq!(host.timers[TimerId::Deadline as usize], None);
         assert!(peer.sent.borrow().is_empty());
         run_tasks(&mut e, &mut host);
-        assert_eq!(&peer.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert_eq!(host.closes, [(0, Next::Finished)]);
         assert_eq!(e.in_use(), 0);
     }
@@ -1087,7 +1091,7 @@ mod tests {
         e.on_listener(&mut host, 0);
         assert_eq!(host.submitted.len(), 1, "one token in the queue, reused");
         run_tasks(&mut e, &mut host);
-        assert_eq!(&second.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&second.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(first.sent.borrow().is_empty());
         assert_eq!(e.in_use(), 0);
     }
@@ -1102,7 +1106,7 @@ mod tests {
         e.begin_drain(&mut host, Drain::Stop);
         assert_eq!(
             &queued.sent.borrow()[..],
-            crate::conn::RESPONSE,
+            crate::engine::conn::RESPONSE,
             "backlog served"
         );
         assert!(partial.closed.get() && partial.sent.borrow().is_empty());
@@ -1111,7 +1115,7 @@ mod tests {
         assert!(!host.stopped, "the slow request is still out");
         assert!(host.timers[TimerId::Drain as usize].is_some());
         run_tasks(&mut e, &mut host);
-        assert_eq!(&slow.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&slow.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(host.stopped, "stopped when the last slot freed");
         assert!(!e.needs_loop());
     }
@@ -1128,7 +1132,7 @@ mod tests {
         assert!(!partial.closed.get());
         partial.send(b"st/fast\r\n\r\n");
         e.on_io(&mut host, 0, Interest::Read);
-        assert_eq!(&partial.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&partial.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(host.stopped);
     }
 
@@ -1179,7 +1183,7 @@ mod tests {
         bytes.resize(bytes.len() + 5000, b'b');
         let peer = client(&mut host, &bytes);
         e.on_listener(&mut host, 0);
-        assert_eq!(&peer.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(
             peer.fin.get() && !peer.closed.get(),
             "half-closed, lingering"
@@ -1267,7 +1271,7 @@ mod tests {
         assert!(partial.closed.get() && partial.sent.borrow().is_empty());
         assert_eq!(
             &queued.sent.borrow()[..],
-            crate::conn::RESPONSE,
+            crate::engine::conn::RESPONSE,
             "the complete request in the backlog got the slot the drain freed"
         );
         assert_eq!(
@@ -1277,7 +1281,7 @@ mod tests {
         );
         assert!(!host.stopped);
         run_tasks(&mut e, &mut host);
-        assert_eq!(&slow.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&slow.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(host.stopped);
     }
 
@@ -1291,7 +1295,7 @@ mod tests {
         e.begin_drain(&mut host, Drain::Stop);
         assert!(a.closed.get() && b.closed.get());
         assert!(a.sent.borrow().is_empty() && b.sent.borrow().is_empty());
-        assert_eq!(&c.sent.borrow()[..], crate::conn::RESPONSE);
+        assert_eq!(&c.sent.borrow()[..], crate::engine::conn::RESPONSE);
         assert!(host.stopped, "nothing left");
     }
 }

@@ -20,8 +20,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn::{DropReason, RESPONSE};
 use crate::delegate::{Handoff, WorkerSide};
+use crate::engine::conn::{DropReason, RESPONSE};
 use crate::metrics::{AcceptCounters, AcceptMetrics};
 use crate::{debug, net};
 
