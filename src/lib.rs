@@ -68,4 +68,14 @@ mod ev_engine;
 mod fault;
 mod net;
 
-pub use accept::Stats;
+/// What the fuzz targets (`fuzz/`) drive directly, public for them only (as
+/// rustls's `internal`): the engine over a scripted loop, one connection's
+/// state machine over a scripted socket, and the delegation modes' steps.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::delegate::socket::{answer, work, Outcome, WorkerSocket};
+    pub use crate::delegate::worker_loop::{Due, SlowTimers};
+    pub use crate::engine::conn::{ConnectionCtx, Next, Release, Socket, State};
+    pub use crate::engine::{Engine, Host, Interest, Settings};
+    pub use crate::token::TimerId;
+}

@@ -1,9 +1,9 @@
-//! `ConnectionCtx`: one connection of an accept thread, from accept to close, as in
-//! the C++ original (the context is also the request: one request per connection).
+//! `ConnectionCtx`: one connection, from accept to close, as in the C++ original.
 //!
-//! It owns the socket, the 4096-byte request buffer and the parser, and decides
-//! what happens next; the connection engine ([`crate::engine`]) carries that out
-//! with the loop, the pool and the workers.
+//! It owns the socket, the read buffer, the output area and the protocol's
+//! per-connection state, hands the input to the [`Protocol`], sends what it
+//! answers, and tells the connection engine ([`crate::engine`]) what happens
+//! next; the engine carries that out with the loop, the pool and the workers.
 //!
 //! Public for one reason: the socket is a type parameter ([`Socket`], an
 //! [`OwnedFd`] in the server), so that the fuzz target `conn` and the unit tests
@@ -11,18 +11,14 @@
 //! sends, resets at any point) that a real socket cannot produce on demand.
 #![forbid(unsafe_code)]
 
+use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use crate::engine::deadline::{Linked, Links};
+use super::deadline::{Linked, Links};
+use super::protocol::{After, Buffer, DropReason, Label, Output, Protocol, Step};
+use crate::metrics::{AcceptMetrics, MAX_KINDS};
 use crate::net;
-
-pub use crate::metrics::DropReason;
-use crate::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
-
-/// The only response: 57 bytes, then the server closes.
-pub const RESPONSE: &[u8; 57] =
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,14 +26,14 @@ pub enum State {
     /// In the pool's free list.
     #[default]
     Free,
-    /// Reading the request.
+    /// Reading a request, or waiting between two (idle).
     Reading,
-    /// A worker has its slow task; watching only for the client leaving early.
+    /// A worker has its job; watching only for the client leaving early.
     Delegated,
-    /// Sending the response.
+    /// Sending a response.
     Writing,
-    /// The client left while its task was out: the socket is closed, the slot
-    /// waits for the worker to give the task back.
+    /// The client left while its job was out: the socket is closed, the slot
+    /// waits for the worker to give the job back.
     Abandoned,
     /// The response went out whole, but bytes the request left unread may
     /// still be in the socket (closing it now would reset the connection and
@@ -48,34 +44,28 @@ pub enum State {
 
 /// What the engine must do next for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
-    /// Wait until the socket is readable.
+pub enum Next<R> {
+    /// Wait until the socket is readable, a request under way (the read
+    /// deadline runs).
     Read,
+    /// Wait until the socket is readable, between requests (the idle timeout
+    /// runs).
+    Idle,
     /// Wait until the socket is writable.
     Write,
-    /// Give the slow task to a worker (and watch for the client leaving).
+    /// Give the job to the workers (and watch for the client leaving).
     Delegate,
     /// The response went out whole: close.
     Finished,
     /// The response went out whole, but unread bytes may remain: linger (see
     /// [`State::Lingering`]) until the client's EOF, or a short bound.
     Linger,
-    /// The lingering is over: close (the response was counted already).
+    /// Close without counting anything (a lingering close is over, an idle
+    /// client left, or the protocol closed).
     Close,
     /// Bad input, a misbehaving or vanished client, or a socket error: close
     /// without a response.
-    Drop(DropReason),
-}
-
-/// What a complete `/test/slow` gets: chosen once per server (`-w`), kept by
-/// each connection from its `open`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SlowRequests {
-    /// Its task goes to a worker ([`Next::Delegate`]).
-    #[default]
-    Delegate,
-    /// There are no workers (`-w 0`): answered at once, like a fast one.
-    Inline,
+    Drop(DropReason<R>),
 }
 
 /// What becomes of a slot when its connection closes.
@@ -83,13 +73,11 @@ pub enum SlowRequests {
 pub enum Release {
     /// Free now.
     Now,
-    /// A worker still runs the connection's task: `Abandoned` until it is back.
+    /// A worker still runs the connection's job: `Abandoned` until it is back.
     AfterTask,
 }
 
-const GONE: Next = Next::Drop(DropReason::ClientGone);
-
-/// Reads per readable event while lingering (of up to `REQUEST_MAX` bytes each).
+/// Reads per readable event while lingering (of up to a buffer each).
 const DISCARD_READS: usize = 16;
 
 /// The socket calls a connection makes, one per method.
@@ -103,6 +91,10 @@ pub trait Socket {
     /// Queues the last bytes the connection will ever send (no `SIGPIPE`), as
     /// `send(2)`; returns how many were taken.
     fn send_final(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Sends bytes of a connection that goes on (no `SIGPIPE`), as `send(2)`.
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.send_final(buf)
+    }
     /// Shuts the sending side down (`shutdown(SHUT_WR)`): the peer reads EOF
     /// after the response.
     fn shutdown_write(&self) -> io::Result<()>;
@@ -121,6 +113,10 @@ impl Socket for OwnedFd {
     fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
         net::send_final(self.as_fd(), buf)
     }
+    #[inline]
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        net::send(self.as_fd(), buf)
+    }
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write)
     }
@@ -134,41 +130,103 @@ impl Socket for OwnedFd {
     }
 }
 
+/// Which of the engine's deadline lists the connection waits in (a slot is in
+/// one at most: its links are shared).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Waits {
+    /// None.
+    #[default]
+    Nothing,
+    /// The read deadline of a request.
+    Request,
+    /// The idle timeout between requests.
+    Idle,
+    /// The end of a lingering close.
+    Linger,
+}
+
+/// What one step of the protocol asks of the connection.
+enum Then {
+    /// Call the protocol again on the rest of the input.
+    Continue,
+    /// Send the output.
+    Send,
+    /// Tell the engine.
+    Engine,
+}
+
 /// One connection (the C++ `ConnectionCtx`), living in a pool slot.
-#[derive(Debug)]
-pub struct ConnectionCtx<S: Socket = OwnedFd> {
+pub struct ConnectionCtx<P: Protocol, S: Socket = OwnedFd> {
     fd: Option<S>,
     gen: u32,
     state: State,
-    slow: SlowRequests,
-    parser: ReqParser,
+    /// The input read and not yet consumed is `buf[start..filled]`.
+    start: usize,
     filled: usize,
+    /// The response being sent: `area[..out_len]`, or `fixed` when not empty.
+    out_len: usize,
+    fixed: &'static [u8],
+    /// Bytes of it sent.
     sent: usize,
+    /// What follows once it is sent.
+    after: After,
+    /// Responses in the output, not yet counted, by kind (and which kinds).
+    unsent: [u32; MAX_KINDS],
+    unsent_kinds: u16,
+    /// A request is under way (else the connection is between requests).
+    begun: bool,
+    /// The job the protocol offloaded, until the engine takes it.
+    job: Option<P::Job>,
+    pub(crate) waits: Waits,
     links: Links,
-    /// Loop time at which the slow task left for a worker (the slow-task
+    /// Loop time at which the job left for a worker (the slow-task
     /// histogram's start); written only then, so accepting never touches it.
     delegated_at: f64,
-    buf: [u8; REQUEST_MAX],
+    proto: P::Conn,
+    buf: P::ReadBuffer,
+    area: P::WriteBuffer,
 }
 
-impl<S: Socket> Default for ConnectionCtx<S> {
+impl<P: Protocol, S: Socket> fmt::Debug for ConnectionCtx<P, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionCtx")
+            .field("fd", &self.fd())
+            .field("gen", &self.gen)
+            .field("state", &self.state)
+            .field("input", &(self.start..self.filled))
+            .field("begun", &self.begun)
+            .field("proto", &self.proto)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol, S: Socket> Default for ConnectionCtx<P, S> {
     fn default() -> Self {
         ConnectionCtx {
             fd: None,
             gen: 0,
             state: State::Free,
-            slow: SlowRequests::Delegate,
-            parser: ReqParser::new(),
+            start: 0,
             filled: 0,
+            out_len: 0,
+            fixed: &[],
             sent: 0,
+            after: After::Close,
+            unsent: [0; MAX_KINDS],
+            unsent_kinds: 0,
+            begun: false,
+            job: None,
+            waits: Waits::Nothing,
             links: Links::default(),
             delegated_at: 0.0,
-            buf: [0; REQUEST_MAX],
+            proto: P::Conn::default(),
+            buf: P::ReadBuffer::zeroed(),
+            area: P::WriteBuffer::zeroed(),
         }
     }
 }
 
-impl<S: Socket> Linked for ConnectionCtx<S> {
+impl<P: Protocol, S: Socket> Linked for ConnectionCtx<P, S> {
     fn links(&self) -> &Links {
         &self.links
     }
@@ -177,19 +235,33 @@ impl<S: Socket> Linked for ConnectionCtx<S> {
     }
 }
 
-impl<S: Socket> ConnectionCtx<S> {
-    /// Starts a new connection in this slot, answering a slow request as
-    /// `slow` says; a new generation tells it apart from the slot's earlier
-    /// connections.
-    pub fn open(&mut self, fd: S, slow: SlowRequests) {
+impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
+    const GONE: Next<P::Reason> = Next::Drop(DropReason::ClientGone);
+
+    /// Starts a new connection in this slot; a new generation tells it apart
+    /// from the slot's earlier connections. A request is under way from the
+    /// accept on (its read deadline runs from there).
+    pub fn open(&mut self, proto: &P, fd: S) {
         debug_assert!(self.fd.is_none() && self.state == State::Free);
         self.fd = Some(fd);
-        self.slow = slow;
         self.gen = self.gen.wrapping_add(1);
         self.state = State::Reading;
-        self.parser = ReqParser::new();
+        self.start = 0;
         self.filled = 0;
+        self.out_len = 0;
+        self.fixed = &[];
         self.sent = 0;
+        self.begun = true;
+        proto.open(&mut self.proto);
+    }
+
+    /// Starts a connection taken over from another loop with its offloaded
+    /// `job` (`--delegate loop`): it waits for the job, as if it had just
+    /// offloaded it.
+    pub fn adopt(&mut self, proto: &P, fd: S, job: P::Job) {
+        self.open(proto, fd);
+        self.job = Some(job);
+        self.state = State::Delegated;
     }
 
     /// The socket, or -1 once closed.
@@ -197,12 +269,17 @@ impl<S: Socket> ConnectionCtx<S> {
         self.fd.as_ref().map_or(-1, S::raw_fd)
     }
 
-    /// Whether the request is a complete `/test/slow` (the metrics' `kind`).
-    pub fn is_slow(&self) -> bool {
-        self.parser.verdict() == Verdict::Slow
+    /// The protocol's state of this connection.
+    pub fn protocol(&self) -> &P::Conn {
+        &self.proto
     }
 
-    /// Notes that the slow task left for a worker at loop time `now`.
+    /// Takes the job the protocol offloaded ([`Next::Delegate`]).
+    pub fn take_job(&mut self) -> Option<P::Job> {
+        self.job.take()
+    }
+
+    /// Notes that the job left for a worker at loop time `now`.
     pub fn note_delegated(&mut self, now: f64) {
         self.delegated_at = now;
     }
@@ -222,20 +299,25 @@ impl<S: Socket> ConnectionCtx<S> {
         self.state
     }
 
+    /// Whether it waits between two requests (no request under way).
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Reading && !self.begun
+    }
+
     /// The socket is readable (or at EOF, or in error).
     ///
     /// Reads once: the listener defers accept until data is there, so a request
     /// usually arrives whole in the first read; otherwise the loop calls again.
     #[inline(always)]
-    pub fn on_readable(&mut self) -> Next {
+    pub fn on_readable(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
         match self.state {
-            State::Reading => self.read_request(),
-            // Bytes or EOF after a complete request, before the response: the
-            // client is misbehaving or gone (docs/protocol.md rule 7).
-            State::Delegated => GONE,
+            State::Reading => self.read_input(proto, m),
+            // Bytes or EOF while a job is out: the client is misbehaving or
+            // gone (docs/protocol.md rule 7).
+            State::Delegated => Self::GONE,
             State::Writing => Next::Write,
             State::Lingering => self.discard(),
-            State::Free | State::Abandoned => GONE,
+            State::Free | State::Abandoned => Self::GONE,
         }
     }
 
@@ -243,13 +325,13 @@ impl<S: Socket> ConnectionCtx<S> {
     /// its EOF (or an error): then the connection can close without a reset.
     #[cold]
     #[inline(never)]
-    fn discard(&mut self) -> Next {
+    fn discard(&mut self) -> Next<P::Reason> {
         let Some(fd) = self.fd.as_ref() else {
             return Next::Close;
         };
         // A bound per event, so that a client streaming bytes cannot hold the loop.
         for _ in 0..DISCARD_READS {
-            match fd.recv(&mut self.buf) {
+            match fd.recv(self.buf.bytes_mut()) {
                 Ok(0) => return Next::Close,
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -260,74 +342,239 @@ impl<S: Socket> ConnectionCtx<S> {
         Next::Read
     }
 
-    fn read_request(&mut self) -> Next {
+    /// The client left: a drop if a request was under way, else a plain close.
+    fn gone(&self) -> Next<P::Reason> {
+        if self.begun {
+            Self::GONE
+        } else {
+            Next::Close
+        }
+    }
+
+    #[inline(always)]
+    fn read_input(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
         let Some(fd) = self.fd.as_ref() else {
-            return GONE;
+            return Self::GONE;
         };
-        match fd.recv(&mut self.buf[self.filled..]) {
-            Ok(0) => GONE,
+        let buf = self.buf.bytes_mut();
+        if self.filled == buf.len() {
+            if self.start == 0 {
+                // The protocol asked for more input with a full buffer: it
+                // cannot get any.
+                return Self::GONE;
+            }
+            buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        match fd.recv(&mut buf[self.filled..]) {
+            Ok(0) => self.gone(),
             Ok(n) => {
                 self.filled += n;
-                match self.parser.parse(&self.buf[..self.filled]) {
-                    Verdict::Incomplete => Next::Read,
-                    Verdict::Invalid => Next::Drop(DropReason::Invalid),
-                    Verdict::TooLarge => Next::Drop(DropReason::TooLarge),
-                    Verdict::Fast => self.respond(),
-                    Verdict::Slow if self.slow == SlowRequests::Inline => self.respond(),
-                    Verdict::Slow => {
-                        self.state = State::Delegated;
-                        Next::Delegate
-                    }
+                self.process(proto, m)
+            }
+            Err(e) if net::is_transient(&e) => self.wait_input(),
+            Err(_) => self.gone(),
+        }
+    }
+
+    /// What a connection reading waits for.
+    #[inline]
+    fn wait_input(&self) -> Next<P::Reason> {
+        if self.begun {
+            Next::Read
+        } else {
+            Next::Idle
+        }
+    }
+
+    /// Hands the unconsumed input to the protocol until it asks for more, or
+    /// the connection stops reading.
+    #[inline(always)]
+    fn process(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
+        loop {
+            let mut out = Output::new(self.area.bytes_mut(), &mut self.out_len, &mut self.fixed);
+            let input = &self.buf.bytes()[self.start..self.filled];
+            let step = proto.on_input(&mut self.proto, input, &mut out);
+            match self.take(step) {
+                (Then::Continue, _) => {}
+                (Then::Send, _) => return self.send(proto, m),
+                (Then::Engine, next) => return next,
+            }
+        }
+    }
+
+    /// Records what `step` says; returns what to do with it.
+    #[inline(always)]
+    fn take(&mut self, step: Step<P>) -> (Then, Next<P::Reason>) {
+        let consumed = match &step {
+            Step::More { consumed, .. }
+            | Step::Respond { consumed, .. }
+            | Step::Offload { consumed, .. }
+            | Step::Drop { consumed, .. }
+            | Step::Close { consumed } => *consumed,
+        };
+        debug_assert!(
+            consumed <= self.filled - self.start,
+            "consumed past the input"
+        );
+        self.start = (self.start + consumed).min(self.filled);
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+        }
+        let pending = self.out_len > 0 || !self.fixed.is_empty();
+        match step {
+            Step::More { begun, .. } => {
+                self.begun = begun;
+                self.state = State::Reading;
+                if pending {
+                    // Answers to pipelined requests: out they go first.
+                    self.after = After::KeepAlive;
+                    return (Then::Send, Next::Read);
+                }
+                (Then::Engine, self.wait_input())
+            }
+            Step::Respond { kind, after, .. } => {
+                if after != After::MoreOutput {
+                    let k = kind.index();
+                    self.unsent[k] += 1;
+                    self.unsent_kinds |= 1 << k;
+                }
+                self.after = after;
+                self.begun = after == After::MoreOutput;
+                let batch = after == After::KeepAlive
+                    && self.filled > self.start
+                    && self.fixed.is_empty()
+                    && self.out_len < self.area.bytes().len();
+                if batch {
+                    (Then::Continue, Next::Read)
+                } else {
+                    (Then::Send, Next::Read)
                 }
             }
-            Err(e) if net::is_transient(&e) => Next::Read,
-            Err(_) => GONE,
+            Step::Offload { job, .. } => {
+                self.job = Some(job);
+                if pending {
+                    self.after = After::KeepAlive;
+                    return (Then::Send, Next::Read);
+                }
+                self.state = State::Delegated;
+                (Then::Engine, Next::Delegate)
+            }
+            Step::Drop { reason, .. } => (Then::Engine, Next::Drop(DropReason::Protocol(reason))),
+            Step::Close { .. } => {
+                if pending {
+                    self.after = After::Close;
+                    return (Then::Send, Next::Read);
+                }
+                (Then::Engine, Next::Close)
+            }
         }
     }
 
     /// The socket is writable again: send the rest of the response.
-    pub fn on_writable(&mut self) -> Next {
+    pub fn on_writable(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
         match self.state {
-            State::Writing => self.respond(),
+            State::Writing => self.send(proto, m),
             State::Lingering => Next::Close,
-            _ => GONE,
+            _ => Self::GONE,
         }
     }
 
-    /// The worker finished this connection's slow task.
-    pub fn on_task_done(&mut self) -> Next {
-        match self.state {
-            State::Delegated => self.respond(),
-            _ => GONE,
+    /// The worker finished this connection's job.
+    pub fn on_job_done(&mut self, proto: &P, m: &AcceptMetrics, job: P::Job) -> Next<P::Reason> {
+        if self.state != State::Delegated {
+            return Self::GONE;
+        }
+        let mut out = Output::new(self.area.bytes_mut(), &mut self.out_len, &mut self.fixed);
+        let step = proto.on_job_done(&mut self.proto, job, &mut out);
+        self.state = State::Reading;
+        match self.take(step) {
+            (Then::Continue, _) => self.process(proto, m),
+            (Then::Send, _) => self.send(proto, m),
+            (Then::Engine, next) => next,
         }
     }
 
     /// Sends as much of the response as the socket takes, at once (no wait for a
-    /// writable event first: a fresh socket's buffer has room).
-    fn respond(&mut self) -> Next {
+    /// writable event first: a fresh socket's buffer has room), then carries on
+    /// with what follows it.
+    #[inline(always)]
+    fn send(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
         self.state = State::Writing;
-        let Some(fd) = self.fd.as_ref() else {
-            return GONE;
-        };
-        while self.sent < RESPONSE.len() {
-            match fd.send_final(&RESPONSE[self.sent..]) {
-                Ok(n) => self.sent += n,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) if net::is_transient(&e) => return Next::Write,
-                Err(_) => return GONE,
+        loop {
+            let Some(fd) = self.fd.as_ref() else {
+                return Self::GONE;
+            };
+            let last = matches!(self.after, After::Close | After::Linger) && self.job.is_none();
+            let bytes = if self.fixed.is_empty() {
+                &self.area.bytes()[..self.out_len]
+            } else {
+                self.fixed
+            };
+            while self.sent < bytes.len() {
+                let res = if last {
+                    fd.send_final(&bytes[self.sent..])
+                } else {
+                    fd.send(&bytes[self.sent..])
+                };
+                match res {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) if net::is_transient(&e) => return Next::Write,
+                    Err(_) => return Self::GONE,
+                }
+            }
+            self.sent = 0;
+            self.out_len = 0;
+            self.fixed = &[];
+            self.count_sent(m);
+            match self.after {
+                After::MoreOutput => {
+                    let mut out =
+                        Output::new(self.area.bytes_mut(), &mut self.out_len, &mut self.fixed);
+                    let step = proto.on_sent(&mut self.proto, &mut out);
+                    match self.take(step) {
+                        (Then::Send, _) => {}
+                        (Then::Continue, _) => return self.process(proto, m),
+                        (Then::Engine, next) => return next,
+                    }
+                }
+                After::KeepAlive => {
+                    if self.job.is_some() {
+                        self.state = State::Delegated;
+                        return Next::Delegate;
+                    }
+                    self.state = State::Reading;
+                    if self.filled > self.start {
+                        return self.process(proto, m);
+                    }
+                    return self.wait_input();
+                }
+                After::Linger => return self.linger(),
+                After::Close => return Next::Finished,
             }
         }
-        // A full buffer: the read that filled it may have left bytes behind.
-        if self.filled == REQUEST_MAX {
-            return self.linger();
+    }
+
+    /// Counts the responses just sent.
+    #[inline(always)]
+    fn count_sent(&mut self, m: &AcceptMetrics) {
+        let mut kinds = self.unsent_kinds;
+        while kinds != 0 {
+            let k = kinds.trailing_zeros() as usize;
+            kinds &= kinds - 1;
+            m.responded(k, u64::from(self.unsent[k]));
+            self.unsent[k] = 0;
         }
-        Next::Finished
+        self.unsent_kinds = 0;
     }
 
     /// Shuts the write side and lingers (see [`State::Lingering`]).
     #[cold]
     #[inline(never)]
-    fn linger(&mut self) -> Next {
+    fn linger(&mut self) -> Next<P::Reason> {
         if let Some(fd) = self.fd.as_ref() {
             // If it fails the peer is gone, and lingering ends at its first read.
             let _ = fd.shutdown_write();
@@ -336,270 +583,38 @@ impl<S: Socket> ConnectionCtx<S> {
         Next::Linger
     }
 
-    /// Gives up the socket of a complete request to whoever answers it now
-    /// (`--delegate socket|loop`); the slot is free again.
-    pub fn hand_over(&mut self) -> Option<S> {
+    /// Gives up the socket (and the job) of a connection whose job is
+    /// offloaded to whoever answers it now (`--delegate socket|loop`); the slot
+    /// is free again.
+    pub fn hand_over(&mut self, proto: &P) -> Option<(S, P::Job)> {
         self.state = State::Free;
-        self.fd.take()
+        proto.close(&mut self.proto);
+        let fd = self.fd.take()?;
+        match self.job.take() {
+            Some(job) => Some((fd, job)),
+            None => {
+                fd.close();
+                None
+            }
+        }
     }
 
     /// Closes the socket. The slot is free again, or `Abandoned` until its task
     /// comes back (see [`Release`]).
-    pub fn close(&mut self, release: Release) {
+    pub fn close(&mut self, proto: &P, release: Release) {
         if let Some(fd) = self.fd.take() {
             fd.close();
+            proto.close(&mut self.proto);
+        }
+        self.job = None;
+        if self.unsent_kinds != 0 {
+            // Never sent: not counted.
+            self.unsent_kinds = 0;
+            self.unsent = [0; MAX_KINDS];
         }
         self.state = match release {
             Release::Now => State::Free,
             Release::AfterTask => State::Abandoned,
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::os::unix::net::UnixStream;
-
-    /// A connection on one end of a socket pair; the test plays the client.
-    fn open() -> (ConnectionCtx, UnixStream) {
-        let (server, client) = UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let mut ctx = ConnectionCtx::<OwnedFd>::default();
-        ctx.open(server.into(), SlowRequests::Delegate);
-        (ctx, client)
-    }
-
-    fn received(client: &mut UnixStream) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = client.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        out
-    }
-
-    #[test]
-    fn whole_fast_request_is_answered_at_once() {
-        let (mut ctx, mut client) = open();
-        client
-            .write_all(b"GET /test/fast HTTP/1.0\r\n\r\n")
-            .unwrap();
-        assert_eq!(ctx.on_readable(), Next::Finished);
-        ctx.close(Release::Now);
-        assert_eq!(received(&mut client), RESPONSE);
-        assert_eq!(ctx.state(), State::Free);
-    }
-
-    #[test]
-    fn incomplete_request_waits_then_completes() {
-        let (mut ctx, mut client) = open();
-        assert_eq!(ctx.on_readable(), Next::Read, "nothing there yet");
-        client.write_all(b"GET /test/fast\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Read);
-        client.write_all(b"\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Finished);
-        assert_eq!(received(&mut client), RESPONSE);
-    }
-
-    #[test]
-    fn invalid_request_and_eof_drop_without_a_byte() {
-        let (mut ctx, mut client) = open();
-        client.write_all(b"PUT /test/fast\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Drop(DropReason::Invalid));
-        ctx.close(Release::Now);
-        assert_eq!(received(&mut client), b"");
-
-        let (mut ctx, client) = open();
-        client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(ctx.on_readable(), GONE);
-    }
-
-    #[test]
-    fn slow_request_is_delegated_and_answered_when_done() {
-        let (mut ctx, mut client) = open();
-        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Delegate);
-        assert_eq!(ctx.state(), State::Delegated);
-        assert_eq!(ctx.on_task_done(), Next::Finished);
-        assert_eq!(received(&mut client), RESPONSE);
-        // Without workers a slow request is answered like a fast one.
-        let (server, mut client) = UnixStream::pair().unwrap();
-        server.set_nonblocking(true).unwrap();
-        client.set_nonblocking(true).unwrap();
-        let mut ctx = ConnectionCtx::<OwnedFd>::default();
-        ctx.open(server.into(), SlowRequests::Inline);
-        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Finished);
-        assert_eq!(received(&mut client), RESPONSE);
-    }
-
-    #[test]
-    fn bytes_during_a_slow_task_drop_the_connection_and_abandon_the_slot() {
-        let (mut ctx, mut client) = open();
-        client.write_all(b"GET /test/slow\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Delegate);
-        client.write_all(b"more").unwrap();
-        assert_eq!(ctx.on_readable(), GONE);
-        ctx.close(Release::AfterTask);
-        assert_eq!(ctx.state(), State::Abandoned);
-        assert_eq!(ctx.fd(), -1);
-        // The task coming back later finds nothing to answer.
-        assert_eq!(ctx.on_task_done(), GONE);
-        assert_eq!(received(&mut client), b"");
-    }
-
-    /// A socket whose every call's result the test scripts: errors a real socket
-    /// cannot be made to return on demand (EINTR, a short send).
-    #[derive(Default)]
-    struct Scripted {
-        recvs: std::cell::RefCell<std::collections::VecDeque<io::Result<&'static [u8]>>>,
-        sends: std::cell::RefCell<std::collections::VecDeque<io::Result<usize>>>,
-        out: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
-    }
-
-    impl Socket for Scripted {
-        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-            let bytes = self
-                .recvs
-                .borrow_mut()
-                .pop_front()
-                .expect("recv scripted")?;
-            buf[..bytes.len()].copy_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
-            let n = match self.sends.borrow_mut().pop_front() {
-                Some(res) => res?.min(buf.len()),
-                None => buf.len(),
-            };
-            self.out.borrow_mut().extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn shutdown_write(&self) -> io::Result<()> {
-            self.out.borrow_mut().extend_from_slice(b"<FIN>");
-            Ok(())
-        }
-        fn raw_fd(&self) -> RawFd {
-            0
-        }
-        fn close(self) {}
-    }
-
-    fn errno(code: i32) -> io::Error {
-        io::Error::from_raw_os_error(code)
-    }
-
-    #[test]
-    fn interrupted_and_short_calls_resume_where_they_left_off() {
-        let sock = Scripted::default();
-        sock.recvs.borrow_mut().extend([
-            Err(errno(libc::EINTR)),
-            Ok(&b"GET /test/fast\r\n"[..]),
-            Err(errno(libc::EAGAIN)),
-            Ok(&b"\r\n"[..]),
-        ]);
-        sock.sends.borrow_mut().extend([
-            Ok(10),
-            Err(errno(libc::EINTR)),
-            Ok(1),
-            Err(errno(libc::EAGAIN)),
-        ]);
-        let out = std::rc::Rc::clone(&sock.out);
-        let mut ctx = ConnectionCtx::<Scripted>::default();
-        ctx.open(sock, SlowRequests::Delegate);
-        for _ in 0..3 {
-            assert_eq!(ctx.on_readable(), Next::Read);
-        }
-        // EINTR on send is retried at once; EAGAIN waits for writability.
-        assert_eq!(ctx.on_readable(), Next::Write);
-        assert_eq!(out.borrow().len(), 11);
-        assert_eq!(ctx.on_writable(), Next::Finished);
-        assert_eq!(&out.borrow()[..], RESPONSE);
-    }
-
-    #[test]
-    fn a_reset_or_a_failed_send_drops_the_connection() {
-        let sock = Scripted::default();
-        sock.recvs
-            .borrow_mut()
-            .push_back(Err(errno(libc::ECONNRESET)));
-        let mut ctx = ConnectionCtx::<Scripted>::default();
-        ctx.open(sock, SlowRequests::Delegate);
-        assert_eq!(ctx.on_readable(), GONE);
-
-        let sock = Scripted::default();
-        sock.recvs
-            .borrow_mut()
-            .push_back(Ok(&b"GET /test/fast\r\n\r\n"[..]));
-        sock.sends.borrow_mut().push_back(Err(errno(libc::EPIPE)));
-        ctx.close(Release::Now);
-        ctx.open(sock, SlowRequests::Delegate);
-        assert_eq!(ctx.on_readable(), GONE);
-    }
-
-    #[test]
-    fn a_request_that_filled_the_buffer_lingers_after_its_response() {
-        let (mut ctx, mut client) = open();
-        let mut bytes = b"GET /test/fast HTTP/1.1\r\nContent-Length: 5120\r\n\r\n".to_vec();
-        bytes.resize(bytes.len() + 5120, b'b');
-        client.write_all(&bytes).unwrap();
-        assert_eq!(
-            ctx.on_readable(),
-            Next::Linger,
-            "4096 bytes read: more may wait"
-        );
-        assert_eq!(ctx.state(), State::Lingering);
-        // The response, then EOF: the write side is shut.
-        assert_eq!(received(&mut client), RESPONSE);
-        // The rest of the body is thrown away; the client's EOF ends it.
-        assert_eq!(ctx.on_readable(), Next::Read);
-        client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(ctx.on_readable(), Next::Close);
-    }
-
-    #[test]
-    fn a_request_that_did_not_fill_the_buffer_does_not_linger() {
-        let (mut ctx, mut client) = open();
-        let mut bytes = b"GET /test/fast\r\n\r\n".to_vec();
-        bytes.resize(REQUEST_MAX - 1, b'b');
-        client.write_all(&bytes).unwrap();
-        assert_eq!(ctx.on_readable(), Next::Finished);
-    }
-
-    #[test]
-    fn a_full_send_buffer_waits_for_writability_and_resumes() {
-        let (mut ctx, mut client) = open();
-        // Fill the server side's send buffer so the response cannot go out.
-        let fd = ctx.fd.as_ref().unwrap().as_fd();
-        let junk = [b'j'; 4096];
-        while net::send_final(fd, &junk).is_ok() {}
-        client.write_all(b"GET /test/fast\r\n\r\n").unwrap();
-        assert_eq!(ctx.on_readable(), Next::Write);
-        assert_eq!(ctx.state(), State::Writing);
-        // The client reads; the rest of the response then goes out whole.
-        let mut got = Vec::new();
-        let mut buf = [0u8; 65536];
-        loop {
-            match client.read(&mut buf) {
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(_) => match ctx.on_writable() {
-                    Next::Finished => break,
-                    Next::Write => continue,
-                    other => panic!("{other:?}"),
-                },
-            }
-        }
-        ctx.close(Release::Now);
-        got.extend(received(&mut client));
-        assert!(
-            got.ends_with(RESPONSE),
-            "response intact after a partial send"
-        );
     }
 }

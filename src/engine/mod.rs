@@ -3,7 +3,7 @@
 //!
 //! It holds the pool of [`ConnectionCtx`]s, the read deadline list, the pause
 //! and drain rules and the counters, and carries out what each connection asks
-//! for ([`Next`]). What it needs of its event loop is the small [`Host`] trait:
+//! for ([`Next`]); what the bytes mean is the [`Protocol`]'s business. What it needs of its event loop is the small [`Host`] trait:
 //! watch and unwatch a slot's fd, the loop's timers, the time, submitting a task
 //! to the workers, stopping the loop and, if the loop has any, its listeners.
 //! The accept threads host it on libev (`accept::AcceptTask`); the fuzz target
@@ -13,14 +13,18 @@
 //! to accept threads but the optional listeners.
 //!
 //! The fast path is eager: accept, read at once (the listener defers accept until
-//! bytes are there), parse, send at once, close. A request that arrives whole never
+//! bytes are there), hand the bytes to the protocol, send at once, close (or keep
+//! the connection for the next request). A request that arrives whole never
 //! touches the loop beyond the listener's readiness. Only incomplete requests, slow
 //! requests and partial sends are registered with the loop.
 #![forbid(unsafe_code)]
 
 pub mod conn;
 pub(crate) mod deadline;
+mod protocol;
 mod waiting;
+
+pub use protocol::{After, Buffer, DropReason, Label, Never, Output, Protocol, Step};
 
 use std::io;
 use std::os::fd::RawFd;
@@ -28,16 +32,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::conn::{ConnectionCtx, DropReason, Next, Release, SlowRequests, Socket, State};
-use crate::engine::deadline::{DeadlineList, Linked};
-use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause};
+use crate::metrics::{AcceptCounters, AcceptMetrics, PauseCause, Stats};
 use crate::net;
 use crate::pool::{Pool, SlotWatcher};
-use crate::proto::SlowTask;
 use crate::shutdown::Drain;
 use crate::task::{Cancel, Done, Filled, Route, TaskRef};
 use crate::token::TimerId;
 use crate::{debug, warn};
+use conn::{ConnectionCtx, Next, Release, Socket, State, Waits};
+use deadline::DeadlineList;
 use waiting::Waiting;
 
 /// Most connections accepted per listener wake-up, so that one busy listener
@@ -49,20 +52,20 @@ pub const BACKOFF: f64 = 0.25;
 /// that neither reads its EOF nor closes is then closed on.
 pub const LINGER: f64 = 2.0;
 
-pub use crate::metrics::Stats;
-
 /// What an engine is told at start-up.
 #[derive(Debug)]
 pub struct Settings {
     /// Index of this loop (accept thread 0 is the main thread); the owner of
-    /// its slow tasks' completions.
+    /// its jobs' completions.
     pub id: u32,
     /// Connections in this loop's pool.
     pub capacity: usize,
-    /// Slow-request duration; `None` answers slow requests inline (`-w 0`).
-    pub slow: Option<Duration>,
-    /// Deadline from accept to the end of the request; `None` for none.
+    /// Deadline from accept (or from the first byte of a later request on a
+    /// kept connection) to the end of the request; `None` for none.
     pub read_timeout: Option<Duration>,
+    /// How long a kept connection may wait for its next request; `None`
+    /// for ever.
+    pub idle_timeout: Option<Duration>,
     /// Bound on the graceful drain.
     pub shutdown_timeout: Duration,
     /// This loop's counters (`--metrics`, and the server's `Stats`).
@@ -82,7 +85,7 @@ pub enum Interest {
 ///
 /// Calls come from inside the engine's entry points only, on the loop's
 /// thread; the host never calls back into the engine from them.
-pub trait Host<S: Socket> {
+pub trait Host<P: Protocol, S: Socket> {
     /// The per-slot watcher, kept in the pool slot next to its connection.
     type Watcher: SlotWatcher;
 
@@ -99,8 +102,9 @@ pub trait Host<S: Socket> {
     fn timer_active(&self, timer: TimerId) -> bool;
     /// Disarms `timer`; a no-op if it is not armed.
     fn stop_timer(&mut self, timer: TimerId);
-    /// Hands a filled task to the workers.
-    fn submit(&mut self, task: TaskRef);
+    /// Hands a filled task to the workers; its job waits `wait` first
+    /// ([`Protocol::job_wait`]).
+    fn submit(&mut self, task: TaskRef, wait: Duration);
     /// Makes the loop return once the current callbacks are done.
     fn stop(&mut self);
 
@@ -108,9 +112,10 @@ pub trait Host<S: Socket> {
     fn listeners(&self) -> usize {
         0
     }
-    /// Accepts one connection from listener `listener`; `None` if the loop has
-    /// no such listener (or no longer: the drain closes them).
-    fn accept(&mut self, _listener: usize) -> Option<io::Result<S>> {
+    /// Accepts one connection from listener `listener`, with the job it
+    /// brings if another loop handed it over; `None` if the loop has no such
+    /// listener (or no longer: the drain closes them).
+    fn accept(&mut self, _listener: usize) -> Option<io::Result<(S, Option<P::Job>)>> {
         None
     }
     /// Starts watching every listener.
@@ -122,9 +127,9 @@ pub trait Host<S: Socket> {
     /// Told after the engine closed the socket of `slot`'s connection, with the
     /// reason ([`Next::Finished`] or a [`Next::Drop`]): an observer's hook (the
     /// fuzz target checks each outcome); loops do nothing.
-    fn closed(&mut self, _slot: u32, _how: Next) {}
+    fn closed(&mut self, _slot: u32, _how: Next<P::Reason>) {}
 
-    /// Whether a complete slow request leaves the loop with its connection
+    /// Whether an offloaded job leaves the loop with its connection
     /// (`--delegate socket|loop`) rather than as a task (the default).
     fn hands_off(&self) -> bool {
         false
@@ -135,9 +140,9 @@ pub trait Host<S: Socket> {
     fn reserve_hand_off(&mut self) -> bool {
         false
     }
-    /// Gives `fd` (a complete slow request, no longer watched) to the room
-    /// reserved by the last successful [`Host::reserve_hand_off`].
-    fn hand_off(&mut self, _fd: S) {}
+    /// Gives `fd` (no longer watched) and its `job` to the room reserved by
+    /// the last successful [`Host::reserve_hand_off`].
+    fn hand_off(&mut self, _fd: S, _job: P::Job) {}
 }
 
 /// What one accept attempt did.
@@ -175,17 +180,18 @@ impl std::fmt::Display for Name {
 }
 
 /// One loop's connections (see the module doc).
-pub struct Engine<S: Socket, W: SlotWatcher> {
+pub struct Engine<P: Protocol, S: Socket, W: SlotWatcher> {
     settings: Settings,
     name: Name,
-    /// From `settings.slow`, for each connection.
-    slow: SlowRequests,
-    pool: Pool<ConnectionCtx<S>, W>,
-    /// Read deadlines, of connections that are reading or writing.
+    proto: Arc<P>,
+    pool: Pool<ConnectionCtx<P, S>, W>,
+    /// Read deadlines, of connections that are reading or writing a request.
     deadlines: DeadlineList,
     /// Ends of the lingering closes, of connections that linger (a slot is in
     /// one list at most: its links are shared).
     lingering: DeadlineList,
+    /// Ends of the idle timeouts, of kept connections between requests.
+    idle: DeadlineList,
     pause: Pause,
     /// accept() is failing for lack of fds or memory: logged once until it works.
     exhausted: bool,
@@ -207,7 +213,7 @@ enum Phase {
     Draining,
 }
 
-impl<S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<S, W> {
+impl<P: Protocol, S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<P, S, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("name", &self.name)
@@ -219,29 +225,27 @@ impl<S: Socket, W: SlotWatcher> std::fmt::Debug for Engine<S, W> {
     }
 }
 
-impl<S: Socket, W: SlotWatcher> Engine<S, W> {
+impl<P: Protocol, S: Socket, W: SlotWatcher> Engine<P, S, W> {
     /// Reserves the pool (fails if its address space cannot be reserved), for
-    /// an accept thread's loop.
-    pub fn new(settings: Settings) -> io::Result<Self> {
-        Self::named(settings, "accept")
+    /// an accept thread's loop serving `proto`.
+    pub fn new(settings: Settings, proto: Arc<P>) -> io::Result<Self> {
+        Self::named(settings, proto, "accept")
     }
 
     /// As [`Engine::new`], for a loop whose log lines say `role-ID` (a worker's
     /// own loop, say).
-    pub fn named(settings: Settings, role: &'static str) -> io::Result<Self> {
+    pub fn named(settings: Settings, proto: Arc<P>, role: &'static str) -> io::Result<Self> {
         let pool = Pool::new(settings.capacity)?;
         Ok(Engine {
             name: Name {
                 role,
                 id: settings.id,
             },
-            slow: match settings.slow {
-                Some(_) => SlowRequests::Delegate,
-                None => SlowRequests::Inline,
-            },
+            proto,
             pool,
             deadlines: DeadlineList::default(),
             lingering: DeadlineList::default(),
+            idle: DeadlineList::default(),
             pause: Pause::No,
             exhausted: false,
             phase: Phase::Serving,
@@ -249,6 +253,11 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             waiting: Waiting::new(settings.capacity)?,
             settings,
         })
+    }
+
+    /// The protocol this loop serves.
+    pub fn protocol(&self) -> &Arc<P> {
+        &self.proto
     }
 
     /// This loop's index.
@@ -278,7 +287,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     }
 
     /// The connection in `slot` (for observers: tests and the fuzz target).
-    pub fn connection(&self, slot: u32) -> &ConnectionCtx<S> {
+    pub fn connection(&self, slot: u32) -> &ConnectionCtx<P, S> {
         self.pool.get(slot)
     }
 
@@ -294,13 +303,13 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             };
             let ctx = self.pool.get_mut(idx);
             if ctx.state() != State::Free {
-                ctx.close(release);
+                ctx.close(&self.proto, release);
             }
         }
     }
 
     /// A listener is readable: accepts up to [`ACCEPT_BATCH`] connections.
-    pub fn on_listener(&mut self, host: &mut impl Host<S, Watcher = W>, listener: usize) {
+    pub fn on_listener(&mut self, host: &mut impl Host<P, S, Watcher = W>, listener: usize) {
         for _ in 0..ACCEPT_BATCH {
             if self.accept_one(host, listener) == Accepted::Rest {
                 return;
@@ -311,18 +320,18 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// Slot `slot`'s fd is ready: writable, or readable (which includes at EOF
     /// and in error).
     #[inline(always)]
-    pub fn on_io(&mut self, host: &mut impl Host<S, Watcher = W>, slot: u32, ready: Interest) {
+    pub fn on_io(&mut self, host: &mut impl Host<P, S, Watcher = W>, slot: u32, ready: Interest) {
         let ctx = self.pool.get_mut(slot);
         let next = if ready == Interest::Write {
-            ctx.on_writable()
+            ctx.on_writable(&self.proto, &self.metrics)
         } else {
-            ctx.on_readable()
+            ctx.on_readable(&self.proto, &self.metrics)
         };
         self.apply(host, slot, next);
     }
 
     /// One of the loop's timers fired.
-    pub fn on_timer(&mut self, host: &mut impl Host<S, Watcher = W>, timer: TimerId) {
+    pub fn on_timer(&mut self, host: &mut impl Host<P, S, Watcher = W>, timer: TimerId) {
         match timer {
             TimerId::Deadline => self.expire_deadlines(host),
             TimerId::Backoff => {
@@ -337,12 +346,13 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             }
             TimerId::Drain => self.end_drain(host),
             TimerId::Linger => self.expire_lingering(host),
+            TimerId::Idle => self.expire_idle(host),
         }
     }
 
     /// Accepts and serves one connection from `listener`.
     #[inline(always)]
-    fn accept_one(&mut self, host: &mut impl Host<S, Watcher = W>, listener: usize) -> Accepted {
+    fn accept_one(&mut self, host: &mut impl Host<P, S, Watcher = W>, listener: usize) -> Accepted {
         if self.pool.is_full() {
             self.pause_for_full_pool(host);
             return Accepted::Rest;
@@ -351,14 +361,23 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             return Accepted::Rest;
         };
         match accepted {
-            Ok(fd) => {
+            Ok((fd, job)) => {
                 self.accept_works();
                 let idx = self.pool.acquire().expect("pool checked not full");
                 self.metrics.accepted();
                 let ctx = self.pool.get_mut(idx);
-                ctx.open(fd, self.slow);
-                debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
-                let next = ctx.on_readable();
+                let next = match job {
+                    None => {
+                        ctx.open(&self.proto, fd);
+                        debug!("{}: conn {idx}: accepted fd {}", self.name, ctx.fd());
+                        ctx.on_readable(&self.proto, &self.metrics)
+                    }
+                    Some(job) => {
+                        ctx.adopt(&self.proto, fd, job);
+                        debug!("{}: conn {idx}: took over fd {}", self.name, ctx.fd());
+                        Next::Delegate
+                    }
+                };
                 self.apply(host, idx, next);
                 Accepted::Conn(idx)
             }
@@ -401,7 +420,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         warn!("{}: accept works again", self.name);
     }
 
-    fn pause_for_full_pool(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    fn pause_for_full_pool(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         if self.pause == Pause::No {
             host.unwatch_listeners();
             self.pause = Pause::PoolFull;
@@ -414,7 +433,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         }
     }
 
-    fn pause_for_backoff(&mut self, host: &mut impl Host<S, Watcher = W>, err: &io::Error) {
+    fn pause_for_backoff(&mut self, host: &mut impl Host<P, S, Watcher = W>, err: &io::Error) {
         if !self.exhausted {
             self.exhausted = true;
             self.metrics.paused(PauseCause::FdExhaustion);
@@ -429,7 +448,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         host.start_timer(TimerId::Backoff, BACKOFF);
     }
 
-    fn resume_accepting(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    fn resume_accepting(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         if self.pause == Pause::No || self.phase != Phase::Serving {
             return;
         }
@@ -443,40 +462,61 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// Carries out what the connection in `idx` asked for.
     #[inline]
-    fn apply(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32, next: Next) {
+    fn apply(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32, next: Next<P::Reason>) {
         match next {
             Next::Read => {
                 // A no-op for a lingering connection: it has its linger deadline.
                 self.arm_deadline(host, idx);
                 self.watch(host, idx, Interest::Read);
             }
+            Next::Idle => self.wait_idle(host, idx),
             Next::Write => {
                 self.arm_deadline(host, idx);
                 self.watch(host, idx, Interest::Write);
             }
             Next::Delegate => self.delegate(host, idx),
             Next::Finished => {
-                self.metrics.responded(self.pool.get(idx).is_slow());
                 debug!("{}: conn {idx}: replied, closing", self.name);
                 self.close(host, idx, next);
             }
             Next::Linger => {
-                self.metrics.responded(self.pool.get(idx).is_slow());
                 debug!("{}: conn {idx}: replied, closing", self.name);
                 self.linger(host, idx);
             }
             Next::Close => self.close(host, idx, next),
             Next::Drop(reason) => {
-                self.metrics.dropped(reason);
+                self.metrics.dropped(reason.slot());
                 debug!("{}: conn {idx}: closing without a reply", self.name);
                 self.close(host, idx, next);
             }
         }
     }
 
-    fn delegate(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+    /// A kept connection waits for its next request under the idle timeout
+    /// (a drain closes it at once instead).
+    #[cold]
+    fn wait_idle(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
+        if self.phase != Phase::Serving {
+            self.close(host, idx, Next::Close);
+            return;
+        }
+        if self.pool.get(idx).waits != Waits::Idle {
+            self.unlink(idx);
+            if let Some(timeout) = self.settings.idle_timeout {
+                let after = timeout.as_secs_f64();
+                self.idle.push_back(&mut self.pool, idx, host.now() + after);
+                self.pool.get_mut(idx).waits = Waits::Idle;
+                if !host.timer_active(TimerId::Idle) {
+                    host.start_timer(TimerId::Idle, after);
+                }
+            }
+        }
+        self.watch(host, idx, Interest::Read);
+    }
+
+    fn delegate(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
         // The request is complete: no read deadline while the worker works.
-        self.deadlines.remove(&mut self.pool, idx);
+        self.unlink(idx);
         if host.hands_off() {
             if host.reserve_hand_off() {
                 self.hand_off(host, idx);
@@ -490,22 +530,24 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
             }
             return;
         }
-        let Some(duration) = self.settings.slow else {
-            unreachable!("slow requests are answered inline without workers")
-        };
         let route = Route {
             owner: self.settings.id,
             slot: idx,
             gen: self.pool.get(idx).gen(),
         };
+        let ctx = self.pool.get_mut(idx);
+        let Some(job) = ctx.take_job() else {
+            unreachable!("a connection delegates with its job")
+        };
+        ctx.note_delegated(host.now());
+        let wait = self.proto.job_wait(&job);
         let filled = self
             .pool
-            .delegate(idx, SlowTask { duration }, route)
+            .delegate_job(idx, job, route)
             .expect("a reading connection has no task out");
         self.metrics.delegated();
-        self.pool.get_mut(idx).note_delegated(host.now());
         if let Filled::New(task) = filled {
-            host.submit(task);
+            host.submit(task, wait);
         }
         debug!("{}: conn {idx}: slow request delegated", self.name);
         // Watch for the client leaving (or misbehaving) meanwhile.
@@ -514,10 +556,11 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// Moves `idx` from its read deadline to a linger deadline, and waits for
     /// the client's EOF.
-    fn linger(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
-        self.deadlines.remove(&mut self.pool, idx);
+    fn linger(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
+        self.unlink(idx);
         self.lingering
             .push_back(&mut self.pool, idx, host.now() + LINGER);
+        self.pool.get_mut(idx).waits = Waits::Linger;
         if !host.timer_active(TimerId::Linger) {
             host.start_timer(TimerId::Linger, LINGER);
         }
@@ -527,23 +570,20 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// Moves the connection in `idx` to the room reserved on the worker side:
     /// stops its watcher before the fd can reach another thread, and frees the
     /// slot.
-    fn hand_off(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+    fn hand_off(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
         let (ctx, watcher) = self.pool.split(idx);
         host.unwatch(watcher);
-        if let Some(fd) = ctx.hand_over() {
-            host.hand_off(fd);
+        if let Some((fd, job)) = ctx.hand_over(&self.proto) {
+            host.hand_off(fd, job);
         }
         self.metrics.handed_off();
-        debug!(
-            "accept-{}: conn {idx}: slow request handed to a worker",
-            self.settings.id
-        );
+        debug!("{}: conn {idx}: job handed to a worker", self.name);
         self.release(host, idx);
     }
 
     /// Room may have freed on the worker side: hands over the connections
     /// waiting for it, oldest first, while the host finds room.
-    pub fn retry_hand_offs(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    pub fn retry_hand_offs(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         while let Some((idx, gen)) = self.waiting.front() {
             let ctx = self.pool.get(idx);
             if ctx.state() != State::Delegated || ctx.gen() != gen {
@@ -561,16 +601,19 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// Starts the read deadline of `idx` unless it already runs (a deadline is
     /// total: trickled bytes do not extend it).
-    fn arm_deadline(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+    fn arm_deadline(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
         let Some(timeout) = self.settings.read_timeout else {
             return;
         };
-        if self.pool.get(idx).links().is_linked() {
-            return;
+        match self.pool.get(idx).waits {
+            Waits::Nothing => {}
+            Waits::Idle => self.unlink(idx),
+            Waits::Request | Waits::Linger => return,
         }
         let after = timeout.as_secs_f64();
         self.deadlines
             .push_back(&mut self.pool, idx, host.now() + after);
+        self.pool.get_mut(idx).waits = Waits::Request;
         // An active timer is armed for an earlier deadline (the list is FIFO);
         // it re-arms itself for the head when it fires.
         if !host.timer_active(TimerId::Deadline) {
@@ -579,14 +622,14 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     }
 
     #[inline]
-    fn watch(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32, interest: Interest) {
+    fn watch(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32, interest: Interest) {
         let (ctx, watcher) = self.pool.split(idx);
         host.watch(watcher, ctx.fd(), interest, idx);
     }
 
     #[inline]
-    fn close(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32, how: Next) {
-        if self.pool.get(idx).links().is_linked() {
+    fn close(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32, how: Next<P::Reason>) {
+        if self.pool.get(idx).waits != Waits::Nothing {
             self.unlink(idx);
         }
         let release = if self.pool.is_delegated(idx) {
@@ -596,21 +639,24 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         };
         let (ctx, watcher) = self.pool.split(idx);
         host.unwatch(watcher);
-        ctx.close(release);
+        ctx.close(&self.proto, release);
         host.closed(idx, how);
         if release == Release::Now {
             self.release(host, idx);
         }
     }
 
+    /// Takes `idx` off the deadline list it is on, if any.
     #[inline]
-    /// Takes `idx` off the deadline list it is on.
     fn unlink(&mut self, idx: u32) {
-        if self.pool.get(idx).state() == State::Lingering {
-            self.lingering.remove(&mut self.pool, idx);
-        } else {
-            self.deadlines.remove(&mut self.pool, idx);
-        }
+        let list = match self.pool.get(idx).waits {
+            Waits::Nothing => return,
+            Waits::Request => &mut self.deadlines,
+            Waits::Idle => &mut self.idle,
+            Waits::Linger => &mut self.lingering,
+        };
+        list.remove(&mut self.pool, idx);
+        self.pool.get_mut(idx).waits = Waits::Nothing;
     }
 
     /// A connection with a task out ends: a task still queued will not run
@@ -628,7 +674,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         }
     }
 
-    fn release(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
+    fn release(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
         self.pool.release(idx);
         if self.pause == Pause::PoolFull {
             self.resume_accepting(host);
@@ -641,21 +687,21 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
 
     /// A worker finished a task of this loop's (the loop drains its mailbox
     /// into here).
-    pub fn on_task_done(&mut self, host: &mut impl Host<S, Watcher = W>, done: Done) {
-        let Some(route) = self.pool.finish(done) else {
+    pub fn on_task_done(&mut self, host: &mut impl Host<P, S, Watcher = W>, done: Done) {
+        let Some((route, job)) = self.pool.finish_job::<P::Job>(done) else {
             return;
         };
         let (idx, gen) = (route.slot, route.gen);
-        debug!("{}: conn {idx}: slow task done", self.name);
+        debug!("{}: conn {idx}: job done", self.name);
         let ctx = self.pool.get_mut(idx);
         self.metrics.task_back(ctx.task_seconds(host.now()));
-        match ctx.state() {
-            State::Delegated if ctx.gen() == gen => {
-                let next = ctx.on_task_done();
+        match (ctx.state(), job) {
+            (State::Delegated, Some(job)) if ctx.gen() == gen => {
+                let next = ctx.on_job_done(&self.proto, &self.metrics, job);
                 self.apply(host, idx, next);
             }
-            State::Abandoned => {
-                ctx.close(Release::Now);
+            (State::Abandoned, _) => {
+                ctx.close(&self.proto, Release::Now);
                 self.release(host, idx);
             }
             // Cannot happen while the slot is held for its task; harmless.
@@ -663,20 +709,33 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
         }
     }
 
-    fn expire_deadlines(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    fn expire_deadlines(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         let now = host.now();
         while let Some((idx, deadline)) = self.deadlines.front(&self.pool) {
             if deadline > now {
                 host.start_timer(TimerId::Deadline, deadline - now);
                 return;
             }
-            self.metrics.dropped(DropReason::TimedOut);
+            self.metrics
+                .dropped(DropReason::<P::Reason>::TimedOut.slot());
             debug!("{}: conn {idx}: read deadline passed", self.name);
             self.close(host, idx, Next::Drop(DropReason::TimedOut));
         }
     }
 
-    fn expire_lingering(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    fn expire_idle(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
+        let now = host.now();
+        while let Some((idx, end)) = self.idle.front(&self.pool) {
+            if end > now {
+                host.start_timer(TimerId::Idle, end - now);
+                return;
+            }
+            debug!("{}: conn {idx}: idle timeout", self.name);
+            self.close(host, idx, Next::Close);
+        }
+    }
+
+    fn expire_lingering(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         let now = host.now();
         while let Some((idx, end)) = self.lingering.front(&self.pool) {
             if end > now {
@@ -693,7 +752,7 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     /// the slots that freed (closing the last socket would reset it), closing
     /// those that are incomplete in turn; on `Handover` the backlog is the new
     /// process's, and every accepted connection is finished.
-    pub fn begin_drain(&mut self, host: &mut impl Host<S, Watcher = W>, how: Drain) {
+    pub fn begin_drain(&mut self, host: &mut impl Host<P, S, Watcher = W>, how: Drain) {
         if self.phase != Phase::Serving {
             return;
         }
@@ -714,6 +773,11 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 }
             }
         }
+        if how == Drain::Handover {
+            for idx in self.pool.constructed() {
+                self.close_idle(host, idx);
+            }
+        }
         self.phase = Phase::Draining;
         host.unwatch_listeners();
         host.stop_timer(TimerId::Backoff);
@@ -727,15 +791,25 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
     }
 
     /// The drain closes `idx` if it has not completed its request.
-    fn close_incomplete(&mut self, host: &mut impl Host<S, Watcher = W>, idx: u32) {
-        if self.pool.get(idx).state() == State::Reading {
-            self.metrics.dropped(DropReason::Shutdown);
+    fn close_incomplete(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
+        if self.pool.get(idx).is_idle() {
+            self.close(host, idx, Next::Close);
+        } else if self.pool.get(idx).state() == State::Reading {
+            self.metrics
+                .dropped(DropReason::<P::Reason>::Shutdown.slot());
             self.close(host, idx, Next::Drop(DropReason::Shutdown));
         }
     }
 
+    /// The drain closes `idx` if it waits between requests: nothing is lost.
+    fn close_idle(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32) {
+        if self.pool.get(idx).is_idle() {
+            self.close(host, idx, Next::Close);
+        }
+    }
+
     /// The drain took too long: close what is left and stop.
-    fn end_drain(&mut self, host: &mut impl Host<S, Watcher = W>) {
+    fn end_drain(&mut self, host: &mut impl Host<P, S, Watcher = W>) {
         warn!(
             "{}: shutdown timeout; closing {} connections",
             self.name,
@@ -746,556 +820,14 @@ impl<S: Socket, W: SlotWatcher> Engine<S, W> {
                 State::Free | State::Abandoned => {}
                 // Answered already: nothing lost, nothing to count.
                 State::Lingering => self.close(host, idx, Next::Close),
+                _ if self.pool.get(idx).is_idle() => self.close(host, idx, Next::Close),
                 _ => {
-                    self.metrics.dropped(DropReason::Shutdown);
+                    self.metrics
+                        .dropped(DropReason::<P::Reason>::Shutdown.slot());
                     self.close(host, idx, Next::Drop(DropReason::Shutdown));
                 }
             }
         }
         host.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The engine's rules on a recording loop over scripted sockets: no socket,
-    //! no libev, no clock.
-    use super::*;
-    use std::cell::{Cell, RefCell};
-    use std::collections::VecDeque;
-    use std::rc::Rc;
-
-    /// The client's end of one scripted connection.
-    #[derive(Default)]
-    struct Peer {
-        inbox: RefCell<VecDeque<u8>>,
-        eof: Cell<bool>,
-        sent: RefCell<Vec<u8>>,
-        /// The server shut its sending side.
-        fin: Cell<bool>,
-        closed: Cell<bool>,
-    }
-
-    impl Peer {
-        fn send(&self, bytes: &[u8]) {
-            self.inbox.borrow_mut().extend(bytes);
-        }
-    }
-
-    struct Sock(Rc<Peer>);
-
-    impl Socket for Sock {
-        fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-            let mut inbox = self.0.inbox.borrow_mut();
-            if inbox.is_empty() {
-                return if self.0.eof.get() {
-                    Ok(0)
-                } else {
-                    Err(io::Error::from_raw_os_error(libc::EAGAIN))
-                };
-            }
-            let n = buf.len().min(inbox.len());
-            for (b, x) in buf.iter_mut().zip(inbox.drain(..n)) {
-                *b = x;
-            }
-            Ok(n)
-        }
-        fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
-            self.0.sent.borrow_mut().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn shutdown_write(&self) -> io::Result<()> {
-            self.0.fin.set(true);
-            Ok(())
-        }
-        fn raw_fd(&self) -> RawFd {
-            3
-        }
-        fn close(self) {
-            assert!(!self.0.closed.replace(true), "closed twice");
-        }
-    }
-
-    /// A slot watcher: what it waits for, if anything.
-    #[derive(Default)]
-    struct Watch(Cell<Option<Interest>>);
-
-    impl SlotWatcher for Watch {
-        fn is_active(&self) -> bool {
-            self.0.get().is_some()
-        }
-    }
-
-    /// A loop that records what the engine asks of it.
-    #[derive(Default)]
-    struct Rec {
-        now: f64,
-        /// When each timer fires, if armed.
-        timers: [Option<f64>; TimerId::ALL.len()],
-        submitted: Vec<TaskRef>,
-        stopped: bool,
-        /// Connections (or errors) waiting in listener 0's backlog.
-        backlog: VecDeque<io::Result<Sock>>,
-        has_listener: bool,
-        listening: bool,
-        accepts: usize,
-        closes: Vec<(u32, Next)>,
-    }
-
-    impl Host<Sock> for Rec {
-        type Watcher = Watch;
-        fn now(&self) -> f64 {
-            self.now
-        }
-        fn watch(&mut self, w: Pin<&Watch>, _fd: RawFd, interest: Interest, _slot: u32) {
-            w.0.set(Some(interest));
-        }
-        fn unwatch(&mut self, w: Pin<&Watch>) {
-            w.0.set(None);
-        }
-        fn start_timer(&mut self, timer: TimerId, after: f64) {
-            self.timers[timer as usize] = Some(self.now + after);
-        }
-        fn timer_active(&self, timer: TimerId) -> bool {
-            self.timers[timer as usize].is_some()
-        }
-        fn stop_timer(&mut self, timer: TimerId) {
-            self.timers[timer as usize] = None;
-        }
-        fn submit(&mut self, task: TaskRef) {
-            self.submitted.push(task);
-        }
-        fn stop(&mut self) {
-            self.stopped = true;
-        }
-        fn listeners(&self) -> usize {
-            usize::from(self.has_listener)
-        }
-        fn accept(&mut self, listener: usize) -> Option<io::Result<Sock>> {
-            if listener > 0 || !self.has_listener {
-                return None;
-            }
-            self.accepts += 1;
-            Some(
-                self.backlog
-                    .pop_front()
-                    .unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::EAGAIN))),
-            )
-        }
-        fn watch_listeners(&mut self) {
-            self.listening = true;
-        }
-        fn unwatch_listeners(&mut self) {
-            self.listening = false;
-        }
-        fn close_listeners(&mut self) {
-            self.listening = false;
-            self.has_listener = false;
-        }
-        fn closed(&mut self, slot: u32, how: Next) {
-            self.closes.push((slot, how));
-        }
-    }
-
-    const FAST: &[u8] = b"GET /test/fast\r\n\r\n";
-    const SLOW: &[u8] = b"GET /test/slow\r\n\r\n";
-    const PARTIAL: &[u8] = b"GET /te";
-    const GONE: Next = Next::Drop(DropReason::ClientGone);
-
-    fn engine(capacity: usize, read_timeout: Option<f64>) -> (Engine<Sock, Watch>, Rec) {
-        engine_counting(capacity, read_timeout, Arc::default())
-    }
-
-    fn engine_counting(
-        capacity: usize,
-        read_timeout: Option<f64>,
-        counters: Arc<AcceptCounters>,
-    ) -> (Engine<Sock, Watch>, Rec) {
-        let e = Engine::new(Settings {
-            id: 0,
-            capacity,
-            slow: Some(Duration::ZERO),
-            read_timeout: read_timeout.map(Duration::from_secs_f64),
-            shutdown_timeout: Duration::from_secs(5),
-            counters,
-        })
-        .unwrap();
-        let host = Rec {
-            has_listener: true,
-            listening: true,
-            ..Rec::default()
-        };
-        (e, host)
-    }
-
-    /// Queues a client that has sent `bytes`; returns its end.
-    fn client(host: &mut Rec, bytes: &[u8]) -> Rc<Peer> {
-        let peer = Rc::new(Peer::default());
-        peer.send(bytes);
-        host.backlog.push_back(Ok(Sock(Rc::clone(&peer))));
-        peer
-    }
-
-    fn fire(e: &mut Engine<Sock, Watch>, host: &mut Rec, timer: TimerId) {
-        let at = host.timers[timer as usize]
-            .take()
-            .unwrap_or_else(|| panic!("{timer:?} not armed"));
-        host.now = host.now.max(at);
-        e.on_timer(host, timer);
-    }
-
-    fn run_tasks(e: &mut Engine<Sock, Watch>, host: &mut Rec) {
-        for task in std::mem::take(&mut host.submitted) {
-            if let Some(done) = task.run() {
-                e.on_task_done(host, done);
-            }
-        }
-    }
-
-    #[test]
-    fn a_whole_request_is_answered_and_released_without_the_loop() {
-        let (mut e, mut host) = engine(4, Some(1.0));
-        let peer = client(&mut host, FAST);
-        e.on_listener(&mut host, 0);
-        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(peer.closed.get());
-        assert_eq!(host.closes, [(0, Next::Finished)]);
-        assert_eq!(host.timers, [None; 4], "no timer for a whole request");
-        assert_eq!(e.in_use(), 0);
-        assert_eq!(host.accepts, 2, "accepts until EAGAIN");
-        assert_eq!(e.stats().served, 1);
-    }
-
-    #[test]
-    fn a_full_pool_pauses_the_listeners_once_and_a_free_slot_resumes_them() {
-        let (mut e, mut host) = engine(2, Some(1.0));
-        let _a = client(&mut host, PARTIAL);
-        let b = client(&mut host, PARTIAL);
-        let c = client(&mut host, FAST);
-        e.on_listener(&mut host, 0);
-        assert_eq!(e.in_use(), 2);
-        assert!(!host.listening, "paused on a full pool");
-        assert_eq!(
-            host.accepts, 2,
-            "no accept() while full: c waits in the backlog"
-        );
-        // A spurious wake-up while paused neither accepts nor pauses again.
-        e.on_listener(&mut host, 0);
-        assert_eq!(host.accepts, 2);
-        // b completes its request: its slot frees and accepting resumes.
-        b.send(b"st/fast\r\n\r\n");
-        e.on_io(&mut host, 1, Interest::Read);
-        assert!(host.listening, "resumed once a slot freed");
-        e.on_listener(&mut host, 0);
-        assert_eq!(&c.sent.borrow()[..], crate::engine::conn::RESPONSE);
-    }
-
-    #[test]
-    fn fd_exhaustion_rests_the_listeners_until_the_back_off_timer() {
-        let (mut e, mut host) = engine(4, None);
-        host.backlog
-            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
-        e.on_listener(&mut host, 0);
-        assert!(!host.listening);
-        assert_eq!(host.timers[TimerId::Backoff as usize], Some(BACKOFF));
-        fire(&mut e, &mut host, TimerId::Backoff);
-        assert!(host.listening, "listening again after the back-off");
-        let peer = client(&mut host, FAST);
-        e.on_listener(&mut host, 0);
-        assert!(peer.closed.get());
-        assert_eq!(host.closes, [(0, Next::Finished)]);
-    }
-
-    #[test]
-    fn the_read_deadline_is_total_fifo_and_one_timer() {
-        let (mut e, mut host) = engine(4, Some(2.0));
-        let a = client(&mut host, PARTIAL);
-        e.on_listener(&mut host, 0);
-        assert_eq!(host.timers[TimerId::Deadline as usize], Some(2.0));
-        host.now = 1.0;
-        let b = client(&mut host, PARTIAL);
-        e.on_listener(&mut host, 0);
-        // One timer, armed for the earliest deadline.
-        assert_eq!(host.timers[TimerId::Deadline as usize], Some(2.0));
-        // Trickled bytes do not extend a's deadline.
-        host.now = 1.5;
-        a.send(b"s");
-        e.on_io(&mut host, 0, Interest::Read);
-        fire(&mut e, &mut host, TimerId::Deadline);
-        assert!(a.closed.get() && !b.closed.get());
-        assert_eq!(host.closes, [(0, Next::Drop(DropReason::TimedOut))]);
-        // Re-armed for b's deadline, 1 s after a's.
-        assert_eq!(host.timers[TimerId::Deadline as usize], Some(3.0));
-        // b finishes in time: no deadline left, the next firing finds nothing.
-        b.send(b"st/fast\r\n\r\n");
-        e.on_io(&mut host, 1, Interest::Read);
-        fire(&mut e, &mut host, TimerId::Deadline);
-        assert_eq!(host.closes.len(), 2);
-        assert_eq!(host.timers[TimerId::Deadline as usize], None);
-        assert_eq!(e.stats().timed_out, 1);
-    }
-
-    #[test]
-    fn a_slow_request_is_answered_when_its_task_comes_back() {
-        let (mut e, mut host) = engine(4, Some(1.0));
-        let peer = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        assert_eq!(host.submitted.len(), 1);
-        assert_eq!(host.timers[TimerId::Deadline as usize], None);
-        assert!(peer.sent.borrow().is_empty());
-        run_tasks(&mut e, &mut host);
-        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert_eq!(host.closes, [(0, Next::Finished)]);
-        assert_eq!(e.in_use(), 0);
-    }
-
-    #[test]
-    fn a_client_gone_before_a_worker_took_its_task_frees_the_slot_and_the_task_never_runs() {
-        let (mut e, mut host) = engine(4, None);
-        let peer = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        peer.eof.set(true);
-        e.on_io(&mut host, 0, Interest::Read);
-        assert!(peer.closed.get());
-        assert_eq!(host.closes, [(0, GONE)]);
-        assert_eq!(e.in_use(), 0, "the queued task was withdrawn: slot free");
-        // The worker pops the token and finds nothing to run.
-        let token = host.submitted.pop().unwrap();
-        assert!(token.claim().is_none());
-    }
-
-    #[test]
-    fn a_client_gone_during_its_running_task_holds_the_slot_until_the_task_is_back() {
-        let (mut e, mut host) = engine(4, None);
-        let peer = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        let running = host.submitted.pop().unwrap().claim().unwrap();
-        peer.eof.set(true);
-        e.on_io(&mut host, 0, Interest::Read);
-        assert!(peer.closed.get(), "the socket closes at once");
-        assert_eq!(host.closes, [(0, GONE)]);
-        assert_eq!(e.in_use(), 1, "the worker still runs the task");
-        e.on_task_done(&mut host, running.run());
-        assert_eq!(e.in_use(), 0);
-        assert!(peer.sent.borrow().is_empty());
-    }
-
-    #[test]
-    fn a_slot_reused_while_its_cancelled_token_is_queued_delegates_through_it() {
-        let (mut e, mut host) = engine(1, None);
-        let first = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        first.eof.set(true);
-        e.on_io(&mut host, 0, Interest::Read);
-        let second = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        assert_eq!(host.submitted.len(), 1, "one token in the queue, reused");
-        run_tasks(&mut e, &mut host);
-        assert_eq!(&second.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(first.sent.borrow().is_empty());
-        assert_eq!(e.in_use(), 0);
-    }
-
-    #[test]
-    fn a_stop_drain_takes_the_backlog_closes_incomplete_and_finishes_the_rest() {
-        let (mut e, mut host) = engine(4, None);
-        let slow = client(&mut host, SLOW);
-        let partial = client(&mut host, PARTIAL);
-        e.on_listener(&mut host, 0);
-        let queued = client(&mut host, FAST);
-        e.begin_drain(&mut host, Drain::Stop);
-        assert_eq!(
-            &queued.sent.borrow()[..],
-            crate::engine::conn::RESPONSE,
-            "backlog served"
-        );
-        assert!(partial.closed.get() && partial.sent.borrow().is_empty());
-        assert!(!host.has_listener && !host.listening, "listeners closed");
-        assert!(!slow.closed.get());
-        assert!(!host.stopped, "the slow request is still out");
-        assert!(host.timers[TimerId::Drain as usize].is_some());
-        run_tasks(&mut e, &mut host);
-        assert_eq!(&slow.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(host.stopped, "stopped when the last slot freed");
-        assert!(!e.needs_loop());
-    }
-
-    #[test]
-    fn a_handover_drain_leaves_the_backlog_and_finishes_incomplete_requests() {
-        let (mut e, mut host) = engine(4, None);
-        let partial = client(&mut host, PARTIAL);
-        e.on_listener(&mut host, 0);
-        let accepts = host.accepts;
-        client(&mut host, FAST);
-        e.begin_drain(&mut host, Drain::Handover);
-        assert_eq!(host.accepts, accepts, "the backlog is the new process's");
-        assert!(!partial.closed.get());
-        partial.send(b"st/fast\r\n\r\n");
-        e.on_io(&mut host, 0, Interest::Read);
-        assert_eq!(&partial.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(host.stopped);
-    }
-
-    #[test]
-    fn the_drain_timeout_closes_what_is_left_and_stops() {
-        let (mut e, mut host) = engine(4, None);
-        let partial = client(&mut host, PARTIAL);
-        let slow = client(&mut host, SLOW);
-        e.on_listener(&mut host, 0);
-        e.begin_drain(&mut host, Drain::Handover);
-        fire(&mut e, &mut host, TimerId::Drain);
-        assert!(partial.closed.get() && slow.closed.get());
-        assert!(host.stopped);
-        let shutdown = Next::Drop(DropReason::Shutdown);
-        assert_eq!(host.closes, [(0, shutdown), (1, shutdown)]);
-        // The queued slow task was withdrawn: nothing is left to come back.
-        assert_eq!(e.in_use(), 0);
-        run_tasks(&mut e, &mut host);
-        assert!(slow.sent.borrow().is_empty());
-    }
-
-    #[test]
-    fn a_drain_with_nothing_open_stops_at_once() {
-        let (mut e, mut host) = engine(4, None);
-        e.begin_drain(&mut host, Drain::Stop);
-        assert!(host.stopped && !e.needs_loop());
-        assert_eq!(host.timers[TimerId::Drain as usize], None);
-    }
-
-    /// The value of the first sample of `metrics` whose line starts with `series`.
-    fn sample(metrics: &crate::metrics::Metrics, series: &str) -> f64 {
-        let mut out = Vec::new();
-        metrics
-            .render(&mut out, &crate::metrics::Process::new())
-            .unwrap();
-        let text = String::from_utf8(out).unwrap();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(series))
-            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    }
-
-    #[test]
-    fn a_request_that_filled_the_buffer_lingers_until_the_client_eof() {
-        let (mut e, mut host) = engine(4, Some(1.0));
-        let mut bytes = b"GET /test/fast HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec();
-        bytes.resize(bytes.len() + 5000, b'b');
-        let peer = client(&mut host, &bytes);
-        e.on_listener(&mut host, 0);
-        assert_eq!(&peer.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(
-            peer.fin.get() && !peer.closed.get(),
-            "half-closed, lingering"
-        );
-        assert_eq!(e.stats().served, 1, "counted when the response went out");
-        assert_eq!(host.timers[TimerId::Linger as usize], Some(LINGER));
-        assert_eq!(host.timers[TimerId::Deadline as usize], None);
-        // The rest of the body is read and thrown away, then the client's EOF.
-        e.on_io(&mut host, 0, Interest::Read);
-        assert!(peer.inbox.borrow().is_empty() && !peer.closed.get());
-        peer.eof.set(true);
-        e.on_io(&mut host, 0, Interest::Read);
-        assert!(peer.closed.get());
-        assert_eq!(host.closes, [(0, Next::Close)]);
-        assert_eq!(e.in_use(), 0);
-        let s = e.stats();
-        assert_eq!((s.served, s.dropped), (1, 0));
-    }
-
-    #[test]
-    fn a_lingering_client_that_never_closes_is_closed_at_the_bound() {
-        let (mut e, mut host) = engine(4, None);
-        let mut bytes = FAST.to_vec();
-        bytes.resize(5000, b'b');
-        let peer = client(&mut host, &bytes);
-        e.on_listener(&mut host, 0);
-        assert!(peer.fin.get() && !peer.closed.get());
-        fire(&mut e, &mut host, TimerId::Linger);
-        assert!(peer.closed.get());
-        assert_eq!(host.closes, [(0, Next::Close)]);
-        assert_eq!(e.stats().dropped, 0, "answered: not a drop");
-        // A drain's timeout closes a lingering connection without counting it.
-        let peer = client(&mut host, &bytes);
-        e.on_listener(&mut host, 0);
-        e.begin_drain(&mut host, Drain::Handover);
-        fire(&mut e, &mut host, TimerId::Drain);
-        assert!(peer.closed.get() && host.stopped);
-        let s = e.stats();
-        assert_eq!((s.served, s.dropped), (2, 0));
-    }
-
-    #[test]
-    fn the_back_off_ends_the_exhaustion_when_accept_finds_an_empty_queue() {
-        let metrics = crate::metrics::Metrics::new(1, 0, Arc::default());
-        let (mut e, mut host) = engine_counting(4, None, metrics.accept_thread(0));
-        let paused = r#"conn_daemon_accept_paused{thread="0",cause="fd_exhaustion"}"#;
-        host.backlog
-            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
-        e.on_listener(&mut host, 0);
-        assert_eq!(sample(&metrics, paused), 1.0);
-        // The fds are back, and no client comes: the back-off tries at once.
-        fire(&mut e, &mut host, TimerId::Backoff);
-        assert_eq!(
-            sample(&metrics, paused),
-            0.0,
-            "paused for fds on an idle server"
-        );
-        assert!(host.listening);
-        assert_eq!(host.timers[TimerId::Backoff as usize], None);
-        // Still out of fds at the end of the back-off: paused on, not again.
-        host.backlog
-            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
-        e.on_listener(&mut host, 0);
-        host.backlog
-            .push_back(Err(io::Error::from_raw_os_error(libc::EMFILE)));
-        fire(&mut e, &mut host, TimerId::Backoff);
-        assert_eq!(sample(&metrics, paused), 1.0);
-        assert!(!host.listening && host.timers[TimerId::Backoff as usize].is_some());
-        let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="fd_exhaustion"}"#;
-        assert_eq!(sample(&metrics, pauses), 2.0, "one per episode");
-    }
-
-    #[test]
-    fn a_drain_with_a_full_pool_pauses_once_and_serves_the_backlog_in_freed_slots() {
-        let metrics = crate::metrics::Metrics::new(1, 1, Arc::default());
-        let (mut e, mut host) = engine_counting(2, None, metrics.accept_thread(0));
-        let slow = client(&mut host, SLOW);
-        let partial = client(&mut host, PARTIAL);
-        let queued = client(&mut host, FAST);
-        e.on_listener(&mut host, 0);
-        assert!(!host.listening, "paused: the pool is full");
-        let pauses = r#"conn_daemon_accept_pauses_total{thread="0",cause="pool_full"}"#;
-        assert_eq!(sample(&metrics, pauses), 1.0);
-        e.begin_drain(&mut host, Drain::Stop);
-        assert!(partial.closed.get() && partial.sent.borrow().is_empty());
-        assert_eq!(
-            &queued.sent.borrow()[..],
-            crate::engine::conn::RESPONSE,
-            "the complete request in the backlog got the slot the drain freed"
-        );
-        assert_eq!(
-            sample(&metrics, pauses),
-            1.0,
-            "the drain paused no second time"
-        );
-        assert!(!host.stopped);
-        run_tasks(&mut e, &mut host);
-        assert_eq!(&slow.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(host.stopped);
-    }
-
-    #[test]
-    fn a_drain_closes_incomplete_requests_it_takes_from_the_backlog() {
-        let (mut e, mut host) = engine(1, None);
-        let a = client(&mut host, PARTIAL);
-        let b = client(&mut host, PARTIAL);
-        let c = client(&mut host, FAST);
-        e.on_listener(&mut host, 0);
-        e.begin_drain(&mut host, Drain::Stop);
-        assert!(a.closed.get() && b.closed.get());
-        assert!(a.sent.borrow().is_empty() && b.sent.borrow().is_empty());
-        assert_eq!(&c.sent.borrow()[..], crate::engine::conn::RESPONSE);
-        assert!(host.stopped, "nothing left");
     }
 }
