@@ -16,7 +16,7 @@
 //! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
 //!   asks for a drain through a `ShutdownHandle`, and counts the upgrades that
 //!   the metrics show);
-//! - [`pool`] (slot storage), then [`engine::conn`] and its deadlines
+//! - [`pool`] (slot storage), then `engine::conn` and its deadlines
 //!   (`ConnectionCtx`, public so that it can be fuzzed over a scripted socket);
 //! - [`metrics`] (counters, `Stats`, the exposition, the `--metrics` listener);
 //! - the crate-private `worker` (`SlowTask`, the worker threads);
@@ -76,6 +76,6 @@ pub mod fuzzing {
     pub use crate::delegate::socket::{answer, work, Outcome, WorkerSocket};
     pub use crate::delegate::worker_loop::{Due, SlowTimers};
     pub use crate::engine::conn::{ConnectionCtx, Next, Release, Socket, State};
-    pub use crate::engine::{Engine, Host, Interest, Settings};
+    pub use crate::engine::connections::{Engine, Host, Interest, Settings};
     pub use crate::token::TimerId;
 }
