@@ -456,7 +456,7 @@ impl<P: Protocol, S: Socket, W: SlotWatcher> Engine<P, S, W> {
     }
 
     /// Carries out what the connection in `idx` asked for.
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32, next: Next<P::Reason>) {
         match next {
             Next::Read => {
