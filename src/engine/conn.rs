@@ -183,6 +183,9 @@ pub struct ConnectionCtx<P: Protocol, S: Socket = OwnedFd> {
     unsent_kinds: u16,
     /// A request is under way (else the connection is between requests).
     begun: bool,
+    /// A response went out and the connection goes on: the request under way
+    /// now, if any, is a new one (its read deadline starts afresh).
+    answered: bool,
     /// The job the protocol offloaded, until the engine takes it.
     job: Option<P::Job>,
     pub(crate) waits: Waits,
@@ -223,6 +226,7 @@ impl<P: Protocol, S: Socket> Default for ConnectionCtx<P, S> {
             unsent: [0; MAX_KINDS],
             unsent_kinds: 0,
             begun: false,
+            answered: false,
             job: None,
             waits: Waits::Nothing,
             links: Links::default(),
@@ -260,6 +264,7 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
         self.fixed = &[];
         self.sent = 0;
         self.begun = true;
+        self.answered = false;
         proto.open(&mut self.proto);
     }
 
@@ -305,6 +310,11 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether a response went out since the last call (see `answered`).
+    pub(crate) fn take_answered(&mut self) -> bool {
+        std::mem::take(&mut self.answered)
     }
 
     /// Whether it waits between two requests (no request under way).
@@ -631,6 +641,7 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     #[inline(always)]
     fn count_sent(&mut self, m: &AcceptMetrics) {
         let mut kinds = self.unsent_kinds;
+        self.answered |= kinds != 0;
         while kinds != 0 {
             let k = kinds.trailing_zeros() as usize;
             kinds &= kinds - 1;
