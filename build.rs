@@ -119,7 +119,7 @@ fn build_shim() {
 
 // --- Build identity: what `--version` and `conn_daemon_build_info` say -------
 // Separate from the libev build above: only rustc-env variables, read by
-// src/version.rs.
+// src/config/version.rs.
 //
 // - CONN_DAEMON_GIT_COMMIT: the commit built (12 hex digits), `unknown`
 //   outside a git checkout (a crate tarball);

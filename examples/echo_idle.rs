@@ -98,7 +98,7 @@ impl Server {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: a real server pauses the listener
-                    // (src/engine.rs); an example just reports it.
+                    // (src/engine/connections.rs); an example just reports it.
                     eprintln!("echo_idle: accept: {e}");
                     return;
                 }
@@ -152,7 +152,7 @@ impl Server {
             }
             if let Some(end) = conn.line[..conn.len].iter().rposition(|&b| b == b'\n') {
                 // Short replies fit the socket buffer; a server with large ones
-                // keeps the rest and watches Events::WRITE (see src/conn.rs).
+                // keeps the rest and watches Events::WRITE (see src/engine/conn.rs).
                 stream.write_all(&conn.line[..=end])?;
                 conn.line.copy_within(end + 1..conn.len, 0);
                 conn.len -= end + 1;

@@ -13,17 +13,17 @@ use std::time::Instant;
 
 use socket2::Socket;
 
-use crate::delegate::{Handoff, WorkerSide};
-use crate::engine::{Engine, Host};
+use crate::delegate::task::Shared;
+use crate::delegate::{HandOffQueues, Handoff};
+use crate::engine::Protocol;
+use crate::engine::{Engine, Host, Settings};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
+use crate::metrics::Stats;
 use crate::net;
 use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
-use crate::worker::Shared;
-
-pub use crate::engine::{Settings, Stats};
 
 /// A listening socket and its watcher.
 struct Listener {
@@ -31,8 +31,8 @@ struct Listener {
     io: Pin<Box<Io>>,
 }
 
-/// The libev side: everything of the thread's loop but the connections.
-struct Side {
+/// The libev state: everything of the thread's loop but the connections.
+struct AcceptState<J> {
     /// One per listen address (more after an upgrade to fewer threads); empty
     /// once the drain has closed them.
     listeners: Vec<Listener>,
@@ -42,15 +42,15 @@ struct Side {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop`: where complete slow requests go, the next
-    /// desk to try (round robin), and the one last reserved.
-    work: Option<Arc<WorkerSide>>,
-    next_desk: usize,
+    /// queue to try (round robin), and the one last reserved.
+    work: Option<Arc<HandOffQueues<J>>>,
+    next_queue: usize,
     reserved: usize,
     /// The engine's id: the owner a hand-off names.
     id: u32,
 }
 
-impl Side {
+impl<J> AcceptState<J> {
     fn timer(&self, timer: TimerId) -> Pin<&Timer> {
         self.timers[timer as usize].as_ref()
     }
@@ -63,24 +63,24 @@ impl Side {
 }
 
 /// One accept thread (the C++ `AcceptTask`).
-pub struct AcceptTask {
-    engine: Engine<OwnedFd, Io>,
-    side: Side,
+pub struct AcceptTask<P: Protocol> {
+    engine: Engine<P, OwnedFd, Io>,
+    state: AcceptState<P::Job>,
 }
 
 /// The engine's view of the loop during one callback.
-struct EvHost<'a> {
-    lp: &'a Loop<AcceptTask>,
-    side: &'a mut Side,
+struct EvHost<'a, P: Protocol> {
+    lp: &'a Loop<AcceptTask<P>>,
+    state: &'a mut AcceptState<P::Job>,
 }
 
-impl Host<OwnedFd> for EvHost<'_> {
+impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
     type Watcher = Io;
 
     ev_engine::libev_host_basics!();
 
-    fn submit(&mut self, task: TaskRef) {
-        self.side.shared.submit(task);
+    fn submit(&mut self, task: TaskRef, _wait: std::time::Duration) {
+        self.state.shared.submit(task);
     }
 
     fn stop(&mut self) {
@@ -88,17 +88,21 @@ impl Host<OwnedFd> for EvHost<'_> {
     }
 
     fn listeners(&self) -> usize {
-        self.side.listeners.len()
+        self.state.listeners.len()
     }
 
     #[inline]
-    fn accept(&mut self, listener: usize) -> Option<io::Result<OwnedFd>> {
-        let l = self.side.listeners.get(listener)?;
-        Some(net::accept(l.sock.as_fd()).and_then(|fd| ev_engine::admit(self.lp, fd)))
+    fn accept(&mut self, listener: usize) -> Option<io::Result<(OwnedFd, Option<P::Job>)>> {
+        let l = self.state.listeners.get(listener)?;
+        Some(
+            net::accept(l.sock.as_fd())
+                .and_then(|fd| ev_engine::admit(self.lp, fd))
+                .map(|fd| (fd, None)),
+        )
     }
 
     fn watch_listeners(&mut self) {
-        for l in &self.side.listeners {
+        for l in &self.state.listeners {
             l.io.as_ref().start(self.lp).expect(
                 "each listener started once in AcceptTask::new, and the fd limit only grows",
             );
@@ -106,56 +110,58 @@ impl Host<OwnedFd> for EvHost<'_> {
     }
 
     fn unwatch_listeners(&mut self) {
-        self.side.stop_listeners();
+        self.state.stop_listeners();
     }
 
     fn close_listeners(&mut self) {
-        self.side.stop_listeners();
-        self.side.listeners.clear();
+        self.state.stop_listeners();
+        self.state.listeners.clear();
     }
 
     fn hands_off(&self) -> bool {
-        self.side.work.is_some()
+        self.state.work.is_some()
     }
 
     fn reserve_hand_off(&mut self) -> bool {
-        let side = &mut *self.side;
-        let Some(work) = &side.work else {
+        let state = &mut *self.state;
+        let Some(work) = &state.work else {
             return false;
         };
-        let owner = side.id;
-        match work.reserve(owner, &mut side.next_desk) {
-            Some(desk) => {
-                side.reserved = desk;
+        let owner = state.id;
+        match work.reserve(owner, &mut state.next_queue) {
+            Some(queue) => {
+                state.reserved = queue;
                 true
             }
             None => false,
         }
     }
 
-    fn hand_off(&mut self, fd: OwnedFd) {
-        if let Some(work) = &self.side.work {
+    fn hand_off(&mut self, fd: OwnedFd, job: P::Job) {
+        if let Some(work) = &self.state.work {
             let handoff = Handoff {
                 fd,
-                owner: self.side.id,
+                job,
+                owner: self.state.id,
                 at: Instant::now(),
             };
-            work.hand_off(self.side.reserved, handoff);
+            work.hand_off(self.state.reserved, handoff);
         }
     }
 }
 
-impl AcceptTask {
+impl<P: Protocol> AcceptTask<P> {
     /// Sets up the thread's pool and watchers on `lp` (not yet running).
     pub fn new(
         lp: &Loop<Self>,
         settings: Settings,
+        proto: Arc<P>,
         listeners: Vec<Socket>,
         shared: Arc<Shared>,
         shutdown: Arc<Shutdown>,
-        work: Option<Arc<WorkerSide>>,
+        work: Option<Arc<HandOffQueues<P::Job>>>,
     ) -> io::Result<Self> {
-        let engine = Engine::new(settings)?;
+        let engine = Engine::new(settings, proto)?;
         let id = engine.id();
         let listeners = listeners
             .into_iter()
@@ -172,26 +178,27 @@ impl AcceptTask {
             .collect();
         let mut task = AcceptTask {
             engine,
-            side: Side {
+            state: AcceptState {
                 listeners,
                 timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
                 wake: Box::pin(Async::new()),
                 shared,
                 shutdown,
-                next_desk: id as usize,
+                next_queue: id as usize,
                 work,
                 reserved: 0,
                 id,
             },
         };
-        let side = &mut task.side;
-        side.wake.as_ref().start(lp, Token::Wake.encode());
-        side.shared
+        let state = &mut task.state;
+        state.wake.as_ref().start(lp, Token::Wake.encode());
+        state
+            .shared
             .mailbox(task.engine.id())
-            .connect(side.wake.as_ref().sender());
+            .connect(state.wake.as_ref().sender());
         // The first start reports a listener fd libev cannot take (the others
         // cannot fail then: see watch_listeners).
-        for l in &side.listeners {
+        for l in &state.listeners {
             l.io.as_ref().start(lp)?;
         }
         Ok(task)
@@ -200,10 +207,10 @@ impl AcceptTask {
     /// Runs the loop until the graceful drain is over.
     pub fn run(&mut self, lp: &Loop<Self>) {
         // A shutdown requested before our wake-up was connected would be missed.
-        if let Some(how) = self.side.shutdown.requested() {
+        if let Some(how) = self.state.shutdown.requested() {
             let mut host = EvHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.begin_drain(&mut host, how);
         }
@@ -225,21 +232,21 @@ impl AcceptTask {
     /// Stops every watcher and closes every socket, so the loop can be dropped.
     pub fn teardown(&mut self) {
         self.engine.teardown(|io| io.stop());
-        self.side.stop_listeners();
-        for t in &self.side.timers {
+        self.state.stop_listeners();
+        for t in &self.state.timers {
             t.stop();
         }
-        self.side.wake.stop();
-        self.side.listeners.clear();
+        self.state.wake.stop();
+        self.state.listeners.clear();
     }
 }
 
-impl Handler for AcceptTask {
+impl<P: Protocol> Handler for AcceptTask<P> {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
         crate::fault::maybe_inject_panic();
         let mut host = EvHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
         match Token::decode(token) {
             Token::Slot(slot) => {
@@ -255,7 +262,7 @@ impl Handler for AcceptTask {
         if let Token::Timer(timer) = Token::decode(token) {
             let mut host = EvHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.on_timer(&mut host, timer);
         }
@@ -264,18 +271,18 @@ impl Handler for AcceptTask {
     /// Finished tasks from the workers (several sends coalesce into one
     /// callback, so the mailbox is drained), then a shutdown request, if any.
     fn on_async(&mut self, lp: &Loop<Self>, _token: usize) {
-        let shared = Arc::clone(&self.side.shared);
+        let shared = Arc::clone(&self.state.shared);
         let mailbox = shared.mailbox(self.engine.id());
         let mut host = EvHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
         while let Some(done) = mailbox.take() {
             self.engine.on_task_done(&mut host, done);
         }
-        // A seat may have freed on the worker side (--delegate socket|loop).
+        // A place may have freed on the worker side (--delegate socket|loop).
         self.engine.retry_hand_offs(&mut host);
-        if let Some(how) = host.side.shutdown.requested() {
+        if let Some(how) = host.state.shutdown.requested() {
             self.engine.begin_drain(&mut host, how);
         }
     }

@@ -18,55 +18,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// How severe a line is: `--log-level` shows this one and the ones above it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// The process cannot go on as asked (a start-up error).
-    Error = 0,
-    /// Something an operator should know about; the default level.
-    #[default]
-    Warn = 1,
-    /// The life of the process: serving, each upgrade step, the end of a drain.
-    Info = 2,
-    /// Every connection's steps (as `-v`, but through the log's destination).
-    Debug = 3,
-}
-
-impl Level {
-    /// Every level, most severe first.
-    pub const ALL: [Level; 4] = [Level::Error, Level::Warn, Level::Info, Level::Debug];
-
-    /// The name on the command line.
-    pub fn label(self) -> &'static str {
-        match self {
-            Level::Error => "error",
-            Level::Warn => "warn",
-            Level::Info => "info",
-            Level::Debug => "debug",
-        }
-    }
-
-    /// The level named `text`, if any.
-    pub fn from_label(text: &str) -> Option<Level> {
-        Level::ALL.into_iter().find(|l| l.label() == text)
-    }
-
-    /// The syslog severity (and sd-daemon prefix digit).
-    fn severity(self) -> u8 {
-        match self {
-            Level::Error => 3,
-            Level::Warn => 4,
-            Level::Info => 6,
-            Level::Debug => 7,
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
-    }
-}
+use crate::config::LogLevel as Level;
 
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// The level shown: `--log-level`'s, or debug with `-v`.
@@ -243,25 +195,25 @@ macro_rules! log_at {
 /// `--log-level debug`.
 #[macro_export]
 macro_rules! debug {
-    ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Debug, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log_at!($crate::config::LogLevel::Debug, $($arg)*) };
 }
 
 /// An info line: the life of the process (`--log-level info`).
 #[macro_export]
 macro_rules! info {
-    ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Info, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log_at!($crate::config::LogLevel::Info, $($arg)*) };
 }
 
 /// A warning: something an operator should know about.
 #[macro_export]
 macro_rules! warn {
-    ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Warn, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log_at!($crate::config::LogLevel::Warn, $($arg)*) };
 }
 
 /// An error: the process cannot go on as asked.
 #[macro_export]
 macro_rules! error {
-    ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Error, $($arg)*) };
+    ($($arg:tt)*) => { $crate::log_at!($crate::config::LogLevel::Error, $($arg)*) };
 }
 
 #[cfg(test)]

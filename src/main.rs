@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Predecessor, Supervisor, UpgradeCount, UpgradePlan};
+use conn_daemon::proto::Builtin;
 use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM, EXIT_USAGE};
 use conn_daemon::{error, info, log, os, warn};
 
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
         upgrades: upgrades.shared(),
         counters: inherited.counters,
     };
-    let server = match Server::bind_with(&config, handed) {
+    let server = match Server::bind_with(&config, Builtin::from_config(&config), handed) {
         Ok(server) => server,
         Err(e) => return fail(e.exit_status(), &e),
     };

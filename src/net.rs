@@ -75,6 +75,7 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// FIN in the same segment as the response, one packet instead of two through
 /// the loopback (less kernel time on both ends). Use it only when the socket is
 /// closed right after the last byte is queued.
+#[inline]
 pub fn send_final(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     raw_syscall!(
         SYS_sendto,
@@ -82,6 +83,20 @@ pub fn send_final(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         buf.as_ptr(),
         buf.len(),
         libc::MSG_NOSIGNAL | libc::MSG_MORE,
+        std::ptr::null::<libc::sockaddr>(),
+        0 as libc::socklen_t,
+    )
+    .map(|n| n as usize)
+}
+
+/// Sends bytes of a connection that goes on, as `send(2)` (no `SIGPIPE`).
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    raw_syscall!(
+        SYS_sendto,
+        fd.as_raw_fd(),
+        buf.as_ptr(),
+        buf.len(),
+        libc::MSG_NOSIGNAL,
         std::ptr::null::<libc::sockaddr>(),
         0 as libc::socklen_t,
     )

@@ -1,9 +1,10 @@
-//! Start-up, threads and shutdown: the C++ `main` and its `ThreadPool`.
+//! Start-up, threads and shutdown: the C++ `main` and its `ThreadPool`, for any
+//! [`Protocol`].
 //!
-//! `Server::bind` does everything that can fail for a reason an operator must see
-//! (the port, the listeners) before any thread exists; `Server::run` starts the
-//! workers and the accept threads, the calling thread being accept thread 0, and
-//! returns after the graceful drain.
+//! `Server::bind(&config, protocol)` does everything that can fail for a reason
+//! an operator must see (the port, the listeners) before any thread exists;
+//! `Server::run` starts the workers and the accept threads, the calling thread
+//! being accept thread 0, and returns after the graceful drain.
 
 #![forbid(unsafe_code)]
 
@@ -18,15 +19,18 @@ use std::time::Instant;
 
 use socket2::{Socket, Type};
 
-use crate::accept::{AcceptTask, Settings, Stats};
+use crate::accept::AcceptTask;
 use crate::config::Config;
-use crate::delegate::{Capacity, Delegate, WorkerSide};
+use crate::config::Delegate;
+use crate::delegate::handoff::HandoffWorkers;
+use crate::delegate::task::{Shared, Workers};
+use crate::delegate::{Capacity, HandOffQueues};
+use crate::engine::Protocol;
+use crate::engine::Settings;
 use crate::ev::Loop;
-use crate::handoff::HandoffWorkers;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, Stats};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
-use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
 /// How long the end of a drain waits for the scrapes the metrics thread took.
@@ -52,9 +56,10 @@ pub struct Handed {
     pub counters: Option<OwnedFd>,
 }
 
-/// A bound, not yet running server.
-pub struct Server {
+/// A bound, not yet running server of protocol `P`.
+pub struct Server<P: Protocol> {
     config: Config,
+    proto: Arc<P>,
     /// Each accept thread's listeners, one per address.
     listeners: Vec<Vec<Socket>>,
     /// The distinct listening sockets, for an upgrade to hand over.
@@ -64,12 +69,12 @@ pub struct Server {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop` with workers: where slow connections go.
-    work: Option<Arc<WorkerSide>>,
+    work: Option<Arc<HandOffQueues<P::Job>>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<std::net::TcpListener>,
 }
 
-impl fmt::Debug for Server {
+impl<P: Protocol> fmt::Debug for Server<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("addresses", &self.addresses)
@@ -80,19 +85,19 @@ impl fmt::Debug for Server {
     }
 }
 
-impl Server {
-    /// Binds `config.listen`: refuses an address someone else holds, binds one
-    /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd
-    /// limit.
-    pub fn bind(config: &Config) -> Result<Server, StartError> {
-        Server::bind_with(config, Handed::default())
+impl<P: Protocol> Server<P> {
+    /// Binds `config.listen` for `protocol`: refuses an address someone else
+    /// holds, binds one `SO_REUSEPORT` listener per address per accept thread,
+    /// and raises the fd limit.
+    pub fn bind(config: &Config, protocol: P) -> Result<Self, StartError> {
+        Server::bind_with(config, protocol, Handed::default())
     }
 
     /// As [`Server::bind`], but serves `handed` listening sockets instead of
     /// binding, when there are any (socket activation, an upgrade): their
     /// addresses are what the server listens on, and `-p`/`--listen` are not
     /// bound. A handed metrics listener is served as `--metrics`.
-    pub fn bind_with(config: &Config, handed: Handed) -> Result<Server, StartError> {
+    pub fn bind_with(config: &Config, protocol: P, handed: Handed) -> Result<Self, StartError> {
         let Handed {
             listeners: inherited,
             metrics: inherited_metrics,
@@ -100,7 +105,7 @@ impl Server {
             upgrades,
             counters,
         } = handed;
-        check_reservation(config, &Host::read())?;
+        check_reservation::<P::Job>(config, &Host::read())?;
         // Raised before anything is created, so that the budget is checked
         // against the limit the server will run with.
         let nofile = net::raise_nofile_limit();
@@ -137,17 +142,19 @@ impl Server {
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
         let queues = Queues::of(config);
-        let (mode, capacity) = (queues.mode, queues.worker_side);
-        // Worker loops are loops too; their fds come on top of the accept side's.
+        let (mode, capacity) = (queues.mode, queues.hand_off);
+        // Worker loops are loops too; their fds come on top of the accept threads'.
         let (loops, per_loop_fds) = if mode == Delegate::Loop {
             (
                 threads + config.worker_threads,
-                config.accept_capacity.max(capacity.seats),
+                config.accept_capacity.max(capacity.per_queue),
             )
         } else if mode.hands_off() {
-            // `socket`: the blocking workers hold up to `seats` connections
-            // besides the pools' (libev refuses an fd beyond the reservation).
-            let workers_share = capacity.seats.div_ceil(threads.max(1));
+            // `socket`: the blocking workers hold up to every place of the
+            // hand-off queues besides the pools' connections (libev refuses an
+            // fd beyond the reservation).
+            let held = capacity.queues.saturating_mul(capacity.per_queue);
+            let workers_share = held.div_ceil(threads.max(1));
             (
                 threads,
                 config.accept_capacity.saturating_add(workers_share),
@@ -169,7 +176,7 @@ impl Server {
         }));
         let work = mode
             .hands_off()
-            .then(|| WorkerSide::new(mode, capacity, threads, Arc::clone(&shared)).map(Arc::new))
+            .then(|| HandOffQueues::new(mode, capacity, threads, Arc::clone(&shared)).map(Arc::new))
             .transpose()
             .map_err(cannot)?;
         let mut addresses: Vec<SocketAddr> = Vec::new();
@@ -189,6 +196,7 @@ impl Server {
         }
         Ok(Server {
             config: config.clone(),
+            proto: Arc::new(protocol),
             listeners,
             addresses,
             handover,
@@ -196,8 +204,9 @@ impl Server {
             shutdown,
             work,
             metrics: Arc::new({
-                let metrics = Metrics::new(threads, config.worker_threads, upgrades)
-                    .for_mode(config.delegate);
+                let metrics =
+                    Metrics::with_labels(threads, config.worker_threads, upgrades, P::labels())
+                        .for_mode(config.delegate);
                 match generations {
                     Some(g) => metrics.with_generations(g),
                     None => metrics,
@@ -243,6 +252,7 @@ impl Server {
     pub fn run_with(self, on_ready: impl FnOnce()) -> Result<Stats, StartError> {
         let Server {
             config,
+            proto,
             listeners,
             shared,
             shutdown,
@@ -270,11 +280,11 @@ impl Server {
         }
         let handoff_workers = work
             .as_ref()
-            .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics))
+            .map(|queues| HandoffWorkers::start(Arc::clone(queues), &config, &metrics, &proto))
             .transpose()?;
         let workers = if config.worker_threads > 0 && work.is_none() {
             Some(
-                Workers::start(Arc::clone(&shared), config.worker_threads, &metrics)
+                Workers::start(Arc::clone(&shared), config.worker_threads, &metrics, &proto)
                     .map_err(|e| StartError::system("cannot start worker threads", e))?,
             )
         } else {
@@ -283,16 +293,19 @@ impl Server {
         let settings = |id: usize| Settings {
             id: id as u32,
             capacity: config.accept_capacity,
-            slow: (config.worker_threads > 0).then_some(config.slow_duration),
             read_timeout: config.read_timeout,
+            idle_timeout: config.idle_timeout,
             shutdown_timeout: config.shutdown_timeout,
             counters: metrics.accept_thread(id),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
-        let parts = |id: usize, listener| {
-            let (shared, work, shutdown) =
-                (Arc::clone(&shared), work.clone(), Arc::clone(&shutdown));
-            (settings(id), listener, shared, work, shutdown)
+        let parts = |id: usize, listener| AcceptParts {
+            settings: settings(id),
+            proto: Arc::clone(&proto),
+            listeners: listener,
+            shared: Arc::clone(&shared),
+            work: work.clone(),
+            shutdown: Arc::clone(&shutdown),
         };
         let mut listeners = listeners.into_iter();
         let first = listeners.next().expect("at least one accept thread");
@@ -357,31 +370,41 @@ impl Server {
 }
 
 /// What an accept thread is built from.
-type AcceptParts = (
-    Settings,
-    Vec<Socket>,
-    Arc<Shared>,
-    Option<Arc<WorkerSide>>,
-    Arc<Shutdown>,
-);
+struct AcceptParts<P: Protocol> {
+    settings: Settings,
+    proto: Arc<P>,
+    listeners: Vec<Socket>,
+    shared: Arc<Shared>,
+    work: Option<Arc<HandOffQueues<P::Job>>>,
+    shutdown: Arc<Shutdown>,
+}
+
+/// The loop of one accept thread, and its task.
+type AcceptLoop<P> = (Loop<AcceptTask<P>>, AcceptTask<P>);
 
 /// One accept thread's loop and task (pool reserved, wake-up connected,
 /// listeners watched), built on the thread that will run them: a libev loop is
 /// bound to its thread.
-fn build_accept_loop(
-    (settings, listener, shared, work, shutdown): AcceptParts,
-) -> Result<(Loop<AcceptTask>, AcceptTask), StartError> {
+fn build_accept_loop<P: Protocol>(parts: AcceptParts<P>) -> Result<AcceptLoop<P>, StartError> {
+    let AcceptParts {
+        settings,
+        proto,
+        listeners,
+        shared,
+        work,
+        shutdown,
+    } = parts;
     let lp = Loop::new().map_err(|e| StartError::system("cannot create the event loop", e))?;
-    let task = AcceptTask::new(&lp, settings, listener, shared, shutdown, work)
+    let task = AcceptTask::new(&lp, settings, proto, listeners, shared, shutdown, work)
         .map_err(|e| StartError::system("cannot reserve the connection pool", e))?;
     Ok((lp, task))
 }
 
 /// Serves on a built accept loop until the drain ends, runs `after_drain`,
 /// then tears down; the loop's counters.
-fn serve_accept_loop(
-    lp: Loop<AcceptTask>,
-    mut task: AcceptTask,
+fn serve_accept_loop<P: Protocol>(
+    lp: Loop<AcceptTask<P>>,
+    mut task: AcceptTask<P>,
     after_drain: impl FnOnce(),
 ) -> Stats {
     let id = task.id();
@@ -399,7 +422,10 @@ fn serve_accept_loop(
 
 /// The body of accept thread 1, 2, ...: builds its loop, says on `ready`
 /// whether that worked (the error goes there, with its cause), then serves.
-fn accept_thread(parts: AcceptParts, ready: mpsc::Sender<Result<(), StartError>>) -> Stats {
+fn accept_thread<P: Protocol>(
+    parts: AcceptParts<P>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+) -> Stats {
     match build_accept_loop(parts) {
         Ok((lp, task)) => {
             let _ = ready.send(Ok(()));
@@ -474,8 +500,8 @@ struct Queues {
     /// Slots of the shared task queue: `-A` x `-C` in mode `task` with
     /// workers, else 1.
     tasks: usize,
-    /// The worker side's queues (`socket` and `loop` only).
-    worker_side: Capacity,
+    /// The hand-off queues (`socket` and `loop` only).
+    hand_off: Capacity,
 }
 
 impl Queues {
@@ -495,23 +521,20 @@ impl Queues {
             } else {
                 1
             },
-            worker_side: Capacity::new(
-                mode,
-                threads,
-                config.accept_capacity,
-                config.worker_threads,
-            ),
+            hand_off: Capacity::new(mode, threads, config.accept_capacity, config.worker_threads),
         }
     }
 
     /// What the queues that scale with `-A` x `-C` are called (for the line that
     /// refuses them) and their bytes, `None` past 2^64: in mode `task` the task
-    /// queue and the mailboxes, in the hand-off modes the worker side's seats
+    /// queue and the mailboxes, in the hand-off modes the hand-off queues' places
     /// (their task queues are a slot each).
-    fn scaling_bytes(&self, threads: usize) -> (&'static str, Option<u64>) {
+    fn scaling_bytes<J>(&self, threads: usize) -> (&'static str, Option<u64>) {
         if self.mode.hands_off() {
-            let seats = (self.worker_side.desks as u64).checked_mul(self.worker_side.seats as u64);
-            let bytes = seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff>()));
+            let per_queue =
+                (self.hand_off.queues as u64).checked_mul(self.hand_off.per_queue as u64);
+            let bytes =
+                per_queue.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff<J>>()));
             ("the hand-off queues", bytes)
         } else {
             let mailboxes = (threads as u64)
@@ -528,7 +551,7 @@ impl Queues {
 /// threads than it allows, or queues larger than its memory. Without this a huge
 /// `-A`, `-w` or `-A x -C` aborts in the allocator with a backtrace instead of
 /// the one line and exit status 10 of a pool that cannot be reserved.
-fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
+fn check_reservation<J>(config: &Config, host: &Host) -> Result<(), StartError> {
     let no_memory = |message: String| StartError::new(StartFailure::NoMemory, message);
     let (threads, workers) = (config.accept_threads, config.worker_threads);
     let all_threads = (threads as u64).saturating_add(workers as u64);
@@ -541,7 +564,7 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     if workers == 0 {
         return Ok(());
     }
-    let (queues, needed) = Queues::of(config).scaling_bytes(config.accept_threads);
+    let (queues, needed) = Queues::of(config).scaling_bytes::<J>(config.accept_threads);
     let needed = needed.filter(|&bytes| usize::try_from(bytes).is_ok());
     match (needed, host.memory) {
         (Some(bytes), Some(memory)) if bytes <= memory => Ok(()),
@@ -801,6 +824,8 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "cli")]
+    use crate::proto::SlowTask;
 
     #[cfg(feature = "cli")]
     fn config(args: &[&str]) -> Config {
@@ -822,28 +847,28 @@ mod tests {
             &["-A", "1", "-w", "18446744073709551615"],
             &["-A", "128", "-C", "16777216", "-w", "1"],
         ] {
-            let e = check_reservation(&config(args), &HOST).unwrap_err();
+            let e = check_reservation::<SlowTask>(&config(args), &HOST).unwrap_err();
             assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 
-    /// The hand-off modes fill in a seat per connection in the worker side's
+    /// The hand-off modes fill in a place per connection in the hand-off
     /// queues instead of task queues: refused by those, named as such.
     #[cfg(feature = "cli")]
     #[test]
     fn hand_off_queues_the_host_cannot_give_are_refused_by_name() {
         for mode in ["socket", "loop"] {
             let args = ["-A", "128", "-C", "16777216", "-w", "3", "--delegate", mode];
-            let e = check_reservation(&config(&args), &HOST).unwrap_err();
+            let e = check_reservation::<SlowTask>(&config(&args), &HOST).unwrap_err();
             assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(
                 e.to_string()
                     .starts_with("cannot reserve the hand-off queues"),
                 "{args:?}: {e}"
             );
-            // 2^31 seats of 32 bytes (loop mode rounds up to a multiple of -w).
-            let (_, bytes) = Queues::of(&config(&args)).scaling_bytes(128);
+            // 2^31 places of 32 bytes (loop mode rounds up to a multiple of -w).
+            let (_, bytes) = Queues::of(&config(&args)).scaling_bytes::<SlowTask>(128);
             let seats: u64 = match mode {
                 "loop" => (128u64 << 24).div_ceil(3) * 3,
                 _ => 128 << 24,
@@ -852,7 +877,7 @@ mod tests {
         }
         let task = config(&["-A", "128", "-C", "16777216", "-w", "3"]);
         assert_eq!(
-            Queues::of(&task).scaling_bytes(128),
+            Queues::of(&task).scaling_bytes::<SlowTask>(128),
             ("the task queues", Some((128 << 24) * 32))
         );
     }
@@ -866,7 +891,10 @@ mod tests {
             &["-A", "128", "-C", "16777216", "-w", "0"],
             &["-A", "1", "-C", "16777216"],
         ] {
-            assert!(check_reservation(&config(args), &HOST).is_ok(), "{args:?}");
+            assert!(
+                check_reservation::<SlowTask>(&config(args), &HOST).is_ok(),
+                "{args:?}"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@
 //!   shows the worker goes on to the next client while the first still has not
 //!   read, and that the response waits for it whole. The write deadline itself
 //!   (a send that would block, on a full buffer, gives up at the deadline) is
-//!   tested in `src/socket_worker.rs` on a socket pair whose buffer the test
+//!   tested in `src/delegate/socket.rs` on a socket pair whose buffer the test
 //!   fills;
 //! - a client that leaves during its slow work: no response, nothing stuck, the
 //!   next client served, the drop counted;

@@ -2,7 +2,7 @@
 //! (tests/protocol-model), it does not depend on how the bytes were split into
 //! reads, and every well-formed request is accepted.
 
-use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
+use conn_daemon::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 use proptest::prelude::*;
 
 /// Moderate so that the file stays at a few seconds in a debug build.

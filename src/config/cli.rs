@@ -12,9 +12,8 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
 use super::file::{self, FileError};
 
-use super::Delegate;
 use super::{default_accept_threads, Config};
-use crate::log::Level;
+use super::{Delegate, LogLevel as Level};
 
 /// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
 /// and a bigger pool per thread is a typo rather than a plan.
@@ -213,7 +212,7 @@ pub fn command() -> clap::Command {
     // scripts and tests can match it.
     Args::command()
         .bin_name("conn-daemon")
-        .version(crate::version::DESCRIPTION)
+        .version(crate::config::version::DESCRIPTION)
 }
 
 /// Text for a command-line error: the error (with clap's tips), then the full help, as
@@ -663,6 +662,7 @@ impl Args {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            idle_timeout: None,
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
             metrics: self.metrics,
             delegate: self.delegate,
@@ -752,6 +752,7 @@ mod tests {
             worker_threads: cpus,
             slow_duration: Duration::from_millis(30),
             read_timeout: Some(Duration::from_millis(60_000)),
+            idle_timeout: None,
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,
@@ -1017,6 +1018,7 @@ mod tests {
                 worker_threads: 1,
                 slow_duration: Duration::from_millis(5),
                 read_timeout: None,
+                idle_timeout: None,
                 shutdown_timeout: Duration::from_millis(200),
                 metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
                 delegate: Delegate::Task,
@@ -1229,7 +1231,7 @@ mod tests {
             let text = err.render().to_string();
             assert_eq!(
                 text,
-                format!("conn-daemon {}\n", crate::version::DESCRIPTION)
+                format!("conn-daemon {}\n", crate::config::version::DESCRIPTION)
             );
             assert!(text.starts_with(&format!("conn-daemon {} (git ", env!("CARGO_PKG_VERSION"))));
         }

@@ -15,6 +15,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod version;
+
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
@@ -55,6 +57,10 @@ pub struct Config {
     /// `--read-timeout`: time allowed from accept to the end of the request; `None`
     /// (given as 0) waits forever, as the reference does.
     pub read_timeout: Option<Duration>,
+    /// How long a kept connection may wait for its next request (protocols
+    /// with persistent connections; conn-daemon's closes after each response);
+    /// `None` waits for ever. No option: set in code.
+    pub idle_timeout: Option<Duration>,
     /// `--shutdown-timeout`: bound on the graceful drain after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// `--metrics`: where to serve `GET /metrics` (an IP address and a port other
@@ -68,7 +74,7 @@ pub struct Config {
     /// `--check-config`: validate, say so, exit.
     pub check_config: bool,
     /// `--log-level`: the least severe lines logged.
-    pub log_level: crate::log::Level,
+    pub log_level: LogLevel,
     /// `--user`: who to run as once the listeners are bound (by name).
     pub user: Option<String>,
     /// `--group`: the group to run as with `--user` (by name).
@@ -97,12 +103,13 @@ impl Default for Config {
             worker_threads: accept_threads,
             slow_duration: Duration::from_millis(30),
             read_timeout: Some(Duration::from_millis(60_000)),
+            idle_timeout: None,
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,
             config_file: None,
             check_config: false,
-            log_level: crate::log::Level::Warn,
+            log_level: LogLevel::Warn,
             user: None,
             group: None,
         }
@@ -164,6 +171,61 @@ impl Delegate {
 }
 
 impl fmt::Display for Delegate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// How severe a line is: `--log-level` shows this one and the ones above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// The process cannot go on as asked (a start-up error).
+    Error = 0,
+    /// Something an operator should know about; the default level.
+    #[default]
+    Warn = 1,
+    /// The life of the process: serving, each upgrade step, the end of a drain.
+    Info = 2,
+    /// Every connection's steps (as `-v`, but through the log's destination).
+    Debug = 3,
+}
+
+impl LogLevel {
+    /// Every level, most severe first.
+    pub const ALL: [LogLevel; 4] = [
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Info,
+        LogLevel::Debug,
+    ];
+
+    /// The name on the command line.
+    pub fn label(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+
+    /// The level named `text`, if any.
+    pub fn from_label(text: &str) -> Option<LogLevel> {
+        LogLevel::ALL.into_iter().find(|l| l.label() == text)
+    }
+
+    /// The syslog severity (and sd-daemon prefix digit).
+    pub fn severity(self) -> u8 {
+        match self {
+            LogLevel::Error => 3,
+            LogLevel::Warn => 4,
+            LogLevel::Info => 6,
+            LogLevel::Debug => 7,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())
     }

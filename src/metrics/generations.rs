@@ -24,8 +24,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{AcceptCounters, PauseCause, SLOW_BUCKETS};
-use crate::conn::DropReason;
+use super::{
+    AcceptCounters, PauseCause, ENGINE_REASONS, MAX_KINDS, MAX_PROTOCOL_REASONS, SLOW_BUCKETS,
+};
 use crate::os::{self, SharedWords};
 
 /// "CDCOUNT1": the region is ours.
@@ -33,15 +34,17 @@ const MAGIC: u64 = u64::from_be_bytes(*b"CDCOUNT1");
 /// Slots: the retired generations (0) and up to 31 at once.
 const SLOTS: usize = 32;
 /// Accept threads (and workers) whose counters are carried; those past them
-/// count from 0 again in each generation. With [`SLOTS`], 0.7 MB of shared
+/// count from 0 again in each generation. With [`SLOTS`], 0.9 MB of shared
 /// memory, committed only where written.
-pub const MAX_CARRIED: usize = 128;
+pub const MAX_CARRIED: usize = 64;
 /// Words of the region's head: magic, layout, sequence.
 const HEAD: usize = 8;
 /// Words of a slot's head: state, pid, accept threads, workers.
 const SLOT_HEAD: usize = 8;
+/// Drop reasons a counter block keeps: the engine's, then the protocol's.
+const REASONS: usize = ENGINE_REASONS.len() + MAX_PROTOCOL_REASONS;
 /// Words of one thread's counters (see [`Block`]).
-pub const BLOCK: usize = 4 + DropReason::ALL.len() + PauseCause::ALL.len();
+pub const BLOCK: usize = 2 + MAX_KINDS + REASONS + PauseCause::ALL.len();
 /// The slow-task histogram: a count per bucket, `+Inf`, the sum's bits.
 pub const HIST: usize = SLOW_BUCKETS.len() + 2;
 const SLOT_DATA: usize = 2 * MAX_CARRIED * BLOCK + HIST;
@@ -56,26 +59,35 @@ const FREE: u64 = 0;
 const LIVE: u64 = 1;
 const ENDED: u64 = 2;
 
-/// One thread's counters as words: accepted, responses, slow responses,
-/// handed off, then one per [`DropReason`], then one per [`PauseCause`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One thread's counters as words: accepted, handed off, one per response
+/// kind ([`MAX_KINDS`]), one per drop reason (the engine's, then the
+/// protocol's), one per [`PauseCause`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block(pub [u64; BLOCK]);
 
+impl Default for Block {
+    fn default() -> Self {
+        Block([0; BLOCK])
+    }
+}
+
 impl Block {
-    const DROPPED: usize = 4;
-    const PAUSES: usize = 4 + DropReason::ALL.len();
+    const RESPONSES: usize = 2;
+    const DROPPED: usize = Self::RESPONSES + MAX_KINDS;
+    const PAUSES: usize = Self::DROPPED + REASONS;
 
     /// The counters of `c` now. Outcomes are read before `accepted` (the
     /// owner counts an accept before its outcome), so that the open gauge
     /// cannot go below 0 but for reordering.
     pub fn of(c: &AcceptCounters) -> Block {
         let mut b = [0; BLOCK];
-        b[2] = c.slow_responses.get();
-        b[1] = c.responses.get();
-        b[3] = c.handed_off.get();
+        for (w, r) in b[Self::RESPONSES..].iter_mut().zip(&c.responses) {
+            *w = r.get();
+        }
         for (w, d) in b[Self::DROPPED..].iter_mut().zip(&c.dropped) {
             *w = d.get();
         }
+        b[1] = c.handed_off.get();
         for (w, p) in b[Self::PAUSES..].iter_mut().zip(&c.pauses) {
             *w = p.get();
         }
@@ -87,17 +99,14 @@ impl Block {
     pub fn accepted(&self) -> u64 {
         self.0[0]
     }
-    /// Responses sent whole.
-    pub fn responses(&self) -> u64 {
-        self.0[1]
+    /// Responses of kind `kind` sent whole.
+    pub fn responses(&self, kind: usize) -> u64 {
+        self.0[Self::RESPONSES + kind]
     }
-    /// The slow part of the responses.
-    pub fn slow_responses(&self) -> u64 {
-        self.0[2]
-    }
-    /// Dropped for `reason`.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.0[Self::DROPPED + reason as usize]
+    /// Dropped for the reason at `slot` of a counter block (the engine's
+    /// reasons, then the protocol's).
+    pub fn dropped(&self, slot: usize) -> u64 {
+        self.0[Self::DROPPED + slot]
     }
     /// Accept pauses for `cause`.
     pub fn pauses(&self, cause: PauseCause) -> u64 {
@@ -105,8 +114,7 @@ impl Block {
     }
     /// Accepted and not yet answered, dropped or handed off.
     pub fn open(&self) -> u64 {
-        let dropped: u64 = self.0[Self::DROPPED..Self::PAUSES].iter().sum();
-        let closed = self.responses() + dropped + self.0[3];
+        let closed: u64 = self.0[1..Self::PAUSES].iter().sum();
         self.accepted().saturating_sub(closed)
     }
 
@@ -419,14 +427,14 @@ mod tests {
     fn block(n: u64) -> Block {
         let mut b = Block::default();
         b.0[0] = n; // accepted
-        b.0[1] = n; // responses
-        Block(b.0)
+        b.0[Block::RESPONSES] = n; // responses of kind 0
+        b
     }
 
     fn responses_of(g: &Generations) -> u64 {
         let mut t = Totals::default();
         g.totals_into(&mut t, &mut (Vec::new(), Vec::new()));
-        t.accept.iter().map(Block::responses).sum()
+        t.accept.iter().map(|b| b.responses(0)).sum()
     }
 
     #[test]

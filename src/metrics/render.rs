@@ -4,9 +4,9 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
-use super::{Metrics, PauseCause, Process, Totals, HIST, SLOW_BUCKETS};
-use crate::conn::DropReason;
-use crate::{sys, version};
+use super::{Metrics, PauseCause, Process, Totals, ENGINE_REASONS, HIST, SLOW_BUCKETS};
+use crate::config::version;
+use crate::sys;
 
 impl Metrics {
     /// Appends the exposition (format 0.0.4) of every metric to `out`.
@@ -18,7 +18,26 @@ impl Metrics {
 
     fn render_with(&self, out: &mut Vec<u8>, process: &Process, totals: &Totals) -> io::Result<()> {
         let accept = &self.accept;
-        let reasons = DropReason::ALL.map(DropReason::label);
+        let labels = &self.labels;
+        // The protocol's reasons first, then the engine's; a counter block
+        // keeps the engine's first: `slots` maps a label's place to its counter.
+        let mut reasons = [""; ENGINE_REASONS.len() + super::MAX_PROTOCOL_REASONS];
+        let mut slots = [0; ENGINE_REASONS.len() + super::MAX_PROTOCOL_REASONS];
+        let own = labels.reasons.len();
+        for (i, r) in labels.reasons.iter().enumerate() {
+            reasons[i] = r;
+            slots[i] = ENGINE_REASONS.len() + i;
+        }
+        for (i, r) in ENGINE_REASONS.iter().enumerate() {
+            reasons[own + i] = r;
+            slots[own + i] = i;
+        }
+        let reasons = &reasons[..own + ENGINE_REASONS.len()];
+        let mut worker_kinds = [""; super::MAX_KINDS];
+        for (i, &k) in labels.worker_kinds.iter().enumerate() {
+            worker_kinds[i] = labels.kinds[k];
+        }
+        let worker_kinds = &worker_kinds[..labels.worker_kinds.len()];
         let causes = PauseCause::ALL.map(PauseCause::label);
         // `totals`: the counters of every generation of the lineage (see
         // `generations`); the gauges but the open connections are this
@@ -34,35 +53,32 @@ impl Metrics {
         per_thread(
             out,
             ("conn_daemon_responses_total", "counter"),
-            "Responses sent whole; kind=\"slow\": to /test/slow.",
+            labels.kinds_help,
             &totals.accept,
-            Some(("kind", &["fast", "slow"])),
-            |b, i| match i {
-                0 => b.responses().saturating_sub(b.slow_responses()),
-                _ => b.slow_responses(),
-            },
+            Some(("kind", labels.kinds)),
+            |b, i| b.responses(i),
         )?;
         per_worker(
             out,
             "conn_daemon_responses_total",
             &totals.workers,
-            Some(("kind", &["slow"])),
-            |b, _| b.slow_responses(),
+            Some(("kind", worker_kinds)),
+            |b, i| b.responses(labels.worker_kinds[i]),
         )?;
         per_thread(
             out,
             ("conn_daemon_connections_dropped_total", "counter"),
             "Connections closed without a response, by reason.",
             &totals.accept,
-            Some(("reason", &reasons)),
-            |b, i| b.dropped(DropReason::ALL[i]),
+            Some(("reason", reasons)),
+            |b, i| b.dropped(slots[i]),
         )?;
         per_worker(
             out,
             "conn_daemon_connections_dropped_total",
             &totals.workers,
-            Some(("reason", &reasons)),
-            |b, i| b.dropped(DropReason::ALL[i]),
+            Some(("reason", reasons)),
+            |b, i| b.dropped(slots[i]),
         )?;
         per_thread(
             out,

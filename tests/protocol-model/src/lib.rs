@@ -8,7 +8,7 @@
 //! `ReqParser` and `ConnectionCtx` with it on every input, through
 //! [`verdict_as!`].
 //!
-//! Written from docs/protocol.md, not from `src/parser.rs`, and deliberately
+//! Written from docs/protocol.md, not from `src/proto/parser.rs`, and deliberately
 //! naive (plain substring searches over the whole buffer, no state across calls,
 //! no word-at-a-time tricks), so that a disagreement with the parser points at a
 //! bug in one of them rather than at a shared mistake. It shares no code with the

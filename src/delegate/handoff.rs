@@ -8,12 +8,14 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::HandOffQueues;
+use super::{socket as socket_worker, worker_loop};
 use crate::config::Config;
-use crate::delegate::{Delegate, WorkerSide};
-use crate::engine::{Settings, Stats};
-use crate::metrics::Metrics;
+use crate::config::Delegate;
+use crate::engine::Protocol;
+use crate::engine::Settings;
+use crate::metrics::{Metrics, Stats};
 use crate::start_error::StartError;
-use crate::{socket_worker, worker_loop};
 
 /// How long past the drain's deadline the workers are waited for (a blocking
 /// worker may be inside its sleep, a loop inside its last send).
@@ -21,19 +23,20 @@ const GRACE: Duration = Duration::from_millis(100);
 
 /// The running workers of a hand-off mode.
 #[derive(Debug)]
-pub struct HandoffWorkers {
-    side: Arc<WorkerSide>,
+pub struct HandoffWorkers<J> {
+    queues: Arc<HandOffQueues<J>>,
     threads: Vec<JoinHandle<Stats>>,
 }
 
-impl HandoffWorkers {
-    /// Starts `config.worker_threads` workers named `worker-N` for `side`'s mode,
-    /// worker N counting in `metrics.worker_side(N)`; returns once every worker
-    /// loop exists, or with the first that could not be built.
-    pub fn start(
-        side: Arc<WorkerSide>,
+impl<J: Send + 'static> HandoffWorkers<J> {
+    /// Starts `config.worker_threads` workers named `worker-N` for the mode of `queues`
+    /// serving `proto`, worker N counting in `metrics.worker_side(N)`; returns
+    /// once every worker loop exists, or with the first that could not be built.
+    pub fn start<P: Protocol<Job = J>>(
+        queues: Arc<HandOffQueues<J>>,
         config: &Config,
         metrics: &Metrics,
+        proto: &Arc<P>,
     ) -> Result<Self, StartError> {
         let cannot_spawn = |e| StartError::system("cannot start worker threads", e);
         let mut threads = Vec::with_capacity(config.worker_threads);
@@ -41,18 +44,18 @@ impl HandoffWorkers {
         let mut loops = 0;
         for n in 0..config.worker_threads {
             let counters = metrics.worker_side(n);
-            let work = Arc::clone(&side);
+            let work = Arc::clone(&queues);
+            let proto = Arc::clone(proto);
             let builder = thread::Builder::new().name(format!("worker-{n}"));
-            let t = match side.mode() {
+            let t = match queues.mode() {
                 Delegate::Loop => {
                     let settings = worker_loop::LoopSettings {
-                        desk: n,
-                        slow: config.slow_duration,
+                        queue: n,
                         engine: Settings {
                             id: n as u32,
-                            capacity: side.seats(),
-                            slow: Some(config.slow_duration),
+                            capacity: queues.per_queue(),
                             read_timeout: config.read_timeout,
+                            idle_timeout: config.idle_timeout,
                             shutdown_timeout: config.shutdown_timeout,
                             counters,
                         },
@@ -62,20 +65,19 @@ impl HandoffWorkers {
                     let ready = ready_tx.clone();
                     loops += 1;
                     builder
-                        .spawn(move || worker_loop::run(settings, work, ready))
+                        .spawn(move || worker_loop::run(settings, work, proto, ready))
                         .map_err(cannot_spawn)?
                 }
                 _ => {
                     let settings = socket_worker::Settings {
                         id: n,
-                        slow: config.slow_duration,
                         write_timeout: write_timeout(config),
                         counters,
                     };
                     builder
                         .spawn(move || {
                             let counters = Arc::clone(&settings.counters);
-                            socket_worker::run(&work, settings);
+                            socket_worker::run(&work, settings, &*proto);
                             counters.stats()
                         })
                         .map_err(cannot_spawn)?
@@ -97,7 +99,7 @@ impl HandoffWorkers {
                 }
             }
         }
-        Ok(HandoffWorkers { side, threads })
+        Ok(HandoffWorkers { queues, threads })
     }
 
     /// Tells the workers that nothing more will be handed over; they finish
@@ -105,7 +107,7 @@ impl HandoffWorkers {
     /// queued at `deadline`. Waits for them until then (plus a grace) and
     /// returns their counters; a worker still busy is left to finish, detached.
     pub fn stop_and_join(self, deadline: Instant) -> Stats {
-        self.side.stop(deadline);
+        self.queues.stop(deadline);
         let until = deadline + GRACE;
         while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));

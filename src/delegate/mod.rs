@@ -1,27 +1,26 @@
-//! `--delegate`: how a complete `/test/slow` reaches a worker (the seed's three
-//! modes), and the worker side of the two modes in which the connection itself
-//! leaves its accept loop.
+//! `--delegate`: how a protocol's offloaded job reaches a worker (the seed's
+//! three modes, one file each), and the hand-off queues of the two modes in
+//! which the connection itself leaves its accept loop.
 //!
-//! - `task` (the default): a `SlowTask` goes to a
-//!   worker, the connection stays in its accept loop (`worker.rs`).
-//! - `socket`: the accept loop stops watching the fd and hands it, as a
-//!   [`Handoff`], to one shared queue; a blocking worker takes it, waits the slow
-//!   duration in `poll` on it (rule 7 at once), sends under a write deadline and
-//!   closes
-//!   (`socket_worker.rs`).
-//! - `loop`: the accept loop hands it to one worker's own queue and wakes that
-//!   worker's libev loop, which hosts the same connection engine as the accept
-//!   loops (`worker_loop.rs`).
+//! - `task` (the default, `task.rs`): the job goes to a worker thread, the
+//!   connection stays in its accept loop.
+//! - `socket` (`socket.rs`): the accept loop stops watching the fd and hands it
+//!   with its job, as a [`Handoff`], to one shared queue; a blocking worker takes
+//!   it, waits the job's wait in `poll` on it (rule 7 at once), runs the job,
+//!   sends the response under a write deadline and closes.
+//! - `loop` (`loop.rs`): the accept loop hands it to one worker's own queue and
+//!   wakes that worker's libev loop, which hosts the same connection engine as
+//!   the accept loops and takes the connection over with its job (no bytes are
+//!   replayed).
 //!
 //! Capacity is fixed at start-up from `-A`, `-C` and `-w` (see [`Capacity`]):
 //! every queue is a preallocated lock-free `ArrayQueue`, and a connection only
-//! enters one after reserving a *seat* (an atomic count bounded by the queue's
+//! enters one after reserving a *place* (an atomic count bounded by the queue's
 //! size), so a push can never fail and nothing is ever dropped for want of room.
-//! When no worker has a seat, the connection waits in its accept loop, watched
-//! for EOF, and the loop is rung when a seat frees.
+//! When no worker has a place, the connection waits in its accept loop, watched
+//! for EOF, and the loop is rung when a place frees.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -32,14 +31,20 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 
 use crate::ev::AsyncSender;
-use crate::worker::Shared;
+use task::Shared;
 
-pub use crate::config::Delegate;
+use crate::config::Delegate;
 
-/// What the worker side of modes `socket` and `loop` can hold, fixed at start-up.
+pub(crate) mod handoff;
+pub mod socket;
+pub(crate) mod task;
+#[path = "loop.rs"]
+pub mod worker_loop;
+
+/// What the hand-off queues of modes `socket` and `loop` can hold, fixed at start-up.
 ///
-/// The worker side holds at most what the accept side holds (`-A` x `-C`):
-/// - `socket`: one queue of `-A` x `-C` seats shared by all workers (a blocking
+/// They hold at most what the accept threads hold (`-A` x `-C`):
+/// - `socket`: one queue of `-A` x `-C` places shared by all workers (a blocking
 ///   worker takes the next connection whoever queued it, so no connection waits
 ///   behind a busy worker); each worker has one connection in hand at a time.
 /// - `loop`: each of the `-w` worker loops has a queue and a connection pool of
@@ -48,59 +53,59 @@ pub use crate::config::Delegate;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Queues (one in `socket` mode, one per worker in `loop` mode).
-    pub desks: usize,
-    /// Seats of each queue.
-    pub seats: usize,
+    pub queues: usize,
+    /// Places in each queue.
+    pub per_queue: usize,
 }
 
 impl Capacity {
-    /// The worker side for `mode` with `accept` accept threads of `per_accept`
+    /// The hand-off queues for `mode` with `accept` accept threads of `per_accept`
     /// connections and `workers` workers (at least 1).
     pub fn new(mode: Delegate, accept: usize, per_accept: usize, workers: usize) -> Capacity {
         let total = accept.saturating_mul(per_accept).max(1);
         match mode {
             Delegate::Loop => Capacity {
-                desks: workers.max(1),
-                seats: total.div_ceil(workers.max(1)),
+                queues: workers.max(1),
+                per_queue: total.div_ceil(workers.max(1)),
             },
             _ => Capacity {
-                desks: 1,
-                seats: total,
+                queues: 1,
+                per_queue: total,
             },
         }
     }
 }
 
-/// A connection on its way from an accept loop to a worker: the socket, whose
-/// complete request was a `/test/slow`, and where it came from. The request's
-/// bytes do not travel: the worker only needs to know it is a complete slow
-/// request, and bytes after the request that came in the same read are ignored
-/// (docs/protocol.md rule 7).
+/// A connection on its way from an accept loop to a worker: the socket, the
+/// job its protocol offloaded, and where it came from. The request's bytes do
+/// not travel: what the worker needs of them is in the job.
 #[derive(Debug)]
-pub struct Handoff {
+pub struct Handoff<J> {
     /// The connection (non-blocking, no longer watched by the accept loop).
     pub fd: OwnedFd,
+    /// Its offloaded job.
+    pub job: J,
     /// The accept loop it came from (for the logs).
     pub owner: u32,
     /// When the accept loop handed it over (the slow-task histogram).
     pub at: Instant,
 }
 
-/// One queue of the worker side and its seats.
-struct Desk {
-    queue: ArrayQueue<Handoff>,
-    /// Connections queued or held by the worker(s) of this desk: never above
+/// One hand-off queue and the count of its places taken.
+struct Queue<J> {
+    ring: ArrayQueue<Handoff<J>>,
+    /// Connections queued or held by the worker(s) of this queue: never above
     /// the queue's capacity, so a push after a reservation cannot fail.
-    seats: AtomicUsize,
+    held: AtomicUsize,
     /// The worker loop's wake-up (`loop` mode).
     wake: OnceLock<AsyncSender>,
 }
 
 /// What the accept loops and the workers of modes `socket` and `loop` share.
-pub struct WorkerSide {
+pub struct HandOffQueues<J> {
     mode: Delegate,
-    desks: Box<[Desk]>,
-    /// Per accept loop: it has a connection waiting for a seat, ring it when one
+    queues: Box<[Queue<J>]>,
+    /// Per accept loop: it has a connection waiting for a place, ring it when one
     /// frees.
     waiting: Box<[AtomicBool]>,
     /// The accept loops' wake-ups.
@@ -114,17 +119,17 @@ pub struct WorkerSide {
     drain_deadline: OnceLock<Instant>,
 }
 
-impl fmt::Debug for WorkerSide {
+impl<J> fmt::Debug for HandOffQueues<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerSide")
+        f.debug_struct("HandOffQueues")
             .field("mode", &self.mode)
-            .field("desks", &self.desks.len())
+            .field("queues", &self.queues.len())
             .finish_non_exhaustive()
     }
 }
 
-impl WorkerSide {
-    /// The worker side of `mode` with `capacity`, for `accept_loops` accept loops
+impl<J> HandOffQueues<J> {
+    /// The hand-off queues of `mode` with `capacity`, for `accept_loops` accept loops
     /// rung through `shared`'s mailboxes. Every queue is allocated here;
     /// `ENOMEM` if one cannot be had.
     pub fn new(
@@ -133,13 +138,13 @@ impl WorkerSide {
         accept_loops: usize,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
-        Ok(WorkerSide {
+        Ok(HandOffQueues {
             mode,
-            desks: (0..capacity.desks)
+            queues: (0..capacity.queues)
                 .map(|_| {
-                    Ok(Desk {
-                        queue: crate::os::array_queue(capacity.seats)?,
-                        seats: AtomicUsize::new(0),
+                    Ok(Queue {
+                        ring: crate::os::array_queue(capacity.per_queue)?,
+                        held: AtomicUsize::new(0),
                         wake: OnceLock::new(),
                     })
                 })
@@ -154,38 +159,34 @@ impl WorkerSide {
         })
     }
 
-    /// The mode this side serves.
+    /// The mode these queues serve.
     pub fn mode(&self) -> Delegate {
         self.mode
     }
 
-    /// How many queues there are.
-    pub fn desks(&self) -> usize {
-        self.desks.len()
+    /// Places in each queue.
+    pub fn per_queue(&self) -> usize {
+        self.queues[0].ring.capacity()
     }
 
-    /// Seats of each queue.
-    pub fn seats(&self) -> usize {
-        self.desks[0].queue.capacity()
+    /// Connections queued on `queue` or held by its worker(s).
+    #[cfg(test)]
+    pub fn held(&self, queue: usize) -> usize {
+        self.queues[queue].held.load(Ordering::Relaxed)
     }
 
-    /// Connections queued for or held by desk `desk`'s worker(s).
-    pub fn held(&self, desk: usize) -> usize {
-        self.desks[desk].seats.load(Ordering::Relaxed)
-    }
-
-    /// Reserves a seat for a connection of accept loop `owner`, trying the desks
-    /// round robin from `*next` (which moves past the desk chosen). Round robin,
+    /// Reserves a place for a connection of accept loop `owner`, trying the queues
+    /// round robin from `*next` (which moves past the queue chosen). Round robin,
     /// not least loaded: every slow request costs the same fixed duration, so
-    /// turns already spread the load evenly, and a full desk is skipped; least
-    /// loaded would read every desk's count on every hand-off for the same
-    /// spread. `None` when every desk is full: `owner` is then rung once a seat
+    /// turns already spread the load evenly, and a full queue is skipped; least
+    /// loaded would read every queue's count on every hand-off for the same
+    /// spread. `None` when every queue is full: `owner` is then rung once a place
     /// frees.
     pub fn reserve(&self, owner: u32, next: &mut usize) -> Option<usize> {
-        if let Some(desk) = self.try_reserve(next) {
-            return Some(desk);
+        if let Some(queue) = self.try_reserve(next) {
+            return Some(queue);
         }
-        // Register before the second try: a seat freed between the first try
+        // Register before the second try: a place freed between the first try
         // and the registration would otherwise ring nobody.
         self.waiting[owner as usize].store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -193,13 +194,13 @@ impl WorkerSide {
     }
 
     fn try_reserve(&self, next: &mut usize) -> Option<usize> {
-        let n = self.desks.len();
+        let n = self.queues.len();
         for i in 0..n {
             let d = (*next + i) % n;
-            let desk = &self.desks[d];
-            let cap = desk.queue.capacity();
-            let got = desk
-                .seats
+            let queue = &self.queues[d];
+            let cap = queue.ring.capacity();
+            let got = queue
+                .held
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
                     (s < cap).then_some(s + 1)
                 })
@@ -212,12 +213,12 @@ impl WorkerSide {
         None
     }
 
-    /// Queues `handoff` on `desk`, whose seat the caller reserved, and wakes its
+    /// Queues `handoff` on `queue`, whose place the caller reserved, and wakes its
     /// worker.
-    pub fn hand_off(&self, desk: usize, handoff: Handoff) {
-        let d = &self.desks[desk];
-        if d.queue.push(handoff).is_err() {
-            // Impossible by construction: a seat was reserved, and seats never
+    pub fn hand_off(&self, queue: usize, handoff: Handoff<J>) {
+        let d = &self.queues[queue];
+        if d.ring.push(handoff).is_err() {
+            // Impossible by construction: a place was reserved, and places never
             // exceed the queue's capacity.
             panic!("hand-off queue overflow");
         }
@@ -238,18 +239,18 @@ impl WorkerSide {
         }
     }
 
-    /// The next connection queued on `desk`, if any (never blocks).
-    pub fn take(&self, desk: usize) -> Option<Handoff> {
-        self.desks[desk].queue.pop()
+    /// The next connection queued on `queue`, if any (never blocks).
+    pub fn take(&self, queue: usize) -> Option<Handoff<J>> {
+        self.queues[queue].ring.pop()
     }
 
-    /// Gives back `n` seats of `desk` (connections closed and their slots free)
+    /// Gives back `n` places of `queue` (connections closed and their slots free)
     /// and rings the accept loops waiting for one.
-    pub fn release(&self, desk: usize, n: usize) {
+    pub fn release(&self, queue: usize, n: usize) {
         if n == 0 {
             return;
         }
-        self.desks[desk].seats.fetch_sub(n, Ordering::SeqCst);
+        self.queues[queue].held.fetch_sub(n, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         for (owner, flag) in self.waiting.iter().enumerate() {
             if flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst) {
@@ -258,22 +259,22 @@ impl WorkerSide {
         }
     }
 
-    /// Connects worker loop `desk`'s wake-up (`loop` mode); once only.
-    pub fn connect(&self, desk: usize, wake: AsyncSender) {
+    /// Connects worker loop `queue`'s wake-up (`loop` mode); once only.
+    pub fn connect(&self, queue: usize, wake: AsyncSender) {
         assert!(
-            self.desks[desk].wake.set(wake).is_ok(),
+            self.queues[queue].wake.set(wake).is_ok(),
             "worker loop connected twice"
         );
     }
 
-    /// Wakes every worker: loops see [`WorkerSide::stopping`], blocking
-    /// workers return from [`WorkerSide::next_socket`] once the queue is empty.
+    /// Wakes every worker: loops see [`HandOffQueues::stopping`], blocking
+    /// workers return from [`HandOffQueues::next_socket`] once the queue is empty.
     /// Connections still queued at `deadline` (the end of the drain) are closed
     /// unanswered.
     pub fn stop(&self, deadline: Instant) {
         let _ = self.drain_deadline.set(deadline);
         self.stop.store(true, Ordering::SeqCst);
-        for d in self.desks.iter() {
+        for d in self.queues.iter() {
             if let Some(wake) = d.wake.get() {
                 wake.send();
             }
@@ -301,7 +302,7 @@ impl WorkerSide {
     /// `socket` mode: the next queued connection, parking while there is none;
     /// `None` once stopping and the queue is empty (what was queued before the
     /// stop is still served: those are complete requests).
-    pub fn next_socket(&self) -> Option<Handoff> {
+    pub fn next_socket(&self) -> Option<Handoff<J>> {
         loop {
             if let Some(h) = self.take(0) {
                 return Some(h);
@@ -326,77 +327,22 @@ impl WorkerSide {
     }
 }
 
-/// The connections of one accept loop waiting for room on the worker side, as
-/// (slot, generation), oldest first. Room for a pool's worth is reserved at
-/// start-up. An entry whose connection closed meanwhile (the client left) is
-/// stale: skipped when reached, and swept out if the ring fills, which makes
-/// room since at most a pool's worth of connections can be waiting at once.
-#[derive(Debug)]
-pub struct Waiting {
-    ring: VecDeque<(u32, u32)>,
-}
-
-impl Waiting {
-    /// Room for the connections of a pool of `capacity`; `ENOMEM` if it
-    /// cannot be had.
-    pub fn new(capacity: usize) -> io::Result<Self> {
-        Ok(Waiting {
-            ring: crate::os::deque_with_room(capacity)?,
-        })
-    }
-
-    /// Appends slot `idx`'s connection of generation `gen`; `live` tells
-    /// whether an older entry still waits.
-    pub fn push(&mut self, idx: u32, gen: u32, live: impl Fn(u32, u32) -> bool) {
-        if self.ring.len() == self.ring.capacity() {
-            self.ring.retain(|&(i, g)| live(i, g));
-        }
-        self.ring.push_back((idx, gen));
-    }
-
-    /// The oldest entry.
-    pub fn front(&self) -> Option<(u32, u32)> {
-        self.ring.front().copied()
-    }
-
-    /// Drops the oldest entry.
-    pub fn pop(&mut self) {
-        self.ring.pop_front();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn side(mode: Delegate, cap: Capacity) -> WorkerSide {
-        WorkerSide::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
+    fn queues(mode: Delegate, cap: Capacity) -> HandOffQueues<()> {
+        HandOffQueues::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
     }
 
-    fn handoff() -> Handoff {
+    fn handoff() -> Handoff<()> {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         Handoff {
             fd: a.into(),
+            job: (),
             owner: 0,
             at: Instant::now(),
         }
-    }
-
-    #[test]
-    fn the_waiting_ring_sweeps_stale_entries_instead_of_growing() {
-        let mut w = Waiting::new(2).unwrap();
-        let cap = w.ring.capacity();
-        for i in 0..cap as u32 {
-            w.push(i, 0, |_, _| true);
-        }
-        // Full: the next push sweeps out what is no longer waiting.
-        w.push(99, 1, |i, _| i == 1);
-        assert_eq!(w.ring.capacity(), cap, "no reallocation");
-        assert_eq!(w.front(), Some((1, 0)));
-        w.pop();
-        assert_eq!(w.front(), Some((99, 1)));
-        w.pop();
-        assert_eq!(w.front(), None);
     }
 
     #[test]
@@ -412,37 +358,55 @@ mod tests {
     #[test]
     fn capacity_is_the_accept_side_split_over_the_workers() {
         let loop_cap = Capacity::new(Delegate::Loop, 2, 5, 3);
-        assert_eq!(loop_cap, Capacity { desks: 3, seats: 4 });
+        assert_eq!(
+            loop_cap,
+            Capacity {
+                queues: 3,
+                per_queue: 4
+            }
+        );
         let sock = Capacity::new(Delegate::Socket, 2, 5, 3);
         assert_eq!(
             sock,
             Capacity {
-                desks: 1,
-                seats: 10
+                queues: 1,
+                per_queue: 10
             }
         );
     }
 
     #[test]
     fn seats_go_round_robin_skip_full_desks_and_ring_waiters_when_freed() {
-        let s = side(Delegate::Loop, Capacity { desks: 2, seats: 1 });
+        let s = queues(
+            Delegate::Loop,
+            Capacity {
+                queues: 2,
+                per_queue: 1,
+            },
+        );
         let mut next = 0;
         assert_eq!(s.reserve(0, &mut next), Some(0));
         assert_eq!(next, 1);
         assert_eq!(s.reserve(0, &mut next), Some(1));
-        assert_eq!(s.reserve(1, &mut next), None, "both desks full");
+        assert_eq!(s.reserve(1, &mut next), None, "both queues full");
         assert!(s.waiting[1].load(Ordering::SeqCst));
         s.hand_off(0, handoff());
         assert!(s.take(0).is_some());
         assert_eq!(s.held(0), 1, "taken is still held until released");
         s.release(0, 1);
         assert!(!s.waiting[1].load(Ordering::SeqCst), "the waiter was rung");
-        assert_eq!(s.reserve(1, &mut next), Some(0), "desk 1 is still full");
+        assert_eq!(s.reserve(1, &mut next), Some(0), "queue 1 is still full");
     }
 
     #[test]
     fn blocking_workers_serve_what_was_queued_before_the_stop() {
-        let s = Arc::new(side(Delegate::Socket, Capacity { desks: 1, seats: 4 }));
+        let s = Arc::new(queues(
+            Delegate::Socket,
+            Capacity {
+                queues: 1,
+                per_queue: 4,
+            },
+        ));
         let mut next = 0;
         for _ in 0..2 {
             let d = s.reserve(0, &mut next).unwrap();
