@@ -2,10 +2,12 @@
 //! (`signals`), waiting on fds (`poll`), starting and stopping a new binary with
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), address
-//! space reserved at start-up (`memory`), counting fds (`fds`).
+//! space reserved at start-up (`memory`), counting fds (`fds`), sleeping on an
+//! atomic word (`futex`).
 #![allow(unsafe_code)]
 
 mod fds;
+mod futex;
 mod inherit;
 mod memory;
 mod notify;
@@ -15,6 +17,7 @@ mod signals;
 mod spawn;
 
 pub use fds::{alive, dup, open_fds};
+pub use futex::{futex_wait, futex_wake};
 pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
     UPGRADES_VAR,
