@@ -3,10 +3,12 @@
 //! inherited sockets (`spawn`), what a parent handed us (`inherit`),
 //! service-manager notification (`notify`), daemonizing (`process`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`), the open-files
-//! limit against the reservation (`limits`).
+//! limit against the reservation (`limits`), sleeping on an atomic word
+//! (`futex`).
 #![allow(unsafe_code)]
 
 mod fds;
+mod futex;
 mod inherit;
 mod limits;
 mod memory;
@@ -17,6 +19,7 @@ mod signals;
 mod spawn;
 
 pub use fds::{alive, dup, open_fds};
+pub use futex::{futex_wait, futex_wake};
 pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, METRICS_FD_NAME, READY_FD_VAR,
     UPGRADES_VAR,
