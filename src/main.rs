@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     };
     let server = match Server::bind_with(&config, Builtin::from_config(&config), handed) {
         Ok(server) => server,
-        Err(e) => return fail(e.exit_status(), &e),
+        Err(e) => return fail(e.exit_status(), &e.report()),
     };
     // The limit is final now (bind_with raised soft to hard): say at start-up
     // when it cannot hold what -A x -C reserves.
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         .and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
-        return fail(e.exit_status(), &e);
+        return fail(e.exit_status(), &e.report());
     }
     let addresses = server.addresses().len();
     let pid_file = config.pid_file.as_deref();
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(e.exit_status(), &e),
+        Err(e) => fail(e.exit_status(), &e.report()),
     }
 }
 
