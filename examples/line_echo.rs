@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(&config, LineEcho) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("line_echo: {e}");
+            eprintln!("line_echo: {}", e.report());
             return ExitCode::from(e.exit_status() as u8);
         }
     };
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("line_echo: {e}");
+            eprintln!("line_echo: {}", e.report());
             ExitCode::from(e.exit_status() as u8)
         }
     }

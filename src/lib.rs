@@ -36,7 +36,7 @@ pub mod pool;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
-pub mod start_error;
+
 pub mod sys;
 pub mod task;
 
@@ -45,6 +45,7 @@ mod delegate;
 mod ev_engine;
 mod fault;
 mod net;
+mod start_error;
 mod token;
 
 /// What the fuzz targets (`fuzz/`) drive directly, public for them only (as

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     };
     let server = match Server::bind_with(&config, Builtin::from_config(&config), handed) {
         Ok(server) => server,
-        Err(e) => return fail(e.exit_status(), &e),
+        Err(e) => return fail(e.exit_status(), &e.report()),
     };
     // The limit is final now (bind_with raised soft to hard): say it at info,
     // and warn when it cannot hold what -A x -C plausibly needs (a -C the
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         .and_then(Supervisor::spawn);
     if let Err(e) = supervisor {
         let e = StartError::system("cannot start the signal thread", e);
-        return fail(e.exit_status(), &e);
+        return fail(e.exit_status(), &e.report());
     }
     let addresses = server.addresses().len();
     let serving = serving_line(&config, server.addresses());
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e.exit_status(), &e),
+        Err(e) => fail(e.exit_status(), &e.report()),
     }
 }
 

@@ -26,14 +26,19 @@ pub enum StartFailure {
     NoMemory,
 }
 
-/// Why the server did not start: one line for stderr ([`fmt::Display`]), the
-/// cause ([`std::error::Error::source`]) and the exit status
-/// ([`StartError::exit_status`]).
+/// Why the server did not start: what failed ([`fmt::Display`]), its cause
+/// ([`std::error::Error::source`]), the one line for stderr
+/// ([`StartError::report`]) and the exit status ([`StartError::exit_status`]).
+///
+/// The cause is shown once: `Display` is only what failed, so that anything
+/// that walks the `source()` chain (`report`, `anyhow`, a logger) prints the
+/// cause once, as the Rust API guidelines ask.
 #[derive(Debug)]
 pub struct StartError {
     failure: StartFailure,
-    message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// What failed; `None` when the cause says it all (see `from_cause`).
+    context: Option<String>,
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl StartError {
@@ -41,8 +46,8 @@ impl StartError {
     pub fn system(what: impl fmt::Display, err: io::Error) -> Self {
         StartError {
             failure: StartFailure::System,
-            message: format!("{what}: {err}"),
-            source: Some(Box::new(err)),
+            context: Some(what.to_string()),
+            cause: Some(Box::new(err)),
         }
     }
 
@@ -50,21 +55,28 @@ impl StartError {
     pub(crate) fn new(failure: StartFailure, message: String) -> Self {
         StartError {
             failure,
-            message,
-            source: None,
+            context: Some(message),
+            cause: None,
         }
     }
 
-    /// A failure whose line is its cause's own.
+    /// A failure whose line is its cause's own: transparent, its `Display` and
+    /// `source()` are the cause's.
     pub(crate) fn from_cause(
         failure: StartFailure,
         cause: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         StartError {
             failure,
-            message: cause.to_string(),
-            source: Some(Box::new(cause)),
+            context: None,
+            cause: Some(Box::new(cause)),
         }
+    }
+
+    /// The whole chain on one line, `what: cause: its cause`: what `main`
+    /// writes to stderr.
+    pub fn report(&self) -> impl fmt::Display + '_ {
+        Report(self)
     }
 
     /// What kind of failure it is.
@@ -80,7 +92,7 @@ impl StartError {
     /// limit or the thread limit reached), 100 for any other system error.
     pub fn exit_status(&self) -> i32 {
         let enomem = self
-            .source
+            .cause
             .as_deref()
             .and_then(|e| e.downcast_ref::<io::Error>())
             .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::ENOMEM | libc::EAGAIN)));
@@ -95,15 +107,38 @@ impl StartError {
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match (&self.context, &self.cause) {
+            (Some(context), _) => f.write_str(context),
+            (None, Some(cause)) => cause.fmt(f),
+            (None, None) => f.write_str("start-up failed"),
+        }
     }
 }
 
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+        let cause = self.cause.as_deref()?;
+        if self.context.is_some() {
+            Some(cause as &(dyn std::error::Error + 'static))
+        } else {
+            // Transparent: the cause is this error's own line.
+            cause.source()
+        }
+    }
+}
+
+/// [`StartError::report`]: the error and every source, `: `-separated.
+struct Report<'a>(&'a StartError);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = std::error::Error::source(self.0);
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -119,6 +154,19 @@ mod tests {
         let source = std::error::Error::source(&enomem).expect("a source");
         let io = source.downcast_ref::<io::Error>().expect("an io::Error");
         assert_eq!(io.raw_os_error(), Some(libc::ENOMEM));
+        // The cause once: in the chain, not again in the error's own line.
+        assert_eq!(enomem.to_string(), "cannot reserve");
+        let enomem_text = io::Error::from_raw_os_error(libc::ENOMEM).to_string();
+        assert_eq!(
+            enomem.report().to_string(),
+            format!("cannot reserve: {enomem_text}")
+        );
+        let adopted = StartError::from_cause(StartFailure::System, enomem);
+        assert_eq!(
+            adopted.report().to_string(),
+            format!("cannot reserve: {enomem_text}")
+        );
+        assert_eq!(adopted.exit_status(), EXIT_SYSTEM);
         let no_thread = StartError::system("thread", io::Error::from_raw_os_error(libc::EAGAIN));
         assert_eq!(no_thread.exit_status(), EXIT_NO_MEMORY);
         let busy = StartError::system("port", io::Error::from_raw_os_error(libc::EADDRINUSE));

@@ -4,10 +4,12 @@
 //! service-manager notification (`notify`), daemonizing (`process`), dropping
 //! root (`privileges`), memory the generations share (`shared`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`), the open-files
-//! limit against the reservation (`limits`).
+//! limit against the reservation (`limits`), sleeping on an atomic word
+//! (`futex`).
 #![allow(unsafe_code)]
 
 mod fds;
+mod futex;
 mod inherit;
 mod limits;
 mod memory;
@@ -20,6 +22,7 @@ mod signals;
 mod spawn;
 
 pub use fds::{alive, dup, open_fds};
+pub use futex::{futex_wait, futex_wake};
 pub use inherit::{
     take_inherited, InheritError, Inherited, ACTIVATION_VARS, COUNTERS_FD_VAR, METRICS_FD_NAME,
     READY_FD_VAR, UPGRADES_VAR,

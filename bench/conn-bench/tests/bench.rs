@@ -372,7 +372,10 @@ fn placeholders_reach_the_server_and_a_shortfall_is_explained() {
     assert_eq!(rec["ideal_requests_per_s"], 30.0, "{rec}");
     assert_eq!(rec["completed"], 60);
     let pct = rec["percent_of_ideal"].as_f64().unwrap();
-    assert!(pct >= 90.0, "rec reached {pct}% of its ideal:\n{stdout}");
+    // Above what 2 workers could reach (66.7%), with room for a loaded
+    // machine (77% was seen with other builds running): the argv above
+    // proves the placeholders, this that the server used all 3 workers.
+    assert!(pct > 70.0, "rec reached {pct}% of its ideal:\n{stdout}");
     // One worker: a third of it, and the note says why.
     let fixed = rows[1]["loads"][0]["percent_of_ideal"].as_f64().unwrap();
     assert!(fixed < 50.0, "fixed reached {fixed}%");
