@@ -66,6 +66,7 @@ const UNIT: &str = "src/ev_unit.c";
 
 fn main() {
     rerun_if_changed();
+    build_identity();
     // The shim calls into libev, so it must come first on the static link line.
     build_shim();
     build_libev();
@@ -114,4 +115,62 @@ fn build_shim() {
         // comma expression: upstream's macro, not our code.
         .flag("-Wno-unused-value")
         .compile("ev_shim");
+}
+
+// --- Build identity: what `--version` and `conn_daemon_build_info` say -------
+// Separate from the libev build above: only rustc-env variables, read by
+// src/config/version.rs.
+//
+// - CONN_DAEMON_GIT_COMMIT: the commit built (12 hex digits), `unknown`
+//   outside a git checkout (a crate tarball);
+// - CONN_DAEMON_GIT_MODIFIED: `true` if tracked files differed from it when
+//   this ran (it reruns when HEAD, the branch or the index moves), else `false`;
+// - CONN_DAEMON_PROFILE: cargo's profile (`debug`, `release`);
+// - CONN_DAEMON_PACKAGE: the package version the build is for, from the
+//   environment variable of that name (contrib/debian/build.sh sets the
+//   Debian version); empty otherwise;
+// - CONN_DAEMON_DESCRIPTION: all of it as `--version` prints it after the name:
+//   `0.1.0 (git 0123456789ab, modified, release build, package 0.1.0-2)`.
+fn build_identity() {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty());
+    let modified = commit.is_some()
+        && git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if commit.is_some() {
+        let mut watched = vec!["HEAD".to_string(), "index".to_string()];
+        watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+        for path in watched {
+            if let Some(p) = git(&["rev-parse", "--git-path", &path]) {
+                println!("cargo:rerun-if-changed={p}");
+            }
+        }
+    }
+    println!("cargo:rerun-if-env-changed=CONN_DAEMON_PACKAGE");
+    let package = std::env::var("CONN_DAEMON_PACKAGE").unwrap_or_default();
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
+    println!(
+        "cargo:rustc-env=CONN_DAEMON_GIT_COMMIT={}",
+        commit.as_deref().unwrap_or("unknown")
+    );
+    println!("cargo:rustc-env=CONN_DAEMON_GIT_MODIFIED={modified}");
+    println!("cargo:rustc-env=CONN_DAEMON_PROFILE={profile}");
+    println!("cargo:rustc-env=CONN_DAEMON_PACKAGE={package}");
+    let mut description = format!(
+        "{} (git {}",
+        std::env::var("CARGO_PKG_VERSION").unwrap_or_default(),
+        commit.as_deref().unwrap_or("unknown")
+    );
+    if modified {
+        description.push_str(", modified");
+    }
+    description.push_str(&format!(", {profile} build"));
+    if !package.is_empty() {
+        description.push_str(&format!(", package {package}"));
+    }
+    println!("cargo:rustc-env=CONN_DAEMON_DESCRIPTION={description})");
 }

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::os::{self, Exec, ListenPid, SignalFd, Wait};
 pub use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
-use crate::{debug, warn};
+use crate::{debug, info, warn};
 
 /// Binary upgrades in this server's lineage (`conn_daemon_upgrades_total`):
 /// counted here, by the process whose successor took over, and shown by the
@@ -97,6 +97,9 @@ pub struct UpgradePlan {
     pub pid_file: Option<PathBuf>,
     /// The lineage's upgrades: passed on (plus one), and counted on success.
     pub upgrades: UpgradeCount,
+    /// A copy of the lineage's counters (a memfd), handed over after the
+    /// readiness pipe (`CONN_DAEMON_COUNTERS_FD`).
+    counters: Option<OwnedFd>,
 }
 
 impl UpgradePlan {
@@ -130,7 +133,14 @@ impl UpgradePlan {
             stop_grace: config.shutdown_timeout + Duration::from_millis(500),
             pid_file: config.pid_file.clone(),
             upgrades,
+            counters: None,
         })
+    }
+
+    /// This plan, handing the lineage's counters (`fd`, copied) over too.
+    pub fn with_counters(mut self, fd: Option<RawFd>) -> io::Result<UpgradePlan> {
+        self.counters = fd.map(os::dup).transpose()?;
+        Ok(self)
     }
 }
 
@@ -526,7 +536,7 @@ impl Supervisor {
         }
         match self.spawn_successor() {
             Ok(pending) => {
-                debug!(
+                info!(
                     "{name}: upgrade: started {} as pid {}",
                     self.plan.exe.display(),
                     pending.pid
@@ -568,6 +578,7 @@ impl Supervisor {
                 !os::ACTIVATION_VARS.iter().any(|v| k == v)
                     && k != os::READY_FD_VAR
                     && k != os::UPGRADES_VAR
+                    && k != os::COUNTERS_FD_VAR
             })
             .map(|(k, v)| {
                 let mut kv = k;
@@ -587,6 +598,10 @@ impl Supervisor {
         env.push(format!("{}={}", os::READY_FD_VAR, 3 + fds.len()).into());
         env.push(format!("{}={upgrades}", os::UPGRADES_VAR).into());
         fds.push(ready_tx.as_raw_fd());
+        if let Some(fd) = &self.plan.counters {
+            env.push(format!("{}={}", os::COUNTERS_FD_VAR, 3 + fds.len()).into());
+            fds.push(fd.as_raw_fd());
+        }
         let mut exec = Exec::new(exe, &self.plan.args, env, ListenPid::OfTheChild, fds)?;
         let pid = exec.spawn()?;
         // Only the child may hold the write end, so that its exit is our EOF.
@@ -773,7 +788,7 @@ impl Supervisor {
             self.predecessor.say(Word::HandedOver(pid));
             self.successor = Some(successor);
             self.plan.upgrades.count();
-            warn!("upgrade: new process {pid} serves; draining and exiting");
+            info!("upgrade: new process {pid} serves; draining and exiting");
             self.shutdown.hand_over();
         }
         for word in words {

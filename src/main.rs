@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Predecessor, Supervisor, UpgradeCount, UpgradePlan};
 use conn_daemon::proto::Builtin;
-use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
-use conn_daemon::{log, os};
+use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM, EXIT_USAGE};
+use conn_daemon::{error, info, log, os, warn};
 
 fn main() -> ExitCode {
     // The very first thing, before the arguments are even read and before any
@@ -20,6 +20,15 @@ fn main() -> ExitCode {
     }
     let config = Config::from_env();
     log::set_verbose(config.verbose);
+    log::set_level(config.log_level);
+    let identity = match identity(&config) {
+        Ok(identity) => identity,
+        Err(why) => return fail(EXIT_USAGE, &why),
+    };
+    if config.check_config {
+        println!("conn-daemon: {}", config.valid());
+        return ExitCode::SUCCESS;
+    }
     let inherited = match os::take_inherited() {
         Ok(inherited) => inherited,
         Err(e) => return fail(EXIT_SYSTEM, &e),
@@ -38,18 +47,24 @@ fn main() -> ExitCode {
         metrics: inherited.metrics,
         from_upgrade: inherited.from_upgrade,
         upgrades: upgrades.shared(),
+        counters: inherited.counters,
     };
     let server = match Server::bind_with(&config, Builtin::from_config(&config), handed) {
         Ok(server) => server,
         Err(e) => return fail(e.exit_status(), &e.report()),
     };
-    // The limit is final now (bind_with raised soft to hard): say at start-up
-    // when it cannot hold what -A x -C reserves.
+    // The limit is final now (bind_with raised soft to hard): say it at info,
+    // and warn when it cannot hold what -A x -C plausibly needs (a -C the
+    // operator chose: the default is a ceiling, not a plan).
     let loops = config.accept_threads + config.worker_threads;
     let own = os::own_fds(loops as u64, server.addresses().len() as u64);
     let connections = (config.accept_threads as u64).saturating_mul(config.accept_capacity as u64);
-    if let Some(line) = os::nofile_line(connections, own) {
-        eprintln!("conn-daemon: {line}");
+    let chosen = config.accept_capacity != Config::default().accept_capacity;
+    if let Some(soft) = os::nofile_soft() {
+        info!("open files limit {soft}: accept pauses when it runs out");
+    }
+    if let Some(line) = os::nofile_line(connections, own, chosen) {
+        warn!("{line}");
     }
     // Read before -d changes directory (a relative argv[0] would then miss).
     let plan = match UpgradePlan::new(
@@ -57,7 +72,9 @@ fn main() -> ExitCode {
         server.listener_fds(),
         server.metrics_fd(),
         upgrades,
-    ) {
+    )
+    .and_then(|plan| plan.with_counters(server.counters_fd()))
+    {
         Ok(plan) => plan,
         Err(e) => {
             return fail(
@@ -74,6 +91,25 @@ fn main() -> ExitCode {
             return fail(EXIT_SYSTEM, &format_args!("cannot daemonize: {e}"));
         }
     }
+    // Detached, stderr is /dev/null (unless -v): the lines go to syslog. An
+    // upgrade's new process of a -d server inherited that /dev/null too.
+    if config.daemonize && !config.verbose {
+        log::to_syslog();
+    }
+    // Bound, not yet accepting: the one place root is given up (before any
+    // thread is started, though glibc would change every thread's ids).
+    if let Some(id) = &identity {
+        if let Err(e) = os::drop_to(id) {
+            return fail(
+                EXIT_SYSTEM,
+                &format_args!("cannot run as user {} group {}: {e}", id.user, id.group),
+            );
+        }
+        info!(
+            "running as user {} (uid {}), group {} (gid {})",
+            id.user, id.uid, id.group, id.gid
+        );
+    }
     let predecessor = Predecessor::new(inherited.ready);
     let supervisor = Supervisor::new(server.shutdown_handle(), plan, predecessor.clone())
         .and_then(Supervisor::spawn);
@@ -82,18 +118,56 @@ fn main() -> ExitCode {
         return fail(e.exit_status(), &e.report());
     }
     let addresses = server.addresses().len();
+    let serving = serving_line(&config, server.addresses());
     let pid_file = config.pid_file.as_deref();
-    let result = server.run_with(|| lifecycle::announce_ready(pid_file, &predecessor, addresses));
+    let result = server.run_with(|| {
+        info!("{serving}");
+        lifecycle::announce_ready(pid_file, &predecessor, addresses)
+    });
     if let Some(path) = pid_file {
         lifecycle::remove_pid_file(path);
     }
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(stats) => {
+            info!(
+                "drained; exiting: {} responses sent, {} connections dropped, {} timed out \
+                 since start",
+                stats.served, stats.dropped, stats.timed_out
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => fail(e.exit_status(), &e.report()),
     }
 }
 
+/// `--user`/`--group` looked up and checked before anything is bound: one
+/// line (exit 1) for what cannot work.
+fn identity(config: &Config) -> Result<Option<os::Identity>, String> {
+    let Some(user) = config.user.as_deref() else {
+        return match &config.group {
+            Some(group) => Err(format!("--group {group} needs --user")),
+            None => Ok(None),
+        };
+    };
+    let id = os::lookup_identity(user, config.group.as_deref())?;
+    os::check_privileges(&id, config.pid_file.as_deref())?;
+    Ok(Some(id))
+}
+
+/// The info line of a server that serves: where, and with what.
+fn serving_line(config: &Config, addresses: &[std::net::SocketAddr]) -> String {
+    let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    format!(
+        "serving on {}: {} accept threads x {} connections, {} workers, --delegate {}",
+        addresses.join(" "),
+        config.accept_threads,
+        config.accept_capacity,
+        config.worker_threads,
+        config.effective_delegate()
+    )
+}
+
 fn fail(code: i32, why: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("conn-daemon: {why}");
+    error!("{why}");
     ExitCode::from(code as u8)
 }

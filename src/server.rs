@@ -52,6 +52,8 @@ pub struct Handed {
     /// The lineage's upgrade count, which the metrics show (the lifecycle
     /// counts it: `lifecycle::UpgradeCount`).
     pub upgrades: Arc<AtomicU64>,
+    /// The lineage's counters, shared by its generations (`metrics::Generations`).
+    pub counters: Option<OwnedFd>,
 }
 
 /// A bound, not yet running server of protocol `P`.
@@ -101,6 +103,7 @@ impl<P: Protocol> Server<P> {
             metrics: inherited_metrics,
             from_upgrade,
             upgrades,
+            counters,
         } = handed;
         check_reservation::<P::Job>(config, &Host::read())?;
         // Raised before anything is created, so that the budget is checked
@@ -133,6 +136,9 @@ impl<P: Protocol> Server<P> {
             Ok(limit) => debug!("open files limit raised to {limit}"),
             Err(e) => warn!("cannot raise the open files limit: {e}"),
         }
+        // Before the reservations sized by -A and -C: under an address-space
+        // limit, those are what fails (one line), not this small mapping.
+        let generations = join_lineage(counters);
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
         let queues = Queues::of(config);
@@ -197,10 +203,15 @@ impl<P: Protocol> Server<P> {
             shared,
             shutdown,
             work,
-            metrics: Arc::new(
-                Metrics::with_labels(threads, config.worker_threads, upgrades, P::labels())
-                    .for_mode(config.delegate),
-            ),
+            metrics: Arc::new({
+                let metrics =
+                    Metrics::with_labels(threads, config.worker_threads, upgrades, P::labels())
+                        .for_mode(config.delegate);
+                match generations {
+                    Some(g) => metrics.with_generations(g),
+                    None => metrics,
+                }
+            }),
             metrics_listener,
         })
     }
@@ -213,6 +224,11 @@ impl<P: Protocol> Server<P> {
     /// The `--metrics` listener, if any (an upgrade hands it over too).
     pub fn metrics_fd(&self) -> Option<RawFd> {
         self.metrics_listener.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The lineage's shared counters (an upgrade hands them over too).
+    pub fn counters_fd(&self) -> Option<RawFd> {
+        self.metrics.generations_fd()
     }
 
     /// The addresses the server listens on.
@@ -253,10 +269,12 @@ impl<P: Protocol> Server<P> {
             // Once a new process serves (it shares this very socket, handed over),
             // scrapes are its to answer: ours finish, no new one starts here, so
             // that none is cut short when we exit.
-            let shutdown = Arc::clone(&shutdown);
-            let accepting = Box::new(move || shutdown.requested() != Some(Drain::Handover));
+            let (handing, stopping) = (Arc::clone(&shutdown), Arc::clone(&shutdown));
+            let accepting = Box::new(move || handing.requested() != Some(Drain::Handover));
+            // After a handover the port is served on by the new process: ready.
+            let ready = Box::new(move || stopping.requested() != Some(Drain::Stop));
             scrapes = Some(
-                metrics::serve(listener, Arc::clone(&metrics), accepting)
+                metrics::serve(listener, Arc::clone(&metrics), accepting, ready)
                     .map_err(|e| StartError::system("cannot start the metrics thread", e))?,
             );
         }
@@ -341,6 +359,8 @@ impl<P: Protocol> Server<P> {
             }
         });
         stats.add(others);
+        // Nothing counts any more: the lineage keeps what we counted.
+        metrics.retire();
         // The scrapes taken are answered before the process exits.
         if let Some(scrapes) = scrapes {
             scrapes.finish(SCRAPE_GRACE);
@@ -415,6 +435,24 @@ fn accept_thread<P: Protocol>(
         Err(e) => {
             let _ = ready.send(Err(e));
             Stats::default()
+        }
+    }
+}
+
+/// The lineage's counters (`counters`, handed over by an upgrade), joined so
+/// that they survive upgrades; `None` (one line) if that fails: the server
+/// then counts alone.
+fn join_lineage(counters: Option<OwnedFd>) -> Option<metrics::Generations> {
+    match metrics::Generations::join(counters) {
+        Ok((generations, why)) => {
+            if let Some(why) = why {
+                warn!("{why}");
+            }
+            Some(generations)
+        }
+        Err(e) => {
+            warn!("cannot share the counters with later generations: {e}");
+            None
         }
     }
 }

@@ -15,8 +15,9 @@
 # there: cargo-deb writes into a fresh directory of its own, and build.sh moves
 # the result. Not target/debian: cargo-deb deletes every other version of the
 # package from there on each build, whatever its -o says. The maintainer is --maintainer, else "$DEBFULLNAME <$DEBEMAIL>"
-# (Debian's convention), else Cargo.toml's. Prints the path of the .deb on its
-# last line.
+# (Debian's convention), else Cargo.toml's. The binary says the package version
+# (`conn-daemon --version`, the metric conn_daemon_build_info). Prints the path
+# of the .deb on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -60,7 +61,14 @@ if [ "$(cd "$out" && pwd -P)" = "$(mkdir -p "$target_dir/debian" && cd "$target_
   echo "build.sh: -o $out: cargo-deb deletes other versions of the package from there; give another directory" >&2
   exit 2
 fi
-cargo build --release --bin conn-daemon -p conn-daemon -p conn-daemon-man --bin conn-daemon-man
+crate_version=$(cargo metadata --format-version 1 --no-deps | python3 -c '
+import json, sys
+print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "conn-daemon"))')
+deb_version=${version:-$crate_version-1}
+# The binary knows the package version it is built for (build.rs reads
+# CONN_DAEMON_PACKAGE): --version and conn_daemon_build_info show it.
+CONN_DAEMON_PACKAGE=$deb_version \
+  cargo build --release --bin conn-daemon -p conn-daemon -p conn-daemon-man --bin conn-daemon-man
 assets=target/debian-assets
 mkdir -p "$assets"
 # The units as shipped, but for the package's binary, and citing the docs where
@@ -84,10 +92,6 @@ done
 # The changelog: the maintained one, with an entry for this build's version on
 # top when it is not the latest (e.g. --deb-version 0.1.0-2 for an upgrade
 # test), dated by the commit so that a rebuild is the same package.
-crate_version=$(cargo metadata --format-version 1 --no-deps | python3 -c '
-import json, sys
-print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "conn-daemon"))')
-deb_version=${version:-$crate_version-1}
 latest=$(sed -n '1s/^conn-daemon (\([^)]*\)).*/\1/p' contrib/debian/changelog)
 [ -n "$latest" ] || { echo "build.sh: contrib/debian/changelog does not start with 'conn-daemon (VERSION)'" >&2; exit 1; }
 if [ "$deb_version" = "$latest" ]; then

@@ -178,6 +178,7 @@ rm -rf "$work"
 mkdir -p "$share"
 cp "$bin" "$share/conn-daemon"
 cp "$here/conn-daemon.service" "$here/conn-daemon.socket" "$here/client.py" "$share/"
+cp "$repo/contrib/debian/conn-daemon.conf" "$share/"
 [ -z "$deb_old" ] || cp "$deb_old" "$share/old.deb"
 [ -z "$deb_new" ] || cp "$deb_new" "$share/new.deb"
 
@@ -193,6 +194,7 @@ halt() { booted=; sb_halt >/dev/null || fail "halting the sandbox"; }
 section "the units of contrib/systemd under systemd"
 boot
 sb install -m 644 /srv/share/conn-daemon.service /srv/share/conn-daemon.socket /etc/systemd/system/
+sb install -D -m 644 /srv/share/conn-daemon.conf /etc/conn-daemon/conn-daemon.conf
 install_binary /srv/share/conn-daemon
 slow_dropin /etc/systemd/system/conn-daemon.service
 sb systemctl daemon-reload
@@ -293,6 +295,47 @@ reload_to_new
 fast_ok || fail "no answer after the upgrade that fixed it"
 pass "the next reload to a good binary: MainPID $new"
 
+section "edit the config file, reload: applied; a bad edit is refused"
+CONF=/etc/conn-daemon/conn-daemon.conf
+# Accept threads other than the main one are named accept-N.
+accept_threads() { sb sh -c "cat /proc/$1/task/*/comm" | grep -c '^accept-' || true; }
+[ "$(accept_threads "$new")" = 3 ] || fail "pid $new: $(accept_threads "$new") accept threads besides the main one, not 3 (-A 4)"
+sb sed -i 's/^accept-threads = 4$/accept-threads = 2/' "$CONF"
+sb /usr/local/bin/conn-daemon --config "$CONF" --check-config >/dev/null || fail "--check-config refused the edited file"
+reload_to_new
+[ "$(accept_threads "$new")" = 1 ] || fail "after the edit to -A 2, pid $new has $(accept_threads "$new") accept threads besides the main one"
+fast_ok || fail "no answer after the reload that applied the edit"
+pass "accept-threads = 2 in $CONF, systemctl reload: MainPID $new runs 2 accept threads"
+line=$(sb grep -n '^accept-threads = 2$' "$CONF" | cut -d: -f1)
+sb sed -i 's/^accept-threads = 2$/accept-threads = 0/' "$CONF"
+out=$(sb /usr/local/bin/conn-daemon --config "$CONF" --check-config 2>&1) && fail "--check-config accepted accept-threads = 0"
+[ "$out" = "conn-daemon: $CONF:$line: invalid value '0' for '--accept-threads <N>': expected a whole number from 1 to 18446744073709551615" ] \
+  || fail "--check-config said: $out"
+c=$(cursor)
+sb systemctl reload "$UNIT"
+wait_for 20 "STATUS 'serving (upgrade failed)'" is StatusText "serving (upgrade failed)"
+is MainPID "$new" || fail "MainPID changed to $(prop MainPID)"
+fast_ok || fail "no answer after a refused config"
+journal_since "$c" | grep -qF "]: $CONF:$line: invalid value '0'" || fail "no line naming $CONF:$line in the journal: $(journal_since "$c")"
+journal_since "$c" | grep -q 'upgrade failed: .*exited with status 1); still serving' || fail "no 'upgrade failed' line: $(journal_since "$c")"
+pass "accept-threads = 0: --check-config and the reload refuse it naming $CONF:$line; MainPID $new serves on"
+# priority CONF-TEXT: the PRIORITY of the unit's journal entries that
+# contain TEXT since cursor $c, one per line.
+priority() {
+  sb journalctl -u "$UNIT" --no-pager -o json --after-cursor="$c" \
+    | python3 -c 'import json,sys; [print(e.get("PRIORITY")) for e in map(json.loads, sys.stdin) if sys.argv[1] in str(e.get("MESSAGE"))]' "$1"
+}
+[ "$(priority "$CONF:$line: invalid value")" = 3 ] \
+  || fail "the refusal is not at priority 3 (err) in the journal: $(priority "$CONF:$line: invalid value")"
+[ "$(priority "upgrade failed:")" = 4 ] || fail "'upgrade failed' is not at priority 4 (warning): $(priority "upgrade failed:")"
+[ "$(priority "SIGUSR2: upgrade: started")" = 6 ] || fail "'upgrade: started' is not at priority 6 (info)"
+all=$(sb journalctl -u "$UNIT" --no-pager)
+grep -q ']: conn-daemon: ' <<<"$all" && fail "journal lines named twice: $(grep ']: conn-daemon: ' <<<"$all" | head -3)"
+grep -q 'counters' <<<"$all" && fail "the counters were not shared (seccomp, memfd?): $(grep counters <<<"$all" | head -3)"
+pass "the journal has the lines at their priorities (err 3, warning 4, info 6), each named once: conn-daemon[PID]: text"
+sb install -m 644 /srv/share/conn-daemon.conf "$CONF"
+reload_to_new
+
 section "a crash of a reloaded process restarts it; systemctl kill reaches it"
 c=$(cursor)
 sb systemctl kill --kill-who=main --signal=SIGKILL "$UNIT"
@@ -333,6 +376,14 @@ if [ -n "$deb_old" ]; then
   [ "$(sb readlink "/proc/$(prop MainPID)/exe")" = /usr/bin/conn-daemon ] || fail "the service does not run /usr/bin/conn-daemon"
   fast_ok || fail "no answer after dpkg -i"
   pass "dpkg -i $(sb dpkg-query -W -f='${Version}' conn-daemon): socket and service enabled and active, /usr/bin/conn-daemon answers the 57 bytes"
+  sb dpkg-query -W -f='${Conffiles}\n' conn-daemon | grep -q '^ /etc/conn-daemon/conn-daemon.conf ' \
+    || fail "/etc/conn-daemon/conn-daemon.conf is not a conffile: $(sb dpkg-query -W -f='${Conffiles}' conn-daemon)"
+  grep -q -- '--config /etc/conn-daemon/conn-daemon.conf' "$work/pkg.service" || fail "the package's unit does not pass --config"
+  pass "/etc/conn-daemon/conn-daemon.conf is a conffile, and the unit passes --config"
+  v=$(sb dpkg-query -W -f='${Version}' conn-daemon)
+  sb /usr/bin/conn-daemon --version | grep -qF "release build, package $v)" \
+    || fail "--version does not name the package $v: $(sb /usr/bin/conn-daemon --version)"
+  pass "--version: $(sb /usr/bin/conn-daemon --version)"
   sb zcat /usr/share/man/man8/conn-daemon.8.gz >"$work/man.8"
   for s in NAME SYNOPSIS OPTIONS SIGNALS UPGRADE FILES '"EXIT STATUS"' EXAMPLES; do
     grep -qx ".SH $s" "$work/man.8" || fail "the man page has no $s section"

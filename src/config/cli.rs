@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 
-use super::Delegate;
+use super::file::{self, FileError};
+
 use super::{default_accept_threads, Config};
+use super::{Delegate, LogLevel as Level};
 
 /// Upper bound on `--accept-capacity`: connection ids must fit the pool's index space,
 /// and a bigger pool per thread is a typo rather than a plan.
@@ -27,28 +30,87 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Why a command line, or the config file it names, is refused.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The command line itself (and `--help`, `--version`, which clap reports
+    /// as errors too): printed with the usage, exit 1 (help and version: 0).
+    CommandLine(clap::Error),
+    /// `--config FILE`: one line naming the file, the line and the reason.
+    File(FileError),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::CommandLine(e) => write!(f, "{}", e.render().to_string().trim_end()),
+            ConfigError::File(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<clap::Error> for ConfigError {
+    fn from(e: clap::Error) -> Self {
+        ConfigError::CommandLine(e)
+    }
+}
+
 impl Config {
-    /// Parses `args` (`args[0]` is the program name). Err carries the clap error (help
-    /// and version are Err too, as clap does) so callers decide how to print and exit.
-    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    /// Parses `args` (`args[0]` is the program name), and the file of
+    /// `--config` if there is one (the command line overrides it). Err carries
+    /// the clap error (help and version are Err too, as clap does) or the
+    /// file's, so callers decide how to print and exit.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         // Not `Args::try_parse_from`: that would rebuild the command without the
         // settings `command()` adds below.
-        let mut matches = command().try_get_matches_from(args)?;
-        let args = Args::from_arg_matches_mut(&mut matches)?;
-        args.into_config()
+        let mut matches = command().try_get_matches_from(&args)?;
+        let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+            let parsed = Args::from_arg_matches_mut(&mut matches)?;
+            return Ok(parsed.into_config()?);
+        };
+        let from_file = file_args(&path, &matches)?;
+        // The file's settings first, then the command line, which the file's
+        // lines for the same options have already made way for.
+        let mut all = vec![args
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "conn-daemon".into())];
+        all.extend(from_file);
+        all.extend(args.into_iter().skip(1));
+        let whole = |e: clap::Error| {
+            ConfigError::File(FileError {
+                path: path.clone(),
+                line: None,
+                reason: one_line(&e),
+            })
+        };
+        let mut matches = command().try_get_matches_from(all).map_err(whole)?;
+        let parsed = Args::from_arg_matches_mut(&mut matches).map_err(whole)?;
+        parsed.into_config().map_err(whole)
     }
 
-    /// Parses `std::env::args_os()`; on an error prints it and exits: help and version
-    /// go to stdout with status 0, anything else goes to stderr with the full usage and
-    /// status 1 (the reference's status; clap's own `Error::exit` would use 2).
+    /// Parses `std::env::args_os()` (and `--config`); on an error prints it and
+    /// exits: help and version go to stdout with status 0, a bad command line
+    /// goes to stderr with the full usage and status 1 (the reference's status;
+    /// clap's own `Error::exit` would use 2), a bad config file is one line on
+    /// stderr and status 1. (`--check-config` is the caller's: see
+    /// [`Config::valid`].)
     pub fn from_env() -> Config {
         match Config::try_parse_from(std::env::args_os()) {
             Ok(config) => config,
-            Err(err) => match err.kind() {
+            Err(ConfigError::File(e)) => {
+                crate::error!("{e}");
+                std::process::exit(1);
+            }
+            Err(ConfigError::CommandLine(err)) => match err.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
                     // A closed stdout (`conn-daemon --help | head -0`) is not an error
                     // worth reporting: the user asked for text and went away.
@@ -64,12 +126,93 @@ impl Config {
     }
 }
 
+impl Config {
+    /// What `--check-config` says once everything checked is valid.
+    pub fn valid(&self) -> String {
+        match &self.config_file {
+            Some(path) => format!("{} and the command line: valid", path.display()),
+            None => "the command line: valid".to_string(),
+        }
+    }
+}
+
+/// Options a config file may not set: they are about this run of the
+/// command, not about the server.
+const NOT_IN_FILE: [&str; 4] = ["config", "check-config", "help", "version"];
+
+/// The settings of `path` as command-line arguments (`--name=value`, `--name`),
+/// each checked on its own so that an error names its line; those the command
+/// line (`matches`) sets itself are left out: it overrides the file.
+fn file_args(
+    path: &std::path::Path,
+    matches: &clap::ArgMatches,
+) -> Result<Vec<OsString>, ConfigError> {
+    let entries = file::read(path).map_err(ConfigError::File)?;
+    let cmd = command();
+    let refuse = |line: usize, reason: String| {
+        ConfigError::File(FileError {
+            path: path.to_owned(),
+            line: Some(line),
+            reason,
+        })
+    };
+    let mut args = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for entry in &entries {
+        let name = entry.name.as_str();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name) && !NOT_IN_FILE.contains(&name))
+            .ok_or_else(|| refuse(entry.line, format!("unknown option {name:?}")))?;
+        let takes_value = arg.get_action().takes_values();
+        let text = match (&entry.value, takes_value) {
+            (Some(value), true) => format!("--{name}={value}"),
+            (None, false) => format!("--{name}"),
+            (None, true) => {
+                return Err(refuse(
+                    entry.line,
+                    format!("{name} needs a value: `{name} = ...`"),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(refuse(
+                    entry.line,
+                    format!("{name} is a flag: write it alone, without `=`"),
+                ))
+            }
+        };
+        let repeatable = matches!(arg.get_action(), ArgAction::Append);
+        if !repeatable && seen.contains(&name) {
+            return Err(refuse(entry.line, format!("{name} is set twice")));
+        }
+        seen.push(name);
+        // The line on its own, through the command line's parsers.
+        command()
+            .try_get_matches_from(["conn-daemon", text.as_str()])
+            .map_err(|e| refuse(entry.line, one_line(&e)))?;
+        let id = arg.get_id().as_str();
+        if matches.value_source(id) != Some(ValueSource::CommandLine) {
+            args.push(OsString::from(text));
+        }
+    }
+    Ok(args)
+}
+
+/// A clap error as one line: its first, without clap's `error: `.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
 /// The clap command, with the settings the derive attributes cannot express:
 /// what parses the command line, and what `contrib/man` renders as the man page.
 pub fn command() -> clap::Command {
     // Fixed name: the usage text must not depend on how the binary was invoked, so
     // scripts and tests can match it.
-    Args::command().bin_name("conn-daemon")
+    Args::command()
+        .bin_name("conn-daemon")
+        .version(crate::config::version::DESCRIPTION)
 }
 
 /// Text for a command-line error: the error (with clap's tips), then the full help, as
@@ -210,6 +353,25 @@ fn parse_pid_file(text: &str) -> Result<PathBuf, String> {
         return Err("expected a file path".into());
     }
     std::path::absolute(text).map_err(|e| format!("{text}: {e}"))
+}
+
+/// `--config`: made absolute at once, like `--pid-file`.
+fn parse_config_file(text: &str) -> Result<PathBuf, String> {
+    parse_pid_file(text)
+}
+
+/// `--user`, `--group`: a name (looked up at start-up).
+fn parse_name(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(['\0', ':', '/']) || text.trim() != text {
+        return Err("expected a user or group name".into());
+    }
+    Ok(text.to_string())
+}
+
+/// `--log-level`: one of the levels' names.
+fn parse_log_level(text: &str) -> Result<Level, String> {
+    Level::from_label(text)
+        .ok_or_else(|| format!("{text:?} is not a level: error, warn, info or debug"))
 }
 
 /// `--accept-threads`: at least the main thread.
@@ -412,6 +574,39 @@ struct Args {
     )]
     upgrade_timeout: u64,
 
+    /// Read the options from FILE first, one per line (`name = value`, or the
+    /// name alone for a flag; `#` comments); the command line overrides it. An
+    /// upgrade (SIGHUP, SIGUSR2) reads it anew
+    #[arg(long = "config", value_name = "FILE", value_parser = parse_config_file)]
+    config: Option<PathBuf>,
+
+    /// Check the command line and the --config file, print one line and exit:
+    /// 0 if they are valid, 1 if not
+    #[arg(long = "check-config")]
+    check_config: bool,
+
+    /// Lines to log: error, warn, info (serving, each upgrade step, the end
+    /// of a drain) or debug; to stderr (under systemd with the journal's
+    /// priority prefixes) or, with -d, to syslog. -v still prints debug lines
+    /// to stdout
+    #[arg(
+        long = "log-level",
+        value_name = "LEVEL",
+        default_value = "warn",
+        value_parser = parse_log_level
+    )]
+    log_level: Level,
+
+    /// Once the listeners are bound, drop root and run as USER (every thread;
+    /// supplementary groups dropped too), like memcached's -u; only root can
+    /// [default: keep the user]
+    #[arg(long = "user", value_name = "USER", value_parser = parse_name)]
+    user: Option<String>,
+
+    /// With --user: the group to run as [default: the user's primary group]
+    #[arg(long = "group", value_name = "GROUP", value_parser = parse_name)]
+    group: Option<String>,
+
     /// Print this help and exit
     // `-!` is AutoOpts' "help through a pager": here the same help, without one.
     #[arg(short = '?', long = "help", short_aliases = ['h', '!'], action = ArgAction::Help)]
@@ -471,6 +666,11 @@ impl Args {
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout),
             metrics: self.metrics,
             delegate: self.delegate,
+            config_file: self.config,
+            check_config: self.check_config,
+            log_level: self.log_level,
+            user: self.user,
+            group: self.group,
         })
     }
 }
@@ -481,7 +681,11 @@ mod tests {
 
     /// Parses `args` after a program name.
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied()))
+        match Config::try_parse_from(std::iter::once("conn-daemon").chain(args.iter().copied())) {
+            Ok(c) => Ok(c),
+            Err(ConfigError::CommandLine(e)) => Err(e),
+            Err(e) => panic!("{args:?}: not a command-line error: {e}"),
+        }
     }
 
     /// Parses `args`, which must be accepted.
@@ -552,6 +756,11 @@ mod tests {
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,
+            config_file: None,
+            check_config: false,
+            log_level: Level::Warn,
+            user: None,
+            group: None,
         };
         assert_eq!(ok(&[]), expected);
         assert_eq!(Config::default(), expected);
@@ -813,6 +1022,11 @@ mod tests {
                 shutdown_timeout: Duration::from_millis(200),
                 metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9101))),
                 delegate: Delegate::Task,
+                config_file: None,
+                check_config: false,
+                log_level: Level::Warn,
+                user: None,
+                group: None,
             }
         );
     }
@@ -1015,7 +1229,11 @@ mod tests {
             let err = parse(args).expect_err("version is an Err");
             assert_eq!(err.kind(), ErrorKind::DisplayVersion, "{args:?}");
             let text = err.render().to_string();
-            assert_eq!(text, format!("conn-daemon {}\n", env!("CARGO_PKG_VERSION")));
+            assert_eq!(
+                text,
+                format!("conn-daemon {}\n", crate::config::version::DESCRIPTION)
+            );
+            assert!(text.starts_with(&format!("conn-daemon {} (git ", env!("CARGO_PKG_VERSION"))));
         }
     }
 

@@ -15,10 +15,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod version;
+
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
-pub use cli::command;
+mod file;
+#[cfg(feature = "cli")]
+pub use cli::{command, ConfigError};
+#[cfg(feature = "cli")]
+pub use file::FileError;
 
 /// The server's settings, from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +68,17 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// `--delegate`: how a complete slow request reaches a worker.
     pub delegate: Delegate,
+    /// `--config`: the file the settings were read from too (absolute), which
+    /// an upgrade's new process reads anew.
+    pub config_file: Option<PathBuf>,
+    /// `--check-config`: validate, say so, exit.
+    pub check_config: bool,
+    /// `--log-level`: the least severe lines logged.
+    pub log_level: LogLevel,
+    /// `--user`: who to run as once the listeners are bound (by name).
+    pub user: Option<String>,
+    /// `--group`: the group to run as with `--user` (by name).
+    pub group: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +107,11 @@ impl Default for Config {
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,
+            config_file: None,
+            check_config: false,
+            log_level: LogLevel::Warn,
+            user: None,
+            group: None,
         }
     }
 }
@@ -149,6 +171,61 @@ impl Delegate {
 }
 
 impl fmt::Display for Delegate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// How severe a line is: `--log-level` shows this one and the ones above it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// The process cannot go on as asked (a start-up error).
+    Error = 0,
+    /// Something an operator should know about; the default level.
+    #[default]
+    Warn = 1,
+    /// The life of the process: serving, each upgrade step, the end of a drain.
+    Info = 2,
+    /// Every connection's steps (as `-v`, but through the log's destination).
+    Debug = 3,
+}
+
+impl LogLevel {
+    /// Every level, most severe first.
+    pub const ALL: [LogLevel; 4] = [
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Info,
+        LogLevel::Debug,
+    ];
+
+    /// The name on the command line.
+    pub fn label(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+
+    /// The level named `text`, if any.
+    pub fn from_label(text: &str) -> Option<LogLevel> {
+        LogLevel::ALL.into_iter().find(|l| l.label() == text)
+    }
+
+    /// The syslog severity (and sd-daemon prefix digit).
+    pub fn severity(self) -> u8 {
+        match self {
+            LogLevel::Error => 3,
+            LogLevel::Warn => 4,
+            LogLevel::Info => 6,
+            LogLevel::Debug => 7,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())
     }

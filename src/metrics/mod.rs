@@ -13,14 +13,17 @@
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Delegate;
 
+mod generations;
 mod process;
 mod render;
 mod scrape;
 
+pub use generations::Generations;
+use generations::{Block, Totals, HIST};
 pub use process::Process;
 pub use scrape::{bind, serve, Scrapes};
 
@@ -316,6 +319,51 @@ pub struct Metrics {
     worker_side: Box<[Arc<AcceptCounters>]>,
     delegate: Delegate,
     labels: Labels,
+    /// The lineage's counters across upgrades, if this server joined them.
+    generations: Option<Generations>,
+    /// Where a scrape adds the counters up, allocated once.
+    scratch: Mutex<Scratch>,
+}
+
+/// The buffers a scrape adds the counters up in: allocated by the first
+/// scrape (fallibly: a scrape under an address-space limit fails, the server
+/// does not), with room for every thread, so that later scrapes allocate
+/// nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// This process's counters.
+    accept: Vec<Block>,
+    workers: Vec<Block>,
+    /// One generation's, as read.
+    slot: (Vec<Block>, Vec<Block>),
+    totals: Totals,
+}
+
+impl Scratch {
+    /// Room for `n` threads in every buffer.
+    fn reserve(&mut self, n: usize) -> std::io::Result<()> {
+        let t = &mut self.totals;
+        for v in [
+            &mut self.accept,
+            &mut self.workers,
+            &mut self.slot.0,
+            &mut self.slot.1,
+            &mut t.accept,
+            &mut t.workers,
+        ] {
+            let more = n.saturating_sub(v.len());
+            v.try_reserve_exact(more).map_err(|_| no_memory())?;
+        }
+        for v in [&mut t.open_accept, &mut t.open_workers] {
+            let more = n.saturating_sub(v.len());
+            v.try_reserve_exact(more).map_err(|_| no_memory())?;
+        }
+        Ok(())
+    }
+}
+
+fn no_memory() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::ENOMEM)
 }
 
 impl Metrics {
@@ -339,6 +387,99 @@ impl Metrics {
             worker_side: Box::default(),
             delegate: Delegate::Task,
             labels,
+            generations: None,
+            scratch: Mutex::default(),
+        }
+    }
+
+    /// These counters, published to (and shown summed with) the other
+    /// generations of an upgrade lineage: see [`Generations`].
+    pub fn with_generations(mut self, generations: Generations) -> Self {
+        self.generations = Some(generations);
+        self
+    }
+
+    /// The lineage's shared counters, for an upgrade to hand over.
+    pub fn generations_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.generations.as_ref().map(Generations::fd)
+    }
+
+    /// This process's counters as the lineage's shared memory holds them,
+    /// into `scratch`; the histogram.
+    fn own(&self, scratch: &mut Scratch) -> [u64; HIST] {
+        scratch.accept.clear();
+        scratch
+            .accept
+            .extend(self.accept.iter().map(|c| Block::of(c)));
+        scratch.workers.clear();
+        scratch
+            .workers
+            .extend(self.worker_side.iter().map(|c| Block::of(c)));
+        let mut hist = [0u64; HIST];
+        for c in self.accept.iter().chain(self.worker_side.iter()) {
+            let h = &c.slow_seconds;
+            for (total, b) in hist.iter_mut().zip(&h.buckets) {
+                *total += b.get();
+            }
+            let sum = f64::from_bits(hist[HIST - 1]) + f64::from_bits(h.sum.get());
+            hist[HIST - 1] = sum.to_bits();
+        }
+        hist
+    }
+
+    /// Runs `f` on what a scrape shows of the counters: this process's
+    /// published first, then every generation's added up (or this process's
+    /// alone).
+    fn with_totals(&self, f: impl FnOnce(&Totals) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch = &mut *scratch;
+        let n = self
+            .accept
+            .len()
+            .max(self.worker_side.len())
+            .max(generations::MAX_CARRIED);
+        scratch.reserve(n)?;
+        let hist = self.own(scratch);
+        match &self.generations {
+            Some(g) => {
+                g.publish(&scratch.accept, &scratch.workers, &hist);
+                g.totals_into(&mut scratch.totals, &mut scratch.slot);
+                // Threads past those carried count for this process alone.
+                let t = &mut scratch.totals;
+                for b in scratch.accept.iter().skip(generations::MAX_CARRIED) {
+                    t.accept.push(*b);
+                    t.open_accept.push(b.open());
+                }
+                for b in scratch.workers.iter().skip(generations::MAX_CARRIED) {
+                    t.workers.push(*b);
+                    t.open_workers.push(b.open());
+                }
+            }
+            None => {
+                scratch.totals.clear();
+                scratch
+                    .totals
+                    .add_generation(&scratch.accept, &scratch.workers, &hist, true);
+            }
+        }
+        f(&scratch.totals)
+    }
+
+    /// The last publication of this process's counters, once its drain is
+    /// over: the lineage keeps them after it exits.
+    pub fn retire(&self) {
+        if let Some(g) = &self.generations {
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            // At exit; if even this room cannot be had, the counts already
+            // published stand.
+            if scratch
+                .reserve(self.accept.len().max(self.worker_side.len()))
+                .is_err()
+            {
+                return;
+            }
+            let hist = self.own(&mut scratch);
+            g.end(&scratch.accept, &scratch.workers, &hist);
         }
     }
 

@@ -4,13 +4,19 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
-use super::{AcceptCounters, Metrics, PauseCause, Process, ENGINE_REASONS, SLOW_BUCKETS};
+use super::{Metrics, PauseCause, Process, Totals, ENGINE_REASONS, HIST, SLOW_BUCKETS};
+use crate::config::version;
 use crate::sys;
 
 impl Metrics {
     /// Appends the exposition (format 0.0.4) of every metric to `out`.
-    /// Allocates nothing but `out`'s growth.
+    /// Allocates nothing but `out`'s growth (the totals are added up in
+    /// buffers allocated with the counters).
     pub fn render(&self, out: &mut Vec<u8>, process: &Process) -> io::Result<()> {
+        self.with_totals(|totals| self.render_with(out, process, totals))
+    }
+
+    fn render_with(&self, out: &mut Vec<u8>, process: &Process, totals: &Totals) -> io::Result<()> {
         let accept = &self.accept;
         let labels = &self.labels;
         // The protocol's reasons first, then the engine's; a counter block
@@ -33,68 +39,87 @@ impl Metrics {
         }
         let worker_kinds = &worker_kinds[..labels.worker_kinds.len()];
         let causes = PauseCause::ALL.map(PauseCause::label);
-        self.per_thread(
+        // `totals`: the counters of every generation of the lineage (see
+        // `generations`); the gauges but the open connections are this
+        // process's own.
+        per_thread(
             out,
             ("conn_daemon_connections_accepted_total", "counter"),
             "Connections accepted, per accept thread.",
+            &totals.accept,
             None,
-            |c, _| c.accepted.get(),
+            |b, _| b.accepted(),
         )?;
-        self.per_thread(
+        per_thread(
             out,
             ("conn_daemon_responses_total", "counter"),
             labels.kinds_help,
+            &totals.accept,
             Some(("kind", labels.kinds)),
-            |c, i| c.responses[i].get(),
+            |b, i| b.responses(i),
         )?;
-        self.per_worker(
+        per_worker(
             out,
             "conn_daemon_responses_total",
+            &totals.workers,
             Some(("kind", worker_kinds)),
-            |c, i| c.responses[labels.worker_kinds[i]].get(),
+            |b, i| b.responses(labels.worker_kinds[i]),
         )?;
-        self.per_thread(
+        per_thread(
             out,
             ("conn_daemon_connections_dropped_total", "counter"),
             "Connections closed without a response, by reason.",
+            &totals.accept,
             Some(("reason", reasons)),
-            |c, i| c.dropped[slots[i]].get(),
+            |b, i| b.dropped(slots[i]),
         )?;
-        self.per_worker(
+        per_worker(
             out,
             "conn_daemon_connections_dropped_total",
+            &totals.workers,
             Some(("reason", reasons)),
-            |c, i| c.dropped[slots[i]].get(),
+            |b, i| b.dropped(slots[i]),
         )?;
-        self.per_thread(
+        per_thread(
             out,
             ("conn_daemon_connections_open", "gauge"),
             "Connections accepted and not yet answered or dropped (by an accept \
-             thread, or with --delegate socket|loop by a worker: worker=\"N\").",
+             thread, or with --delegate socket|loop by a worker: worker=\"N\"), in \
+             every generation that runs (an upgrade's old one drains its own).",
+            &totals.open_accept,
             None,
-            |c, _| c.open(),
+            |o, _| *o,
         )?;
-        self.per_worker(out, "conn_daemon_connections_open", None, |c, _| c.open())?;
-        self.per_thread(
+        per_worker(
+            out,
+            "conn_daemon_connections_open",
+            &totals.open_workers,
+            None,
+            |o, _| *o,
+        )?;
+        per_thread(
             out,
             ("conn_daemon_pool_capacity", "gauge"),
             "Connections an accept thread can hold at once (-C).",
+            accept,
             None,
             |c, _| c.capacity.get(),
         )?;
-        self.per_thread(
+        per_thread(
             out,
             ("conn_daemon_accept_paused", "gauge"),
             "1 while the accept thread is not accepting, by cause.",
+            accept,
             Some(("cause", &causes)),
             |c, i| c.paused[PauseCause::ALL[i] as usize].get(),
         )?;
-        self.per_thread(
+        per_thread(
             out,
             ("conn_daemon_accept_pauses_total", "counter"),
             "Times the accept thread stopped accepting, by cause.",
+            &totals.accept,
             Some(("cause", &causes)),
-            |c, i| c.pauses[PauseCause::ALL[i] as usize].get(),
+            |b, i| b.pauses(PauseCause::ALL[i]),
         )?;
         // Workers' counts first, so that a task counted as started is already
         // counted as delegated when its accept thread is read.
@@ -129,7 +154,7 @@ impl Metrics {
              connections the workers hold).",
             running,
         )?;
-        self.render_slow_histogram(out)?;
+        render_slow_histogram(out, &totals.hist)?;
         family(
             out,
             "conn_daemon_upgrades_total",
@@ -145,103 +170,101 @@ impl Metrics {
             out,
             "conn_daemon_build_info",
             "gauge",
-            "Version of conn-daemon and of its vendored libev, and the --delegate \
-             mode; always 1.",
+            "What runs: the version, the git commit and whether the tree was modified, \
+             the build profile, the package version (contrib/debian/build.sh), the \
+             vendored libev, and the --delegate mode; always 1.",
         )?;
         writeln!(
             out,
-            "conn_daemon_build_info{{version=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
+            "conn_daemon_build_info{{version=\"{}\",commit=\"{}\",modified=\"{}\",\
+             profile=\"{}\",package=\"{}\",libev=\"{}.{}\",delegate=\"{}\"}} 1",
+            version::VERSION,
+            version::GIT_COMMIT,
+            version::GIT_MODIFIED,
+            version::PROFILE,
+            version::PACKAGE,
             sys::EV_VERSION_MAJOR,
             sys::EV_VERSION_MINOR,
             self.delegate.label()
         )?;
         process.render(out)
     }
+}
 
-    /// The series of `name` (whose family the accept threads' [`Metrics::per_thread`]
-    /// has opened) for each worker that answers connections, labelled `worker`.
-    fn per_worker(
-        &self,
-        out: &mut Vec<u8>,
-        name: &str,
-        label: Option<(&str, &[&str])>,
-        value: impl Fn(&AcceptCounters, usize) -> u64,
-    ) -> io::Result<()> {
-        for (w, c) in self.worker_side.iter().enumerate() {
-            let Some((key, values)) = label else {
-                writeln!(out, "{name}{{worker=\"{w}\"}} {}", value(c, 0))?;
-                continue;
-            };
-            for (i, v) in values.iter().enumerate() {
-                writeln!(
-                    out,
-                    "{name}{{worker=\"{w}\",{key}=\"{v}\"}} {}",
-                    value(c, i)
-                )?;
-            }
-        }
-        Ok(())
-    }
+/// A family with one sample per accept thread (`items`, one per thread), or
+/// per accept thread and value of `label` (its name and values); `value`
+/// gets the thread's item and the index of the label value.
+fn per_thread<T>(
+    out: &mut Vec<u8>,
+    (name, kind): (&str, &str),
+    help: &str,
+    items: &[T],
+    label: Option<(&str, &[&str])>,
+    value: impl Fn(&T, usize) -> u64,
+) -> io::Result<()> {
+    family(out, name, kind, help)?;
+    series(out, name, "thread", items, label, value)
+}
 
-    /// A family with one sample per accept thread, or per accept thread and
-    /// value of `label` (its name and values); `value` gets the thread's counters
-    /// and the index of the label value.
-    fn per_thread(
-        &self,
-        out: &mut Vec<u8>,
-        (name, kind): (&str, &str),
-        help: &str,
-        label: Option<(&str, &[&str])>,
-        value: impl Fn(&AcceptCounters, usize) -> u64,
-    ) -> io::Result<()> {
-        family(out, name, kind, help)?;
-        for (t, c) in self.accept.iter().enumerate() {
-            let Some((key, values)) = label else {
-                writeln!(out, "{name}{{thread=\"{t}\"}} {}", value(c, 0))?;
-                continue;
-            };
-            for (i, v) in values.iter().enumerate() {
-                writeln!(
-                    out,
-                    "{name}{{thread=\"{t}\",{key}=\"{v}\"}} {}",
-                    value(c, i)
-                )?;
-            }
-        }
-        Ok(())
-    }
+/// The series of `name` (whose family [`per_thread`] has opened) for each
+/// worker that answers connections, labelled `worker`.
+fn per_worker<T>(
+    out: &mut Vec<u8>,
+    name: &str,
+    items: &[T],
+    label: Option<(&str, &[&str])>,
+    value: impl Fn(&T, usize) -> u64,
+) -> io::Result<()> {
+    series(out, name, "worker", items, label, value)
+}
 
-    /// `conn_daemon_slow_task_seconds`, all accept threads together.
-    fn render_slow_histogram(&self, out: &mut Vec<u8>) -> io::Result<()> {
-        const NAME: &str = "conn_daemon_slow_task_seconds";
-        family(
-            out,
-            NAME,
-            "histogram",
-            "Time from a slow request's delegation to its task's return to the loop \
-             (queue wait + run).",
-        )?;
-        let mut buckets = [0u64; SLOW_BUCKETS.len() + 1];
-        let mut sum = 0.0;
-        for c in self.accept.iter().chain(self.worker_side.iter()) {
-            let h = &c.slow_seconds;
-            for (total, b) in buckets.iter_mut().zip(&h.buckets) {
-                *total += b.get();
-            }
-            sum += f64::from_bits(h.sum.get());
+/// The samples of `name`, one per item labelled `who="N"` (and per value of
+/// `label`).
+fn series<T>(
+    out: &mut Vec<u8>,
+    name: &str,
+    who: &str,
+    items: &[T],
+    label: Option<(&str, &[&str])>,
+    value: impl Fn(&T, usize) -> u64,
+) -> io::Result<()> {
+    for (n, item) in items.iter().enumerate() {
+        let Some((key, values)) = label else {
+            writeln!(out, "{name}{{{who}=\"{n}\"}} {}", value(item, 0))?;
+            continue;
+        };
+        for (i, v) in values.iter().enumerate() {
+            writeln!(
+                out,
+                "{name}{{{who}=\"{n}\",{key}=\"{v}\"}} {}",
+                value(item, i)
+            )?;
         }
-        let mut cumulative = 0;
-        for (i, n) in buckets.iter().enumerate() {
-            cumulative += n;
-            match SLOW_BUCKETS.get(i) {
-                Some(le) => writeln!(out, "{NAME}_bucket{{le=\"{le}\"}} {cumulative}")?,
-                None => writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {cumulative}")?,
-            }
-        }
-        writeln!(out, "{NAME}_sum {sum}")?;
-        writeln!(out, "{NAME}_count {cumulative}")
     }
+    Ok(())
+}
+
+/// `conn_daemon_slow_task_seconds`: `hist` holds the count per bucket (not
+/// cumulated), `+Inf`, and the sum's bits.
+fn render_slow_histogram(out: &mut Vec<u8>, hist: &[u64; HIST]) -> io::Result<()> {
+    const NAME: &str = "conn_daemon_slow_task_seconds";
+    family(
+        out,
+        NAME,
+        "histogram",
+        "Time from a slow request's delegation to its task's return to the loop \
+         (queue wait + run).",
+    )?;
+    let mut cumulative = 0;
+    for (i, n) in hist[..HIST - 1].iter().enumerate() {
+        cumulative += n;
+        match SLOW_BUCKETS.get(i) {
+            Some(le) => writeln!(out, "{NAME}_bucket{{le=\"{le}\"}} {cumulative}")?,
+            None => writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {cumulative}")?,
+        }
+    }
+    writeln!(out, "{NAME}_sum {}", f64::from_bits(hist[HIST - 1]))?;
+    writeln!(out, "{NAME}_count {cumulative}")
 }
 
 /// `# HELP` and `# TYPE` of a metric family.

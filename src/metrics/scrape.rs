@@ -37,6 +37,12 @@ const ACCEPTING_POLL: Duration = Duration::from_millis(50);
 /// How one scrape connection is answered.
 enum Reply {
     Metrics,
+    /// `/-/healthy`: the process answers (as Prometheus' own).
+    Healthy,
+    /// `/-/ready`: the process serves and is not draining after SIGTERM or
+    /// SIGINT: what a balancer's check asks, instead of a request to the
+    /// service port that the counters would count.
+    Ready,
     NotFound,
 }
 
@@ -52,10 +58,11 @@ fn reply_to(head: &[u8]) -> Option<Reply> {
         return None;
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Some(if path == "/metrics" {
-        Reply::Metrics
-    } else {
-        Reply::NotFound
+    Some(match path {
+        "/metrics" => Reply::Metrics,
+        "/-/healthy" => Reply::Healthy,
+        "/-/ready" => Reply::Ready,
+        _ => Reply::NotFound,
     })
 }
 
@@ -113,6 +120,8 @@ struct Scraper {
     slots: Vec<Slot>,
     /// Whether to go on accepting (false once another process serves scrapes).
     accepting: Box<dyn Fn() -> bool + Send>,
+    /// Whether `/-/ready` says so (false once a SIGTERM/SIGINT drain began).
+    ready: Box<dyn Fn() -> bool + Send>,
     /// Where [`Scrapes::finish`] asks the thread to end, and hears it did.
     stage: Arc<(Mutex<Stage>, Condvar)>,
     /// Accept rests until then after running out of fds or memory.
@@ -172,7 +181,8 @@ impl Scraper {
             for (fd, slot) in fds[1..].iter().zip(&mut self.slots) {
                 if fd.fd >= 0 && fd.revents != 0 {
                     // A scraper that misbehaves costs its own connection only.
-                    if Self::step(slot, &self.metrics, &self.process).is_err() {
+                    let ready = &*self.ready;
+                    if Self::step(slot, &self.metrics, &self.process, ready).is_err() {
                         slot.close();
                     }
                 }
@@ -221,7 +231,12 @@ impl Scraper {
 
     /// The connection in `slot` is readable or writable: reads what it sent,
     /// answers once the request is whole, writes what fits. Err: close it.
-    fn step(slot: &mut Slot, metrics: &Metrics, process: &Process) -> io::Result<()> {
+    fn step(
+        slot: &mut Slot,
+        metrics: &Metrics,
+        process: &Process,
+        ready: &dyn Fn() -> bool,
+    ) -> io::Result<()> {
         let closed = || io::Error::from(io::ErrorKind::UnexpectedEof);
         if !slot.writing {
             let stream = slot.stream.as_mut().ok_or_else(closed)?;
@@ -239,7 +254,7 @@ impl Scraper {
                 let got = &slot.request[..slot.read];
                 if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
                     let reply = reply_to(&got[..end]).ok_or_else(closed)?;
-                    respond(&mut slot.out, reply, metrics, process)?;
+                    respond(&mut slot.out, reply, metrics, process, ready)?;
                     slot.writing = true;
                     slot.deadline = Instant::now() + SCRAPE_TIMEOUT;
                     break;
@@ -318,12 +333,25 @@ fn respond(
     reply: Reply,
     metrics: &Metrics,
     process: &Process,
+    ready: &dyn Fn() -> bool,
 ) -> io::Result<()> {
     out.clear();
     let (status, content_type) = match reply {
         Reply::Metrics => {
             metrics.render(out, process)?;
             ("200 OK", "text/plain; version=0.0.4")
+        }
+        Reply::Healthy => {
+            out.extend_from_slice(b"conn-daemon is Healthy.\n");
+            ("200 OK", "text/plain")
+        }
+        Reply::Ready if ready() => {
+            out.extend_from_slice(b"conn-daemon is Ready.\n");
+            ("200 OK", "text/plain")
+        }
+        Reply::Ready => {
+            out.extend_from_slice(b"conn-daemon is draining.\n");
+            ("503 Service Unavailable", "text/plain")
         }
         Reply::NotFound => {
             out.extend_from_slice(b"404 page not found\n");
@@ -357,13 +385,15 @@ pub fn bind(addr: SocketAddr, beside_predecessor: bool) -> io::Result<TcpListene
     Ok(sock.into())
 }
 
-/// Serves scrapes on `listener` from a thread of its own, named `metrics`,
-/// off the accept loops, for as long as `accepting` says so (then it finishes
-/// the scrapes it has), until [`Scrapes::finish`].
+/// Serves scrapes (and `/-/healthy`, `/-/ready`, which says 503 once `ready`
+/// is false) on `listener` from a thread of its own, named `metrics`, off the
+/// accept loops, for as long as `accepting` says so (then it finishes the
+/// scrapes it has), until [`Scrapes::finish`].
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     accepting: Box<dyn Fn() -> bool + Send>,
+    ready: Box<dyn Fn() -> bool + Send>,
 ) -> io::Result<Scrapes> {
     let stage = Arc::new((Mutex::new(Stage::Serving), Condvar::new()));
     listener.set_nonblocking(true)?;
@@ -373,6 +403,7 @@ pub fn serve(
         process: Process::new(),
         slots: (0..SLOTS).map(|_| Slot::new()).collect(),
         accepting,
+        ready,
         stage: Arc::clone(&stage),
         resting_until: None,
     };

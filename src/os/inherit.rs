@@ -21,6 +21,9 @@ pub struct Inherited {
     pub ready: Option<OwnedFd>,
     /// Upgrades in this server's lineage so far.
     pub upgrades: u64,
+    /// The lineage's counters (`CONN_DAEMON_COUNTERS_FD`): a memfd every
+    /// generation counts in (not yet checked).
+    pub counters: Option<OwnedFd>,
     /// Whether an upgrading conn-daemon started us (it counts upgrades, and
     /// handed us sockets): we are detached already if it was (`-d`), and must
     /// stay the process it started, the one it can stop.
@@ -29,6 +32,8 @@ pub struct Inherited {
 
 /// Environment variable naming the readiness pipe of an upgrade.
 pub const READY_FD_VAR: &str = "CONN_DAEMON_READY_FD";
+/// Environment variable naming the lineage's counters (a memfd).
+pub const COUNTERS_FD_VAR: &str = "CONN_DAEMON_COUNTERS_FD";
 /// Environment variable counting the upgrades in a lineage.
 pub const UPGRADES_VAR: &str = "CONN_DAEMON_UPGRADES";
 /// The `LISTEN_FDNAMES` name of the `--metrics` listener among inherited fds.
@@ -151,6 +156,14 @@ pub fn take_inherited() -> Result<Inherited, InheritError> {
                 return Err(InheritError::ClaimedTwice { fd, listen_fds: n });
             }
             inherited.ready = Some(claim_fd(fd)?);
+        }
+        if let Some(text) = var(COUNTERS_FD_VAR) {
+            let fd = number(COUNTERS_FD_VAR, text)? as RawFd;
+            // Never a standard stream (closing it would hide our output):
+            // the counters then start anew.
+            if fd > 2 {
+                inherited.counters = Some(claim_fd(fd)?);
+            }
         }
     }
     Ok(inherited)

@@ -51,6 +51,7 @@ const SECTIONS: &[(&str, &[Para])] = &[
         &[
             Item("/usr/bin/conn-daemon", "The server; an upgrade executes whatever is at this path then."),
             Item("/lib/systemd/system/conn-daemon.service", "The service: Type=notify, reload = SIGUSR2, stop = SIGTERM and a bounded wait for the drain, DynamicUser=yes with no capabilities. Override settings with systemctl edit conn-daemon."),
+            Item("/etc/conn-daemon/conn-daemon.conf", "The settings (--config in the unit): the long options, name = value, one per line. Edit it, then systemctl reload conn-daemon: the new process reads it anew; a file it refuses leaves the old one serving, with one line naming the file and the line. conn-daemon --config FILE --check-config checks it."),
             Item("/lib/systemd/system/conn-daemon.socket", "The listening socket, bound by systemd (0.0.0.0:9000 by default) and passed to the service as fd 3; it outlives restarts and upgrades."),
             Item("/run/conn-daemon/conn-daemon.pid", "The serving process's pid (--pid-file in the unit), rewritten by an upgrade's new process."),
             Item("/usr/share/doc/conn-daemon/", "The README: the protocol, every option, operating notes."),
@@ -60,7 +61,7 @@ const SECTIONS: &[(&str, &[Para])] = &[
         "EXIT STATUS",
         &[
             Item("0", "Stopped by SIGTERM or SIGINT after the drain, or the old process of a successful upgrade; --help and --version."),
-            Item("1", "A bad command line (the error and the usage on stderr), a second SIGINT, or SIGQUIT."),
+            Item("1", "A bad command line (the error and the usage on stderr), a bad --config file or a refused --user or --group (one line), --check-config that finds an error, a second SIGINT, or SIGQUIT."),
             Item("10", "Not enough memory for the connection pools at start-up."),
             Item("100", "A system error at start-up: an address the host lacks, a port in use, an inherited fd that is not a listening TCP socket; one line on stderr names it."),
         ],
