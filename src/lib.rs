@@ -26,6 +26,7 @@
 // The public surface: what the binaries, the integration tests and a reader
 // porting a libev design need. The rest is crate-private.
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod ev;
 pub mod lifecycle;

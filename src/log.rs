@@ -112,11 +112,25 @@ fn stderr_is_journal() -> bool {
     })
 }
 
+/// The name every line starts with (`conn-daemon` unless [`set_name`] said
+/// otherwise): a program's own, as syslog's ident.
+static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the program in every line from now on (the first call wins): a
+/// server ported onto the crate says its own name, not `conn-daemon`.
+pub fn set_name(name: &'static str) {
+    let _ = NAME.set(name);
+}
+
+fn name() -> &'static str {
+    NAME.get().copied().unwrap_or("conn-daemon")
+}
+
 /// Writes one line of `level` (the macros call this once [`enabled`] said
 /// yes). A debug line with `-v` goes to stdout.
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     if level == Level::Debug && verbose() {
-        let _ = writeln!(std::io::stdout().lock(), "conn-daemon: {args}");
+        let _ = writeln!(std::io::stdout().lock(), "{}: {args}", name());
         return;
     }
     if SYSLOG.load(Ordering::Relaxed) && syslog(level, args) {
@@ -126,7 +140,7 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
     let _ = if stderr_is_journal() {
         writeln!(err, "<{}>{args}", level.severity())
     } else {
-        writeln!(err, "conn-daemon: {args}")
+        writeln!(err, "{}: {args}", name())
     };
 }
 
@@ -136,8 +150,9 @@ fn syslog(level: Level, args: fmt::Arguments<'_>) -> bool {
     let mut line = LineBuf::new();
     let _ = write!(
         line,
-        "<{}>conn-daemon[{}]: {args}",
+        "<{}>{}[{}]: {args}",
         FACILITY_DAEMON | level.severity(),
+        name(),
         std::process::id()
     );
     let mut socket = SYSLOG_SOCKET.lock().unwrap_or_else(|e| e.into_inner());
