@@ -28,7 +28,7 @@ use crate::delegate::{Capacity, HandOffQueues};
 use crate::engine::Protocol;
 use crate::engine::Settings;
 use crate::ev::Loop;
-use crate::metrics::{self, Metrics, Stats};
+use crate::metrics::{self, Metrics, ProtocolSeries, Stats};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
 use crate::{debug, net, warn};
@@ -194,9 +194,14 @@ impl<P: Protocol> Server<P> {
                 addresses.push(addr);
             }
         }
+        let proto = Arc::new(protocol);
+        let series = {
+            let proto = Arc::clone(&proto);
+            ProtocolSeries::new(move |out| proto.render_metrics(out))
+        };
         Ok(Server {
             config: config.clone(),
-            proto: Arc::new(protocol),
+            proto,
             listeners,
             addresses,
             handover,
@@ -206,7 +211,8 @@ impl<P: Protocol> Server<P> {
             metrics: Arc::new({
                 let metrics =
                     Metrics::with_labels(threads, config.worker_threads, upgrades, P::labels())
-                        .for_mode(config.delegate);
+                        .for_mode(config.delegate)
+                        .with_protocol_series(series);
                 match generations {
                     Some(g) => metrics.with_generations(g),
                     None => metrics,

@@ -134,6 +134,14 @@ pub trait Protocol: Send + Sync + Sized + 'static {
     /// `conn` holds.
     fn close(&self, _conn: &mut Self::Conn) {}
 
+    /// Appends the protocol's own series to a `--metrics` scrape, in the
+    /// Prometheus text format, after the engine's (a cache's hits and misses,
+    /// say). Called on the metrics thread, never on a loop: read shared state
+    /// with atomics or brief locks. Nothing by default.
+    fn render_metrics(&self, _out: &mut Vec<u8>) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// What the metrics say of this protocol.
     fn labels() -> Labels {
         const { assert!(Self::Kind::LABELS.len() <= MAX_KINDS, "too many kinds") };

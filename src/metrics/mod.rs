@@ -12,6 +12,7 @@
 //! tasks) is computed at scrape time rather than kept.
 #![forbid(unsafe_code)]
 
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -306,6 +307,27 @@ impl AcceptMetrics {
     }
 }
 
+/// A protocol's own series: appended to each scrape after the engine's (see
+/// `engine::Protocol::render_metrics`).
+#[derive(Clone)]
+pub struct ProtocolSeries(Arc<RenderSeries>);
+
+/// What renders a protocol's series into a scrape.
+type RenderSeries = dyn Fn(&mut Vec<u8>) -> io::Result<()> + Send + Sync;
+
+impl ProtocolSeries {
+    /// Series written by `render` at each scrape.
+    pub fn new(render: impl Fn(&mut Vec<u8>) -> io::Result<()> + Send + Sync + 'static) -> Self {
+        ProtocolSeries(Arc::new(render))
+    }
+}
+
+impl std::fmt::Debug for ProtocolSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtocolSeries")
+    }
+}
+
 /// Every counter of one server: one block per accept thread and per worker.
 #[derive(Debug)]
 pub struct Metrics {
@@ -321,6 +343,8 @@ pub struct Metrics {
     labels: Labels,
     /// The lineage's counters across upgrades, if this server joined them.
     generations: Option<Generations>,
+    /// The protocol's own series, rendered after the engine's.
+    protocol: Option<ProtocolSeries>,
     /// Where a scrape adds the counters up, allocated once.
     scratch: Mutex<Scratch>,
 }
@@ -388,6 +412,7 @@ impl Metrics {
             delegate: Delegate::Task,
             labels,
             generations: None,
+            protocol: None,
             scratch: Mutex::default(),
         }
     }
@@ -396,6 +421,12 @@ impl Metrics {
     /// generations of an upgrade lineage: see [`Generations`].
     pub fn with_generations(mut self, generations: Generations) -> Self {
         self.generations = Some(generations);
+        self
+    }
+
+    /// With the protocol's own series after the engine's.
+    pub fn with_protocol_series(mut self, series: ProtocolSeries) -> Self {
+        self.protocol = Some(series);
         self
     }
 
@@ -633,6 +664,22 @@ mod tests {
         // The CPU time's value is checked against /proc in tests/metrics.rs;
         // here only that the series is there (value() panics on a missing one).
         let _ = value(&text, "process_cpu_seconds_total");
+    }
+
+    #[test]
+    fn a_protocols_series_follow_the_engines() {
+        use std::io::Write;
+        let m =
+            Metrics::new(1, 0, Arc::default()).with_protocol_series(ProtocolSeries::new(|out| {
+                out.write_all(b"# TYPE cache_hits_total counter\ncache_hits_total 3\n")
+            }));
+        let text = render(&m);
+        assert!(
+            text.ends_with("# TYPE cache_hits_total counter\ncache_hits_total 3\n"),
+            "{text}"
+        );
+        assert_eq!(value(&text, "cache_hits_total"), 3.0);
+        assert!(!render(&Metrics::new(1, 0, Arc::default())).contains("cache_hits"));
     }
 
     #[test]

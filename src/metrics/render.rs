@@ -187,7 +187,11 @@ impl Metrics {
             sys::EV_VERSION_MINOR,
             self.delegate.label()
         )?;
-        process.render(out)
+        process.render(out)?;
+        match &self.protocol {
+            Some(series) => (series.0)(out),
+            None => Ok(()),
+        }
     }
 }
 
