@@ -14,24 +14,24 @@
 //!   replayed).
 //!
 //! Capacity is fixed at start-up from `-A`, `-C` and `-w` (see [`Capacity`]):
-//! every queue is a preallocated lock-free `ArrayQueue`, and a connection only
+//! every queue is a preallocated lock-free [`TaskQueue`], and a connection only
 //! enters one after reserving a *place* (an atomic count bounded by the queue's
 //! size), so a push can never fail and nothing is ever dropped for want of room.
 //! When no worker has a place, the connection waits in its accept loop, watched
-//! for EOF, and the loop is rung when a place frees.
+//! for EOF, and the loop is rung when a place frees. No lock either: `socket`
+//! mode's idle workers sleep on the queue's semaphore, so a hand-off never waits
+//! for a worker, whatever it is doing.
 #![forbid(unsafe_code)]
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crossbeam_queue::ArrayQueue;
-
 use crate::ev::AsyncSender;
-use task::Shared;
+use task::{Shared, TaskQueue};
 
 use crate::config::Delegate;
 
@@ -93,7 +93,9 @@ pub struct Handoff<J> {
 
 /// One hand-off queue and the count of its places taken.
 struct Queue<J> {
-    ring: ArrayQueue<Handoff<J>>,
+    /// `socket` mode's workers sleep on it; a worker loop only takes what its
+    /// wake-up announced.
+    ring: TaskQueue<Handoff<J>>,
     /// Connections queued or held by the worker(s) of this queue: never above
     /// the queue's capacity, so a push after a reservation cannot fail.
     held: AtomicUsize,
@@ -110,12 +112,8 @@ pub struct HandOffQueues<J> {
     waiting: Box<[AtomicBool]>,
     /// The accept loops' wake-ups.
     shared: Arc<Shared>,
-    /// `socket` mode's idle workers park here.
-    parked: AtomicUsize,
-    lock: Mutex<()>,
-    wakeup: Condvar,
-    stop: AtomicBool,
-    /// Set with `stop`: what is still queued after it is closed unanswered.
+    /// Set by `stop`, before the queues close: what is still queued after it
+    /// is closed unanswered.
     drain_deadline: OnceLock<Instant>,
 }
 
@@ -143,7 +141,7 @@ impl<J> HandOffQueues<J> {
             queues: (0..capacity.queues)
                 .map(|_| {
                     Ok(Queue {
-                        ring: crate::os::array_queue(capacity.per_queue)?,
+                        ring: TaskQueue::new(capacity.per_queue)?,
                         held: AtomicUsize::new(0),
                         wake: OnceLock::new(),
                     })
@@ -151,10 +149,6 @@ impl<J> HandOffQueues<J> {
                 .collect::<io::Result<_>>()?,
             waiting: (0..accept_loops).map(|_| AtomicBool::new(false)).collect(),
             shared,
-            parked: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wakeup: Condvar::new(),
-            stop: AtomicBool::new(false),
             drain_deadline: OnceLock::new(),
         })
     }
@@ -214,7 +208,8 @@ impl<J> HandOffQueues<J> {
     }
 
     /// Queues `handoff` on `queue`, whose place the caller reserved, and wakes its
-    /// worker.
+    /// worker: a sleeping blocking worker (the push does), or the worker loop.
+    /// Never waits for a worker.
     pub fn hand_off(&self, queue: usize, handoff: Handoff<J>) {
         let d = &self.queues[queue];
         if d.ring.push(handoff).is_err() {
@@ -222,26 +217,14 @@ impl<J> HandOffQueues<J> {
             // exceed the queue's capacity.
             panic!("hand-off queue overflow");
         }
-        match self.mode {
-            Delegate::Loop => {
-                if let Some(wake) = d.wake.get() {
-                    wake.send();
-                }
-            }
-            _ => {
-                // Pairs with the fence in `next_socket`.
-                fence(Ordering::SeqCst);
-                if self.parked.load(Ordering::SeqCst) > 0 {
-                    let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-                    self.wakeup.notify_one();
-                }
-            }
+        if let Some(wake) = d.wake.get() {
+            wake.send();
         }
     }
 
     /// The next connection queued on `queue`, if any (never blocks).
     pub fn take(&self, queue: usize) -> Option<Handoff<J>> {
-        self.queues[queue].ring.pop()
+        self.queues[queue].ring.try_pop()
     }
 
     /// Gives back `n` places of `queue` (connections closed and their slots free)
@@ -273,20 +256,19 @@ impl<J> HandOffQueues<J> {
     /// unanswered.
     pub fn stop(&self, deadline: Instant) {
         let _ = self.drain_deadline.set(deadline);
-        self.stop.store(true, Ordering::SeqCst);
         for d in self.queues.iter() {
+            d.ring.close();
             if let Some(wake) = d.wake.get() {
                 wake.send();
             }
         }
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.wakeup.notify_all();
     }
 
     /// Whether the server is stopping (every accept loop has ended: nothing more
     /// will be queued).
     pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+        // `stop` closes the queues in order, the first first.
+        self.queues[0].ring.is_closed()
     }
 
     /// The end of the drain, once stopping.
@@ -299,48 +281,71 @@ impl<J> HandOffQueues<J> {
         self.drain_deadline().is_some_and(|d| Instant::now() >= d)
     }
 
-    /// `socket` mode: the next queued connection, parking while there is none;
+    /// `socket` mode: the next queued connection, sleeping while there is none;
     /// `None` once stopping and the queue is empty (what was queued before the
     /// stop is still served: those are complete requests).
     pub fn next_socket(&self) -> Option<Handoff<J>> {
-        loop {
-            if let Some(h) = self.take(0) {
-                return Some(h);
-            }
-            if self.stopping() {
-                return None;
-            }
-            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.parked.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            // Re-check under the lock: a producer that missed our `parked` count
-            // pushed before it, so we see its connection here.
-            if let Some(h) = self.take(0) {
-                self.parked.fetch_sub(1, Ordering::SeqCst);
-                return Some(h);
-            }
-            if !self.stopping() {
-                drop(self.wakeup.wait(guard).unwrap_or_else(|e| e.into_inner()));
-            }
-            self.parked.fetch_sub(1, Ordering::SeqCst);
+        let ring = &self.queues[0].ring;
+        // `pop` ends at the stop, leaving what is queued: drain it.
+        ring.pop().or_else(|| ring.try_pop())
+    }
+}
+
+/// What tests of `socket` mode's sleeping workers need.
+#[cfg(test)]
+impl<J> HandOffQueues<J> {
+    /// Blocking workers that found nothing queued and sleep, or are about to.
+    fn sleepers(&self) -> usize {
+        self.queues[0].ring.sleepers()
+    }
+
+    /// Freezes the first blocking worker that gets to the point of sleeping
+    /// ([`TaskQueue::freeze_first_sleeper`]).
+    fn freeze_first_sleeper(&self) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        self.queues[0].ring.freeze_first_sleeper()
+    }
+}
+
+/// What the tests of the workers' queues share.
+#[cfg(test)]
+mod testing {
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    /// Generous bounds on waits that take microseconds when all is well.
+    pub(super) const BOUND: Duration = Duration::from_secs(20);
+
+    /// Waits (bounded) until `cond` holds.
+    pub(super) fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let end = Instant::now() + BOUND;
+        while !cond() {
+            assert!(Instant::now() < end, "timed out waiting until {what}");
+            thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{wait_until, BOUND};
     use super::*;
+    use std::sync::mpsc;
+    use std::thread;
 
     fn queues(mode: Delegate, cap: Capacity) -> HandOffQueues<()> {
         HandOffQueues::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
     }
 
     fn handoff() -> Handoff<()> {
+        handoff_of(0)
+    }
+
+    fn handoff_of(owner: u32) -> Handoff<()> {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         Handoff {
             fd: a.into(),
             job: (),
-            owner: 0,
+            owner,
             at: Instant::now(),
         }
     }
@@ -424,5 +429,58 @@ mod tests {
             })
         };
         assert_eq!(worker.join().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_hand_off_never_waits_for_a_worker_stopped_on_its_way_to_sleep() {
+        // `socket` mode: one blocking worker is frozen just before it sleeps
+        // (as if descheduled there), the other sleeps: the accept loop's
+        // hand-off must return at once and the sleeping worker must get the
+        // connection. With a parking lock held at that point, the hand-off
+        // (and the other worker) would wait for the frozen one.
+        let s = Arc::new(queues(
+            Delegate::Socket,
+            Capacity {
+                queues: 1,
+                per_queue: 4,
+            },
+        ));
+        let (frozen_rx, release_tx) = s.freeze_first_sleeper();
+        let (got_tx, got_rx) = mpsc::channel();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, got) = (Arc::clone(&s), got_tx.clone());
+                thread::spawn(move || {
+                    while let Some(h) = s.next_socket() {
+                        got.send(h.owner).unwrap();
+                        s.release(0, 1);
+                    }
+                })
+            })
+            .collect();
+        frozen_rx
+            .recv_timeout(BOUND)
+            .expect("a worker reached its sleep");
+        wait_until("both workers wait for a connection", || s.sleepers() == 2);
+        let (handed_tx, handed_rx) = mpsc::channel();
+        let accept_loop = {
+            let s = Arc::clone(&s);
+            thread::spawn(move || {
+                let mut next = 0;
+                let queue = s.reserve(1, &mut next).unwrap();
+                s.hand_off(queue, handoff_of(1));
+                handed_tx.send(()).unwrap();
+            })
+        };
+        let handed = handed_rx.recv_timeout(BOUND);
+        let got = got_rx.recv_timeout(BOUND);
+        drop(release_tx);
+        assert!(handed.is_ok(), "the hand-off waited for the frozen worker");
+        assert_eq!(got, Ok(1), "the sleeping worker did not get the connection");
+        accept_loop.join().unwrap();
+        s.stop(Instant::now());
+        for w in workers {
+            w.join().unwrap();
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! out), whose idle workers sleep on a counting semaphore ([`Permits`]). No lock
 //! anywhere: an accept loop's `submit` is one push and one atomic add, plus one
 //! wake-up system call when a worker sleeps, whatever the workers are doing.
+//! The hand-off queues of modes `socket` and `loop` are `TaskQueue`s too.
 //! Completions go to the owning loop's [`Mailbox`]: a bounded queue plus that
 //! loop's single `ev_async`, whose callback drains the queue until empty.
 #![forbid(unsafe_code)]
@@ -24,6 +25,11 @@ use crate::engine::Protocol;
 use crate::ev::AsyncSender;
 use crate::metrics::Metrics;
 use crate::task::{Done, TaskRef};
+#[cfg(test)]
+use {
+    super::testing::BOUND,
+    std::sync::{mpsc, Mutex},
+};
 
 /// Where one accept loop receives its finished tasks.
 #[derive(Debug)]
@@ -110,6 +116,15 @@ impl Permits {
             self.tokens.fetch_add(1, Ordering::SeqCst);
             crate::os::futex_wake(&self.tokens, 1);
         }
+    }
+
+    /// Takes a permit if one is there, never sleeping.
+    fn try_take(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
+                (c > 0).then_some(c - 1)
+            })
+            .is_ok()
     }
 
     /// Takes a permit, sleeping until one is posted; once closed, returns
@@ -204,9 +219,63 @@ impl<T> TaskQueue<T> {
         }
     }
 
+    /// The next item if there is one, never sleeping; once closed, what is
+    /// still queued (one item a call), for a consumer that drains.
+    pub fn try_pop(&self) -> Option<T> {
+        // Once closed the permits no longer count the items (a closed `pop`
+        // may have taken one and left its item).
+        if self.permits.is_closed() || self.permits.try_take() {
+            self.items.pop()
+        } else {
+            None
+        }
+    }
+
     /// Wakes every consumer: [`TaskQueue::pop`] returns `None` from now on.
     pub fn close(&self) {
         self.permits.close();
+    }
+
+    /// Whether [`TaskQueue::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.permits.is_closed()
+    }
+
+    /// How many items it can hold.
+    pub fn capacity(&self) -> usize {
+        self.items.capacity()
+    }
+}
+
+/// What tests of consumers' sleep need to see and do.
+#[cfg(test)]
+impl<T> TaskQueue<T> {
+    /// Consumers that found nothing and sleep, or are about to.
+    pub(crate) fn sleepers(&self) -> usize {
+        usize::try_from(-self.permits.count.load(Ordering::SeqCst)).unwrap_or(0)
+    }
+
+    /// Freezes the first consumer that gets to the point of sleeping right
+    /// there, as if descheduled (once only): the receiver hears when it is
+    /// frozen; it goes on when the sender sends or is dropped.
+    pub(crate) fn freeze_first_sleeper(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (frozen_tx, frozen_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let frozen_tx = Mutex::new(Some(frozen_tx));
+        let release_rx = Mutex::new(release_rx);
+        let hook = move || {
+            let first = frozen_tx.lock().unwrap().take();
+            if let Some(frozen) = first {
+                let _ = frozen.send(());
+                // Longer than any test waits: released by it.
+                let _ = release_rx.lock().unwrap().recv_timeout(3 * BOUND);
+            }
+        };
+        assert!(
+            self.permits.before_sleep.set(Box::new(hook)).is_ok(),
+            "one freeze per queue"
+        );
+        (frozen_rx, release_tx)
     }
 }
 
@@ -326,23 +395,9 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::wait_until;
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::mpsc;
-    use std::sync::Mutex;
-    use std::time::Instant;
-
-    /// Generous bounds on waits that take microseconds when all is well.
-    const BOUND: Duration = Duration::from_secs(20);
-
-    /// Waits (bounded) until `cond` holds.
-    fn wait_until(what: &str, cond: impl Fn() -> bool) {
-        let end = Instant::now() + BOUND;
-        while !cond() {
-            assert!(Instant::now() < end, "timed out waiting until {what}");
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
 
     #[test]
     fn every_item_reaches_exactly_one_of_many_sleeping_consumers() {
@@ -372,9 +427,7 @@ mod tests {
             })
             .collect();
         // Most consumers asleep before the first push.
-        wait_until("the consumers sleep", || {
-            q.permits.count.load(Ordering::SeqCst) <= -(CONSUMERS as isize) / 2
-        });
+        wait_until("the consumers sleep", || q.sleepers() >= CONSUMERS / 2);
         let producers: Vec<_> = (0..PRODUCERS)
             .map(|p| {
                 let q = q.clone();
@@ -414,19 +467,7 @@ mod tests {
         // sleeping one must get the item. With a parking lock held at that
         // point, the push would wait for the frozen consumer.
         let q = Arc::new(TaskQueue::<u32>::new(4).unwrap());
-        let (frozen_tx, frozen_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let frozen_tx = Mutex::new(Some(frozen_tx));
-        let release_rx = Mutex::new(release_rx);
-        let first = AtomicBool::new(true);
-        let hook = move || {
-            if first.swap(false, Ordering::SeqCst) {
-                frozen_tx.lock().unwrap().take().unwrap().send(()).unwrap();
-                // Longer than the test waits for the push: released by it.
-                let _ = release_rx.lock().unwrap().recv_timeout(3 * BOUND);
-            }
-        };
-        assert!(q.permits.before_sleep.set(Box::new(hook)).is_ok());
+        let (frozen_rx, release_tx) = q.freeze_first_sleeper();
         let (got_tx, got_rx) = mpsc::channel();
         let consumers: Vec<_> = (0..2)
             .map(|_| {
@@ -443,9 +484,7 @@ mod tests {
             .expect("a consumer reached its sleep");
         // (A parking lock held by the frozen consumer fails the test here
         // already: the other one cannot even start to wait.)
-        wait_until("both consumers wait for work", || {
-            q.permits.count.load(Ordering::SeqCst) == -2
-        });
+        wait_until("both consumers wait for work", || q.sleepers() == 2);
         let (pushed_tx, pushed_rx) = mpsc::channel();
         let producer = {
             let q = q.clone();
@@ -486,9 +525,7 @@ mod tests {
                 thread::spawn(move || while q.pop().is_some() {})
             })
             .collect();
-        wait_until("the pops sleep", || {
-            q.permits.count.load(Ordering::SeqCst) == -8
-        });
+        wait_until("the pops sleep", || q.sleepers() == 8);
         q.close();
         for s in sleepers {
             s.join().unwrap();
