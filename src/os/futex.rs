@@ -1,5 +1,5 @@
 //! `futex(2)` on an atomic word: sleep while it holds a value, wake sleepers.
-//! What a counting semaphore needs underneath (`worker::Permits`), with no lock
+//! What a counting semaphore needs underneath (`task::Permits`), with no lock
 //! that a descheduled thread could hold.
 
 use std::sync::atomic::AtomicU32;
