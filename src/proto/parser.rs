@@ -72,6 +72,19 @@ pub struct ReqParser {
     phase: Phase,
 }
 
+impl Verdict {
+    /// A complete request: it gets the response (docs/protocol.md rules 5, 6).
+    pub fn is_request(self) -> bool {
+        matches!(self, Verdict::Fast | Verdict::Slow)
+    }
+
+    /// A complete request whose work leaves the loop when there are workers
+    /// (rule 6).
+    pub fn offloads(self) -> bool {
+        self == Verdict::Slow
+    }
+}
+
 impl ReqParser {
     /// A parser at the start of a request; `const` so connection pools can be
     /// initialised statically.
