@@ -28,7 +28,9 @@ const METHOD: &[u8; 4] = b"GET ";
 /// What the parser knows about a request so far.
 ///
 /// `Fast`, `Slow`, `Invalid` and `TooLarge` are final: the parser never revises
-/// them, so the caller may act on the first one it sees.
+/// them, so the caller may act on the first one it sees. More kinds of request
+/// may come: [`Verdict::is_request`] and [`Verdict::offloads`] say what one gets.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid so far but not yet terminated: read more bytes and call again.
