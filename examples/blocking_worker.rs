@@ -91,8 +91,9 @@ impl Handler for Server {
                     let _ = self.to_workers.send(stream);
                 }
             }
-            // Invalid, too large, peer gone or an error: close without a reply.
-            Ok(Verdict::Invalid | Verdict::TooLarge) | Err(_) => {
+            // Invalid, too large, a request this example does not serve, peer
+            // gone or an error: close without a reply.
+            Ok(_) | Err(_) => {
                 self.conns.remove(&token);
             }
         }

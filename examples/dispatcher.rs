@@ -121,7 +121,9 @@ impl Handler for WorkerLoop {
                 // Keep watching for reads to notice a client that leaves.
                 conn.slow.as_ref().start_once(lp, self.slow, token);
             }
-            Ok(Verdict::Invalid | Verdict::TooLarge) | Err(_) => {
+            // Invalid, too large, a request this example does not serve, peer
+            // gone or an error: close without a reply.
+            Ok(_) | Err(_) => {
                 self.conns.remove(&token);
             }
         }

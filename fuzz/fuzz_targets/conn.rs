@@ -111,7 +111,7 @@ impl Peer {
         !self.inbox.is_empty() || self.eof || self.reset
     }
     fn complete(&self) -> bool {
-        matches!(self.verdict, Verdict::Fast | Verdict::Slow)
+        self.verdict.is_request()
     }
 }
 
@@ -156,7 +156,7 @@ impl Socket for Fake<'_> {
             // The first byte of the response is about to go out: was it earned?
             let v = p.verdict;
             assert!(
-                matches!(v, Verdict::Fast | Verdict::Slow),
+                v.is_request(),
                 "response to a request the model calls {v:?}"
             );
             assert!(!p.read_end, "response after the server read EOF or a reset");
@@ -305,7 +305,7 @@ impl<'a> Host<Builtin, Fake<'a>> for Loop<'a> {
         match how {
             Next::Finished => {
                 assert_eq!(p.sent, RESPONSE, "finished without the whole response");
-                if p.verdict == Verdict::Slow && !self.slow_inline {
+                if p.verdict.offloads() && !self.slow_inline {
                     assert!(p.task_done, "slow response before the task was done");
                 }
             }
@@ -531,10 +531,7 @@ impl<'a> Driver<'a> {
                 );
             }
             State::Delegated => {
-                assert!(
-                    v == Verdict::Slow && !self.lp.slow_inline,
-                    "delegated a {v:?}"
-                );
+                assert!(v.offloads() && !self.lp.slow_inline, "delegated a {v:?}");
                 assert!(
                     self.lp.running.is_some() != (self.lp.tasks.len() == 1),
                     "delegated without exactly one task out"
@@ -546,10 +543,7 @@ impl<'a> Driver<'a> {
                 );
             }
             State::Writing => {
-                assert!(
-                    matches!(v, Verdict::Fast | Verdict::Slow),
-                    "answering a {v:?}"
-                );
+                assert!(v.is_request(), "answering a {v:?}");
                 assert_eq!(self.watching(), Some(Interest::Write));
             }
             State::Lingering => {

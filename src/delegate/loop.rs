@@ -17,7 +17,8 @@
 //! (appended at its end in the common case) and one `ev_timer` armed for its
 //! head serve every connection (as the read deadlines do). When it fires, the
 //! job runs ([`Protocol::run_job`], on this loop) and goes back to the engine,
-//! which answers (waiting for writability under the read timeout, if the socket
+//! which first looks for input that came while it ran (the loop watched
+//! nothing meanwhile: rule 7), then answers (waiting for writability under the read timeout, if the socket
 //! is full). One worker holds as many connections as its pool.
 //!
 //! [`ConnectionCtx::adopt`]: crate::engine::conn::ConnectionCtx::adopt
@@ -306,7 +307,7 @@ impl<P: Protocol> WorkerLoop<P> {
                 Due::Ready(job) => {
                     let proto = Arc::clone(self.engine.protocol());
                     let done = job.run_with(|job: &mut P::Job| proto.run_job(job));
-                    self.engine.on_task_done(&mut host, done);
+                    self.engine.on_task_ran_here(&mut host, done);
                 }
                 Due::Wait(after) => {
                     host.state

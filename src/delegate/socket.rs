@@ -5,7 +5,8 @@
 //! connection it: waits the job's wait ([`Protocol::job_wait`]) in `poll` on the
 //! socket's input, so that rule 7 applies at once (bytes or EOF close the
 //! connection with no response, and free the worker, the moment they arrive);
-//! runs the job and has the protocol build the response
+//! runs the job and looks at the socket once more (input that came while the
+//! job ran, unwatched, ends it the same way); has the protocol build the response
 //! ([`Protocol::on_job_done`], on a fresh connection state); sends it with
 //! blocking semantics, but bounded by a write deadline: the socket stays
 //! non-blocking, and a send that would block waits in `poll` for at most what
@@ -93,6 +94,20 @@ pub fn work(sock: &impl WorkerSocket, slow: Duration) -> Result<(), Outcome> {
     }
 }
 
+/// The whole job: its wait ([`work`]), then `run` (the protocol's
+/// [`Protocol::run_job`]), then one more look at the socket, unwatched while
+/// `run` ran: bytes, EOF or an error that came meanwhile end the connection
+/// as they would have during the wait (rule 7), before any response.
+pub fn work_and_run(
+    sock: &impl WorkerSocket,
+    wait: Duration,
+    run: impl FnOnce(),
+) -> Result<(), Outcome> {
+    work(sock, wait)?;
+    run();
+    work(sock, Duration::ZERO)
+}
+
 /// Sends `response` under `write_deadline` (measured from now): what the
 /// worker does once the job is done.
 pub fn answer(sock: &impl WorkerSocket, response: &[u8], write_deadline: Duration) -> Outcome {
@@ -148,13 +163,12 @@ pub fn run<P: Protocol>(queues: &HandOffQueues<P::Job>, settings: Settings, prot
         let outcome = if queues.past_drain_deadline() {
             Outcome::Dropped(DropReason::Shutdown)
         } else {
-            let worked = work(&fd, proto.job_wait(&job));
-            // The histogram's time: from the hand-off to the end of the wait.
+            let worked = work_and_run(&fd, proto.job_wait(&job), || proto.run_job(&mut job));
+            // The histogram's time: from the hand-off to the end of the job.
             metrics.delegated();
             metrics.task_back(at.elapsed().as_secs_f64());
             match worked {
                 Ok(()) => {
-                    proto.run_job(&mut job);
                     proto.open(&mut conn);
                     let (mut len, mut fixed) = (0, &[][..]);
                     let mut out = Output::new(area.bytes_mut(), &mut len, &mut fixed);
@@ -269,6 +283,35 @@ mod tests {
             assert!(took < Duration::from_secs(2), "eof {eof}: {took:?}");
             drop(late.join().unwrap());
         }
+    }
+
+    /// A job that runs (computes) after its wait leaves the socket unwatched:
+    /// bytes or EOF that came meanwhile are seen before any response.
+    #[test]
+    fn bytes_or_eof_while_the_job_runs_end_it_before_the_response() {
+        let gone = Err(Outcome::Dropped(DropReason::ClientGone));
+        for eof in [false, true] {
+            let (server, mut client) = pair();
+            let run = || {
+                if eof {
+                    client.shutdown(std::net::Shutdown::Write).unwrap();
+                } else {
+                    client.write_all(b"x").unwrap();
+                }
+            };
+            assert_eq!(
+                work_and_run(&server, Duration::ZERO, run),
+                gone,
+                "eof: {eof}"
+            );
+        }
+        let (server, _client) = pair();
+        let mut ran = false;
+        assert_eq!(
+            work_and_run(&server, Duration::from_millis(10), || ran = true),
+            Ok(())
+        );
+        assert!(ran);
     }
 
     /// A client that never reads: the send buffer is full (the test filled it,

@@ -102,6 +102,11 @@ pub trait Socket {
     fn raw_fd(&self) -> RawFd;
     /// Closes the socket.
     fn close(self);
+    /// Whether bytes, EOF or an error wait to be read, without reading them
+    /// (a socket that cannot tell says no).
+    fn input_waiting(&self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Socket for OwnedFd {
@@ -127,6 +132,10 @@ impl Socket for OwnedFd {
     #[inline]
     fn close(self) {
         net::close(self)
+    }
+    fn input_waiting(&self) -> io::Result<bool> {
+        let ready = net::poll_one(self.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0)?;
+        Ok(ready != 0)
     }
 }
 
@@ -310,6 +319,14 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether input (or an error) waits on the socket; an error to tell
+    /// counts as yes: the client is treated as gone.
+    pub fn input_waiting(&self) -> bool {
+        self.fd
+            .as_ref()
+            .is_some_and(|fd| fd.input_waiting().unwrap_or(true))
     }
 
     /// Whether a response went out since the last call (see `answered`).

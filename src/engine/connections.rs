@@ -683,6 +683,19 @@ impl<P: Protocol, S: Socket, W: SlotWatcher> Engine<P, S, W> {
         }
     }
 
+    /// A job this loop ran itself finished (`--delegate loop`). The loop
+    /// watched nothing while it ran, so input that came meanwhile is looked
+    /// for first and ends the connection (rule 7), as the watcher would have
+    /// during the job's wait; then as [`Engine::on_task_done`].
+    pub fn on_task_ran_here(&mut self, host: &mut impl Host<P, S, Watcher = W>, done: Done) {
+        let route = done.route();
+        let ctx = self.pool.get(route.slot);
+        if ctx.state() == State::Delegated && ctx.gen() == route.gen && ctx.input_waiting() {
+            self.on_io(host, route.slot, Interest::Read);
+        }
+        self.on_task_done(host, done);
+    }
+
     /// A worker finished a task of this loop's (the loop drains its mailbox
     /// into here).
     pub fn on_task_done(&mut self, host: &mut impl Host<P, S, Watcher = W>, done: Done) {

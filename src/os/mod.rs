@@ -5,9 +5,10 @@
 //! root (`privileges`), memory the generations share (`shared`), address
 //! space reserved at start-up (`memory`), counting fds (`fds`), the open-files
 //! limit against the reservation (`limits`), sleeping on an atomic word
-//! (`futex`).
+//! (`futex`), the calling thread's CPU time (`clock`).
 #![allow(unsafe_code)]
 
+mod clock;
 mod fds;
 mod futex;
 mod inherit;
@@ -21,6 +22,7 @@ mod shared;
 mod signals;
 mod spawn;
 
+pub use clock::thread_cpu_time;
 pub use fds::{alive, dup, open_fds};
 pub use futex::{futex_wait, futex_wake};
 pub use inherit::{

@@ -28,7 +28,9 @@ const METHOD: &[u8; 4] = b"GET ";
 /// What the parser knows about a request so far.
 ///
 /// `Fast`, `Slow`, `Invalid` and `TooLarge` are final: the parser never revises
-/// them, so the caller may act on the first one it sees.
+/// them, so the caller may act on the first one it sees. More kinds of request
+/// may come: [`Verdict::is_request`] and [`Verdict::offloads`] say what one gets.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid so far but not yet terminated: read more bytes and call again.
@@ -70,6 +72,19 @@ pub struct ReqParser {
     /// Index in the buffer from which the next call resumes its search.
     pos: u16,
     phase: Phase,
+}
+
+impl Verdict {
+    /// A complete request: it gets the response (docs/protocol.md rules 5, 6).
+    pub fn is_request(self) -> bool {
+        matches!(self, Verdict::Fast | Verdict::Slow)
+    }
+
+    /// A complete request whose work leaves the loop when there are workers
+    /// (rule 6).
+    pub fn offloads(self) -> bool {
+        self == Verdict::Slow
+    }
 }
 
 impl ReqParser {
