@@ -23,7 +23,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use conn_daemon::ev::{Events, Handler, Io, Loop};
-use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
+use conn_daemon::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 const LISTENER: usize = usize::MAX;

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use conn_daemon::ev::{Async, AsyncSender, Events, Handler, Io, Loop, Timer};
-use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
+use conn_daemon::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 use crossbeam_queue::ArrayQueue;
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";

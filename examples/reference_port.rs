@@ -12,7 +12,7 @@
 //! | main.cc                                   | here                                          |
 //! |-------------------------------------------|-----------------------------------------------|
 //! | `ThreadPool thread_pool` (mutex + deque)  | `ThreadPool`: a channel of `TaskRef`s         |
-//! | `class ReqParser`, `Status`               | `conn_daemon::parser::ReqParser`, `Verdict`   |
+//! | `class ReqParser`, `Status`               | `conn_daemon::proto::parser::ReqParser`, `Verdict`   |
 //! | `class SlowTask : public Task`            | `SlowTask: Task`, stored in the slot's `TaskHolder` |
 //! | `class ConnectionCtx : public OnPool<..>` | `ConnectionCtx` in a `Pool<ConnectionCtx>` slot |
 //! | `new (*pool) ConnectionCtx(...)`, `delete this` | `pool.acquire()`, `AcceptTask::delete`  |
@@ -29,8 +29,8 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use conn_daemon::ev::{Async, AsyncSender, Events, Handler, Io, Loop};
-use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
 use conn_daemon::pool::Pool;
+use conn_daemon::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 use conn_daemon::task::{Done, Filled, Route, Task, TaskRef};
 use crossbeam_queue::ArrayQueue;
 use socket2::{Domain, Socket, Type};

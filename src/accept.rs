@@ -13,17 +13,17 @@ use std::time::Instant;
 
 use socket2::Socket;
 
+use crate::delegate::task::Shared;
 use crate::delegate::{Handoff, WorkerSide};
-use crate::engine::{Engine, Host};
+use crate::engine::Protocol;
+use crate::engine::{Engine, Host, Settings};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
+use crate::metrics::Stats;
 use crate::net;
 use crate::shutdown::Shutdown;
 use crate::task::TaskRef;
 use crate::token::{TimerId, Token};
-use crate::worker::Shared;
-
-pub use crate::engine::{Settings, Stats};
 
 /// A listening socket and its watcher.
 struct Listener {
@@ -32,7 +32,7 @@ struct Listener {
 }
 
 /// The libev side: everything of the thread's loop but the connections.
-struct Side {
+struct Side<J> {
     /// One per listen address (more after an upgrade to fewer threads); empty
     /// once the drain has closed them.
     listeners: Vec<Listener>,
@@ -43,14 +43,14 @@ struct Side {
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop`: where complete slow requests go, the next
     /// desk to try (round robin), and the one last reserved.
-    work: Option<Arc<WorkerSide>>,
+    work: Option<Arc<WorkerSide<J>>>,
     next_desk: usize,
     reserved: usize,
     /// The engine's id: the owner a hand-off names.
     id: u32,
 }
 
-impl Side {
+impl<J> Side<J> {
     fn timer(&self, timer: TimerId) -> Pin<&Timer> {
         self.timers[timer as usize].as_ref()
     }
@@ -63,23 +63,23 @@ impl Side {
 }
 
 /// One accept thread (the C++ `AcceptTask`).
-pub struct AcceptTask {
-    engine: Engine<OwnedFd, Io>,
-    side: Side,
+pub struct AcceptTask<P: Protocol> {
+    engine: Engine<P, OwnedFd, Io>,
+    side: Side<P::Job>,
 }
 
 /// The engine's view of the loop during one callback.
-struct EvHost<'a> {
-    lp: &'a Loop<AcceptTask>,
-    side: &'a mut Side,
+struct EvHost<'a, P: Protocol> {
+    lp: &'a Loop<AcceptTask<P>>,
+    side: &'a mut Side<P::Job>,
 }
 
-impl Host<OwnedFd> for EvHost<'_> {
+impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
     type Watcher = Io;
 
     ev_engine::libev_host_basics!();
 
-    fn submit(&mut self, task: TaskRef) {
+    fn submit(&mut self, task: TaskRef, _wait: std::time::Duration) {
         self.side.shared.submit(task);
     }
 
@@ -92,9 +92,9 @@ impl Host<OwnedFd> for EvHost<'_> {
     }
 
     #[inline]
-    fn accept(&mut self, listener: usize) -> Option<io::Result<OwnedFd>> {
+    fn accept(&mut self, listener: usize) -> Option<io::Result<(OwnedFd, Option<P::Job>)>> {
         let l = self.side.listeners.get(listener)?;
-        Some(net::accept(l.sock.as_fd()))
+        Some(net::accept(l.sock.as_fd()).map(|fd| (fd, None)))
     }
 
     fn watch_listeners(&mut self) {
@@ -131,10 +131,11 @@ impl Host<OwnedFd> for EvHost<'_> {
         }
     }
 
-    fn hand_off(&mut self, fd: OwnedFd) {
+    fn hand_off(&mut self, fd: OwnedFd, job: P::Job) {
         if let Some(work) = &self.side.work {
             let handoff = Handoff {
                 fd,
+                job,
                 owner: self.side.id,
                 at: Instant::now(),
             };
@@ -143,17 +144,18 @@ impl Host<OwnedFd> for EvHost<'_> {
     }
 }
 
-impl AcceptTask {
+impl<P: Protocol> AcceptTask<P> {
     /// Sets up the thread's pool and watchers on `lp` (not yet running).
     pub fn new(
         lp: &Loop<Self>,
         settings: Settings,
+        proto: Arc<P>,
         listeners: Vec<Socket>,
         shared: Arc<Shared>,
         shutdown: Arc<Shutdown>,
-        work: Option<Arc<WorkerSide>>,
+        work: Option<Arc<WorkerSide<P::Job>>>,
     ) -> io::Result<Self> {
-        let engine = Engine::new(settings)?;
+        let engine = Engine::new(settings, proto)?;
         let id = engine.id();
         let listeners = listeners
             .into_iter()
@@ -228,7 +230,7 @@ impl AcceptTask {
     }
 }
 
-impl Handler for AcceptTask {
+impl<P: Protocol> Handler for AcceptTask<P> {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
         crate::fault::maybe_inject_panic();
         let mut host = EvHost {

@@ -9,14 +9,14 @@
 //! from modules above it in this list; `contrib/import-cycles.py` prints the
 //! layers from the `crate::` paths and fails on a cycle):
 //! - the base: [`sys`] (raw libev FFI), [`os`] (process-level system calls),
-//!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`parser`], [`task`],
+//!   `net` (socket calls), [`config`], [`log`], `fault` (test-only panic injection), [`proto::parser`], [`task`],
 //!   [`token`] (what a watcher's event is for), [`shutdown`] (the stop request
 //!   and the loops' wake-up, knowing neither the loops nor the workers),
 //!   [`start_error`] (why start-up failed, and the exit status);
 //! - [`ev`] (safe libev types) and [`lifecycle`] (signals, the upgrade: it only
 //!   asks for a drain through a `ShutdownHandle`, and counts the upgrades that
 //!   the metrics show);
-//! - [`pool`] (slot storage), then the crate-private `deadline`, then [`conn`]
+//! - [`pool`] (slot storage), then `engine::conn` and its deadlines
 //!   (`ConnectionCtx`, public so that it can be fuzzed over a scripted socket);
 //! - [`metrics`] (counters, `Stats`, the exposition, the `--metrics` listener);
 //! - the crate-private `worker` (`SlowTask`, the worker threads);
@@ -24,7 +24,7 @@
 //!   wake-ups; the mode itself, `Delegate`, is in `config`);
 //! - [`engine`] (one loop's connections, over any loop that implements its
 //!   `Host`: public so that the fuzz targets drive it over a scripted loop) and
-//!   [`socket_worker`] (a blocking worker's steps, `--delegate socket`);
+//!   [`delegate::socket`] (a blocking worker's steps, `--delegate socket`);
 //! - the crate-private `ev_engine` (what every libev host of the engine does
 //!   alike: watch a slot, arm a timer, the clock);
 //! - `accept` (`AcceptTask`: the engine on libev) and the crate-private
@@ -47,7 +47,6 @@
 // The public surface: what the binaries, the integration tests and a reader
 // porting a libev design need. The rest is crate-private.
 pub mod config;
-pub mod conn;
 pub mod delegate;
 pub mod engine;
 pub mod ev;
@@ -55,23 +54,28 @@ pub mod lifecycle;
 pub mod log;
 pub mod metrics;
 pub mod os;
-pub mod parser;
 pub mod pool;
+pub mod proto;
 pub mod server;
 pub mod shutdown;
-pub mod socket_worker;
 pub mod start_error;
 pub mod sys;
 pub mod task;
 pub mod token;
-pub mod worker_loop;
 
 mod accept;
-mod deadline;
 mod ev_engine;
 mod fault;
-mod handoff;
 mod net;
-mod worker;
 
-pub use accept::Stats;
+/// What the fuzz targets (`fuzz/`) drive directly, public for them only (as
+/// rustls's `internal`): the engine over a scripted loop, one connection's
+/// state machine over a scripted socket, and the delegation modes' steps.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::delegate::socket::{answer, work, Outcome, WorkerSocket};
+    pub use crate::delegate::worker_loop::{Due, SlowTimers};
+    pub use crate::engine::conn::{ConnectionCtx, Next, Release, Socket, State};
+    pub use crate::engine::connections::{Engine, Host, Interest, Settings};
+    pub use crate::token::TimerId;
+}

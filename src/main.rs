@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use conn_daemon::config::Config;
 use conn_daemon::lifecycle::{self, Supervisor, UpgradeCount, UpgradePlan};
+use conn_daemon::proto::Builtin;
 use conn_daemon::server::{Handed, Server, StartError, EXIT_SYSTEM};
 use conn_daemon::{log, os};
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
         from_upgrade: inherited.from_upgrade,
         upgrades: upgrades.shared(),
     };
-    let server = match Server::bind_with(&config, handed) {
+    let server = match Server::bind_with(&config, Builtin::from_config(&config), handed) {
         Ok(server) => server,
         Err(e) => return fail(e.exit_status(), &e),
     };

@@ -88,6 +88,20 @@ pub fn send_final(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     .map(|n| n as usize)
 }
 
+/// Sends bytes of a connection that goes on, as `send(2)` (no `SIGPIPE`).
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    raw_syscall!(
+        SYS_sendto,
+        fd.as_raw_fd(),
+        buf.as_ptr(),
+        buf.len(),
+        libc::MSG_NOSIGNAL,
+        std::ptr::null::<libc::sockaddr>(),
+        0 as libc::socklen_t,
+    )
+    .map(|n| n as usize)
+}
+
 /// Closes a connection's socket (errors are of no use after a close).
 pub fn close(fd: OwnedFd) {
     let _ = raw_syscall!(SYS_close, fd.into_raw_fd());

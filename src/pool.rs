@@ -176,6 +176,27 @@ impl<T, W: SlotWatcher> Pool<T, W> {
         self.holder(idx).fill(task, route)
     }
 
+    /// As [`Pool::delegate`], for a job that comes back with its `Done` (see
+    /// [`TaskHolder::fill_job`]).
+    pub fn delegate_job<J: Send + 'static>(
+        &self,
+        idx: u32,
+        job: J,
+        route: Route,
+    ) -> Option<Filled> {
+        self.holder(idx).fill_job(job, route)
+    }
+
+    /// As [`Pool::finish`], and takes back the job that ran (see
+    /// [`TaskHolder::finish_job`]).
+    pub fn finish_job<J: 'static>(&self, done: Done) -> Option<(Route, Option<J>)> {
+        let idx = done.route().slot;
+        if idx >= self.constructed || !self.holder(idx).issued(&done) {
+            return None;
+        }
+        self.holder(idx).finish_job(done)
+    }
+
     /// Withdraws slot `idx`'s task unless a worker runs it already (see
     /// [`TaskHolder::cancel`]).
     #[inline]

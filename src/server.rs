@@ -1,9 +1,10 @@
-//! Start-up, threads and shutdown: the C++ `main` and its `ThreadPool`.
+//! Start-up, threads and shutdown: the C++ `main` and its `ThreadPool`, for any
+//! [`Protocol`].
 //!
-//! `Server::bind` does everything that can fail for a reason an operator must see
-//! (the port, the listeners) before any thread exists; `Server::run` starts the
-//! workers and the accept threads, the calling thread being accept thread 0, and
-//! returns after the graceful drain.
+//! `Server::bind(&config, protocol)` does everything that can fail for a reason
+//! an operator must see (the port, the listeners) before any thread exists;
+//! `Server::run` starts the workers and the accept threads, the calling thread
+//! being accept thread 0, and returns after the graceful drain.
 
 #![forbid(unsafe_code)]
 
@@ -18,15 +19,17 @@ use std::time::Instant;
 
 use socket2::{Socket, Type};
 
-use crate::accept::{AcceptTask, Settings, Stats};
+use crate::accept::AcceptTask;
 use crate::config::Config;
+use crate::delegate::handoff::HandoffWorkers;
+use crate::delegate::task::{Shared, Workers};
 use crate::delegate::{Capacity, Delegate, WorkerSide};
+use crate::engine::Protocol;
+use crate::engine::Settings;
 use crate::ev::Loop;
-use crate::handoff::HandoffWorkers;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, Stats};
 use crate::shutdown::{Drain, Shutdown, ShutdownHandle};
 pub use crate::start_error::{StartError, StartFailure, EXIT_NO_MEMORY, EXIT_SYSTEM, EXIT_USAGE};
-use crate::worker::{Shared, Workers};
 use crate::{debug, net, warn};
 
 /// How long the end of a drain waits for the scrapes the metrics thread took.
@@ -50,9 +53,10 @@ pub struct Handed {
     pub upgrades: Arc<AtomicU64>,
 }
 
-/// A bound, not yet running server.
-pub struct Server {
+/// A bound, not yet running server of protocol `P`.
+pub struct Server<P: Protocol> {
     config: Config,
+    proto: Arc<P>,
     /// Each accept thread's listeners, one per address.
     listeners: Vec<Vec<Socket>>,
     /// The distinct listening sockets, for an upgrade to hand over.
@@ -62,12 +66,12 @@ pub struct Server {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop` with workers: where slow connections go.
-    work: Option<Arc<WorkerSide>>,
+    work: Option<Arc<WorkerSide<P::Job>>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<std::net::TcpListener>,
 }
 
-impl fmt::Debug for Server {
+impl<P: Protocol> fmt::Debug for Server<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("addresses", &self.addresses)
@@ -78,19 +82,19 @@ impl fmt::Debug for Server {
     }
 }
 
-impl Server {
-    /// Binds `config.listen`: refuses an address someone else holds, binds one
-    /// `SO_REUSEPORT` listener per address per accept thread, and raises the fd
-    /// limit.
-    pub fn bind(config: &Config) -> Result<Server, StartError> {
-        Server::bind_with(config, Handed::default())
+impl<P: Protocol> Server<P> {
+    /// Binds `config.listen` for `protocol`: refuses an address someone else
+    /// holds, binds one `SO_REUSEPORT` listener per address per accept thread,
+    /// and raises the fd limit.
+    pub fn bind(config: &Config, protocol: P) -> Result<Self, StartError> {
+        Server::bind_with(config, protocol, Handed::default())
     }
 
     /// As [`Server::bind`], but serves `handed` listening sockets instead of
     /// binding, when there are any (socket activation, an upgrade): their
     /// addresses are what the server listens on, and `-p`/`--listen` are not
     /// bound. A handed metrics listener is served as `--metrics`.
-    pub fn bind_with(config: &Config, handed: Handed) -> Result<Server, StartError> {
+    pub fn bind_with(config: &Config, protocol: P, handed: Handed) -> Result<Self, StartError> {
         let Handed {
             listeners: inherited,
             metrics: inherited_metrics,
@@ -177,6 +181,7 @@ impl Server {
         }
         Ok(Server {
             config: config.clone(),
+            proto: Arc::new(protocol),
             listeners,
             addresses,
             handover,
@@ -184,7 +189,8 @@ impl Server {
             shutdown,
             work,
             metrics: Arc::new(
-                Metrics::new(threads, config.worker_threads, upgrades).for_mode(config.delegate),
+                Metrics::with_labels(threads, config.worker_threads, upgrades, P::labels())
+                    .for_mode(config.delegate),
             ),
             metrics_listener,
         })
@@ -221,6 +227,7 @@ impl Server {
     pub fn run_with(self, on_ready: impl FnOnce()) -> Result<Stats, StartError> {
         let Server {
             config,
+            proto,
             listeners,
             shared,
             shutdown,
@@ -246,11 +253,11 @@ impl Server {
         }
         let handoff_workers = work
             .as_ref()
-            .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics))
+            .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics, &proto))
             .transpose()?;
         let workers = if config.worker_threads > 0 && work.is_none() {
             Some(
-                Workers::start(Arc::clone(&shared), config.worker_threads, &metrics)
+                Workers::start(Arc::clone(&shared), config.worker_threads, &metrics, &proto)
                     .map_err(|e| StartError::system("cannot start worker threads", e))?,
             )
         } else {
@@ -259,16 +266,19 @@ impl Server {
         let settings = |id: usize| Settings {
             id: id as u32,
             capacity: config.accept_capacity,
-            slow: (config.worker_threads > 0).then_some(config.slow_duration),
             read_timeout: config.read_timeout,
+            idle_timeout: config.idle_timeout,
             shutdown_timeout: config.shutdown_timeout,
             counters: metrics.accept_thread(id),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
-        let parts = |id: usize, listener| {
-            let (shared, work, shutdown) =
-                (Arc::clone(&shared), work.clone(), Arc::clone(&shutdown));
-            (settings(id), listener, shared, work, shutdown)
+        let parts = |id: usize, listener| AcceptParts {
+            settings: settings(id),
+            proto: Arc::clone(&proto),
+            listeners: listener,
+            shared: Arc::clone(&shared),
+            work: work.clone(),
+            shutdown: Arc::clone(&shutdown),
         };
         let mut listeners = listeners.into_iter();
         let first = listeners.next().expect("at least one accept thread");
@@ -331,31 +341,41 @@ impl Server {
 }
 
 /// What an accept thread is built from.
-type AcceptParts = (
-    Settings,
-    Vec<Socket>,
-    Arc<Shared>,
-    Option<Arc<WorkerSide>>,
-    Arc<Shutdown>,
-);
+struct AcceptParts<P: Protocol> {
+    settings: Settings,
+    proto: Arc<P>,
+    listeners: Vec<Socket>,
+    shared: Arc<Shared>,
+    work: Option<Arc<WorkerSide<P::Job>>>,
+    shutdown: Arc<Shutdown>,
+}
+
+/// The loop of one accept thread, and its task.
+type AcceptLoop<P> = (Loop<AcceptTask<P>>, AcceptTask<P>);
 
 /// One accept thread's loop and task (pool reserved, wake-up connected,
 /// listeners watched), built on the thread that will run them: a libev loop is
 /// bound to its thread.
-fn build_accept_loop(
-    (settings, listener, shared, work, shutdown): AcceptParts,
-) -> Result<(Loop<AcceptTask>, AcceptTask), StartError> {
+fn build_accept_loop<P: Protocol>(parts: AcceptParts<P>) -> Result<AcceptLoop<P>, StartError> {
+    let AcceptParts {
+        settings,
+        proto,
+        listeners,
+        shared,
+        work,
+        shutdown,
+    } = parts;
     let lp = Loop::new().map_err(|e| StartError::system("cannot create the event loop", e))?;
-    let task = AcceptTask::new(&lp, settings, listener, shared, shutdown, work)
+    let task = AcceptTask::new(&lp, settings, proto, listeners, shared, shutdown, work)
         .map_err(|e| StartError::system("cannot reserve the connection pool", e))?;
     Ok((lp, task))
 }
 
 /// Serves on a built accept loop until the drain ends, runs `after_drain`,
 /// then tears down; the loop's counters.
-fn serve_accept_loop(
-    lp: Loop<AcceptTask>,
-    mut task: AcceptTask,
+fn serve_accept_loop<P: Protocol>(
+    lp: Loop<AcceptTask<P>>,
+    mut task: AcceptTask<P>,
     after_drain: impl FnOnce(),
 ) -> Stats {
     let id = task.id();
@@ -373,7 +393,10 @@ fn serve_accept_loop(
 
 /// The body of accept thread 1, 2, ...: builds its loop, says on `ready`
 /// whether that worked (the error goes there, with its cause), then serves.
-fn accept_thread(parts: AcceptParts, ready: mpsc::Sender<Result<(), StartError>>) -> Stats {
+fn accept_thread<P: Protocol>(
+    parts: AcceptParts<P>,
+    ready: mpsc::Sender<Result<(), StartError>>,
+) -> Stats {
     match build_accept_loop(parts) {
         Ok((lp, task)) => {
             let _ = ready.send(Ok(()));
@@ -467,7 +490,8 @@ impl Queues {
     fn scaling_bytes(&self, threads: usize) -> (&'static str, Option<u64>) {
         if self.mode.hands_off() {
             let seats = (self.worker_side.desks as u64).checked_mul(self.worker_side.seats as u64);
-            let bytes = seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff>()));
+            let bytes =
+                seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff<()>>()));
             ("the hand-off queues", bytes)
         } else {
             let mailboxes = (threads as u64)

@@ -18,6 +18,7 @@
 //! connection, cannot overflow.
 #![allow(unsafe_code)]
 
+use std::any::TypeId;
 use std::cell::{Cell, UnsafeCell};
 use std::mem::{align_of, size_of, MaybeUninit};
 use std::ptr::{self, NonNull};
@@ -85,16 +86,80 @@ struct Storage([MaybeUninit<u8>; TASK_SIZE]);
 #[derive(Debug)]
 pub struct TaskHolder {
     storage: UnsafeCell<Storage>,
-    /// Runs (and so consumes) the task stored in `storage`.
-    call: Cell<Option<unsafe fn(*mut u8)>>,
-    /// Drops the task stored in `storage` without running it (a cancel).
-    discard: Cell<Option<unsafe fn(*mut u8)>>,
+    /// How to run and drop the value stored in `storage`, and its type.
+    vtable: Cell<Option<&'static Vtable>>,
     route: Cell<Route>,
     /// IDLE, QUEUED, RUNNING or CANCELLED. The accept thread writes `storage`,
-    /// `call`, `discard` and `route` only in IDLE or CANCELLED, states in which a
+    /// `vtable`, `kept` and `route` only in IDLE or CANCELLED, states in which a
     /// worker reads none of them; a worker reads them only after its
     /// QUEUED -> RUNNING exchange, which acquires what the fill released.
     state: AtomicU8,
+    /// The stored value is a job that stays in the holder when it runs and
+    /// comes back to its loop with the `Done` ([`TaskHolder::fill_job`]).
+    kept: Cell<bool>,
+}
+
+/// The entry points of one stored type: one static table per type, so that a
+/// holder carries one pointer for them.
+struct Vtable {
+    /// Runs (and so consumes) a stored [`Task`]; `None` for a kept job.
+    call: Option<unsafe fn(*mut u8)>,
+    /// Drops the stored value without running it (a cancel, or a kept job
+    /// nobody took back).
+    discard: unsafe fn(*mut u8),
+    /// The stored type, so that a kept job is only ever read back as itself.
+    type_id: fn() -> TypeId,
+}
+
+impl std::fmt::Debug for Vtable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vtable").finish_non_exhaustive()
+    }
+}
+
+/// # Safety
+/// `p` must point at a `T` written by a fill and not yet consumed.
+unsafe fn call<T: Task>(p: *mut u8) {
+    // SAFETY: per the contract; reading it out consumes it exactly once.
+    unsafe { ptr::read(p.cast::<T>()) }.run()
+}
+
+/// # Safety
+/// As `call`.
+unsafe fn discard<T>(p: *mut u8) {
+    // SAFETY: per the contract; dropped in place exactly once.
+    unsafe { ptr::drop_in_place(p.cast::<T>()) }
+}
+
+/// The static entry points of a stored `T`.
+struct Entry<T>(std::marker::PhantomData<T>);
+
+impl<T: 'static> Entry<T> {
+    const KEPT: Vtable = Vtable {
+        call: None,
+        discard: discard::<T>,
+        type_id: TypeId::of::<T>,
+    };
+}
+
+impl<T: Task> Entry<T> {
+    const TASK: Vtable = Vtable {
+        call: Some(call::<T>),
+        discard: discard::<T>,
+        type_id: TypeId::of::<T>,
+    };
+}
+
+/// Compile-time: a `T` fits the inline storage.
+const fn check_fits<T>() {
+    assert!(
+        size_of::<T>() <= TASK_SIZE,
+        "task type larger than TaskHolder's 96 bytes"
+    );
+    assert!(
+        align_of::<T>() <= TASK_ALIGN,
+        "task type aligned beyond TaskHolder's 16 bytes"
+    );
 }
 
 /// What [`TaskHolder::fill`] did with the task.
@@ -131,14 +196,14 @@ impl TaskHolder {
     pub const fn new() -> Self {
         TaskHolder {
             storage: UnsafeCell::new(Storage([MaybeUninit::uninit(); TASK_SIZE])),
-            call: Cell::new(None),
-            discard: Cell::new(None),
+            vtable: Cell::new(None),
             route: Cell::new(Route {
                 owner: 0,
                 slot: 0,
                 gen: 0,
             }),
             state: AtomicU8::new(IDLE),
+            kept: Cell::new(false),
         }
     }
 
@@ -157,36 +222,33 @@ impl TaskHolder {
     /// Moves `task` into the holder for a worker (see [`Filled`]); `None` (and
     /// `task` dropped) if the holder is still busy.
     pub fn fill<T: Task>(&self, task: T, route: Route) -> Option<Filled> {
-        const {
-            assert!(
-                size_of::<T>() <= TASK_SIZE,
-                "task type larger than TaskHolder's 96 bytes"
-            );
-            assert!(
-                align_of::<T>() <= TASK_ALIGN,
-                "task type aligned beyond TaskHolder's 16 bytes"
-            );
-        }
+        const { check_fits::<T>() }
+        self.store(task, &Entry::<T>::TASK, false, route)
+    }
+
+    /// As [`fill`](Self::fill), for a job that a worker works on in place
+    /// ([`Claimed::run_with`]) and that comes back to its loop with the
+    /// [`Done`] ([`TaskHolder::finish_job`]).
+    pub fn fill_job<T: Send + 'static>(&self, job: T, route: Route) -> Option<Filled> {
+        const { check_fits::<T>() }
+        self.store(job, &Entry::<T>::KEPT, true, route)
+    }
+
+    fn store<T>(
+        &self,
+        value: T,
+        vtable: &'static Vtable,
+        kept: bool,
+        route: Route,
+    ) -> Option<Filled> {
         let was = self.state.load(Ordering::Acquire);
         if was != IDLE && was != CANCELLED {
             return None;
         }
-        /// # Safety
-        /// `p` must point at a `T` written by `fill` and not yet consumed.
-        unsafe fn call<T: Task>(p: *mut u8) {
-            // SAFETY: per the contract; reading it out consumes it exactly once.
-            unsafe { ptr::read(p.cast::<T>()) }.run()
-        }
-        /// # Safety
-        /// As `call`.
-        unsafe fn discard<T: Task>(p: *mut u8) {
-            // SAFETY: per the contract; dropped in place exactly once.
-            unsafe { ptr::drop_in_place(p.cast::<T>()) }
-        }
-        // SAFETY: IDLE or CANCELLED: no task is stored and no worker reads the storage (see `state`); the size and alignment checks above make the write fit it.
-        unsafe { ptr::write(self.storage.get().cast::<T>(), task) };
-        self.call.set(Some(call::<T>));
-        self.discard.set(Some(discard::<T>));
+        // SAFETY: IDLE or CANCELLED: no value is stored and no worker reads the storage (see `state`); the callers' size and alignment checks make the write fit it.
+        unsafe { ptr::write(self.storage.get().cast::<T>(), value) };
+        self.vtable.set(Some(vtable));
+        self.kept.set(kept);
         self.route.set(route);
         if was == CANCELLED
             && self
@@ -199,6 +261,14 @@ impl TaskHolder {
         // IDLE, or the worker let go of the cancelled token meanwhile: a new one.
         self.state.store(QUEUED, Ordering::Release);
         Some(Filled::New(TaskRef(NonNull::from(self))))
+    }
+
+    /// Drops the stored value in place.
+    fn discard(&self) {
+        let vtable = self.vtable.get().expect("a filled holder has a value");
+        // SAFETY: only called with a value stored and owned by this thread (won from QUEUED, or a kept job back with its Done); it is dropped exactly once, and `kept` cleared.
+        unsafe { (vtable.discard)(self.storage.get().cast::<u8>()) };
+        self.kept.set(false);
     }
 
     /// Withdraws the task if no worker has claimed it yet (see [`Cancel`]).
@@ -214,9 +284,8 @@ impl TaskHolder {
             .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
-                let discard = self.discard.get().expect("a queued holder has a task");
-                // SAFETY: we won the task from QUEUED, so no worker will run it or read the storage; `fill` stored a task of discard's type there.
-                unsafe { discard(self.storage.get().cast::<u8>()) };
+                // We won the value from QUEUED: no worker will run it or read it.
+                self.discard();
                 Cancel::Withdrawn
             }
             Err(RUNNING) => Cancel::Running,
@@ -225,14 +294,42 @@ impl TaskHolder {
     }
 
     /// Takes back a finished task's token and returns its route, if it was this
-    /// holder's current task; that frees the holder for the next one.
+    /// holder's current task; that frees the holder for the next one (a kept
+    /// job is dropped: see [`finish_job`](Self::finish_job) to take it back).
     pub fn finish(&self, done: Done) -> Option<Route> {
         if done.holder == NonNull::from(self) && self.state.load(Ordering::Acquire) == RUNNING {
+            if self.kept.get() {
+                self.discard();
+            }
             self.state.store(IDLE, Ordering::Release);
             Some(self.route.get())
         } else {
             None
         }
+    }
+
+    /// As [`finish`](Self::finish), and takes back the job that ran, if it is a
+    /// `T` stored by [`fill_job`](Self::fill_job).
+    pub fn finish_job<T: 'static>(&self, done: Done) -> Option<(Route, Option<T>)> {
+        if done.holder != NonNull::from(self) || self.state.load(Ordering::Acquire) != RUNNING {
+            return None;
+        }
+        let is_t = self
+            .vtable
+            .get()
+            .is_some_and(|v| (v.type_id)() == TypeId::of::<T>());
+        let job = if self.kept.get() && is_t {
+            self.kept.set(false);
+            // SAFETY: RUNNING and its Done given back: the worker is done with the storage (the Done's trip acquired its writes); a kept `T` (checked above) is stored there, and clearing `kept` makes this read its only consumer.
+            Some(unsafe { ptr::read(self.storage.get().cast::<T>()) })
+        } else {
+            if self.kept.get() {
+                self.discard();
+            }
+            None
+        };
+        self.state.store(IDLE, Ordering::Release);
+        Some((self.route.get(), job))
     }
 
     /// Whether `done` came from this holder (without taking it back).
@@ -288,15 +385,32 @@ pub struct Claimed(NonNull<TaskHolder>);
 unsafe impl Send for Claimed {}
 
 impl Claimed {
-    /// Runs the task on this thread, drops it, and returns the completion token.
+    /// Runs the task on this thread, drops it, and returns the completion token
+    /// (a kept job is not run: see [`Claimed::run_with`]; it only comes back).
     pub fn run(self) -> Done {
         let holder = self.0.as_ptr();
-        // SAFETY: a RUNNING holder is never freed nor written by the accept thread; the claim acquired `fill`'s writes of the task and its `call`; this token is consumed here, so the task runs exactly once.
+        // SAFETY: a RUNNING holder is never freed nor written by the accept thread; the claim acquired the fill's writes of the value and its vtable; this token is consumed here, so a task runs exactly once.
         unsafe {
-            let call = (*holder).call.get().expect("a filled holder has a task");
-            call((*holder).storage.get().cast::<u8>());
-            Done { holder: self.0 }
+            let vtable = (*holder).vtable.get().expect("a filled holder has a value");
+            if let Some(call) = vtable.call {
+                call((*holder).storage.get().cast::<u8>());
+            }
         }
+        Done { holder: self.0 }
+    }
+
+    /// Works on a kept job in place (see [`TaskHolder::fill_job`]) with `f`,
+    /// then returns the completion token, the job still in the holder.
+    /// `f` is not called if the holder keeps no `T`.
+    pub fn run_with<T: 'static>(self, f: impl FnOnce(&mut T)) -> Done {
+        let holder = self.0.as_ptr();
+        // SAFETY: as `run`: the holder is RUNNING and this token is its only user; the fill's writes were acquired by the claim.
+        let (vtable, kept) = unsafe { ((*holder).vtable.get(), (*holder).kept.get()) };
+        if kept && vtable.is_some_and(|v| (v.type_id)() == TypeId::of::<T>()) {
+            // SAFETY: a kept `T` (checked above) is stored, and no other thread touches the storage while RUNNING; the borrow ends before the Done is made.
+            f(unsafe { &mut *(*holder).storage.get().cast::<T>() });
+        }
+        Done { holder: self.0 }
     }
 }
 
@@ -473,6 +587,46 @@ mod tests {
             assert_eq!(runs.load(Ordering::SeqCst), usize::from(ran));
             assert_eq!(drops.load(Ordering::SeqCst), 1);
         }
+    }
+
+    #[test]
+    fn a_job_is_worked_on_in_place_and_comes_back_with_its_done() {
+        let holder = TaskHolder::new();
+        let (p, runs, drops) = probe();
+        let token = new_token(holder.fill_job((7u32, p), ROUTE));
+        let done = std::thread::spawn(move || {
+            token
+                .claim()
+                .unwrap()
+                .run_with(|job: &mut (u32, Probe)| job.0 += 1)
+        })
+        .join()
+        .unwrap();
+        let (route, job) = holder.finish_job::<(u32, Probe)>(done).unwrap();
+        assert_eq!(route, ROUTE);
+        let (n, back) = job.expect("the job came back");
+        assert_eq!(n, 8, "worked on in place");
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "not dropped on the way");
+        drop(back);
+        assert_eq!(
+            (runs.load(Ordering::SeqCst), drops.load(Ordering::SeqCst)),
+            (0, 1)
+        );
+        // Not taken back (its connection left): dropped by the holder, once.
+        let (p, _, drops) = probe();
+        let token = new_token(holder.fill_job(p, ROUTE));
+        let done = token
+            .claim()
+            .unwrap()
+            .run_with(|_: &mut u64| panic!("wrong type"));
+        assert!(holder.finish(done).is_some());
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        // Withdrawn while queued: dropped, unrun.
+        let (p, _, drops) = probe();
+        let token = new_token(holder.fill_job(p, ROUTE));
+        assert_eq!(holder.cancel(), Cancel::Withdrawn);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert!(token.claim().is_none());
     }
 
     #[test]

@@ -17,15 +17,18 @@ pub enum TimerId {
     Drain,
     /// The head of the lingering-close list.
     Linger,
+    /// The head of the list of connections idle between requests.
+    Idle,
 }
 
 impl TimerId {
     /// Every timer, in the order of their encoding.
-    pub const ALL: [TimerId; 4] = [
+    pub const ALL: [TimerId; 5] = [
         TimerId::Deadline,
         TimerId::Backoff,
         TimerId::Drain,
         TimerId::Linger,
+        TimerId::Idle,
     ];
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 mod util;
 
 use conn_daemon::config::Config;
+use conn_daemon::proto::Builtin;
 use conn_daemon::server::Server;
 use util::metrics::{free_addr, Scrape};
 use util::{connect, reset, RESPONSE};
@@ -202,7 +203,7 @@ fn no_allocation_per_connection() {
         &metrics.to_string(),
     ])
     .unwrap();
-    let server = Server::bind(&config).expect("bind");
+    let server = Server::bind(&config, Builtin::from_config(&config)).expect("bind");
     let stop = server.shutdown_handle();
     let running = std::thread::Builder::new()
         .name("accept-0".into())

@@ -1,7 +1,7 @@
 //! Property tests for `ReqParser`: the verdict must not depend on how the bytes
 //! were split into reads, and every well-formed request must be accepted.
 
-use conn_daemon::parser::{ReqParser, Verdict, REQUEST_MAX};
+use conn_daemon::proto::parser::{ReqParser, Verdict, REQUEST_MAX};
 use proptest::prelude::*;
 
 /// Moderate so that the file stays at a few seconds in a debug build.

@@ -26,13 +26,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conn_daemon::conn::{DropReason, Next, Socket, State, RESPONSE};
-use conn_daemon::engine::{Engine, Host, Interest, Settings};
+use conn_daemon::engine::DropReason;
+use conn_daemon::fuzzing::{Engine, Host, Interest, Next, Settings, Socket, State, TimerId};
 use conn_daemon::lifecycle::Drain;
-use conn_daemon::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
+use conn_daemon::proto::parser::Verdict;
+use conn_daemon::proto::{Builtin, Reason, SlowTask, RESPONSE};
 use conn_daemon::task::{Claimed, TaskRef};
-use conn_daemon::token::TimerId;
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 
@@ -232,10 +232,10 @@ struct Loop<'a> {
     watched: Option<Interest>,
     /// How the current connection ended, told by the engine (until its slot
     /// is released).
-    outcome: Option<Next>,
+    outcome: Option<Next<Reason>>,
 }
 
-impl<'a> Host<Fake<'a>> for Loop<'a> {
+impl<'a> Host<Builtin, Fake<'a>> for Loop<'a> {
     type Watcher = Watch;
 
     fn now(&self) -> f64 {
@@ -260,7 +260,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
     fn stop_timer(&mut self, timer: TimerId) {
         self.timers[timer as usize] = None;
     }
-    fn submit(&mut self, task: TaskRef) {
+    fn submit(&mut self, task: TaskRef, _wait: Duration) {
         assert!(!self.slow_inline, "delegated without workers");
         assert!(self.tasks.is_empty(), "a second token for one slot");
         self.tasks.push_back(task);
@@ -271,7 +271,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
     fn listeners(&self) -> usize {
         usize::from(self.listener_open)
     }
-    fn accept(&mut self, listener: usize) -> Option<io::Result<Fake<'a>>> {
+    fn accept(&mut self, listener: usize) -> Option<io::Result<(Fake<'a>, Option<SlowTask>)>> {
         assert_eq!(listener, 0);
         assert!(
             self.listening || !self.listener_open,
@@ -283,7 +283,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
         if !std::mem::take(&mut self.pending) {
             return Some(Err(io::Error::from_raw_os_error(libc::EAGAIN)));
         }
-        Some(Ok(Fake(self.peer)))
+        Some(Ok((Fake(self.peer), None)))
     }
     fn watch_listeners(&mut self) {
         assert!(self.listener_open);
@@ -296,7 +296,7 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
         self.listening = false;
         self.listener_open = false;
     }
-    fn closed(&mut self, slot: u32, how: Next) {
+    fn closed(&mut self, slot: u32, how: Next<Reason>) {
         assert_eq!(slot, 0);
         assert!(self.outcome.is_none(), "ended twice: {how:?}");
         self.outcome = Some(how);
@@ -313,11 +313,11 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
                 assert!(p.fin, "a lingering close without the shutdown");
                 assert_eq!(p.sent, RESPONSE, "lingered without the whole response");
             }
-            Next::Drop(DropReason::Invalid) => {
+            Next::Drop(DropReason::Protocol(Reason::Invalid)) => {
                 assert_eq!(p.verdict, Verdict::Invalid, "dropped as invalid");
                 assert!(p.sent.is_empty());
             }
-            Next::Drop(DropReason::TooLarge) => {
+            Next::Drop(DropReason::Protocol(Reason::TooLarge)) => {
                 assert_eq!(p.verdict, Verdict::TooLarge, "dropped as too large");
                 assert!(p.sent.is_empty());
             }
@@ -333,23 +333,24 @@ impl<'a> Host<Fake<'a>> for Loop<'a> {
 
 /// The engine, its loop, and the checks between the script's steps.
 struct Driver<'a> {
-    engine: Engine<Fake<'a>, Watch>,
+    engine: Engine<Builtin, Fake<'a>, Watch>,
     lp: Loop<'a>,
     /// The generation of the last connection in slot 0.
     gen: u32,
 }
 
-fn new_engine<'a>(slow_inline: bool) -> Engine<Fake<'a>, Watch> {
-    Engine::new(Settings {
+fn new_engine<'a>(slow_inline: bool) -> Engine<Builtin, Fake<'a>, Watch> {
+    let proto = Builtin::new((!slow_inline).then_some(Duration::ZERO));
+    let settings = Settings {
         id: 0,
         // Room for the one client and more, so that a full pool is never the cause.
         capacity: 2,
-        slow: (!slow_inline).then_some(Duration::ZERO),
         read_timeout: Some(Duration::from_secs(1)),
+        idle_timeout: None,
         shutdown_timeout: Duration::from_secs(5),
         counters: Arc::default(),
-    })
-    .expect("a pool of 2")
+    };
+    Engine::new(settings, Arc::new(proto)).expect("a pool of 2")
 }
 
 impl<'a> Driver<'a> {

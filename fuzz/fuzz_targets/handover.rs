@@ -17,13 +17,13 @@
 //!
 //! The worker side, both kinds:
 //! - `--delegate loop`: the engine as a worker's loop hosts it, with the worker
-//!   loop's own pieces (`worker_loop::Adopted` replaying the request over a
-//!   scripted socket, `worker_loop::SlowTimers` for the work): connections are
+//!   loop's own piece (`SlowTimers` for the job's wait), taking connections
+//!   over with their job (no byte replayed) on scripted sockets: connections are
 //!   handed over at any time, send bytes or EOF during their work, time passes
 //!   in steps, a drain comes. No byte before a connection's full duration, none
 //!   once it sent more or left, every connection that stayed gets the 57 bytes
 //!   once time has passed, and every slot ends free;
-//! - `--delegate socket`: `socket_worker::work` then `answer` over a scripted
+//! - `--delegate socket`: the blocking worker's `work` then `answer` over a scripted
 //!   socket (input arriving at any wait of the work, interrupted waits, short,
 //!   interrupted, would-block and failed sends,
 //!   the write deadline passing): at most the 57 bytes, as a prefix; all of them
@@ -39,15 +39,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conn_daemon::conn::{Next, Socket, RESPONSE};
-use conn_daemon::engine::{Engine, Host, Interest, Settings};
+use conn_daemon::fuzzing::{
+    answer, work, Due, Engine, Host, Interest, Next, Outcome, Settings, SlowTimers, Socket,
+    TimerId, WorkerSocket,
+};
 use conn_daemon::lifecycle::Drain;
-use conn_daemon::parser::Verdict;
 use conn_daemon::pool::SlotWatcher;
-use conn_daemon::socket_worker::{answer, work, Outcome, WorkerSocket};
+use conn_daemon::proto::parser::Verdict;
+use conn_daemon::proto::{Builtin, Reason, SlowTask, RESPONSE};
 use conn_daemon::task::TaskRef;
-use conn_daemon::token::TimerId;
-use conn_daemon::worker_loop::{Adopted, Due, SlowTimers};
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 
@@ -176,7 +176,7 @@ struct Loop {
     stopped: bool,
 }
 
-impl Host<Fake> for Loop {
+impl Host<Builtin, Fake> for Loop {
     type Watcher = Watch;
 
     fn now(&self) -> f64 {
@@ -205,7 +205,7 @@ impl Host<Fake> for Loop {
     fn stop_timer(&mut self, timer: TimerId) {
         self.timers[timer as usize] = None;
     }
-    fn submit(&mut self, _task: TaskRef) {
+    fn submit(&mut self, _task: TaskRef, _wait: Duration) {
         panic!("a task submitted by a loop that hands connections off");
     }
     fn stop(&mut self) {
@@ -214,15 +214,18 @@ impl Host<Fake> for Loop {
     fn listeners(&self) -> usize {
         usize::from(self.listener_open)
     }
-    fn accept(&mut self, _listener: usize) -> Option<io::Result<Fake>> {
+    fn accept(&mut self, _listener: usize) -> Option<io::Result<(Fake, Option<SlowTask>)>> {
         if !self.listener_open {
             return None;
         }
         match self.pending.take() {
-            Some(id) => Some(Ok(Fake {
-                id,
-                world: Rc::clone(&self.world),
-            })),
+            Some(id) => Some(Ok((
+                Fake {
+                    id,
+                    world: Rc::clone(&self.world),
+                },
+                None,
+            ))),
             None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
         }
     }
@@ -236,7 +239,7 @@ impl Host<Fake> for Loop {
         self.listening = false;
         self.listener_open = false;
     }
-    fn closed(&mut self, _slot: u32, _how: Next) {}
+    fn closed(&mut self, _slot: u32, _how: Next<Reason>) {}
     fn hands_off(&self) -> bool {
         true
     }
@@ -247,7 +250,7 @@ impl Host<Fake> for Loop {
         }
         self.room
     }
-    fn hand_off(&mut self, fd: Fake) {
+    fn hand_off(&mut self, fd: Fake, _job: SlowTask) {
         assert_eq!(self.reserved, 1, "a hand-over without a reservation");
         self.reserved = 0;
         let mut w = self.world.borrow_mut();
@@ -263,7 +266,7 @@ impl Host<Fake> for Loop {
 }
 
 struct Driver {
-    engine: Engine<Fake, Watch>,
+    engine: Engine<Builtin, Fake, Watch>,
     lp: Loop,
     /// Clients whose connection the engine holds, by client index.
     open: Vec<usize>,
@@ -271,15 +274,16 @@ struct Driver {
 
 impl Driver {
     fn new(world: Rc<RefCell<World>>) -> Driver {
-        let engine = Engine::new(Settings {
+        let settings = Settings {
             id: 0,
             capacity: CAPACITY,
-            slow: Some(Duration::ZERO),
             read_timeout: Some(Duration::from_secs(1)),
+            idle_timeout: None,
             shutdown_timeout: Duration::from_secs(5),
             counters: Arc::default(),
-        })
-        .expect("a pool of 3");
+        };
+        let proto = Arc::new(Builtin::new(Some(Duration::ZERO)));
+        let engine = Engine::new(settings, proto).expect("a pool of 3");
         let mut lp = Loop {
             world,
             now: 0.0,
@@ -480,7 +484,7 @@ fn worker_steps(data: &[u8]) {
         expire: flags & 2 == 2,
     };
     let outcome = match work(&sock, Duration::from_micros(20)) {
-        Ok(()) => answer(&sock, Duration::from_micros(50)),
+        Ok(()) => answer(&sock, RESPONSE, Duration::from_micros(50)),
         Err(gone) => gone,
     };
     let out = sock.out.borrow();
@@ -488,6 +492,7 @@ fn worker_steps(data: &[u8]) {
     match outcome {
         Outcome::Answered => assert_eq!(&out[..], RESPONSE, "answered without the 57 bytes"),
         Outcome::Dropped(_) => assert!(out.len() < RESPONSE.len(), "dropped after all 57"),
+        other => panic!("{other:?} from the blocking steps"),
     }
     if sock.pending.get() {
         assert!(out.is_empty(), "a byte after the client sent more or left");
@@ -600,7 +605,7 @@ impl WorkerHost {
     }
 }
 
-impl Host<Adopted<HeldSock>> for WorkerHost {
+impl Host<Builtin, HeldSock> for WorkerHost {
     type Watcher = Watch;
 
     fn now(&self) -> f64 {
@@ -630,9 +635,9 @@ impl Host<Adopted<HeldSock>> for WorkerHost {
     fn stop_timer(&mut self, timer: TimerId) {
         self.timers[timer as usize] = None;
     }
-    fn submit(&mut self, task: TaskRef) {
+    fn submit(&mut self, task: TaskRef, wait: Duration) {
         let now = WorkerHost::now(self);
-        if let Some(after) = self.slow_work.start(now, task) {
+        if let Some(after) = self.slow_work.start(now, task, wait) {
             self.slow_timer = Some(now + after);
         }
     }
@@ -642,15 +647,18 @@ impl Host<Adopted<HeldSock>> for WorkerHost {
     fn listeners(&self) -> usize {
         usize::from(self.open)
     }
-    fn accept(&mut self, _listener: usize) -> Option<io::Result<Adopted<HeldSock>>> {
+    fn accept(&mut self, _listener: usize) -> Option<io::Result<(HeldSock, Option<SlowTask>)>> {
         if !self.open {
             return None;
         }
         match self.queue.pop_front() {
-            Some(id) => Some(Ok(Adopted::new(HeldSock {
-                id,
-                world: Rc::clone(&self.world),
-            }))),
+            Some(id) => Some(Ok((
+                HeldSock {
+                    id,
+                    world: Rc::clone(&self.world),
+                },
+                Some(SlowTask),
+            ))),
             None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
         }
     }
@@ -669,15 +677,16 @@ impl Host<Adopted<HeldSock>> for WorkerHost {
 /// The engine as a worker loop hosts it (see the module doc).
 fn worker_loop(data: &[u8]) {
     let world = Rc::new(RefCell::new(WorkerWorld::default()));
-    let mut engine: Engine<Adopted<HeldSock>, Watch> = Engine::named(
+    let mut engine: Engine<Builtin, HeldSock, Watch> = Engine::named(
         Settings {
             id: 0,
             capacity: CAPACITY,
-            slow: Some(Duration::ZERO),
             read_timeout: Some(Duration::from_secs(1)),
+            idle_timeout: None,
             shutdown_timeout: Duration::from_secs(5),
             counters: Arc::default(),
         },
+        Arc::new(Builtin::new(Some(SLOW))),
         "worker",
     )
     .expect("a pool of 3");
@@ -685,7 +694,7 @@ fn worker_loop(data: &[u8]) {
         world: Rc::clone(&world),
         timers: [None; TimerId::ALL.len()],
         slow_timer: None,
-        slow_work: SlowTimers::new(SLOW, CAPACITY).expect("room for the timers"),
+        slow_work: SlowTimers::new(CAPACITY).expect("room for the timers"),
         queue: VecDeque::new(),
         open: true,
         listening: true,
@@ -693,7 +702,7 @@ fn worker_loop(data: &[u8]) {
     };
     let mut drained = false;
     // Takes what waits in the queue while the engine listens (the loop's settle).
-    fn settle(engine: &mut Engine<Adopted<HeldSock>, Watch>, h: &mut WorkerHost) {
+    fn settle(engine: &mut Engine<Builtin, HeldSock, Watch>, h: &mut WorkerHost) {
         while h.listening && h.open && !h.queue.is_empty() {
             let before = h.queue.len();
             engine.on_listener(h, 0);
@@ -703,7 +712,7 @@ fn worker_loop(data: &[u8]) {
         }
     }
     // Time passes by `step`: every timer that falls due fires, in order.
-    fn advance(engine: &mut Engine<Adopted<HeldSock>, Watch>, h: &mut WorkerHost, step: Duration) {
+    fn advance(engine: &mut Engine<Builtin, HeldSock, Watch>, h: &mut WorkerHost, step: Duration) {
         let end = WorkerHost::now(h) + step;
         loop {
             let next = h
@@ -723,7 +732,7 @@ fn worker_loop(data: &[u8]) {
                 h.slow_timer = None;
                 loop {
                     match h.slow_work.next_due(WorkerHost::now(h)) {
-                        Due::Done(done) => engine.on_task_done(h, done),
+                        Due::Ready(job) => engine.on_task_done(h, job.run()),
                         Due::Wait(after) => {
                             h.slow_timer = Some(WorkerHost::now(h) + after);
                             break;

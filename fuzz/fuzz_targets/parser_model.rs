@@ -3,7 +3,7 @@
 //! the input is split into reads.
 #![no_main]
 
-use conn_daemon::parser::{ReqParser, REQUEST_MAX};
+use conn_daemon::proto::parser::{ReqParser, REQUEST_MAX};
 use conn_daemon_fuzz::model;
 use libfuzzer_sys::fuzz_target;
 

@@ -2,7 +2,7 @@
 //! how the bytes were split into reads.
 #![no_main]
 
-use conn_daemon::parser::{ReqParser, Verdict};
+use conn_daemon::proto::parser::{ReqParser, Verdict};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 /// `tests/wire.rs`), its verdicts given as `ReqParser`'s so that the targets
 /// compare them directly. The model itself shares no type with the server.
 pub mod model {
-    use conn_daemon::parser::Verdict;
+    use conn_daemon::proto::parser::Verdict;
 
     pub use protocol_model::BUFFER;
 

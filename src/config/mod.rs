@@ -51,6 +51,10 @@ pub struct Config {
     /// `--read-timeout`: time allowed from accept to the end of the request; `None`
     /// (given as 0) waits forever, as the reference does.
     pub read_timeout: Option<Duration>,
+    /// How long a kept connection may wait for its next request (protocols
+    /// with persistent connections; conn-daemon's closes after each response);
+    /// `None` waits for ever. No option: set in code.
+    pub idle_timeout: Option<Duration>,
     /// `--shutdown-timeout`: bound on the graceful drain after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// `--metrics`: where to serve `GET /metrics` (an IP address and a port other
@@ -82,6 +86,7 @@ impl Default for Config {
             worker_threads: accept_threads,
             slow_duration: Duration::from_millis(30),
             read_timeout: Some(Duration::from_millis(60_000)),
+            idle_timeout: None,
             shutdown_timeout: Duration::from_millis(10_000),
             metrics: None,
             delegate: Delegate::Task,

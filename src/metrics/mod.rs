@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::config::Delegate;
-use crate::conn::DropReason;
 
 mod process;
 mod render;
@@ -24,6 +23,42 @@ mod scrape;
 
 pub use process::Process;
 pub use scrape::{bind, serve, Scrapes};
+
+/// Most response kinds a protocol may have (the `kind` label's values).
+pub const MAX_KINDS: usize = 8;
+/// Most drop reasons of a protocol's own (the engine's three come on top).
+pub const MAX_PROTOCOL_REASONS: usize = 13;
+/// The engine's own drop reasons (the `reason` label's values after the
+/// protocol's): a vanished or misbehaving client, the read deadline, the drain.
+/// A counter block keeps them first, the protocol's after them.
+pub const ENGINE_REASONS: [&str; 3] = ["client_gone", "timed_out", "shutdown"];
+/// Where `timed_out` is kept in a counter block (the [`Stats`] count it apart).
+const TIMED_OUT: usize = 1;
+
+/// What the metrics say of a protocol: the values of the `kind` and `reason`
+/// labels, in the order they are listed (the engine's reasons follow the
+/// protocol's), and the help of `conn_daemon_responses_total`.
+#[derive(Clone, Copy, Debug)]
+pub struct Labels {
+    /// The response kinds (at most [`MAX_KINDS`]), by index.
+    pub kinds: &'static [&'static str],
+    /// The help line of the responses family.
+    pub kinds_help: &'static str,
+    /// The kinds a worker answers itself (`--delegate socket|loop`), by index.
+    pub worker_kinds: &'static [usize],
+    /// The protocol's own drop reasons (at most [`MAX_PROTOCOL_REASONS`]), by index.
+    pub reasons: &'static [&'static str],
+}
+
+impl Labels {
+    /// No kinds and no reasons of a protocol's own.
+    pub const NONE: Labels = Labels {
+        kinds: &[],
+        kinds_help: "Responses sent whole, by kind.",
+        worker_kinds: &[],
+        reasons: &[],
+    };
+}
 
 /// Upper bounds (seconds) of the slow-task histogram's buckets, around the default
 /// 30 ms slow duration; `+Inf` follows.
@@ -124,11 +159,11 @@ impl Stats {
 #[derive(Debug, Default)]
 pub struct AcceptCounters {
     accepted: Counter,
-    /// Responses sent whole, fast and slow.
-    responses: Counter,
-    dropped: [Counter; DropReason::ALL.len()],
-    /// The slow part of `responses`.
-    slow_responses: Counter,
+    /// Responses sent whole, by kind.
+    responses: [Counter; MAX_KINDS],
+    /// Connections closed without a response: the engine's reasons (see
+    /// [`ENGINE_REASONS`]), then the protocol's.
+    dropped: [Counter; ENGINE_REASONS.len() + MAX_PROTOCOL_REASONS],
     /// Slow tasks given to the workers.
     delegated: Counter,
     /// Of those, withdrawn before a worker took them (the client left).
@@ -153,15 +188,16 @@ impl AcceptCounters {
     /// difference cannot go below 0 but for reordering, which `saturating_sub`
     /// absorbs.
     fn open(&self) -> u64 {
-        let closed = self.responses.get() + self.dropped_total() + self.handed_off.get();
+        let responses: u64 = self.responses.iter().map(Counter::get).sum();
+        let closed = responses + self.dropped_total() + self.handed_off.get();
         self.accepted.get().saturating_sub(closed)
     }
 
     /// The counters as the [`Stats`] a server returns.
     pub fn stats(&self) -> Stats {
-        let timed_out = self.dropped[DropReason::TimedOut as usize].get();
+        let timed_out = self.dropped[TIMED_OUT].get();
         Stats {
-            served: self.responses.get(),
+            served: self.responses.iter().map(Counter::get).sum(),
             dropped: self.dropped_total() - timed_out,
             timed_out,
         }
@@ -213,18 +249,17 @@ impl AcceptMetrics {
         self.counters.accepted.bump();
     }
 
-    /// A response went out whole, to a `/test/slow` request if `slow` (answered
-    /// after its task, or inline with `-w 0`).
-    pub fn responded(&self, slow: bool) {
-        self.counters.responses.bump();
-        if slow {
-            self.counters.slow_responses.bump();
-        }
+    /// `n` responses of kind `kind` (an index of [`Labels::kinds`]) went out whole.
+    #[inline]
+    pub fn responded(&self, kind: usize, n: u64) {
+        let c = &self.counters.responses[kind];
+        c.set(c.get().wrapping_add(n));
     }
 
-    /// A connection was closed without a response.
-    pub fn dropped(&self, reason: DropReason) {
-        self.counters.dropped[reason as usize].bump();
+    /// A connection was closed without a response, for reason `reason`: an
+    /// index of the counter block (the engine's reasons, then the protocol's).
+    pub fn dropped(&self, reason: usize) {
+        self.counters.dropped[reason].bump();
     }
 
     /// The listener stopped being watched for `cause`.
@@ -279,18 +314,30 @@ pub struct Metrics {
     /// connections itself (empty in `task` mode).
     worker_side: Box<[Arc<AcceptCounters>]>,
     delegate: Delegate,
+    labels: Labels,
 }
 
 impl Metrics {
     /// Zeroed counters for `accept_threads` accept threads and `workers` workers;
     /// `upgrades` is the lineage's upgrade count, kept by whoever upgrades.
     pub fn new(accept_threads: usize, workers: usize, upgrades: Arc<AtomicU64>) -> Self {
+        Metrics::with_labels(accept_threads, workers, upgrades, Labels::NONE)
+    }
+
+    /// As [`Metrics::new`], for a protocol with these `labels`.
+    pub fn with_labels(
+        accept_threads: usize,
+        workers: usize,
+        upgrades: Arc<AtomicU64>,
+        labels: Labels,
+    ) -> Self {
         Metrics {
             accept: (0..accept_threads).map(|_| Arc::default()).collect(),
             workers: (0..workers).map(|_| Arc::default()).collect(),
             upgrades,
             worker_side: Box::default(),
             delegate: Delegate::Task,
+            labels,
         }
     }
 
@@ -341,14 +388,20 @@ mod tests {
 
     #[test]
     fn counters_render_per_thread() {
-        let m = Metrics::new(2, 1, Arc::default());
+        let labels = Labels {
+            kinds: &["fast", "slow"],
+            kinds_help: "",
+            worker_kinds: &[1],
+            reasons: &["invalid", "too_large"],
+        };
+        let m = Metrics::with_labels(2, 1, Arc::default(), labels);
         let mut t1 = AcceptMetrics::new(m.accept_thread(1), 64);
         for _ in 0..5 {
             t1.accepted();
         }
-        t1.responded(false);
-        t1.responded(true);
-        t1.dropped(DropReason::TooLarge);
+        t1.responded(0, 1);
+        t1.responded(1, 1);
+        t1.dropped(ENGINE_REASONS.len() + 1);
         t1.paused(PauseCause::PoolFull);
         t1.delegated();
         t1.task_back(10.04 - 10.0);

@@ -4,8 +4,7 @@ use std::fmt::Display;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 
-use super::{AcceptCounters, Metrics, PauseCause, Process, SLOW_BUCKETS};
-use crate::conn::DropReason;
+use super::{AcceptCounters, Metrics, PauseCause, Process, ENGINE_REASONS, SLOW_BUCKETS};
 use crate::sys;
 
 impl Metrics {
@@ -13,7 +12,26 @@ impl Metrics {
     /// Allocates nothing but `out`'s growth.
     pub fn render(&self, out: &mut Vec<u8>, process: &Process) -> io::Result<()> {
         let accept = &self.accept;
-        let reasons = DropReason::ALL.map(DropReason::label);
+        let labels = &self.labels;
+        // The protocol's reasons first, then the engine's; a counter block
+        // keeps the engine's first: `slots` maps a label's place to its counter.
+        let mut reasons = [""; ENGINE_REASONS.len() + super::MAX_PROTOCOL_REASONS];
+        let mut slots = [0; ENGINE_REASONS.len() + super::MAX_PROTOCOL_REASONS];
+        let own = labels.reasons.len();
+        for (i, r) in labels.reasons.iter().enumerate() {
+            reasons[i] = r;
+            slots[i] = ENGINE_REASONS.len() + i;
+        }
+        for (i, r) in ENGINE_REASONS.iter().enumerate() {
+            reasons[own + i] = r;
+            slots[own + i] = i;
+        }
+        let reasons = &reasons[..own + ENGINE_REASONS.len()];
+        let mut worker_kinds = [""; super::MAX_KINDS];
+        for (i, &k) in labels.worker_kinds.iter().enumerate() {
+            worker_kinds[i] = labels.kinds[k];
+        }
+        let worker_kinds = &worker_kinds[..labels.worker_kinds.len()];
         let causes = PauseCause::ALL.map(PauseCause::label);
         self.per_thread(
             out,
@@ -25,35 +43,28 @@ impl Metrics {
         self.per_thread(
             out,
             ("conn_daemon_responses_total", "counter"),
-            "Responses sent whole; kind=\"slow\": to /test/slow.",
-            Some(("kind", &["fast", "slow"])),
-            // Slow first: the owner counts a slow response after the total.
-            |c, i| match i {
-                0 => {
-                    let slow = c.slow_responses.get();
-                    c.responses.get().saturating_sub(slow)
-                }
-                _ => c.slow_responses.get(),
-            },
+            labels.kinds_help,
+            Some(("kind", labels.kinds)),
+            |c, i| c.responses[i].get(),
         )?;
         self.per_worker(
             out,
             "conn_daemon_responses_total",
-            Some(("kind", &["slow"])),
-            |c, _| c.slow_responses.get(),
+            Some(("kind", worker_kinds)),
+            |c, i| c.responses[labels.worker_kinds[i]].get(),
         )?;
         self.per_thread(
             out,
             ("conn_daemon_connections_dropped_total", "counter"),
             "Connections closed without a response, by reason.",
-            Some(("reason", &reasons)),
-            |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
+            Some(("reason", reasons)),
+            |c, i| c.dropped[slots[i]].get(),
         )?;
         self.per_worker(
             out,
             "conn_daemon_connections_dropped_total",
-            Some(("reason", &reasons)),
-            |c, i| c.dropped[DropReason::ALL[i] as usize].get(),
+            Some(("reason", reasons)),
+            |c, i| c.dropped[slots[i]].get(),
         )?;
         self.per_thread(
             out,

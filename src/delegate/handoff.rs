@@ -8,12 +8,13 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::{socket as socket_worker, worker_loop};
+use super::{Delegate, WorkerSide};
 use crate::config::Config;
-use crate::delegate::{Delegate, WorkerSide};
-use crate::engine::{Settings, Stats};
-use crate::metrics::Metrics;
+use crate::engine::Protocol;
+use crate::engine::Settings;
+use crate::metrics::{Metrics, Stats};
 use crate::start_error::StartError;
-use crate::{socket_worker, worker_loop};
 
 /// How long past the drain's deadline the workers are waited for (a blocking
 /// worker may be inside its sleep, a loop inside its last send).
@@ -21,19 +22,20 @@ const GRACE: Duration = Duration::from_millis(100);
 
 /// The running workers of a hand-off mode.
 #[derive(Debug)]
-pub struct HandoffWorkers {
-    side: Arc<WorkerSide>,
+pub struct HandoffWorkers<J> {
+    side: Arc<WorkerSide<J>>,
     threads: Vec<JoinHandle<Stats>>,
 }
 
-impl HandoffWorkers {
-    /// Starts `config.worker_threads` workers named `worker-N` for `side`'s mode,
-    /// worker N counting in `metrics.worker_side(N)`; returns once every worker
-    /// loop exists, or with the first that could not be built.
-    pub fn start(
-        side: Arc<WorkerSide>,
+impl<J: Send + 'static> HandoffWorkers<J> {
+    /// Starts `config.worker_threads` workers named `worker-N` for `side`'s mode
+    /// serving `proto`, worker N counting in `metrics.worker_side(N)`; returns
+    /// once every worker loop exists, or with the first that could not be built.
+    pub fn start<P: Protocol<Job = J>>(
+        side: Arc<WorkerSide<J>>,
         config: &Config,
         metrics: &Metrics,
+        proto: &Arc<P>,
     ) -> Result<Self, StartError> {
         let cannot_spawn = |e| StartError::system("cannot start worker threads", e);
         let mut threads = Vec::with_capacity(config.worker_threads);
@@ -42,17 +44,17 @@ impl HandoffWorkers {
         for n in 0..config.worker_threads {
             let counters = metrics.worker_side(n);
             let work = Arc::clone(&side);
+            let proto = Arc::clone(proto);
             let builder = thread::Builder::new().name(format!("worker-{n}"));
             let t = match side.mode() {
                 Delegate::Loop => {
                     let settings = worker_loop::LoopSettings {
                         desk: n,
-                        slow: config.slow_duration,
                         engine: Settings {
                             id: n as u32,
                             capacity: side.seats(),
-                            slow: Some(config.slow_duration),
                             read_timeout: config.read_timeout,
+                            idle_timeout: config.idle_timeout,
                             shutdown_timeout: config.shutdown_timeout,
                             counters,
                         },
@@ -62,20 +64,19 @@ impl HandoffWorkers {
                     let ready = ready_tx.clone();
                     loops += 1;
                     builder
-                        .spawn(move || worker_loop::run(settings, work, ready))
+                        .spawn(move || worker_loop::run(settings, work, proto, ready))
                         .map_err(cannot_spawn)?
                 }
                 _ => {
                     let settings = socket_worker::Settings {
                         id: n,
-                        slow: config.slow_duration,
                         write_timeout: write_timeout(config),
                         counters,
                     };
                     builder
                         .spawn(move || {
                             let counters = Arc::clone(&settings.counters);
-                            socket_worker::run(&work, settings);
+                            socket_worker::run(&work, settings, &*proto);
                             counters.stats()
                         })
                         .map_err(cannot_spawn)?

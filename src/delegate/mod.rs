@@ -1,17 +1,17 @@
-//! `--delegate`: how a complete `/test/slow` reaches a worker (the seed's three
-//! modes), and the worker side of the two modes in which the connection itself
-//! leaves its accept loop.
+//! `--delegate`: how a protocol's offloaded job reaches a worker (the seed's
+//! three modes, one file each), and the hand-off queues of the two modes in
+//! which the connection itself leaves its accept loop.
 //!
-//! - `task` (the default): a `SlowTask` goes to a
-//!   worker, the connection stays in its accept loop (`worker.rs`).
-//! - `socket`: the accept loop stops watching the fd and hands it, as a
-//!   [`Handoff`], to one shared queue; a blocking worker takes it, waits the slow
-//!   duration in `poll` on it (rule 7 at once), sends under a write deadline and
-//!   closes
-//!   (`socket_worker.rs`).
-//! - `loop`: the accept loop hands it to one worker's own queue and wakes that
-//!   worker's libev loop, which hosts the same connection engine as the accept
-//!   loops (`worker_loop.rs`).
+//! - `task` (the default, `task.rs`): the job goes to a worker thread, the
+//!   connection stays in its accept loop.
+//! - `socket` (`socket.rs`): the accept loop stops watching the fd and hands it
+//!   with its job, as a [`Handoff`], to one shared queue; a blocking worker takes
+//!   it, waits the job's wait in `poll` on it (rule 7 at once), runs the job,
+//!   sends the response under a write deadline and closes.
+//! - `loop` (`loop.rs`): the accept loop hands it to one worker's own queue and
+//!   wakes that worker's libev loop, which hosts the same connection engine as
+//!   the accept loops and takes the connection over with its job (no bytes are
+//!   replayed).
 //!
 //! Capacity is fixed at start-up from `-A`, `-C` and `-w` (see [`Capacity`]):
 //! every queue is a preallocated lock-free `ArrayQueue`, and a connection only
@@ -21,7 +21,6 @@
 //! for EOF, and the loop is rung when a seat frees.
 #![forbid(unsafe_code)]
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -32,9 +31,15 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 
 use crate::ev::AsyncSender;
-use crate::worker::Shared;
+use task::Shared;
 
 pub use crate::config::Delegate;
+
+pub(crate) mod handoff;
+pub mod socket;
+pub(crate) mod task;
+#[path = "loop.rs"]
+pub mod worker_loop;
 
 /// What the worker side of modes `socket` and `loop` can hold, fixed at start-up.
 ///
@@ -71,15 +76,15 @@ impl Capacity {
     }
 }
 
-/// A connection on its way from an accept loop to a worker: the socket, whose
-/// complete request was a `/test/slow`, and where it came from. The request's
-/// bytes do not travel: the worker only needs to know it is a complete slow
-/// request, and bytes after the request that came in the same read are ignored
-/// (docs/protocol.md rule 7).
+/// A connection on its way from an accept loop to a worker: the socket, the
+/// job its protocol offloaded, and where it came from. The request's bytes do
+/// not travel: what the worker needs of them is in the job.
 #[derive(Debug)]
-pub struct Handoff {
+pub struct Handoff<J> {
     /// The connection (non-blocking, no longer watched by the accept loop).
     pub fd: OwnedFd,
+    /// Its offloaded job.
+    pub job: J,
     /// The accept loop it came from (for the logs).
     pub owner: u32,
     /// When the accept loop handed it over (the slow-task histogram).
@@ -87,8 +92,8 @@ pub struct Handoff {
 }
 
 /// One queue of the worker side and its seats.
-struct Desk {
-    queue: ArrayQueue<Handoff>,
+struct Desk<J> {
+    queue: ArrayQueue<Handoff<J>>,
     /// Connections queued or held by the worker(s) of this desk: never above
     /// the queue's capacity, so a push after a reservation cannot fail.
     seats: AtomicUsize,
@@ -97,9 +102,9 @@ struct Desk {
 }
 
 /// What the accept loops and the workers of modes `socket` and `loop` share.
-pub struct WorkerSide {
+pub struct WorkerSide<J> {
     mode: Delegate,
-    desks: Box<[Desk]>,
+    desks: Box<[Desk<J>]>,
     /// Per accept loop: it has a connection waiting for a seat, ring it when one
     /// frees.
     waiting: Box<[AtomicBool]>,
@@ -114,7 +119,7 @@ pub struct WorkerSide {
     drain_deadline: OnceLock<Instant>,
 }
 
-impl fmt::Debug for WorkerSide {
+impl<J> fmt::Debug for WorkerSide<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerSide")
             .field("mode", &self.mode)
@@ -123,7 +128,7 @@ impl fmt::Debug for WorkerSide {
     }
 }
 
-impl WorkerSide {
+impl<J> WorkerSide<J> {
     /// The worker side of `mode` with `capacity`, for `accept_loops` accept loops
     /// rung through `shared`'s mailboxes. Every queue is allocated here;
     /// `ENOMEM` if one cannot be had.
@@ -214,7 +219,7 @@ impl WorkerSide {
 
     /// Queues `handoff` on `desk`, whose seat the caller reserved, and wakes its
     /// worker.
-    pub fn hand_off(&self, desk: usize, handoff: Handoff) {
+    pub fn hand_off(&self, desk: usize, handoff: Handoff<J>) {
         let d = &self.desks[desk];
         if d.queue.push(handoff).is_err() {
             // Impossible by construction: a seat was reserved, and seats never
@@ -239,7 +244,7 @@ impl WorkerSide {
     }
 
     /// The next connection queued on `desk`, if any (never blocks).
-    pub fn take(&self, desk: usize) -> Option<Handoff> {
+    pub fn take(&self, desk: usize) -> Option<Handoff<J>> {
         self.desks[desk].queue.pop()
     }
 
@@ -301,7 +306,7 @@ impl WorkerSide {
     /// `socket` mode: the next queued connection, parking while there is none;
     /// `None` once stopping and the queue is empty (what was queued before the
     /// stop is still served: those are complete requests).
-    pub fn next_socket(&self) -> Option<Handoff> {
+    pub fn next_socket(&self) -> Option<Handoff<J>> {
         loop {
             if let Some(h) = self.take(0) {
                 return Some(h);
@@ -326,77 +331,22 @@ impl WorkerSide {
     }
 }
 
-/// The connections of one accept loop waiting for room on the worker side, as
-/// (slot, generation), oldest first. Room for a pool's worth is reserved at
-/// start-up. An entry whose connection closed meanwhile (the client left) is
-/// stale: skipped when reached, and swept out if the ring fills, which makes
-/// room since at most a pool's worth of connections can be waiting at once.
-#[derive(Debug)]
-pub struct Waiting {
-    ring: VecDeque<(u32, u32)>,
-}
-
-impl Waiting {
-    /// Room for the connections of a pool of `capacity`; `ENOMEM` if it
-    /// cannot be had.
-    pub fn new(capacity: usize) -> io::Result<Self> {
-        Ok(Waiting {
-            ring: crate::os::deque_with_room(capacity)?,
-        })
-    }
-
-    /// Appends slot `idx`'s connection of generation `gen`; `live` tells
-    /// whether an older entry still waits.
-    pub fn push(&mut self, idx: u32, gen: u32, live: impl Fn(u32, u32) -> bool) {
-        if self.ring.len() == self.ring.capacity() {
-            self.ring.retain(|&(i, g)| live(i, g));
-        }
-        self.ring.push_back((idx, gen));
-    }
-
-    /// The oldest entry.
-    pub fn front(&self) -> Option<(u32, u32)> {
-        self.ring.front().copied()
-    }
-
-    /// Drops the oldest entry.
-    pub fn pop(&mut self) {
-        self.ring.pop_front();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn side(mode: Delegate, cap: Capacity) -> WorkerSide {
+    fn side(mode: Delegate, cap: Capacity) -> WorkerSide<()> {
         WorkerSide::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
     }
 
-    fn handoff() -> Handoff {
+    fn handoff() -> Handoff<()> {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         Handoff {
             fd: a.into(),
+            job: (),
             owner: 0,
             at: Instant::now(),
         }
-    }
-
-    #[test]
-    fn the_waiting_ring_sweeps_stale_entries_instead_of_growing() {
-        let mut w = Waiting::new(2).unwrap();
-        let cap = w.ring.capacity();
-        for i in 0..cap as u32 {
-            w.push(i, 0, |_, _| true);
-        }
-        // Full: the next push sweeps out what is no longer waiting.
-        w.push(99, 1, |i, _| i == 1);
-        assert_eq!(w.ring.capacity(), cap, "no reallocation");
-        assert_eq!(w.front(), Some((1, 0)));
-        w.pop();
-        assert_eq!(w.front(), Some((99, 1)));
-        w.pop();
-        assert_eq!(w.front(), None);
     }
 
     #[test]

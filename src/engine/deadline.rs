@@ -31,13 +31,6 @@ impl Default for Links {
     }
 }
 
-impl Links {
-    /// Whether the connection is waiting for a deadline.
-    pub fn is_linked(&self) -> bool {
-        self.linked
-    }
-}
-
 /// A pool value that can wait in a [`DeadlineList`].
 pub trait Linked {
     /// Its links.

@@ -1,5 +1,6 @@
-//! Worker threads (the C++ `ThreadPool` of workers) and the mailboxes that carry
-//! finished tasks back to their accept loops.
+//! `--delegate task`: worker threads (the C++ `ThreadPool` of workers) that run
+//! the protocol's jobs, and the mailboxes that carry finished tasks back to
+//! their accept loops.
 //!
 //! Tasks travel as [`TaskRef`]s through one bounded lock-free queue sized so it can
 //! never overflow (every connection has at most one task out). An idle worker
@@ -16,22 +17,10 @@ use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
 
+use crate::engine::Protocol;
 use crate::ev::AsyncSender;
 use crate::metrics::Metrics;
-use crate::task::{Done, Task, TaskRef};
-
-/// The slow request's work: wait `--slow-duration`, as the reference does.
-#[derive(Debug)]
-pub struct SlowTask {
-    /// How long the "slow business logic" takes.
-    pub duration: Duration,
-}
-
-impl Task for SlowTask {
-    fn run(self) {
-        thread::sleep(self.duration);
-    }
-}
+use crate::task::{Done, TaskRef};
 
 /// Where one accept loop receives its finished tasks.
 #[derive(Debug)]
@@ -168,12 +157,18 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers named `worker-N`, worker N counting in
-    /// `metrics.worker(N)`.
-    pub fn start(shared: Arc<Shared>, count: usize, metrics: &Metrics) -> io::Result<Self> {
+    /// Starts `count` workers named `worker-N` for `proto`'s jobs, worker N
+    /// counting in `metrics.worker(N)`.
+    pub fn start<P: Protocol>(
+        shared: Arc<Shared>,
+        count: usize,
+        metrics: &Metrics,
+        proto: &Arc<P>,
+    ) -> io::Result<Self> {
         let mut threads = Vec::with_capacity(count);
         for n in 0..count {
             let shared = Arc::clone(&shared);
+            let proto = Arc::clone(proto);
             let counters = metrics.worker(n);
             threads.push(
                 thread::Builder::new()
@@ -184,7 +179,13 @@ impl Workers {
                             // withdrawn by its loop: skip it.
                             let Some(task) = task.claim() else { continue };
                             counters.started();
-                            let done = task.run();
+                            let done = task.run_with(|job: &mut P::Job| {
+                                let wait = proto.job_wait(job);
+                                if !wait.is_zero() {
+                                    thread::sleep(wait);
+                                }
+                                proto.run_job(job);
+                            });
                             counters.finished();
                             shared.mailbox(done.route().owner).post(done);
                         }

@@ -3,109 +3,62 @@
 //!
 //! Each worker thread creates its libev loop (a loop is bound to the thread that
 //! made it), its `ev_async` and its engine, then runs. Its "listener" is its
-//! queue in the [`WorkerSide`]: an accept loop that hands a connection over
-//! pushes a [`Handoff`](crate::delegate::Handoff) and wakes the loop through the
-//! `ev_async`; the engine accepts from the queue as an accept loop accepts from a
-//! socket. The socket it gets ([`Adopted`]) replays the request the accept loop
-//! parsed (only its verdict matters: rule 7 ignores the bytes that followed it
-//! in the same read), so the engine takes it for a complete `/test/slow`,
-//! delegates it, and watches the fd for bytes or EOF meanwhile (rule 7).
+//! queue of hand-offs: an accept loop that hands a connection over pushes a
+//! [`Handoff`](crate::delegate::Handoff) (the socket and the job its protocol
+//! offloaded) and wakes the loop through the `ev_async`; the engine accepts
+//! from the queue as an accept loop accepts from a socket, and takes the
+//! connection over with its job ([`ConnectionCtx::adopt`]): no byte is read
+//! again. It watches the fd for bytes or EOF meanwhile (rule 7).
 //!
-//! The slow work is asynchronous here: a delegated task waits for a timer of
-//! `--slow-duration` (work that waits on something else, such as a backend),
-//! not a sleeping thread. All tasks wait the same duration, so they fall due in
-//! the order they were delegated: one FIFO and one `ev_timer` armed for its head
-//! serve every connection (as the read deadlines do). When it fires, the task is
-//! run (the engine's slow duration is zero here: running it does not block) and
-//! given back to the engine, which answers (waiting for writability under the
-//! read timeout, if the socket is full) and closes. One worker holds as many
-//! slow connections as its pool.
+//! The job's wait is asynchronous here: a job waits for a timer of
+//! [`Protocol::job_wait`] (work that waits on something else, such as a
+//! backend), not a sleeping thread. Jobs of one protocol mostly wait the same
+//! duration, so they fall due in the order they were started: one ordered queue
+//! (appended at its end in the common case) and one `ev_timer` armed for its
+//! head serve every connection (as the read deadlines do). When it fires, the
+//! job runs ([`Protocol::run_job`], on this loop) and goes back to the engine,
+//! which answers (waiting for writability under the read timeout, if the socket
+//! is full). One worker holds as many connections as its pool.
+//!
+//! [`ConnectionCtx::adopt`]: crate::engine::conn::ConnectionCtx::adopt
 #![forbid(unsafe_code)]
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::conn::Socket;
+use super::WorkerSide;
 use crate::debug;
-use crate::delegate::WorkerSide;
-use crate::engine::{Engine, Host, Settings, Stats};
+use crate::engine::Protocol;
+use crate::engine::{Engine, Host, Settings};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
 use crate::ev_engine;
+use crate::metrics::Stats;
 use crate::shutdown::Drain;
 use crate::start_error::StartError;
-use crate::task::{Claimed, Done, TaskRef};
+use crate::task::{Claimed, TaskRef};
 use crate::token::{TimerId, Token};
-
-/// The request an [`Adopted`] socket replays: what the accept loop parsed.
-const SLOW_REQUEST: &[u8] = b"GET /test/slow\r\n\r\n";
 
 /// The slow-work timer's token: of the wake-up kind (top bits), an index no other
 /// watcher of the loop uses; only `on_timer` ever sees it.
 const SLOW_TIMER: usize = Token::Wake.encode() | 1;
 
-/// A connection taken over from an accept loop, whose complete `/test/slow` the
-/// accept loop has already read: the first read replays it, the rest go to the
-/// socket (an [`OwnedFd`] in the server; generic so that the fuzz target
-/// `handover` can host a worker's engine over scripted sockets).
-#[derive(Debug)]
-pub struct Adopted<S: Socket = OwnedFd> {
-    inner: S,
-    replayed: Cell<bool>,
-}
-
-impl<S: Socket> Adopted<S> {
-    /// Takes over `inner`.
-    pub fn new(inner: S) -> Self {
-        Adopted {
-            inner,
-            replayed: Cell::new(false),
-        }
-    }
-}
-
-impl<S: Socket> Socket for Adopted<S> {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.replayed.replace(true) {
-            let n = SLOW_REQUEST.len().min(buf.len());
-            buf[..n].copy_from_slice(&SLOW_REQUEST[..n]);
-            return Ok(n);
-        }
-        self.inner.recv(buf)
-    }
-    fn send_final(&self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.send_final(buf)
-    }
-    fn shutdown_write(&self) -> io::Result<()> {
-        self.inner.shutdown_write()
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.inner.raw_fd()
-    }
-    fn close(self) {
-        self.inner.close()
-    }
-}
-
-/// A worker loop's slow work: the delegated tasks waiting for their timer,
-/// earliest first (all wait the same duration, so in the order they started:
-/// one FIFO and one timer for its head serve them all). Room for one task per
-/// pool slot is reserved at start-up.
+/// A worker loop's jobs waiting for their timer, earliest first (mostly in the
+/// order they started: one ordered queue and one timer for its head serve
+/// them all). Room for one job per pool slot is reserved at start-up.
 #[derive(Debug)]
 pub struct SlowTimers {
-    slow: Duration,
     pending: VecDeque<(Duration, Claimed)>,
 }
 
 /// What [`SlowTimers::next_due`] found.
 #[derive(Debug)]
 pub enum Due {
-    /// A task whose time has come, run: give it back to the engine.
-    Done(Done),
+    /// A job whose time has come: run it and give it back to the engine.
+    Ready(Claimed),
     /// The earliest task falls due this much later: arm the timer for it.
     Wait(Duration),
     /// No task waits.
@@ -113,28 +66,33 @@ pub enum Due {
 }
 
 impl SlowTimers {
-    /// For tasks of `slow` each, at most `capacity` at once; `ENOMEM` if the
-    /// room cannot be had.
-    pub fn new(slow: Duration, capacity: usize) -> io::Result<Self> {
+    /// For at most `capacity` jobs at once; `ENOMEM` if the room cannot be had.
+    pub fn new(capacity: usize) -> io::Result<Self> {
         Ok(SlowTimers {
-            slow,
             pending: crate::os::deque_with_room(capacity)?,
         })
     }
 
-    /// Starts `task`'s wait at loop time `now`; `Some(after)` when the timer
-    /// must be armed (no earlier task waits).
+    /// Starts `task`'s wait of `wait` at loop time `now`; `Some(after)` when
+    /// the timer must be armed (it is the earliest).
     ///
     /// The task is claimed now, as a worker thread claims the task it starts: a
     /// client leaving meanwhile then finds it running (its slot waits for the
     /// timer), not withdrawn; a withdrawn holder refilled by the slot's next
     /// connection would reuse this entry and its earlier due time.
-    pub fn start(&mut self, now: Duration, task: TaskRef) -> Option<Duration> {
+    pub fn start(&mut self, now: Duration, task: TaskRef, wait: Duration) -> Option<Duration> {
         // Only a cancelled task cannot be claimed, and this one was just filled.
         let task = task.claim()?;
         debug_assert!(self.pending.len() < self.pending.capacity());
-        self.pending.push_back((now + self.slow, task));
-        (self.pending.len() == 1).then_some(self.slow)
+        let due = now + wait;
+        // After every job due no later: at the end, unless waits differ.
+        let at = self
+            .pending
+            .iter()
+            .rposition(|&(d, _)| d <= due)
+            .map_or(0, |i| i + 1);
+        self.pending.insert(at, (due, task));
+        (at == 0).then_some(wait)
     }
 
     /// The next task due at loop time `now`.
@@ -143,7 +101,7 @@ impl SlowTimers {
             None => Due::Empty,
             Some(&(due, _)) if due > now => Due::Wait(due - now),
             Some(_) => match self.pending.pop_front() {
-                Some((_, task)) => Due::Done(task.run()),
+                Some((_, task)) => Due::Ready(task),
                 None => Due::Empty,
             },
         }
@@ -155,17 +113,15 @@ impl SlowTimers {
 pub struct LoopSettings {
     /// The worker's number, and its queue's.
     pub desk: usize,
-    /// `--slow-duration`: the timer each slow connection waits for.
-    pub slow: Duration,
-    /// The engine's settings (its slow duration is ignored: zero is used).
+    /// The engine's settings.
     pub engine: Settings,
 }
 
 /// The libev side of a worker loop: everything but the connections.
 #[derive(Debug)]
-struct Side {
+struct Side<P: Protocol> {
     desk: usize,
-    work: Arc<WorkerSide>,
+    work: Arc<WorkerSide<P::Job>>,
     timers: [Pin<Box<Timer>>; TimerId::ALL.len()],
     slow_timer: Pin<Box<Timer>>,
     wake: Pin<Box<Async>>,
@@ -179,7 +135,7 @@ struct Side {
     taken: usize,
 }
 
-impl Side {
+impl<P: Protocol> Side<P> {
     fn timer(&self, timer: TimerId) -> Pin<&Timer> {
         self.timers[timer as usize].as_ref()
     }
@@ -187,20 +143,20 @@ impl Side {
 
 /// One worker's loop and engine.
 #[derive(Debug)]
-pub struct WorkerLoop {
-    engine: Engine<Adopted, Io>,
-    side: Side,
+pub struct WorkerLoop<P: Protocol> {
+    engine: Engine<P, OwnedFd, Io>,
+    side: Side<P>,
     /// Seats of the queue this loop's pool accounts for (its slots in use).
     held: usize,
 }
 
 /// The engine's view of the worker loop during one callback.
-struct LoopHost<'a> {
-    lp: &'a Loop<WorkerLoop>,
-    side: &'a mut Side,
+struct LoopHost<'a, P: Protocol> {
+    lp: &'a Loop<WorkerLoop<P>>,
+    side: &'a mut Side<P>,
 }
 
-impl Host<Adopted> for LoopHost<'_> {
+impl<P: Protocol> Host<P, OwnedFd> for LoopHost<'_, P> {
     type Watcher = Io;
 
     ev_engine::libev_host_basics!();
@@ -210,9 +166,9 @@ impl Host<Adopted> for LoopHost<'_> {
     /// this iteration's callbacks ran (its predecessor's answer was sent in
     /// them) would otherwise be answered early by as long as they took. A
     /// clock read (vDSO, no system call), on the slow path only.
-    fn submit(&mut self, task: TaskRef) {
+    fn submit(&mut self, task: TaskRef, wait: Duration) {
         self.lp.update_now();
-        if let Some(after) = self.side.slow_work.start(self.lp.now(), task) {
+        if let Some(after) = self.side.slow_work.start(self.lp.now(), task, wait) {
             self.side
                 .slow_timer
                 .as_ref()
@@ -228,7 +184,7 @@ impl Host<Adopted> for LoopHost<'_> {
         usize::from(self.side.open)
     }
 
-    fn accept(&mut self, listener: usize) -> Option<io::Result<Adopted>> {
+    fn accept(&mut self, listener: usize) -> Option<io::Result<(OwnedFd, Option<P::Job>)>> {
         if listener != 0 || !self.side.open {
             return None;
         }
@@ -239,7 +195,7 @@ impl Host<Adopted> for LoopHost<'_> {
                     "worker-{}: connection of accept-{} taken over",
                     self.side.desk, h.owner
                 );
-                Some(Ok(Adopted::new(h.fd)))
+                Some(Ok((h.fd, Some(h.job))))
             }
             None => Some(Err(io::Error::from_raw_os_error(libc::EAGAIN))),
         }
@@ -259,22 +215,24 @@ impl Host<Adopted> for LoopHost<'_> {
     }
 }
 
-impl WorkerLoop {
+impl<P: Protocol> WorkerLoop<P> {
     /// Sets up worker `settings.desk`'s engine and watchers on `lp`, and connects
     /// its queue's wake-up.
-    pub fn new(lp: &Loop<Self>, settings: LoopSettings, work: Arc<WorkerSide>) -> io::Result<Self> {
-        let mut engine_settings = settings.engine;
-        // The wait is the timer; running the task afterwards must not block.
-        engine_settings.slow = Some(Duration::ZERO);
-        let capacity = engine_settings.capacity;
-        let engine = Engine::named(engine_settings, "worker")?;
+    pub fn new(
+        lp: &Loop<Self>,
+        settings: LoopSettings,
+        work: Arc<WorkerSide<P::Job>>,
+        proto: Arc<P>,
+    ) -> io::Result<Self> {
+        let capacity = settings.engine.capacity;
+        let engine = Engine::named(settings.engine, proto, "worker")?;
         let side = Side {
             desk: settings.desk,
             work,
             timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
             slow_timer: Box::pin(Timer::new()),
             wake: Box::pin(Async::new()),
-            slow_work: SlowTimers::new(settings.slow, capacity)?,
+            slow_work: SlowTimers::new(capacity)?,
             listening: true,
             open: true,
             taken: 0,
@@ -343,7 +301,11 @@ impl WorkerLoop {
         };
         loop {
             match host.side.slow_work.next_due(now) {
-                Due::Done(done) => self.engine.on_task_done(&mut host, done),
+                Due::Ready(job) => {
+                    let proto = Arc::clone(self.engine.protocol());
+                    let done = job.run_with(|job: &mut P::Job| proto.run_job(job));
+                    self.engine.on_task_done(&mut host, done);
+                }
                 Due::Wait(after) => {
                     host.side
                         .slow_timer
@@ -357,7 +319,7 @@ impl WorkerLoop {
     }
 }
 
-impl Handler for WorkerLoop {
+impl<P: Protocol> Handler for WorkerLoop<P> {
     fn on_io(&mut self, lp: &Loop<Self>, token: usize, events: Events) {
         if let Token::Slot(slot) = Token::decode(token) {
             let ready = ev_engine::interest(events);
@@ -403,9 +365,10 @@ impl Handler for WorkerLoop {
 /// only once every loop exists; a failure goes there, with its cause, and the
 /// thread ends with nothing served), serves until the worker side stops and it
 /// has drained, then tears down.
-pub fn run(
+pub fn run<P: Protocol>(
     settings: LoopSettings,
-    work: Arc<WorkerSide>,
+    work: Arc<WorkerSide<P::Job>>,
+    proto: Arc<P>,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) -> Stats {
     let desk = settings.desk;
@@ -417,7 +380,7 @@ pub fn run(
             )
         })
         .and_then(|lp| {
-            WorkerLoop::new(&lp, settings, work)
+            WorkerLoop::new(&lp, settings, work, proto)
                 .map(|w| (lp, w))
                 .map_err(|e| {
                     StartError::system(
@@ -477,23 +440,27 @@ mod tests {
     #[test]
     fn tasks_fall_due_in_order_each_after_the_whole_duration() {
         let (a, b) = (TaskHolder::new(), TaskHolder::new());
-        let mut t = SlowTimers::new(ms(100), 2).unwrap();
+        let mut t = SlowTimers::new(2).unwrap();
         assert_eq!(
-            t.start(ms(0), token(&a, 0)),
+            t.start(ms(0), token(&a, 0), ms(100)),
             Some(ms(100)),
             "arm for the first"
         );
-        assert_eq!(t.start(ms(30), token(&b, 1)), None, "already armed");
+        assert_eq!(
+            t.start(ms(30), token(&b, 1), ms(100)),
+            None,
+            "already armed"
+        );
         // Started, so claimed: a client leaving now cannot withdraw it.
         assert_eq!(a.cancel(), Cancel::Running);
         assert!(matches!(t.next_due(ms(50)), Due::Wait(d) if d == ms(50)));
         match t.next_due(ms(100)) {
-            Due::Done(done) => assert_eq!(done.route().slot, 0),
+            Due::Ready(job) => assert_eq!(job.run().route().slot, 0),
             other => panic!("{other:?}"),
         }
         assert!(matches!(t.next_due(ms(100)), Due::Wait(d) if d == ms(30)));
         match t.next_due(ms(131)) {
-            Due::Done(done) => assert_eq!(done.route().slot, 1),
+            Due::Ready(job) => assert_eq!(job.run().route().slot, 1),
             other => panic!("{other:?}"),
         }
         assert!(matches!(t.next_due(ms(131)), Due::Empty));

@@ -2,14 +2,15 @@
 //!
 //! The accept loop has stopped watching the fd and freed its pool slot; from the
 //! [`Handoff`] on, the worker is the only one to touch the socket. For each
-//! connection it: waits `--slow-duration` (the `SlowTask`), and waits in `poll`
-//! for the socket's input meanwhile, so that rule 7 applies at once (bytes or
-//! EOF close the connection with no response, and free the worker, the moment
-//! they arrive); sends the 57 bytes with blocking semantics, but
-//! bounded by a write deadline: the socket stays non-blocking, and a send that
-//! would block waits in `poll` for at most what is left of the deadline, so a
-//! client that never reads holds a worker for the deadline and no longer;
-//! closes.
+//! connection it: waits the job's wait ([`Protocol::job_wait`]) in `poll` on the
+//! socket's input, so that rule 7 applies at once (bytes or EOF close the
+//! connection with no response, and free the worker, the moment they arrive);
+//! runs the job and has the protocol build the response
+//! ([`Protocol::on_job_done`], on a fresh connection state); sends it with
+//! blocking semantics, but bounded by a write deadline: the socket stays
+//! non-blocking, and a send that would block waits in `poll` for at most what
+//! is left of the deadline, so a client that never reads holds a worker for the
+//! deadline and no longer; closes.
 //!
 //! Public so that the fuzz target `handover` can drive [`answer`] over a
 //! scripted [`WorkerSocket`].
@@ -20,18 +21,20 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::conn::{DropReason, RESPONSE};
-use crate::delegate::{Handoff, WorkerSide};
+use super::{Handoff, WorkerSide};
+use crate::engine::{Buffer, DropReason, Label, Never, Output, Protocol, Step};
 use crate::metrics::{AcceptCounters, AcceptMetrics};
 use crate::{debug, net};
 
 /// How one connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The 57 bytes went out whole.
+    /// The response went out whole.
     Answered,
-    /// Closed without a (whole) response.
-    Dropped(DropReason),
+    /// Closed without a (whole) response, for one of the engine's reasons.
+    Dropped(DropReason<Never>),
+    /// Closed without a response, for a reason of the protocol's (counted).
+    Refused,
 }
 
 /// The socket calls a blocking worker makes (a trait so that the steps can be
@@ -72,7 +75,7 @@ fn poll_ms(timeout: Duration) -> i32 {
     timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
 }
 
-/// The slow work of `slow`, rule 7 applied all along: `Err` with the client
+/// The job's wait of `slow`, rule 7 applied all along: `Err` with the client
 /// gone as soon as bytes, EOF or an error arrive, `Ok` once the whole duration
 /// passed quietly (one `poll`, when nothing comes and no signal interrupts it).
 pub fn work(sock: &impl WorkerSocket, slow: Duration) -> Result<(), Outcome> {
@@ -90,13 +93,13 @@ pub fn work(sock: &impl WorkerSocket, slow: Duration) -> Result<(), Outcome> {
     }
 }
 
-/// The response under `write_deadline` (measured from now): what the worker
-/// does once the slow [`work`] is done.
-pub fn answer(sock: &impl WorkerSocket, write_deadline: Duration) -> Outcome {
+/// Sends `response` under `write_deadline` (measured from now): what the
+/// worker does once the job is done.
+pub fn answer(sock: &impl WorkerSocket, response: &[u8], write_deadline: Duration) -> Outcome {
     let deadline = Instant::now() + write_deadline;
     let mut sent = 0;
-    while sent < RESPONSE.len() {
-        match sock.send_final(&RESPONSE[sent..]) {
+    while sent < response.len() {
+        match sock.send_final(&response[sent..]) {
             Ok(n) => sent += n,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
@@ -121,35 +124,75 @@ pub fn answer(sock: &impl WorkerSocket, write_deadline: Duration) -> Outcome {
 pub struct Settings {
     /// The worker's number (`worker-N`).
     pub id: usize,
-    /// `--slow-duration`.
-    pub slow: Duration,
     /// Bound on sending the response.
     pub write_timeout: Duration,
     /// The worker's counters (responses and drops, as an accept thread's).
     pub counters: Arc<AcceptCounters>,
 }
 
-/// The body of blocking worker `settings.id`: serves queued connections until
-/// the worker side stops and its queue is empty.
-pub fn run(side: &WorkerSide, settings: Settings) {
+/// The body of blocking worker `settings.id`: serves queued connections with
+/// `proto` until the worker side stops and its queue is empty.
+pub fn run<P: Protocol>(side: &WorkerSide<P::Job>, settings: Settings, proto: &P) {
     let mut metrics = AcceptMetrics::new(Arc::clone(&settings.counters), 1);
-    while let Some(Handoff { fd, owner, at }) = side.next_socket() {
+    // The worker's one connection state and output area, made once.
+    let mut conn = P::Conn::default();
+    let mut area = Box::new(P::WriteBuffer::zeroed());
+    while let Some(Handoff {
+        fd,
+        mut job,
+        owner,
+        at,
+    }) = side.next_socket()
+    {
         metrics.accepted();
         let outcome = if side.past_drain_deadline() {
             Outcome::Dropped(DropReason::Shutdown)
         } else {
-            let worked = work(&fd, settings.slow);
-            // The histogram's time: from the hand-off to the end of the work.
+            let worked = work(&fd, proto.job_wait(&job));
+            // The histogram's time: from the hand-off to the end of the wait.
             metrics.delegated();
             metrics.task_back(at.elapsed().as_secs_f64());
             match worked {
-                Ok(()) => answer(&fd, settings.write_timeout),
+                Ok(()) => {
+                    proto.run_job(&mut job);
+                    proto.open(&mut conn);
+                    let (mut len, mut fixed) = (0, &[][..]);
+                    let mut out = Output::new(area.bytes_mut(), &mut len, &mut fixed);
+                    let step = proto.on_job_done(&mut conn, job, &mut out);
+                    let response = if fixed.is_empty() {
+                        &area.bytes()[..len]
+                    } else {
+                        fixed
+                    };
+                    let outcome = match step {
+                        Step::Respond { kind, .. } => {
+                            match answer(&fd, response, settings.write_timeout) {
+                                Outcome::Answered => {
+                                    metrics.responded(kind.index(), 1);
+                                    Outcome::Answered
+                                }
+                                dropped => dropped,
+                            }
+                        }
+                        Step::Drop { reason, .. } => {
+                            metrics.dropped(DropReason::Protocol(reason).slot());
+                            Outcome::Refused
+                        }
+                        // A closing protocol sends what it wrote; reading on
+                        // is not a blocking worker's.
+                        _ => match answer(&fd, response, settings.write_timeout) {
+                            Outcome::Answered => Outcome::Refused,
+                            other => other,
+                        },
+                    };
+                    proto.close(&mut conn);
+                    outcome
+                }
                 Err(left) => left,
             }
         };
-        match outcome {
-            Outcome::Answered => metrics.responded(true),
-            Outcome::Dropped(reason) => metrics.dropped(reason),
+        if let Outcome::Dropped(reason) = outcome {
+            metrics.dropped(reason.slot());
         }
         debug!(
             "worker-{}: connection of accept-{owner}: {outcome:?}",
@@ -167,6 +210,9 @@ mod tests {
     use std::os::unix::net::UnixStream;
     use std::thread;
 
+    /// A response of the test's (not a protocol's).
+    const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
     fn pair() -> (OwnedFd, UnixStream) {
         let (server, client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
@@ -174,13 +220,16 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_client_gets_the_57_bytes() {
+    fn a_quiet_client_gets_the_response() {
         let (server, mut client) = pair();
-        assert_eq!(answer(&server, Duration::from_secs(1)), Outcome::Answered);
+        assert_eq!(
+            answer(&server, REPLY, Duration::from_secs(1)),
+            Outcome::Answered
+        );
         drop(server);
         let mut got = Vec::new();
         client.read_to_end(&mut got).unwrap();
-        assert_eq!(got, RESPONSE);
+        assert_eq!(got, REPLY);
     }
 
     #[test]
@@ -223,7 +272,7 @@ mod tests {
     }
 
     /// A client that never reads: the send buffer is full (the test filled it,
-    /// which 57 bytes over TCP never could), so the send would block; the worker
+    /// which a short response over TCP never could), so the send would block; the worker
     /// gives up at the deadline instead of waiting forever.
     #[test]
     fn a_client_that_never_reads_holds_the_worker_only_until_the_deadline() {
@@ -231,7 +280,7 @@ mod tests {
         let filler = [0u8; 4096];
         while net::send_final(server.as_fd(), &filler).is_ok() {}
         let start = Instant::now();
-        let outcome = answer(&server, Duration::from_millis(200));
+        let outcome = answer(&server, REPLY, Duration::from_millis(200));
         let took = start.elapsed();
         assert_eq!(outcome, Outcome::Dropped(DropReason::TimedOut));
         assert!(took >= Duration::from_millis(200), "{took:?}");
@@ -279,8 +328,11 @@ mod tests {
             out: Default::default(),
             waits: Default::default(),
         };
-        assert_eq!(answer(&sock, Duration::from_secs(1)), Outcome::Answered);
-        assert_eq!(&sock.out.borrow()[..], &RESPONSE[..]);
+        assert_eq!(
+            answer(&sock, REPLY, Duration::from_secs(1)),
+            Outcome::Answered
+        );
+        assert_eq!(&sock.out.borrow()[..], REPLY);
         assert_eq!(sock.waits.get(), 1);
     }
 }
