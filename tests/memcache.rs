@@ -81,8 +81,8 @@ impl Out for Area {
     fn room(&self) -> usize {
         self.cap - self.buf.len()
     }
-    fn pending(&self) -> usize {
-        self.buf.len()
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
     fn write(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.room());
@@ -121,11 +121,12 @@ fn drive(srv: &Server, s: &mut Session, input: &[u8], step: usize, area: usize) 
             let (consumed, status) = s.process(srv, now, &buf, &mut out);
             buf.drain(..consumed);
             match status {
-                Status::Flush => {
-                    assert!(out.pending() > 0, "Flush with nothing to send");
+                Status::Flush | Status::Stream => {
+                    assert!(!out.buf.is_empty(), "{status:?} with nothing to send");
                     got.extend_from_slice(&out.buf);
                     out.buf.clear();
                 }
+                Status::Answered(_) => {}
                 Status::Close => {
                     got.extend_from_slice(&out.buf);
                     return (got, true);
@@ -162,6 +163,21 @@ fn check(srv: &Server, input: &[u8], want: &[u8]) {
             "input {:?} in reads of {step}, output area {area}",
             String::from_utf8_lossy(&input[..input.len().min(200)])
         );
+    }
+}
+
+/// `input` on session `s` at time `now`, processed until it needs more input:
+/// everything written (one output area, never full here).
+fn feed(srv: &Server, s: &mut Session, now: u32, mut input: &[u8]) -> Vec<u8> {
+    let mut out = Area::new(WRITE_BUFFER);
+    loop {
+        let (n, st) = s.process(srv, now, input, &mut out);
+        input = &input[n..];
+        match st {
+            Status::Answered(_) => {}
+            Status::NeedInput { .. } | Status::Close => return out.buf,
+            Status::Flush | Status::Stream => panic!("{st:?} in a short transcript"),
+        }
     }
 }
 
@@ -441,7 +457,7 @@ fn large_values_stream_both_ways() {
     let mut out = Area::new(WRITE_BUFFER);
     let now = srv.clock.now();
     let (n, st) = s.process(&srv, now, b"get big\r\n", &mut out);
-    assert_eq!(st, Status::Flush);
+    assert_eq!(st, Status::Stream);
     // (not `once`: its audit would find the pin held, rightly)
     let (set, _) = drive(
         &srv,
@@ -458,7 +474,7 @@ fn large_values_stream_both_ways() {
         let (n, st) = s.process(&srv, now, input, &mut out);
         input = &input[n..];
         got.extend_from_slice(&out.buf);
-        if st != Status::Flush {
+        if matches!(st, Status::NeedInput { .. }) {
             break;
         }
     }
@@ -565,20 +581,16 @@ fn exptime_rules() {
     );
     // Relative: read at a later time through the store's clock argument.
     let mut s = Session::default();
-    let mut out = Area::new(WRITE_BUFFER);
-    s.process(&srv, now, b"set t 0 5 1\r\nx\r\ntouch u 5\r\n", &mut out);
-    out.buf.clear();
-    s.process(&srv, now + 4, b"get t\r\n", &mut out);
-    assert_eq!(out.buf, b"VALUE t 0 1\r\nx\r\nEND\r\n");
-    out.buf.clear();
-    s.process(&srv, now + 4, b"touch t 10\r\ngat 100 t\r\n", &mut out);
-    assert_eq!(out.buf, b"TOUCHED\r\nVALUE t 0 1\r\nx\r\nEND\r\n");
-    out.buf.clear();
-    s.process(&srv, now + 103, b"get t\r\n", &mut out);
-    assert_eq!(out.buf, b"VALUE t 0 1\r\nx\r\nEND\r\n");
-    out.buf.clear();
-    s.process(&srv, now + 104, b"get t\r\n", &mut out);
-    assert_eq!(out.buf, b"END\r\n");
+    let set = feed(&srv, &mut s, now, b"set t 0 5 1\r\nx\r\ntouch u 5\r\n");
+    assert_eq!(set, b"STORED\r\nNOT_FOUND\r\n");
+    let got = feed(&srv, &mut s, now + 4, b"get t\r\n");
+    assert_eq!(got, b"VALUE t 0 1\r\nx\r\nEND\r\n");
+    let got = feed(&srv, &mut s, now + 4, b"touch t 10\r\ngat 100 t\r\n");
+    assert_eq!(got, b"TOUCHED\r\nVALUE t 0 1\r\nx\r\nEND\r\n");
+    let got = feed(&srv, &mut s, now + 103, b"get t\r\n");
+    assert_eq!(got, b"VALUE t 0 1\r\nx\r\nEND\r\n");
+    let got = feed(&srv, &mut s, now + 104, b"get t\r\n");
+    assert_eq!(got, b"END\r\n");
 }
 
 #[test]
@@ -586,23 +598,20 @@ fn flush_all_now_and_later() {
     let srv = server();
     let now = srv.clock.now();
     let mut s = Session::default();
-    let mut out = Area::new(WRITE_BUFFER);
-    s.process(
+    let got = feed(
         &srv,
+        &mut s,
         now,
         b"set a 0 0 1\r\nx\r\nflush_all\r\nget a\r\nset b 0 0 1\r\ny\r\nget b\r\n",
-        &mut out,
     );
     assert_eq!(
-        out.buf,
+        got,
         b"STORED\r\nOK\r\nEND\r\nSTORED\r\nVALUE b 0 1\r\ny\r\nEND\r\n"
     );
-    out.buf.clear();
-    s.process(&srv, now, b"flush_all 10\r\nget b\r\n", &mut out);
-    assert_eq!(out.buf, b"OK\r\nVALUE b 0 1\r\ny\r\nEND\r\n");
-    out.buf.clear();
-    s.process(&srv, now + 10, b"get b\r\n", &mut out);
-    assert_eq!(out.buf, b"END\r\n");
+    let got = feed(&srv, &mut s, now, b"flush_all 10\r\nget b\r\n");
+    assert_eq!(got, b"OK\r\nVALUE b 0 1\r\ny\r\nEND\r\n");
+    let got = feed(&srv, &mut s, now + 10, b"get b\r\n");
+    assert_eq!(got, b"END\r\n");
 }
 
 #[test]
@@ -726,11 +735,11 @@ fn full_store_evicts_least_recently_used() {
 
 #[test]
 fn no_allocation_per_request() {
-    let srv = server_with(8 << 20, 1 << 20);
+    let srv = server_with(8 << 20, 64 << 10);
     let mut s = Session::default();
     let mut out = Area::new(WRITE_BUFFER);
-    let value = vec![b'v'; 100_000];
-    let mut big = b"set big 0 0 100000\r\n".to_vec();
+    let value = vec![b'v'; 50_000];
+    let mut big = b"set big 0 0 50000\r\n".to_vec();
     big.extend_from_slice(&value);
     big.extend_from_slice(b"\r\n");
     let script: Vec<Vec<u8>> = vec![
@@ -738,7 +747,9 @@ fn no_allocation_per_request() {
         big,
         b"get big\r\nappend a 0 0 1\r\n!\r\nincr n 1\r\nset n 0 0 1\r\n9\r\nincr n 1\r\n".to_vec(),
         b"decr n 100\r\ntouch a 100\r\ngat 10 a\r\ndelete a\r\nflush_all 0\r\nbogus\r\nset a 0 0 1\r\nxy\r\n".to_vec(),
-        b"stats\r\nverbosity 1\r\nversion\r\nset x 0 0 2000000\r\n".to_vec(),
+        b"stats\r\nverbosity 1\r\nversion\r\nset x 0 0 70000\r\n".to_vec(),
+        vec![b'x'; 70002],
+        b"get a\r\nquit\r\n".to_vec(),
     ];
     let run = |s: &mut Session, out: &mut Area| {
         for part in &script {
@@ -747,11 +758,13 @@ fn no_allocation_per_request() {
                 let (n, st) = s.process(&srv, srv.clock.now(), input, out);
                 input = &input[n..];
                 out.buf.clear();
-                if st != Status::Flush {
+                if matches!(st, Status::NeedInput { .. } | Status::Close) {
                     break;
                 }
             }
         }
+        // quit closed it: the slot's next connection.
+        s.close(&srv);
     };
     // Warm-up: the pages, the thread's counter slot.
     for _ in 0..3 {
@@ -763,4 +776,492 @@ fn no_allocation_per_request() {
     }
     COUNTED.with(|c| c.set(false));
     assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
+}
+
+// The example itself, on loopback: transcripts over TCP, a real client library
+// (pymemcache), the drain and the upgrade.
+
+mod running {
+    use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// The example's binary, built once per test run with this test's profile.
+    fn example() -> PathBuf {
+        static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target/<profile>/deps")
+            .to_path_buf();
+        let built = BUILT.get_or_init(|| {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
+                .args(["build", "--example", "memcache", "--quiet"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.ends_with("release") {
+                cargo.arg("--release");
+            }
+            let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        });
+        if let Err(e) = built {
+            panic!("cargo build --example memcache failed:\n{e}");
+        }
+        profile_dir.join("examples").join("memcache")
+    }
+
+    /// The running example (and any process it upgraded to), killed on drop.
+    pub struct Memcache {
+        pub child: Child,
+        pub addr: SocketAddr,
+        pub stdout: BufReader<ChildStdout>,
+        /// Pids of upgraded successors, to kill at the end.
+        pub others: Vec<u32>,
+    }
+
+    impl Memcache {
+        /// Starts it on a free loopback port with `args` (after `-p`), and waits
+        /// until it says it serves.
+        pub fn start(args: &[&str]) -> Memcache {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new(example())
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the memcache example");
+            let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+            let mut line = String::new();
+            let _ = stdout.read_line(&mut line);
+            assert!(line.starts_with("listening on "), "it said {line:?}");
+            Memcache {
+                child,
+                addr: ([127, 0, 0, 1], port).into(),
+                stdout,
+                others: Vec::new(),
+            }
+        }
+
+        pub fn connect(&self) -> TcpStream {
+            let s = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT).expect("connect");
+            s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        }
+
+        pub fn signal(&self, sig: i32) {
+            // SAFETY: kill(2) on our own child's pid.
+            let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+            assert_eq!(rc, 0, "kill");
+        }
+
+        /// Waits (bounded) for the first process to exit.
+        pub fn exit_within(&mut self, bound: Duration) -> Option<ExitStatus> {
+            let until = Instant::now() + bound;
+            while Instant::now() < until {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            None
+        }
+
+        /// The pid of the new process of an upgrade from `old`, once new connections
+        /// reach it (the two share the listening sockets until the old one drains),
+        /// remembered to be killed at the end.
+        pub fn successor(&mut self, old: u32) -> u32 {
+            let until = Instant::now() + IO_TIMEOUT;
+            loop {
+                let pid = self.serving_pid();
+                if pid != old {
+                    self.others.push(pid);
+                    return pid;
+                }
+                assert!(Instant::now() < until, "no new process serves");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        /// The pid of the process that answers a new connection (`stats`).
+        pub fn serving_pid(&self) -> u32 {
+            let mut s = self.connect();
+            s.write_all(b"stats\r\n").unwrap();
+            let text = String::from_utf8(read_until(&mut s, b"END\r\n")).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("STAT pid "))
+                .and_then(|p| p.trim().parse().ok())
+                .expect("STAT pid")
+        }
+    }
+
+    impl Drop for Memcache {
+        fn drop(&mut self) {
+            for &pid in &self.others {
+                // SAFETY: kill(2) of a process this test started (by upgrade).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Reads until `suffix` ends what arrived (bounded by the read timeout).
+    pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !got.ends_with(suffix) {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("EOF after {} bytes, before {:?}", got.len(), suffix),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("read: {e} after {} bytes", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        s.read_exact(&mut got).expect("read");
+        got
+    }
+
+    /// Everything until EOF (a reset counts as the end).
+    pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("read: {e} after {} bytes", got.len()),
+            }
+        }
+    }
+
+    /// Runs a Python script (pymemcache) against `addr`; panics with its output
+    /// unless it exits 0.
+    pub fn python(script: &str, addr: SocketAddr, extra: &[&str]) -> String {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(addr.port().to_string())
+            .args(extra)
+            .output()
+            .expect("run python3");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the pymemcache script failed ({}): is pymemcache installed? \
+             (python3 -m pip install pymemcache)\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+use running::{python, read_n, read_to_end, read_until, Memcache};
+use std::io::Write as _;
+use std::time::Duration;
+
+#[test]
+fn tcp_pipelined_and_malformed() {
+    let mc = Memcache::start(&["-t", "2"]);
+    let v = version();
+    let mut s = mc.connect();
+    // One write, many commands, errors among them: answered in order.
+    let batch = b"set a 0 0 1\r\nx\r\nget a b\r\nbogus\r\nset a 0 0 1\r\nxy\r\nincr a 1\r\n\
+        set n 0 0 2\r\n10\r\nincr n 5\r\ndelete n\r\ndelete n\r\nversion\r\n";
+    s.write_all(batch).unwrap();
+    let want = format!(
+        "STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\nERROR\r\nCLIENT_ERROR bad data chunk\r\nERROR\r\n\
+         CLIENT_ERROR cannot increment or decrement non-numeric value\r\nSTORED\r\n15\r\n\
+         DELETED\r\nNOT_FOUND\r\n{v}"
+    );
+    assert_eq!(String::from_utf8(read_n(&mut s, want.len())).unwrap(), want);
+    // The same connection, a command split across writes.
+    for part in [&b"se"[..], b"t b 5 0 3\r", b"\nab", b"c\r\nget", b" b\r\n"] {
+        s.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        read_until(&mut s, b"END\r\n"),
+        b"STORED\r\nVALUE b 5 3\r\nabc\r\nEND\r\n"
+    );
+    // Too large: answered, its data thrown away, the connection still serves.
+    let mut big = b"set big 0 0 2000000\r\n".to_vec();
+    big.extend(std::iter::repeat(b'z').take(2_000_000));
+    big.extend_from_slice(b"\r\nget b\r\n");
+    s.write_all(&big).unwrap();
+    assert_eq!(
+        read_until(&mut s, b"END\r\n"),
+        b"SERVER_ERROR object too large for cache\r\nVALUE b 5 3\r\nabc\r\nEND\r\n"
+    );
+    // A 1 MB value each way, twice in one get.
+    let value: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut set = b"set m 0 0 1000000\r\n".to_vec();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\nget m m\r\n");
+    s.write_all(&set).unwrap();
+    let got = read_until(&mut s, b"END\r\n");
+    let mut want = b"STORED\r\n".to_vec();
+    for _ in 0..2 {
+        want.extend_from_slice(b"VALUE m 0 1000000\r\n");
+        want.extend_from_slice(&value);
+        want.extend_from_slice(b"\r\n");
+    }
+    want.extend_from_slice(b"END\r\n");
+    assert!(got == want, "1 MB values: {} bytes back", got.len());
+    // A line too long: the error, then the connection closes.
+    let mut t = mc.connect();
+    t.write_all(&[b'a'; 3000]).unwrap();
+    assert_eq!(read_to_end(&mut t), b"CLIENT_ERROR line too long\r\n");
+    // quit.
+    s.write_all(b"version\r\nquit\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), v.as_bytes());
+}
+
+/// pymemcache, a memcached client library, against the example.
+const PYMEMCACHE: &str = r#"
+import sys
+from pymemcache.client.base import Client
+port = int(sys.argv[1])
+c = Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+assert c.version().startswith(b"1.6")
+assert c.set("a", b"1", expire=0)
+assert c.get("a") == b"1"
+assert c.get("missing") is None
+assert c.set_many({"x": b"10", "y": b"20"}) == []
+assert c.get_many(["x", "y", "nope"]) == {"x": b"10", "y": b"20"}
+assert c.add("a", b"2") is False and c.add("z", b"3") is True
+assert c.replace("nope", b"1") is False and c.replace("z", b"4") is True
+assert c.append("z", b"5") and c.prepend("z", b"3") and c.get("z") == b"345"
+value, cas = c.gets("z")
+assert value == b"345"
+assert c.cas("z", b"new", cas) is True
+assert c.cas("z", b"newer", cas) is False
+assert c.cas("nope", b"v", cas) is None
+assert c.incr("x", 5) == 15 and c.decr("x", 20) == 0
+assert c.incr("nope", 1) is None
+c.set("n", b"18446744073709551615")
+assert c.incr("n", 1) == 0
+assert c.touch("a", 100) is True and c.touch("nope", 100) is False
+assert c.delete("a") is True and c.delete("a", noreply=False) is False
+big = bytes(range(256)) * 4000
+assert c.set("big", big) and c.get("big") == big
+for i in range(2000):
+    c.set("k%d" % i, str(i).encode(), noreply=True)
+got = c.get_many(["k%d" % i for i in range(2000)])
+assert len(got) == 2000 and all(got["k%d" % i] == str(i).encode() for i in range(2000))
+c.set("exp", b"v", expire=-1)
+assert c.get("exp") is None
+stats = c.stats()
+for key in (b"pid", b"uptime", b"curr_items", b"total_items", b"bytes", b"curr_connections",
+            b"cmd_get", b"cmd_set", b"get_hits", b"get_misses", b"evictions",
+            b"limit_maxbytes", b"threads"):
+    assert key in stats, key
+assert stats[b"limit_maxbytes"] == 64 * 1024 * 1024 and stats[b"threads"] == 2
+assert c.flush_all() is True and c.get("x") is None
+c.close()
+print("ok")
+"#;
+
+#[test]
+fn pymemcache_client() {
+    let mc = Memcache::start(&["-t", "2"]);
+    assert_eq!(python(PYMEMCACHE, mc.addr, &[]).trim(), "ok");
+}
+
+#[test]
+fn drain_on_sigterm_answers_what_was_asked() {
+    let mut mc = Memcache::start(&["-t", "2"]);
+    let value = vec![b'q'; 1_000_000];
+    let mut s = mc.connect();
+    let mut set = b"set big 0 0 1000000\r\n".to_vec();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    s.write_all(&set).unwrap();
+    assert_eq!(read_n(&mut s, 8), b"STORED\r\n");
+    // Idle between commands (a connection that never sent a byte may not even be
+    // accepted yet: the listener defers accept until data arrives).
+    let mut idle = mc.connect();
+    idle.write_all(b"version\r\n").unwrap();
+    assert_eq!(read_until(&mut idle, b"\r\n"), version().as_bytes());
+    // 20 MB of answers asked for, not yet read: the server is still sending when
+    // SIGTERM comes.
+    s.write_all(&b"get big\r\n".repeat(20)).unwrap();
+    let mut first = read_n(&mut s, 1);
+    mc.signal(libc::SIGTERM);
+    // The idle connection closes at once.
+    assert_eq!(read_to_end(&mut idle), b"");
+    first.extend(read_to_end(&mut s));
+    let mut want = Vec::new();
+    for _ in 0..20 {
+        want.extend_from_slice(b"VALUE big 0 1000000\r\n");
+        want.extend_from_slice(&value);
+        want.extend_from_slice(b"\r\nEND\r\n");
+    }
+    assert!(
+        first == want,
+        "{} of {} bytes before EOF",
+        first.len(),
+        want.len()
+    );
+    let status = mc
+        .exit_within(Duration::from_secs(20))
+        .expect("exits after the drain");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn upgrade_finishes_a_value_under_way() {
+    let mut mc = Memcache::start(&["-t", "2"]);
+    let old = mc.serving_pid();
+    let mut idle = mc.connect();
+    idle.write_all(b"version\r\n").unwrap();
+    assert_eq!(read_until(&mut idle, b"\r\n"), version().as_bytes());
+    let mut s = mc.connect();
+    s.write_all(b"set half 0 0 10\r\n01234").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    mc.signal(libc::SIGUSR2);
+    // The new process announces itself on the same stdout.
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut mc.stdout, &mut line).unwrap();
+    assert!(
+        line.starts_with("listening on "),
+        "the new process said {line:?}"
+    );
+    mc.successor(old);
+    // The idle connection was closed: a client reconnects.
+    assert_eq!(read_to_end(&mut idle), b"");
+    // The command under way is finished by the old process, then the connection
+    // closes.
+    s.write_all(b"56789\r\n").unwrap();
+    assert_eq!(read_to_end(&mut s), b"STORED\r\n");
+    let status = mc
+        .exit_within(Duration::from_secs(20))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+    // The new process starts with an empty cache.
+    let mut t = mc.connect();
+    t.write_all(b"get half\r\n").unwrap();
+    assert_eq!(read_until(&mut t, b"END\r\n"), b"END\r\n");
+}
+
+/// Clients under load through an upgrade: each keeps one connection, and on a
+/// connection closed without an answer reconnects and sends the same command again
+/// (safe for any command: the old process answers every command it read, so an
+/// unanswered one was never executed).
+const PYMEMCACHE_LOAD: &str = r#"
+import sys, threading, time
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheUnexpectedCloseError
+port, seconds, flag = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+closes, done, bad, errors = [0], [0], [], []
+lock = threading.Lock()
+
+def call(c, f):
+    for attempt in range(5):
+        try:
+            return f()
+        except (MemcacheUnexpectedCloseError, ConnectionResetError, BrokenPipeError) as e:
+            with lock:
+                closes[0] += 1
+            c.close()
+    raise RuntimeError("no answer after 5 connections")
+
+def client(n):
+    try:
+        c = Client(("127.0.0.1", port), connect_timeout=10, timeout=10, default_noreply=False)
+        end = time.time() + seconds
+        i = 0
+        while time.time() < end:
+            key, value = "c%d" % n, b"%d-%d" % (n, i)
+            assert call(c, lambda: c.set(key, value)) is True
+            got = call(c, lambda: c.get(key))
+            # The value just set, or a miss if the set was the old process's and
+            # the get the new one's (it starts empty).
+            if got not in (value, None):
+                bad.append((key, value, got))
+            with lock:
+                done[0] += 2
+            i += 1
+            if i % 50 == 0:
+                time.sleep(0.01)
+    except Exception as e:
+        errors.append(repr(e))
+
+threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+for t in threads: t.start()
+open(flag, "w").close()
+for t in threads: t.join()
+print(done[0], closes[0], len(bad), len(errors))
+if bad or errors:
+    print(bad[:5], errors[:5])
+    sys.exit(1)
+"#;
+
+#[test]
+fn upgrade_under_pymemcache_load() {
+    let mut mc = Memcache::start(&["-t", "2"]);
+    let old = mc.serving_pid();
+    let flag = std::env::temp_dir().join(format!("memcache-load-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let addr = mc.addr;
+    let flag_arg = flag.to_string_lossy().into_owned();
+    let load = std::thread::spawn(move || python(PYMEMCACHE_LOAD, addr, &["4", &flag_arg]));
+    // Once the clients run, and a little more: the upgrade.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !flag.exists() {
+        assert!(std::time::Instant::now() < until, "the load never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    mc.signal(libc::SIGUSR2);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut mc.stdout, &mut line).unwrap();
+    assert!(
+        line.starts_with("listening on "),
+        "the new process said {line:?}"
+    );
+    mc.successor(old);
+    let status = mc
+        .exit_within(Duration::from_secs(30))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+    let report = load.join().expect("the load thread");
+    let _ = std::fs::remove_file(&flag);
+    let numbers: Vec<u64> = report
+        .split_whitespace()
+        .take(4)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    eprintln!("load through the upgrade: {report}");
+    let (done, closes) = (numbers[0], numbers[1]);
+    assert!(done > 1000, "{report}");
+    // Each of the 8 clients saw its connection closed by the old process once (and
+    // reconnected to the new one).
+    assert!((8..=16).contains(&closes), "{report}");
 }

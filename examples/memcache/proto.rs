@@ -54,8 +54,8 @@ const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
 pub trait Out {
     /// Bytes that can still be written.
     fn room(&self) -> usize;
-    /// Bytes written and not yet sent.
-    fn pending(&self) -> usize;
+    /// Whether nothing is written and not yet sent.
+    fn is_empty(&self) -> bool;
     /// Appends as much of `bytes` as fits; returns how much.
     fn write(&mut self, bytes: &[u8]) -> usize;
 }
@@ -83,6 +83,7 @@ impl Default for Clock {
 impl Clock {
     /// A clock that counts from this Unix time (the fuzz target's: the same answers
     /// whenever it runs).
+    #[allow(dead_code)] // the fuzz target's
     pub fn at(unix: i64) -> Clock {
         Clock {
             started: Instant::now(),
@@ -164,6 +165,29 @@ impl Server {
     }
 }
 
+/// What a command was, for the engine's count of responses by kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// get, gets, gat, gats.
+    Get,
+    /// set, add, replace, append, prepend, cas.
+    Store,
+    /// delete.
+    Delete,
+    /// incr, decr.
+    Arith,
+    /// touch.
+    Touch,
+    /// Anything else (stats, flush_all, version, an unknown command...).
+    Other,
+}
+
+impl Kind {
+    /// The labels, in the order of the variants.
+    pub const LABELS: &'static [&'static str] =
+        &["get", "store", "delete", "arith", "touch", "other"];
+}
+
 /// What the connection does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -173,9 +197,15 @@ pub enum Status {
         /// A request is in progress.
         begun: bool,
     },
-    /// The output area is full, or lacks room for the next answer: send it, then call
-    /// `process` again with the input not consumed.
+    /// A command was answered (its reply is in the output area, unless `noreply`);
+    /// call `process` again with the input not consumed.
+    Answered(Kind),
+    /// The output area lacks room for the next answer: send it, then call `process`
+    /// again with the input not consumed.
     Flush,
+    /// A value is being sent and the output area is full: send it, then call
+    /// `process` again (with any input: it is not looked at until the value is out).
+    Stream,
     /// Send what is in the output area, then close (`quit`, a line too long).
     Close,
 }
@@ -230,8 +260,10 @@ pub struct Session {
 /// What a step of the loop in `process` leads to.
 enum Flow {
     Continue,
+    Done(Kind),
     Wait { begun: bool },
     Flush,
+    Stream,
     Close,
 }
 
@@ -363,8 +395,10 @@ impl Session {
             };
             match flow {
                 Flow::Continue => {}
+                Flow::Done(kind) => break Status::Answered(kind),
                 Flow::Wait { begun } => break Status::NeedInput { begun },
                 Flow::Flush => break Status::Flush,
+                Flow::Stream => break Status::Stream,
                 Flow::Close => break Status::Close,
             }
         };
@@ -392,12 +426,6 @@ impl Session {
             _ => {}
         }
         self.noreply = false;
-    }
-
-    /// Whether a request is under way that the input does not show (a value being
-    /// sent, the rest of a get): the connection is not idle.
-    pub fn busy(&self) -> bool {
-        !matches!(self.state, State::Command)
     }
 
     /// A reply, unless `noreply` (memcached's `out_string`).
@@ -450,7 +478,7 @@ impl Session {
         if nt < 2 || cmd.len() < 2 {
             self.reply(out, b"ERROR");
             *pos = next;
-            return Flow::Continue;
+            return Flow::Done(Kind::Other);
         }
         // A get does not consume its line until its last key is answered.
         let get = match cmd {
@@ -464,7 +492,7 @@ impl Session {
             if nt < 3 {
                 self.reply(out, b"ERROR");
                 *pos = next;
-                return Flow::Continue;
+                return Flow::Done(Kind::Get);
             }
             return self.start_get(srv, now, cas, touch, input, pos, next, out);
         }
@@ -482,7 +510,7 @@ impl Session {
                 } else {
                     self.reply(out, b"ERROR");
                 }
-                Flow::Continue
+                Flow::Done(Kind::Arith)
             }
             b"delete" => {
                 if (3..=5).contains(&nt) {
@@ -490,7 +518,7 @@ impl Session {
                 } else {
                     self.reply(out, b"ERROR");
                 }
-                Flow::Continue
+                Flow::Done(Kind::Delete)
             }
             b"touch" => {
                 if nt == 4 || nt == 5 {
@@ -498,16 +526,16 @@ impl Session {
                 } else {
                     self.reply(out, b"ERROR");
                 }
-                Flow::Continue
+                Flow::Done(Kind::Touch)
             }
             b"stats" => {
-                if out.room() < STATS_ROOM && out.pending() > 0 {
+                if out.room() < STATS_ROOM && !out.is_empty() {
                     *pos = next - nl - 1;
                     return Flow::Flush;
                 }
                 self.count_bytes(srv, *pos, out);
                 self.stats(srv, now, &tokens, out);
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
             b"flush_all" => {
                 if (2..=4).contains(&nt) {
@@ -515,11 +543,11 @@ impl Session {
                 } else {
                     self.reply(out, b"ERROR");
                 }
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
             b"version" => {
                 put(out, &[b"VERSION ", VERSION.as_bytes(), b"\r\n"]);
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
             b"verbosity" => {
                 if nt == 3 || nt == 4 {
@@ -534,7 +562,7 @@ impl Session {
                 } else {
                     self.reply(out, b"ERROR");
                 }
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
             b"quit" => {
                 self.state = State::Closed;
@@ -543,11 +571,11 @@ impl Session {
             }
             b"shutdown" => {
                 self.reply(out, b"ERROR: shutdown not enabled");
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
             _ => {
                 self.reply(out, b"ERROR");
-                Flow::Continue
+                Flow::Done(Kind::Other)
             }
         }
     }
@@ -579,7 +607,7 @@ impl Session {
         };
         if !ok {
             self.reply(out, b"ERROR");
-            return Flow::Continue;
+            return Flow::Done(Kind::Store);
         }
         self.noreply = tokens.is_noreply();
         let t = &tokens.t;
@@ -587,12 +615,12 @@ impl Session {
         const FORMAT: &[u8] = b"CLIENT_ERROR bad command line format";
         if key.len() > KEY_MAX {
             self.reply(out, FORMAT);
-            return Flow::Continue;
+            return Flow::Done(Kind::Store);
         }
         let (Some(flags), Some(exptime), Some(vlen)) = (strtoul(t[2]), strtol(t[3]), strtol(t[4]))
         else {
             self.reply(out, FORMAT);
-            return Flow::Continue;
+            return Flow::Done(Kind::Store);
         };
         let exptime = srv.clock.exptime(exptime, now);
         let mode = if cas {
@@ -600,7 +628,7 @@ impl Session {
                 Some(unique) => Mode::Cas(unique),
                 None => {
                     self.reply(out, FORMAT);
-                    return Flow::Continue;
+                    return Flow::Done(Kind::Store);
                 }
             }
         } else {
@@ -608,7 +636,7 @@ impl Session {
         };
         if !(0..=i32::MAX - 2).contains(&vlen) {
             self.reply(out, FORMAT);
-            return Flow::Continue;
+            return Flow::Done(Kind::Store);
         }
         let len = vlen as usize;
         match srv.store.reserve(key, flags, exptime, len, now) {
@@ -622,6 +650,7 @@ impl Session {
                     noreply: self.noreply,
                 };
                 self.noreply = false;
+                Flow::Continue
             }
             Err(refused) => {
                 self.reply(
@@ -638,9 +667,9 @@ impl Session {
                 if mode == Mode::Set {
                     srv.store.delete(key, now);
                 }
+                Flow::Done(Kind::Store)
             }
         }
-        Flow::Continue
     }
 
     /// The data block of a storage command, straight into its reservation.
@@ -693,7 +722,7 @@ impl Session {
         if bad {
             srv.store.cancel(res);
             self.reply(out, b"CLIENT_ERROR bad data chunk");
-            return Flow::Continue;
+            return Flow::Done(Kind::Store);
         }
         let stored = srv.store.commit(res, mode, now);
         if let Mode::Cas(_) = mode {
@@ -715,7 +744,7 @@ impl Session {
                 Outcome::NotFound => b"NOT_FOUND",
             },
         );
-        Flow::Continue
+        Flow::Done(Kind::Store)
     }
 
     /// A get whose line is complete: every key is checked first, as memcached answers
@@ -742,14 +771,14 @@ impl Session {
                 None => {
                     self.reply(out, b"CLIENT_ERROR invalid exptime argument");
                     *pos = next;
-                    return Flow::Continue;
+                    return Flow::Done(Kind::Get);
                 }
             }
         }
         if words.any(|k| k.len() > KEY_MAX) {
             self.reply(out, b"CLIENT_ERROR bad command line format");
             *pos = next;
-            return Flow::Continue;
+            return Flow::Done(Kind::Get);
         }
         // Past the command word (and the exptime): the keys start here.
         *pos += key_start(&input[*pos..], if touch { 2 } else { 1 });
@@ -782,7 +811,7 @@ impl Session {
                 None => {
                     self.reply(out, b"CLIENT_ERROR invalid exptime argument");
                     self.state = State::SkipLine;
-                    return Flow::Continue;
+                    return Flow::Done(Kind::Get);
                 }
             }
         }
@@ -814,7 +843,7 @@ impl Session {
                 // One "key" filling the buffer: too long whatever follows.
                 self.reply(out, b"CLIENT_ERROR bad command line format");
                 self.state = State::SkipLine;
-                return Flow::Continue;
+                return Flow::Done(Kind::Get);
             }
             return Flow::Wait { begun: true };
         };
@@ -830,13 +859,13 @@ impl Session {
             self.reply(out, b"CLIENT_ERROR bad command line format");
             *pos += end;
             self.state = State::SkipLine;
-            return Flow::Continue;
+            return Flow::Done(Kind::Get);
         }
         if !key.is_empty() {
             if let Some((pin, sent)) = self.lookup(srv, now, get, key, out) {
                 *pos += end;
                 self.state = State::Value { pin, sent, get };
-                return Flow::Flush;
+                return Flow::Stream;
             }
         }
         *pos += end;
@@ -852,7 +881,7 @@ impl Session {
                     // line is not looked at.
                     self.state = State::SkipLine;
                 }
-                Flow::Continue
+                Flow::Done(Kind::Get)
             }
         }
     }
@@ -897,11 +926,11 @@ impl Session {
                 srv.stats.add(miss_counter, 1);
                 None
             }
-            Read::Done(_) => {
+            Read::Done => {
                 srv.stats.add(hit_counter, 1);
                 None
             }
-            Read::Pinned(_, pin) => {
+            Read::Pinned(pin) => {
                 srv.stats.add(hit_counter, 1);
                 Some((pin, sent))
             }
@@ -915,7 +944,7 @@ impl Session {
         };
         while *sent < pin.len {
             if out.room() == 0 {
-                return Flow::Flush;
+                return Flow::Stream;
             }
             let at = *sent;
             *sent += srv.store.read_pinned(pin, at, |v| out.write(v));
@@ -924,7 +953,7 @@ impl Session {
             let at = *sent - pin.len;
             let n = out.write(&b"\r\n"[at..]);
             if n == 0 {
-                return Flow::Flush;
+                return Flow::Stream;
             }
             *sent += n;
         }

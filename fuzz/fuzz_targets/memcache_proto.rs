@@ -35,8 +35,8 @@ impl Out for Area {
     fn room(&self) -> usize {
         self.cap - self.buf.len()
     }
-    fn pending(&self) -> usize {
-        self.buf.len()
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
     fn write(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.room());
@@ -80,10 +80,11 @@ fn run(input: &[u8], step: usize, area: usize) -> Vec<u8> {
             assert!(consumed <= buf.len());
             buf.drain(..consumed);
             match status {
-                Status::Flush => {
-                    assert!(!out.buf.is_empty(), "Flush with nothing to send");
+                Status::Flush | Status::Stream => {
+                    assert!(!out.buf.is_empty(), "{status:?} with nothing to send");
                     got.append(&mut out.buf);
                 }
+                Status::Answered(_) => {}
                 Status::Close => break 'feed,
                 Status::NeedInput { .. } => break,
             }
