@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Import graph of the crate's top-level modules (src/*.rs, src/*/): an edge A -> B
 for every `crate::B` that A's files name (in `use` lines or paths, comments and
-doc comments left out). Prints the layers bottom up and exits 1 on a cycle.
+doc comments left out). Prints the layers bottom up and exits 1 on a cycle, or
+when they differ from docs/architecture.md's layer table (the one place they
+are written; tests/layers.rs checks the same).
 
 Usage: contrib/import-cycles.py [SRC_DIR]   (default: src)
 """
@@ -65,3 +67,18 @@ if left:
     for m in sorted(left):
         print(f"  {m} -> {' '.join(sorted(d for d in edges[m] if d in left))}")
     sys.exit(1)
+
+# The documented table: the second column's `module` names, row by row.
+doc = os.path.join(os.path.dirname(os.path.abspath(src)), "docs/architecture.md")
+documented = []
+if os.path.exists(doc):
+    rows = open(doc).read().split("| layer | modules |", 1)[-1].splitlines()[2:]
+    for row in rows:
+        if not row.startswith("|"):
+            break
+        documented.append(sorted(m.strip().strip("`") for m in row.split("|")[2].split(",")))
+    if documented != layers:
+        print(f"{doc}: its layer table differs from the imports:")
+        for i, layer in enumerate(documented):
+            print(f"  documented {i}: {' '.join(layer)}")
+        sys.exit(1)

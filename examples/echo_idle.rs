@@ -120,7 +120,7 @@ impl Server {
         }
         if let Some(end) = conn.partial.iter().rposition(|&b| b == b'\n') {
             // Short replies fit the socket buffer; a server with large ones keeps
-            // the rest and watches Events::WRITE (see src/conn.rs).
+            // the rest and watches Events::WRITE (see src/engine/conn.rs).
             conn.stream.write_all(&conn.partial[..=end])?;
             conn.partial.drain(..=end);
         }

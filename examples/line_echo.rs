@@ -14,9 +14,10 @@
 //! answers under way; SIGHUP (the drain of an upgrade) lets lines under way
 //! finish too. Each then closes once answered.
 //!
-//! Run: `cargo run --example line_echo -- 127.0.0.1:7000 5000` (address, idle
-//! timeout in ms), then `nc 127.0.0.1 7000`. It prints `listening on ADDR`
-//! once it serves.
+//! Run: `cargo run --example line_echo -- 127.0.0.1:7000 5000 [READ_MS]`
+//! (address, idle timeout in ms, and the read deadline of a line, 60 s unless
+//! given), then `nc 127.0.0.1 7000`. It prints `listening on ADDR` once it
+//! serves.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -91,11 +92,16 @@ impl Protocol for LineEcho {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(addr), Some(idle)) = (args.next(), args.next()) else {
-        eprintln!("usage: line_echo ADDRESS IDLE_MS");
+        eprintln!("usage: line_echo ADDRESS IDLE_MS [READ_MS]");
         return ExitCode::from(2);
     };
-    let (Ok(addr), Ok(idle)) = (addr.parse::<SocketAddr>(), idle.parse::<u64>()) else {
-        eprintln!("line_echo: bad address or idle timeout");
+    let read = args.next().unwrap_or_else(|| "60000".into());
+    let (Ok(addr), Ok(idle), Ok(read)) = (
+        addr.parse::<SocketAddr>(),
+        idle.parse::<u64>(),
+        read.parse::<u64>(),
+    ) else {
+        eprintln!("line_echo: bad address or timeout");
         return ExitCode::from(2);
     };
     // Before any thread: the signals go to the thread that waits for them.
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
         accept_capacity: 1024,
         worker_threads: 0,
         idle_timeout: Some(Duration::from_millis(idle)),
+        read_timeout: Some(Duration::from_millis(read)),
         shutdown_timeout: Duration::from_secs(5),
         ..Config::default()
     };

@@ -14,7 +14,7 @@ use std::time::Instant;
 use socket2::Socket;
 
 use crate::delegate::task::Shared;
-use crate::delegate::{Handoff, WorkerSide};
+use crate::delegate::{HandOffQueues, Handoff};
 use crate::engine::Protocol;
 use crate::engine::{Engine, Host, Settings};
 use crate::ev::{Async, Events, Handler, Io, Loop, Timer};
@@ -31,8 +31,8 @@ struct Listener {
     io: Pin<Box<Io>>,
 }
 
-/// The libev side: everything of the thread's loop but the connections.
-struct Side<J> {
+/// The libev state: everything of the thread's loop but the connections.
+struct AcceptState<J> {
     /// One per listen address (more after an upgrade to fewer threads); empty
     /// once the drain has closed them.
     listeners: Vec<Listener>,
@@ -42,15 +42,15 @@ struct Side<J> {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop`: where complete slow requests go, the next
-    /// desk to try (round robin), and the one last reserved.
-    work: Option<Arc<WorkerSide<J>>>,
-    next_desk: usize,
+    /// queue to try (round robin), and the one last reserved.
+    work: Option<Arc<HandOffQueues<J>>>,
+    next_queue: usize,
     reserved: usize,
     /// The engine's id: the owner a hand-off names.
     id: u32,
 }
 
-impl<J> Side<J> {
+impl<J> AcceptState<J> {
     fn timer(&self, timer: TimerId) -> Pin<&Timer> {
         self.timers[timer as usize].as_ref()
     }
@@ -65,13 +65,13 @@ impl<J> Side<J> {
 /// One accept thread (the C++ `AcceptTask`).
 pub struct AcceptTask<P: Protocol> {
     engine: Engine<P, OwnedFd, Io>,
-    side: Side<P::Job>,
+    state: AcceptState<P::Job>,
 }
 
 /// The engine's view of the loop during one callback.
 struct EvHost<'a, P: Protocol> {
     lp: &'a Loop<AcceptTask<P>>,
-    side: &'a mut Side<P::Job>,
+    state: &'a mut AcceptState<P::Job>,
 }
 
 impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
@@ -80,7 +80,7 @@ impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
     ev_engine::libev_host_basics!();
 
     fn submit(&mut self, task: TaskRef, _wait: std::time::Duration) {
-        self.side.shared.submit(task);
+        self.state.shared.submit(task);
     }
 
     fn stop(&mut self) {
@@ -88,43 +88,43 @@ impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
     }
 
     fn listeners(&self) -> usize {
-        self.side.listeners.len()
+        self.state.listeners.len()
     }
 
     #[inline]
     fn accept(&mut self, listener: usize) -> Option<io::Result<(OwnedFd, Option<P::Job>)>> {
-        let l = self.side.listeners.get(listener)?;
+        let l = self.state.listeners.get(listener)?;
         Some(net::accept(l.sock.as_fd()).map(|fd| (fd, None)))
     }
 
     fn watch_listeners(&mut self) {
-        for l in &self.side.listeners {
+        for l in &self.state.listeners {
             l.io.as_ref().start(self.lp);
         }
     }
 
     fn unwatch_listeners(&mut self) {
-        self.side.stop_listeners();
+        self.state.stop_listeners();
     }
 
     fn close_listeners(&mut self) {
-        self.side.stop_listeners();
-        self.side.listeners.clear();
+        self.state.stop_listeners();
+        self.state.listeners.clear();
     }
 
     fn hands_off(&self) -> bool {
-        self.side.work.is_some()
+        self.state.work.is_some()
     }
 
     fn reserve_hand_off(&mut self) -> bool {
-        let side = &mut *self.side;
-        let Some(work) = &side.work else {
+        let state = &mut *self.state;
+        let Some(work) = &state.work else {
             return false;
         };
-        let owner = side.id;
-        match work.reserve(owner, &mut side.next_desk) {
-            Some(desk) => {
-                side.reserved = desk;
+        let owner = state.id;
+        match work.reserve(owner, &mut state.next_queue) {
+            Some(queue) => {
+                state.reserved = queue;
                 true
             }
             None => false,
@@ -132,14 +132,14 @@ impl<P: Protocol> Host<P, OwnedFd> for EvHost<'_, P> {
     }
 
     fn hand_off(&mut self, fd: OwnedFd, job: P::Job) {
-        if let Some(work) = &self.side.work {
+        if let Some(work) = &self.state.work {
             let handoff = Handoff {
                 fd,
                 job,
-                owner: self.side.id,
+                owner: self.state.id,
                 at: Instant::now(),
             };
-            work.hand_off(self.side.reserved, handoff);
+            work.hand_off(self.state.reserved, handoff);
         }
     }
 }
@@ -153,7 +153,7 @@ impl<P: Protocol> AcceptTask<P> {
         listeners: Vec<Socket>,
         shared: Arc<Shared>,
         shutdown: Arc<Shutdown>,
-        work: Option<Arc<WorkerSide<P::Job>>>,
+        work: Option<Arc<HandOffQueues<P::Job>>>,
     ) -> io::Result<Self> {
         let engine = Engine::new(settings, proto)?;
         let id = engine.id();
@@ -172,34 +172,35 @@ impl<P: Protocol> AcceptTask<P> {
             .collect();
         let mut task = AcceptTask {
             engine,
-            side: Side {
+            state: AcceptState {
                 listeners,
                 timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
                 wake: Box::pin(Async::new()),
                 shared,
                 shutdown,
-                next_desk: id as usize,
+                next_queue: id as usize,
                 work,
                 reserved: 0,
                 id,
             },
         };
-        let side = &mut task.side;
-        side.wake.as_ref().start(lp, Token::Wake.encode());
-        side.shared
+        let state = &mut task.state;
+        state.wake.as_ref().start(lp, Token::Wake.encode());
+        state
+            .shared
             .mailbox(task.engine.id())
-            .connect(side.wake.as_ref().sender());
-        EvHost { lp, side }.watch_listeners();
+            .connect(state.wake.as_ref().sender());
+        EvHost { lp, state }.watch_listeners();
         Ok(task)
     }
 
     /// Runs the loop until the graceful drain is over.
     pub fn run(&mut self, lp: &Loop<Self>) {
         // A shutdown requested before our wake-up was connected would be missed.
-        if let Some(how) = self.side.shutdown.requested() {
+        if let Some(how) = self.state.shutdown.requested() {
             let mut host = EvHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.begin_drain(&mut host, how);
         }
@@ -221,12 +222,12 @@ impl<P: Protocol> AcceptTask<P> {
     /// Stops every watcher and closes every socket, so the loop can be dropped.
     pub fn teardown(&mut self) {
         self.engine.teardown(|io| io.stop());
-        self.side.stop_listeners();
-        for t in &self.side.timers {
+        self.state.stop_listeners();
+        for t in &self.state.timers {
             t.stop();
         }
-        self.side.wake.stop();
-        self.side.listeners.clear();
+        self.state.wake.stop();
+        self.state.listeners.clear();
     }
 }
 
@@ -235,7 +236,7 @@ impl<P: Protocol> Handler for AcceptTask<P> {
         crate::fault::maybe_inject_panic();
         let mut host = EvHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
         match Token::decode(token) {
             Token::Slot(slot) => {
@@ -251,7 +252,7 @@ impl<P: Protocol> Handler for AcceptTask<P> {
         if let Token::Timer(timer) = Token::decode(token) {
             let mut host = EvHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.on_timer(&mut host, timer);
         }
@@ -260,18 +261,18 @@ impl<P: Protocol> Handler for AcceptTask<P> {
     /// Finished tasks from the workers (several sends coalesce into one
     /// callback, so the mailbox is drained), then a shutdown request, if any.
     fn on_async(&mut self, lp: &Loop<Self>, _token: usize) {
-        let shared = Arc::clone(&self.side.shared);
+        let shared = Arc::clone(&self.state.shared);
         let mailbox = shared.mailbox(self.engine.id());
         let mut host = EvHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
         while let Some(done) = mailbox.take() {
             self.engine.on_task_done(&mut host, done);
         }
-        // A seat may have freed on the worker side (--delegate socket|loop).
+        // A place may have freed on the worker side (--delegate socket|loop).
         self.engine.retry_hand_offs(&mut host);
-        if let Some(how) = host.side.shutdown.requested() {
+        if let Some(how) = host.state.shutdown.requested() {
             self.engine.begin_drain(&mut host, how);
         }
     }

@@ -1,4 +1,4 @@
-//! The libev side that every loop hosting the [`Engine`](crate::engine::Engine)
+//! What every libev loop hosting the engine (`engine::Engine`)
 //! carries out the same way (the accept loops and `--delegate loop`'s worker
 //! loops): watching a slot's fd, arming a timer, the clock, and reading an
 //! event back as the engine's [`Interest`]. Each host keeps only what differs
@@ -54,7 +54,7 @@ pub fn interest(events: Events) -> Interest {
 
 /// The `Host` methods every libev host of the engine has alike (the clock, a
 /// slot's watcher, the engine's timers), for a host struct with `lp: &Loop<_>`
-/// and `side` whose `timer(TimerId)` gives the pinned timer.
+/// and `state` whose `timer(TimerId)` gives the pinned timer.
 macro_rules! libev_host_basics {
     () => {
         #[inline]
@@ -79,15 +79,15 @@ macro_rules! libev_host_basics {
         }
 
         fn start_timer(&mut self, timer: $crate::token::TimerId, after: f64) {
-            $crate::ev_engine::start_timer(self.lp, self.side.timer(timer), timer, after);
+            $crate::ev_engine::start_timer(self.lp, self.state.timer(timer), timer, after);
         }
 
         fn timer_active(&self, timer: $crate::token::TimerId) -> bool {
-            self.side.timer(timer).is_active()
+            self.state.timer(timer).is_active()
         }
 
         fn stop_timer(&mut self, timer: $crate::token::TimerId) {
-            self.side.timer(timer).stop();
+            self.state.timer(timer).stop();
         }
     };
 }

@@ -75,6 +75,7 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 /// FIN in the same segment as the response, one packet instead of two through
 /// the loopback (less kernel time on both ends). Use it only when the socket is
 /// closed right after the last byte is queued.
+#[inline]
 pub fn send_final(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     raw_syscall!(
         SYS_sendto,

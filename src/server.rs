@@ -21,9 +21,10 @@ use socket2::{Socket, Type};
 
 use crate::accept::AcceptTask;
 use crate::config::Config;
+use crate::config::Delegate;
 use crate::delegate::handoff::HandoffWorkers;
 use crate::delegate::task::{Shared, Workers};
-use crate::delegate::{Capacity, Delegate, WorkerSide};
+use crate::delegate::{Capacity, HandOffQueues};
 use crate::engine::Protocol;
 use crate::engine::Settings;
 use crate::ev::Loop;
@@ -66,7 +67,7 @@ pub struct Server<P: Protocol> {
     shared: Arc<Shared>,
     shutdown: Arc<Shutdown>,
     /// `--delegate socket|loop` with workers: where slow connections go.
-    work: Option<Arc<WorkerSide<P::Job>>>,
+    work: Option<Arc<HandOffQueues<P::Job>>>,
     metrics: Arc<Metrics>,
     metrics_listener: Option<std::net::TcpListener>,
 }
@@ -101,7 +102,7 @@ impl<P: Protocol> Server<P> {
             from_upgrade,
             upgrades,
         } = handed;
-        check_reservation(config, &Host::read())?;
+        check_reservation::<P::Job>(config, &Host::read())?;
         let threads = config.accept_threads;
         let defer = config
             .read_timeout
@@ -137,12 +138,12 @@ impl<P: Protocol> Server<P> {
         // After the limit is raised: libev's arrays are sized from it.
         // -w 0 answers slow requests inline in every mode.
         let queues = Queues::of(config);
-        let (mode, capacity) = (queues.mode, queues.worker_side);
-        // Worker loops are loops too; their fds come on top of the accept side's.
+        let (mode, capacity) = (queues.mode, queues.hand_off);
+        // Worker loops are loops too; their fds come on top of the accept threads'.
         let (loops, per_loop_fds) = if mode == Delegate::Loop {
             (
                 threads + config.worker_threads,
-                config.accept_capacity.max(capacity.seats),
+                config.accept_capacity.max(capacity.per_queue),
             )
         } else {
             (threads, config.accept_capacity)
@@ -161,7 +162,7 @@ impl<P: Protocol> Server<P> {
         }));
         let work = mode
             .hands_off()
-            .then(|| WorkerSide::new(mode, capacity, threads, Arc::clone(&shared)).map(Arc::new))
+            .then(|| HandOffQueues::new(mode, capacity, threads, Arc::clone(&shared)).map(Arc::new))
             .transpose()
             .map_err(cannot)?;
         let mut addresses: Vec<SocketAddr> = Vec::new();
@@ -253,7 +254,7 @@ impl<P: Protocol> Server<P> {
         }
         let handoff_workers = work
             .as_ref()
-            .map(|side| HandoffWorkers::start(Arc::clone(side), &config, &metrics, &proto))
+            .map(|queues| HandoffWorkers::start(Arc::clone(queues), &config, &metrics, &proto))
             .transpose()?;
         let workers = if config.worker_threads > 0 && work.is_none() {
             Some(
@@ -346,7 +347,7 @@ struct AcceptParts<P: Protocol> {
     proto: Arc<P>,
     listeners: Vec<Socket>,
     shared: Arc<Shared>,
-    work: Option<Arc<WorkerSide<P::Job>>>,
+    work: Option<Arc<HandOffQueues<P::Job>>>,
     shutdown: Arc<Shutdown>,
 }
 
@@ -453,8 +454,8 @@ struct Queues {
     /// Slots of the shared task queue: `-A` x `-C` in mode `task` with
     /// workers, else 1.
     tasks: usize,
-    /// The worker side's queues (`socket` and `loop` only).
-    worker_side: Capacity,
+    /// The hand-off queues (`socket` and `loop` only).
+    hand_off: Capacity,
 }
 
 impl Queues {
@@ -474,24 +475,20 @@ impl Queues {
             } else {
                 1
             },
-            worker_side: Capacity::new(
-                mode,
-                threads,
-                config.accept_capacity,
-                config.worker_threads,
-            ),
+            hand_off: Capacity::new(mode, threads, config.accept_capacity, config.worker_threads),
         }
     }
 
     /// What the queues that scale with `-A` x `-C` are called (for the line that
     /// refuses them) and their bytes, `None` past 2^64: in mode `task` the task
-    /// queue and the mailboxes, in the hand-off modes the worker side's seats
+    /// queue and the mailboxes, in the hand-off modes the hand-off queues' places
     /// (their task queues are a slot each).
-    fn scaling_bytes(&self, threads: usize) -> (&'static str, Option<u64>) {
+    fn scaling_bytes<J>(&self, threads: usize) -> (&'static str, Option<u64>) {
         if self.mode.hands_off() {
-            let seats = (self.worker_side.desks as u64).checked_mul(self.worker_side.seats as u64);
+            let per_queue =
+                (self.hand_off.queues as u64).checked_mul(self.hand_off.per_queue as u64);
             let bytes =
-                seats.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff<()>>()));
+                per_queue.and_then(|n| n.checked_mul(queue_slot::<crate::delegate::Handoff<J>>()));
             ("the hand-off queues", bytes)
         } else {
             let mailboxes = (threads as u64)
@@ -508,7 +505,7 @@ impl Queues {
 /// threads than it allows, or queues larger than its memory. Without this a huge
 /// `-A`, `-w` or `-A x -C` aborts in the allocator with a backtrace instead of
 /// the one line and exit status 10 of a pool that cannot be reserved.
-fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
+fn check_reservation<J>(config: &Config, host: &Host) -> Result<(), StartError> {
     let no_memory = |message: String| StartError::new(StartFailure::NoMemory, message);
     let (threads, workers) = (config.accept_threads, config.worker_threads);
     let all_threads = (threads as u64).saturating_add(workers as u64);
@@ -521,7 +518,7 @@ fn check_reservation(config: &Config, host: &Host) -> Result<(), StartError> {
     if workers == 0 {
         return Ok(());
     }
-    let (queues, needed) = Queues::of(config).scaling_bytes(config.accept_threads);
+    let (queues, needed) = Queues::of(config).scaling_bytes::<J>(config.accept_threads);
     let needed = needed.filter(|&bytes| usize::try_from(bytes).is_ok());
     match (needed, host.memory) {
         (Some(bytes), Some(memory)) if bytes <= memory => Ok(()),
@@ -673,6 +670,8 @@ fn adopt_inherited(fds: Vec<OwnedFd>, threads: usize, defer: u32) -> Result<List
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "cli")]
+    use crate::proto::SlowTask;
 
     #[cfg(feature = "cli")]
     fn config(args: &[&str]) -> Config {
@@ -694,28 +693,28 @@ mod tests {
             &["-A", "1", "-w", "18446744073709551615"],
             &["-A", "128", "-C", "16777216", "-w", "1"],
         ] {
-            let e = check_reservation(&config(args), &HOST).unwrap_err();
+            let e = check_reservation::<SlowTask>(&config(args), &HOST).unwrap_err();
             assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 
-    /// The hand-off modes fill in a seat per connection in the worker side's
+    /// The hand-off modes fill in a place per connection in the hand-off
     /// queues instead of task queues: refused by those, named as such.
     #[cfg(feature = "cli")]
     #[test]
     fn hand_off_queues_the_host_cannot_give_are_refused_by_name() {
         for mode in ["socket", "loop"] {
             let args = ["-A", "128", "-C", "16777216", "-w", "3", "--delegate", mode];
-            let e = check_reservation(&config(&args), &HOST).unwrap_err();
+            let e = check_reservation::<SlowTask>(&config(&args), &HOST).unwrap_err();
             assert_eq!(e.exit_status(), EXIT_NO_MEMORY, "{args:?}: {e}");
             assert!(
                 e.to_string()
                     .starts_with("cannot reserve the hand-off queues"),
                 "{args:?}: {e}"
             );
-            // 2^31 seats of 32 bytes (loop mode rounds up to a multiple of -w).
-            let (_, bytes) = Queues::of(&config(&args)).scaling_bytes(128);
+            // 2^31 places of 32 bytes (loop mode rounds up to a multiple of -w).
+            let (_, bytes) = Queues::of(&config(&args)).scaling_bytes::<SlowTask>(128);
             let seats: u64 = match mode {
                 "loop" => (128u64 << 24).div_ceil(3) * 3,
                 _ => 128 << 24,
@@ -724,7 +723,7 @@ mod tests {
         }
         let task = config(&["-A", "128", "-C", "16777216", "-w", "3"]);
         assert_eq!(
-            Queues::of(&task).scaling_bytes(128),
+            Queues::of(&task).scaling_bytes::<SlowTask>(128),
             ("the task queues", Some((128 << 24) * 32))
         );
     }
@@ -738,7 +737,10 @@ mod tests {
             &["-A", "128", "-C", "16777216", "-w", "0"],
             &["-A", "1", "-C", "16777216"],
         ] {
-            assert!(check_reservation(&config(args), &HOST).is_ok(), "{args:?}");
+            assert!(
+                check_reservation::<SlowTask>(&config(args), &HOST).is_ok(),
+                "{args:?}"
+            );
         }
     }
 }

@@ -1,6 +1,8 @@
-//! The crate's top-level modules import downward only: no cycle among them.
-//! An edge A -> B for every `crate::B` (or `crate::{B, ..}`) that A's code names,
-//! comments left out; `contrib/import-cycles.py` prints the same graph as layers.
+//! The crate's top-level modules import downward only: no cycle among them,
+//! and the layers are the ones docs/architecture.md's table states (the one
+//! place they are written). An edge A -> B for every `crate::B` (or
+//! `crate::{B, ..}`) that A's code names, comments left out;
+//! `contrib/import-cycles.py` computes the same layers and checks the same table.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -76,6 +78,7 @@ fn modules_import_downward_only() {
     }
     // Peel off modules that import nothing left; what remains lies on a cycle.
     let mut left = edges.clone();
+    let mut layers: Vec<BTreeSet<String>> = Vec::new();
     loop {
         let ready: Vec<String> = left
             .iter()
@@ -85,6 +88,7 @@ fn modules_import_downward_only() {
         if ready.is_empty() {
             break;
         }
+        layers.push(ready.iter().cloned().collect());
         for m in &ready {
             left.remove(m);
         }
@@ -100,4 +104,38 @@ fn modules_import_downward_only() {
     );
     // The check sees the imports at all: accept imports the engine.
     assert!(edges["accept"].contains("engine"), "{edges:?}");
+    assert_eq!(
+        documented_layers(),
+        layers,
+        "docs/architecture.md's layer table differs from the imports \
+         (contrib/import-cycles.py prints them)"
+    );
+}
+
+/// docs/architecture.md's layer table: per row, the `module` names of its
+/// second column.
+fn documented_layers() -> Vec<BTreeSet<String>> {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md"))
+            .unwrap();
+    let mut rows = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("| layer | modules |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .peekable();
+    assert!(
+        rows.peek().is_some(),
+        "no layer table in docs/architecture.md"
+    );
+    rows.enumerate()
+        .map(|(i, row)| {
+            let cells: Vec<&str> = row.split('|').collect();
+            assert_eq!(cells[1].trim(), i.to_string(), "layer numbers: {row}");
+            cells[2]
+                .split(',')
+                .map(|m| m.trim().trim_matches('`').to_string())
+                .collect()
+        })
+        .collect()
 }

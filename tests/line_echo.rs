@@ -54,13 +54,18 @@ impl Echo {
     /// Starts it on a free loopback port with `idle_ms`, and waits until it
     /// says it serves.
     fn start(idle_ms: u64) -> Echo {
+        Echo::start_with(idle_ms, 60_000)
+    }
+
+    /// As [`Echo::start`], with a read deadline of `read_ms` per line.
+    fn start_with(idle_ms: u64, read_ms: u64) -> Echo {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut child = Command::new(example())
-            .args([addr.to_string(), idle_ms.to_string()])
+            .args([addr.to_string(), idle_ms.to_string(), read_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -229,4 +234,23 @@ fn sigterm_closes_idle_and_incomplete_connections_and_exits() {
     assert_eq!(read_to_eof(&mut idle), b"");
     assert_eq!(read_to_eof(&mut partial), b"");
     assert!(echo.exited_within(Duration::from_secs(10)));
+}
+
+/// Each line has a read deadline of its own, from its first byte, even when
+/// it begins in the read that completes the one before (pipelined).
+#[test]
+fn each_pipelined_line_gets_its_own_read_deadline() {
+    let echo = Echo::start_with(60_000, 400);
+    let mut s = echo.connect();
+    s.write_all(b"a").unwrap();
+    // Paced by the client: each line takes 250 ms of the 400, three lines
+    // 750 ms in all.
+    for (next, echoed) in [(&b"\nb"[..], b"a\n"), (b"\nc", b"b\n"), (b"\n", b"c\n")] {
+        std::thread::sleep(Duration::from_millis(250));
+        s.write_all(next).unwrap();
+        assert_eq!(read_n(&mut s, 2), echoed);
+    }
+    // A line that takes longer than the deadline is dropped.
+    s.write_all(b"slow").unwrap();
+    assert_eq!(read_to_eof(&mut s), b"", "closed at the read deadline");
 }

@@ -1,4 +1,4 @@
-//! Fuzzes the connection engine (`conn_daemon::engine::Engine`, the very code
+//! Fuzzes the connection engine (`conn_daemon::fuzzing::Engine`, the very code
 //! every accept loop runs) over a scripted socket and a scripted loop: the input
 //! is a script of what the client and the kernel do (bytes arriving in any
 //! chunks, EOF, reset, EAGAIN and EINTR on recv, partial, refused and failed

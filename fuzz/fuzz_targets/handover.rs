@@ -1,7 +1,7 @@
 //! Fuzzes the hand-over of `--delegate socket|loop` and the blocking worker's
 //! steps, over scripted sockets and a scripted loop.
 //!
-//! The accept side: the real connection engine (`conn_daemon::engine::Engine`)
+//! The accept side: the real connection engine (`conn_daemon::fuzzing::Engine`)
 //! with a host that hands complete slow requests off; the script connects
 //! clients (up to the pool's 3 at once), feeds them bytes, EOF or a reset, opens
 //! and closes the room on the worker side, rings the loop (room may have freed),

@@ -8,9 +8,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::HandOffQueues;
 use super::{socket as socket_worker, worker_loop};
-use super::{Delegate, WorkerSide};
 use crate::config::Config;
+use crate::config::Delegate;
 use crate::engine::Protocol;
 use crate::engine::Settings;
 use crate::metrics::{Metrics, Stats};
@@ -23,16 +24,16 @@ const GRACE: Duration = Duration::from_millis(100);
 /// The running workers of a hand-off mode.
 #[derive(Debug)]
 pub struct HandoffWorkers<J> {
-    side: Arc<WorkerSide<J>>,
+    queues: Arc<HandOffQueues<J>>,
     threads: Vec<JoinHandle<Stats>>,
 }
 
 impl<J: Send + 'static> HandoffWorkers<J> {
-    /// Starts `config.worker_threads` workers named `worker-N` for `side`'s mode
+    /// Starts `config.worker_threads` workers named `worker-N` for the mode of `queues`
     /// serving `proto`, worker N counting in `metrics.worker_side(N)`; returns
     /// once every worker loop exists, or with the first that could not be built.
     pub fn start<P: Protocol<Job = J>>(
-        side: Arc<WorkerSide<J>>,
+        queues: Arc<HandOffQueues<J>>,
         config: &Config,
         metrics: &Metrics,
         proto: &Arc<P>,
@@ -43,16 +44,16 @@ impl<J: Send + 'static> HandoffWorkers<J> {
         let mut loops = 0;
         for n in 0..config.worker_threads {
             let counters = metrics.worker_side(n);
-            let work = Arc::clone(&side);
+            let work = Arc::clone(&queues);
             let proto = Arc::clone(proto);
             let builder = thread::Builder::new().name(format!("worker-{n}"));
-            let t = match side.mode() {
+            let t = match queues.mode() {
                 Delegate::Loop => {
                     let settings = worker_loop::LoopSettings {
-                        desk: n,
+                        queue: n,
                         engine: Settings {
                             id: n as u32,
-                            capacity: side.seats(),
+                            capacity: queues.per_queue(),
                             read_timeout: config.read_timeout,
                             idle_timeout: config.idle_timeout,
                             shutdown_timeout: config.shutdown_timeout,
@@ -98,7 +99,7 @@ impl<J: Send + 'static> HandoffWorkers<J> {
                 }
             }
         }
-        Ok(HandoffWorkers { side, threads })
+        Ok(HandoffWorkers { queues, threads })
     }
 
     /// Tells the workers that nothing more will be handed over; they finish
@@ -106,7 +107,7 @@ impl<J: Send + 'static> HandoffWorkers<J> {
     /// queued at `deadline`. Waits for them until then (plus a grace) and
     /// returns their counters; a worker still busy is left to finish, detached.
     pub fn stop_and_join(self, deadline: Instant) -> Stats {
-        self.side.stop(deadline);
+        self.queues.stop(deadline);
         let until = deadline + GRACE;
         while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));

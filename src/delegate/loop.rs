@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::WorkerSide;
+use super::HandOffQueues;
 use crate::debug;
 use crate::engine::Protocol;
 use crate::engine::{Engine, Host, Settings};
@@ -112,16 +112,16 @@ impl SlowTimers {
 #[derive(Debug)]
 pub struct LoopSettings {
     /// The worker's number, and its queue's.
-    pub desk: usize,
+    pub queue: usize,
     /// The engine's settings.
     pub engine: Settings,
 }
 
-/// The libev side of a worker loop: everything but the connections.
+/// A worker loop's libev watchers and its hand-off queue: everything but the connections.
 #[derive(Debug)]
-struct Side<P: Protocol> {
-    desk: usize,
-    work: Arc<WorkerSide<P::Job>>,
+struct WorkerState<P: Protocol> {
+    queue: usize,
+    work: Arc<HandOffQueues<P::Job>>,
     timers: [Pin<Box<Timer>>; TimerId::ALL.len()],
     slow_timer: Pin<Box<Timer>>,
     wake: Pin<Box<Async>>,
@@ -135,7 +135,7 @@ struct Side<P: Protocol> {
     taken: usize,
 }
 
-impl<P: Protocol> Side<P> {
+impl<P: Protocol> WorkerState<P> {
     fn timer(&self, timer: TimerId) -> Pin<&Timer> {
         self.timers[timer as usize].as_ref()
     }
@@ -145,7 +145,7 @@ impl<P: Protocol> Side<P> {
 #[derive(Debug)]
 pub struct WorkerLoop<P: Protocol> {
     engine: Engine<P, OwnedFd, Io>,
-    side: Side<P>,
+    state: WorkerState<P>,
     /// Seats of the queue this loop's pool accounts for (its slots in use).
     held: usize,
 }
@@ -153,7 +153,7 @@ pub struct WorkerLoop<P: Protocol> {
 /// The engine's view of the worker loop during one callback.
 struct LoopHost<'a, P: Protocol> {
     lp: &'a Loop<WorkerLoop<P>>,
-    side: &'a mut Side<P>,
+    state: &'a mut WorkerState<P>,
 }
 
 impl<P: Protocol> Host<P, OwnedFd> for LoopHost<'_, P> {
@@ -168,8 +168,8 @@ impl<P: Protocol> Host<P, OwnedFd> for LoopHost<'_, P> {
     /// clock read (vDSO, no system call), on the slow path only.
     fn submit(&mut self, task: TaskRef, wait: Duration) {
         self.lp.update_now();
-        if let Some(after) = self.side.slow_work.start(self.lp.now(), task, wait) {
-            self.side
+        if let Some(after) = self.state.slow_work.start(self.lp.now(), task, wait) {
+            self.state
                 .slow_timer
                 .as_ref()
                 .start_once(self.lp, after, SLOW_TIMER);
@@ -181,19 +181,19 @@ impl<P: Protocol> Host<P, OwnedFd> for LoopHost<'_, P> {
     }
 
     fn listeners(&self) -> usize {
-        usize::from(self.side.open)
+        usize::from(self.state.open)
     }
 
     fn accept(&mut self, listener: usize) -> Option<io::Result<(OwnedFd, Option<P::Job>)>> {
-        if listener != 0 || !self.side.open {
+        if listener != 0 || !self.state.open {
             return None;
         }
-        match self.side.work.take(self.side.desk) {
+        match self.state.work.take(self.state.queue) {
             Some(h) => {
-                self.side.taken += 1;
+                self.state.taken += 1;
                 debug!(
                     "worker-{}: connection of accept-{} taken over",
-                    self.side.desk, h.owner
+                    self.state.queue, h.owner
                 );
                 Some(Ok((h.fd, Some(h.job))))
             }
@@ -202,32 +202,32 @@ impl<P: Protocol> Host<P, OwnedFd> for LoopHost<'_, P> {
     }
 
     fn watch_listeners(&mut self) {
-        self.side.listening = true;
+        self.state.listening = true;
     }
 
     fn unwatch_listeners(&mut self) {
-        self.side.listening = false;
+        self.state.listening = false;
     }
 
     fn close_listeners(&mut self) {
-        self.side.listening = false;
-        self.side.open = false;
+        self.state.listening = false;
+        self.state.open = false;
     }
 }
 
 impl<P: Protocol> WorkerLoop<P> {
-    /// Sets up worker `settings.desk`'s engine and watchers on `lp`, and connects
+    /// Sets up worker `settings.queue`'s engine and watchers on `lp`, and connects
     /// its queue's wake-up.
     pub fn new(
         lp: &Loop<Self>,
         settings: LoopSettings,
-        work: Arc<WorkerSide<P::Job>>,
+        work: Arc<HandOffQueues<P::Job>>,
         proto: Arc<P>,
     ) -> io::Result<Self> {
         let capacity = settings.engine.capacity;
         let engine = Engine::named(settings.engine, proto, "worker")?;
-        let side = Side {
-            desk: settings.desk,
+        let state = WorkerState {
+            queue: settings.queue,
             work,
             timers: TimerId::ALL.map(|_| Box::pin(Timer::new())),
             slow_timer: Box::pin(Timer::new()),
@@ -237,11 +237,13 @@ impl<P: Protocol> WorkerLoop<P> {
             open: true,
             taken: 0,
         };
-        side.wake.as_ref().start(lp, Token::Wake.encode());
-        side.work.connect(side.desk, side.wake.as_ref().sender());
+        state.wake.as_ref().start(lp, Token::Wake.encode());
+        state
+            .work
+            .connect(state.queue, state.wake.as_ref().sender());
         Ok(WorkerLoop {
             engine,
-            side,
+            state,
             held: 0,
         })
     }
@@ -264,32 +266,32 @@ impl<P: Protocol> WorkerLoop<P> {
     /// Stops every watcher and closes every socket, so the loop can be dropped.
     pub fn teardown(&mut self) {
         self.engine.teardown(|io| io.stop());
-        for t in &self.side.timers {
+        for t in &self.state.timers {
             t.stop();
         }
-        self.side.slow_timer.stop();
-        self.side.wake.stop();
+        self.state.slow_timer.stop();
+        self.state.wake.stop();
     }
 
     /// After every callback: take what waits in the queue while there is room,
-    /// and give back the seats of connections that are done.
+    /// and give back the places of connections that are done.
     fn settle(&mut self, lp: &Loop<Self>) {
         let mut host = LoopHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
-        while host.side.listening && host.side.open {
-            let before = host.side.taken;
+        while host.state.listening && host.state.open {
+            let before = host.state.taken;
             self.engine.on_listener(&mut host, 0);
-            if host.side.taken == before {
+            if host.state.taken == before {
                 break;
             }
         }
         let in_use = self.engine.in_use();
-        let done = (self.held + self.side.taken).saturating_sub(in_use);
-        self.side.taken = 0;
+        let done = (self.held + self.state.taken).saturating_sub(in_use);
+        self.state.taken = 0;
         self.held = in_use;
-        self.side.work.release(self.side.desk, done);
+        self.state.work.release(self.state.queue, done);
     }
 
     /// The slow timer fired: every task that is due goes back to the engine.
@@ -297,17 +299,17 @@ impl<P: Protocol> WorkerLoop<P> {
         let now = lp.now();
         let mut host = LoopHost {
             lp,
-            side: &mut self.side,
+            state: &mut self.state,
         };
         loop {
-            match host.side.slow_work.next_due(now) {
+            match host.state.slow_work.next_due(now) {
                 Due::Ready(job) => {
                     let proto = Arc::clone(self.engine.protocol());
                     let done = job.run_with(|job: &mut P::Job| proto.run_job(job));
                     self.engine.on_task_done(&mut host, done);
                 }
                 Due::Wait(after) => {
-                    host.side
+                    host.state
                         .slow_timer
                         .as_ref()
                         .start_once(lp, after, SLOW_TIMER);
@@ -325,7 +327,7 @@ impl<P: Protocol> Handler for WorkerLoop<P> {
             let ready = ev_engine::interest(events);
             let mut host = LoopHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.on_io(&mut host, slot, ready);
         }
@@ -338,7 +340,7 @@ impl<P: Protocol> Handler for WorkerLoop<P> {
         } else if let Token::Timer(timer) = Token::decode(token) {
             let mut host = LoopHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             self.engine.on_timer(&mut host, timer);
         }
@@ -348,10 +350,10 @@ impl<P: Protocol> Handler for WorkerLoop<P> {
     /// Connections queued for us, or the stop.
     fn on_async(&mut self, lp: &Loop<Self>, _token: usize) {
         self.settle(lp);
-        if self.side.work.stopping() {
+        if self.state.work.stopping() {
             let mut host = LoopHost {
                 lp,
-                side: &mut self.side,
+                state: &mut self.state,
             };
             // Takes in what is still queued, then finishes everything it holds.
             self.engine.begin_drain(&mut host, Drain::Stop);
@@ -360,22 +362,22 @@ impl<P: Protocol> Handler for WorkerLoop<P> {
     }
 }
 
-/// Worker loop `settings.desk`'s thread body: builds its loop on this thread,
+/// Worker loop `settings.queue`'s thread body: builds its loop on this thread,
 /// says on `ready` whether that worked (the server announces that it serves
 /// only once every loop exists; a failure goes there, with its cause, and the
 /// thread ends with nothing served), serves until the worker side stops and it
 /// has drained, then tears down.
 pub fn run<P: Protocol>(
     settings: LoopSettings,
-    work: Arc<WorkerSide<P::Job>>,
+    work: Arc<HandOffQueues<P::Job>>,
     proto: Arc<P>,
     ready: std::sync::mpsc::Sender<Result<(), StartError>>,
 ) -> Stats {
-    let desk = settings.desk;
+    let queue = settings.queue;
     let setup = Loop::new()
         .map_err(|e| {
             StartError::system(
-                format_args!("cannot create the event loop of worker-{desk}"),
+                format_args!("cannot create the event loop of worker-{queue}"),
                 e,
             )
         })
@@ -384,7 +386,7 @@ pub fn run<P: Protocol>(
                 .map(|w| (lp, w))
                 .map_err(|e| {
                     StartError::system(
-                        format_args!("cannot reserve the connection pool of worker-{desk}"),
+                        format_args!("cannot reserve the connection pool of worker-{queue}"),
                         e,
                     )
                 })
@@ -400,12 +402,12 @@ pub fn run<P: Protocol>(
         }
     };
     drop(ready);
-    debug!("worker-{desk}: loop serving");
+    debug!("worker-{queue}: loop serving");
     worker.run(&lp);
     let stats = worker.stats();
     worker.teardown();
     debug!(
-        "worker-{desk}: stopped: {} served, {} dropped, {} timed out",
+        "worker-{queue}: stopped: {} served, {} dropped, {} timed out",
         stats.served, stats.dropped, stats.timed_out
     );
     stats

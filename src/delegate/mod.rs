@@ -15,10 +15,10 @@
 //!
 //! Capacity is fixed at start-up from `-A`, `-C` and `-w` (see [`Capacity`]):
 //! every queue is a preallocated lock-free `ArrayQueue`, and a connection only
-//! enters one after reserving a *seat* (an atomic count bounded by the queue's
+//! enters one after reserving a *place* (an atomic count bounded by the queue's
 //! size), so a push can never fail and nothing is ever dropped for want of room.
-//! When no worker has a seat, the connection waits in its accept loop, watched
-//! for EOF, and the loop is rung when a seat frees.
+//! When no worker has a place, the connection waits in its accept loop, watched
+//! for EOF, and the loop is rung when a place frees.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -33,7 +33,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::ev::AsyncSender;
 use task::Shared;
 
-pub use crate::config::Delegate;
+use crate::config::Delegate;
 
 pub(crate) mod handoff;
 pub mod socket;
@@ -41,10 +41,10 @@ pub(crate) mod task;
 #[path = "loop.rs"]
 pub mod worker_loop;
 
-/// What the worker side of modes `socket` and `loop` can hold, fixed at start-up.
+/// What the hand-off queues of modes `socket` and `loop` can hold, fixed at start-up.
 ///
-/// The worker side holds at most what the accept side holds (`-A` x `-C`):
-/// - `socket`: one queue of `-A` x `-C` seats shared by all workers (a blocking
+/// They hold at most what the accept threads hold (`-A` x `-C`):
+/// - `socket`: one queue of `-A` x `-C` places shared by all workers (a blocking
 ///   worker takes the next connection whoever queued it, so no connection waits
 ///   behind a busy worker); each worker has one connection in hand at a time.
 /// - `loop`: each of the `-w` worker loops has a queue and a connection pool of
@@ -53,24 +53,24 @@ pub mod worker_loop;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Queues (one in `socket` mode, one per worker in `loop` mode).
-    pub desks: usize,
-    /// Seats of each queue.
-    pub seats: usize,
+    pub queues: usize,
+    /// Places in each queue.
+    pub per_queue: usize,
 }
 
 impl Capacity {
-    /// The worker side for `mode` with `accept` accept threads of `per_accept`
+    /// The hand-off queues for `mode` with `accept` accept threads of `per_accept`
     /// connections and `workers` workers (at least 1).
     pub fn new(mode: Delegate, accept: usize, per_accept: usize, workers: usize) -> Capacity {
         let total = accept.saturating_mul(per_accept).max(1);
         match mode {
             Delegate::Loop => Capacity {
-                desks: workers.max(1),
-                seats: total.div_ceil(workers.max(1)),
+                queues: workers.max(1),
+                per_queue: total.div_ceil(workers.max(1)),
             },
             _ => Capacity {
-                desks: 1,
-                seats: total,
+                queues: 1,
+                per_queue: total,
             },
         }
     }
@@ -91,21 +91,21 @@ pub struct Handoff<J> {
     pub at: Instant,
 }
 
-/// One queue of the worker side and its seats.
-struct Desk<J> {
-    queue: ArrayQueue<Handoff<J>>,
-    /// Connections queued or held by the worker(s) of this desk: never above
+/// One hand-off queue and the count of its places taken.
+struct Queue<J> {
+    ring: ArrayQueue<Handoff<J>>,
+    /// Connections queued or held by the worker(s) of this queue: never above
     /// the queue's capacity, so a push after a reservation cannot fail.
-    seats: AtomicUsize,
+    held: AtomicUsize,
     /// The worker loop's wake-up (`loop` mode).
     wake: OnceLock<AsyncSender>,
 }
 
 /// What the accept loops and the workers of modes `socket` and `loop` share.
-pub struct WorkerSide<J> {
+pub struct HandOffQueues<J> {
     mode: Delegate,
-    desks: Box<[Desk<J>]>,
-    /// Per accept loop: it has a connection waiting for a seat, ring it when one
+    queues: Box<[Queue<J>]>,
+    /// Per accept loop: it has a connection waiting for a place, ring it when one
     /// frees.
     waiting: Box<[AtomicBool]>,
     /// The accept loops' wake-ups.
@@ -119,17 +119,17 @@ pub struct WorkerSide<J> {
     drain_deadline: OnceLock<Instant>,
 }
 
-impl<J> fmt::Debug for WorkerSide<J> {
+impl<J> fmt::Debug for HandOffQueues<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerSide")
+        f.debug_struct("HandOffQueues")
             .field("mode", &self.mode)
-            .field("desks", &self.desks.len())
+            .field("queues", &self.queues.len())
             .finish_non_exhaustive()
     }
 }
 
-impl<J> WorkerSide<J> {
-    /// The worker side of `mode` with `capacity`, for `accept_loops` accept loops
+impl<J> HandOffQueues<J> {
+    /// The hand-off queues of `mode` with `capacity`, for `accept_loops` accept loops
     /// rung through `shared`'s mailboxes. Every queue is allocated here;
     /// `ENOMEM` if one cannot be had.
     pub fn new(
@@ -138,13 +138,13 @@ impl<J> WorkerSide<J> {
         accept_loops: usize,
         shared: Arc<Shared>,
     ) -> io::Result<Self> {
-        Ok(WorkerSide {
+        Ok(HandOffQueues {
             mode,
-            desks: (0..capacity.desks)
+            queues: (0..capacity.queues)
                 .map(|_| {
-                    Ok(Desk {
-                        queue: crate::os::array_queue(capacity.seats)?,
-                        seats: AtomicUsize::new(0),
+                    Ok(Queue {
+                        ring: crate::os::array_queue(capacity.per_queue)?,
+                        held: AtomicUsize::new(0),
                         wake: OnceLock::new(),
                     })
                 })
@@ -159,38 +159,34 @@ impl<J> WorkerSide<J> {
         })
     }
 
-    /// The mode this side serves.
+    /// The mode these queues serve.
     pub fn mode(&self) -> Delegate {
         self.mode
     }
 
-    /// How many queues there are.
-    pub fn desks(&self) -> usize {
-        self.desks.len()
+    /// Places in each queue.
+    pub fn per_queue(&self) -> usize {
+        self.queues[0].ring.capacity()
     }
 
-    /// Seats of each queue.
-    pub fn seats(&self) -> usize {
-        self.desks[0].queue.capacity()
+    /// Connections queued on `queue` or held by its worker(s).
+    #[cfg(test)]
+    pub fn held(&self, queue: usize) -> usize {
+        self.queues[queue].held.load(Ordering::Relaxed)
     }
 
-    /// Connections queued for or held by desk `desk`'s worker(s).
-    pub fn held(&self, desk: usize) -> usize {
-        self.desks[desk].seats.load(Ordering::Relaxed)
-    }
-
-    /// Reserves a seat for a connection of accept loop `owner`, trying the desks
-    /// round robin from `*next` (which moves past the desk chosen). Round robin,
+    /// Reserves a place for a connection of accept loop `owner`, trying the queues
+    /// round robin from `*next` (which moves past the queue chosen). Round robin,
     /// not least loaded: every slow request costs the same fixed duration, so
-    /// turns already spread the load evenly, and a full desk is skipped; least
-    /// loaded would read every desk's count on every hand-off for the same
-    /// spread. `None` when every desk is full: `owner` is then rung once a seat
+    /// turns already spread the load evenly, and a full queue is skipped; least
+    /// loaded would read every queue's count on every hand-off for the same
+    /// spread. `None` when every queue is full: `owner` is then rung once a place
     /// frees.
     pub fn reserve(&self, owner: u32, next: &mut usize) -> Option<usize> {
-        if let Some(desk) = self.try_reserve(next) {
-            return Some(desk);
+        if let Some(queue) = self.try_reserve(next) {
+            return Some(queue);
         }
-        // Register before the second try: a seat freed between the first try
+        // Register before the second try: a place freed between the first try
         // and the registration would otherwise ring nobody.
         self.waiting[owner as usize].store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
@@ -198,13 +194,13 @@ impl<J> WorkerSide<J> {
     }
 
     fn try_reserve(&self, next: &mut usize) -> Option<usize> {
-        let n = self.desks.len();
+        let n = self.queues.len();
         for i in 0..n {
             let d = (*next + i) % n;
-            let desk = &self.desks[d];
-            let cap = desk.queue.capacity();
-            let got = desk
-                .seats
+            let queue = &self.queues[d];
+            let cap = queue.ring.capacity();
+            let got = queue
+                .held
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
                     (s < cap).then_some(s + 1)
                 })
@@ -217,12 +213,12 @@ impl<J> WorkerSide<J> {
         None
     }
 
-    /// Queues `handoff` on `desk`, whose seat the caller reserved, and wakes its
+    /// Queues `handoff` on `queue`, whose place the caller reserved, and wakes its
     /// worker.
-    pub fn hand_off(&self, desk: usize, handoff: Handoff<J>) {
-        let d = &self.desks[desk];
-        if d.queue.push(handoff).is_err() {
-            // Impossible by construction: a seat was reserved, and seats never
+    pub fn hand_off(&self, queue: usize, handoff: Handoff<J>) {
+        let d = &self.queues[queue];
+        if d.ring.push(handoff).is_err() {
+            // Impossible by construction: a place was reserved, and places never
             // exceed the queue's capacity.
             panic!("hand-off queue overflow");
         }
@@ -243,18 +239,18 @@ impl<J> WorkerSide<J> {
         }
     }
 
-    /// The next connection queued on `desk`, if any (never blocks).
-    pub fn take(&self, desk: usize) -> Option<Handoff<J>> {
-        self.desks[desk].queue.pop()
+    /// The next connection queued on `queue`, if any (never blocks).
+    pub fn take(&self, queue: usize) -> Option<Handoff<J>> {
+        self.queues[queue].ring.pop()
     }
 
-    /// Gives back `n` seats of `desk` (connections closed and their slots free)
+    /// Gives back `n` places of `queue` (connections closed and their slots free)
     /// and rings the accept loops waiting for one.
-    pub fn release(&self, desk: usize, n: usize) {
+    pub fn release(&self, queue: usize, n: usize) {
         if n == 0 {
             return;
         }
-        self.desks[desk].seats.fetch_sub(n, Ordering::SeqCst);
+        self.queues[queue].held.fetch_sub(n, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         for (owner, flag) in self.waiting.iter().enumerate() {
             if flag.load(Ordering::SeqCst) && flag.swap(false, Ordering::SeqCst) {
@@ -263,22 +259,22 @@ impl<J> WorkerSide<J> {
         }
     }
 
-    /// Connects worker loop `desk`'s wake-up (`loop` mode); once only.
-    pub fn connect(&self, desk: usize, wake: AsyncSender) {
+    /// Connects worker loop `queue`'s wake-up (`loop` mode); once only.
+    pub fn connect(&self, queue: usize, wake: AsyncSender) {
         assert!(
-            self.desks[desk].wake.set(wake).is_ok(),
+            self.queues[queue].wake.set(wake).is_ok(),
             "worker loop connected twice"
         );
     }
 
-    /// Wakes every worker: loops see [`WorkerSide::stopping`], blocking
-    /// workers return from [`WorkerSide::next_socket`] once the queue is empty.
+    /// Wakes every worker: loops see [`HandOffQueues::stopping`], blocking
+    /// workers return from [`HandOffQueues::next_socket`] once the queue is empty.
     /// Connections still queued at `deadline` (the end of the drain) are closed
     /// unanswered.
     pub fn stop(&self, deadline: Instant) {
         let _ = self.drain_deadline.set(deadline);
         self.stop.store(true, Ordering::SeqCst);
-        for d in self.desks.iter() {
+        for d in self.queues.iter() {
             if let Some(wake) = d.wake.get() {
                 wake.send();
             }
@@ -335,8 +331,8 @@ impl<J> WorkerSide<J> {
 mod tests {
     use super::*;
 
-    fn side(mode: Delegate, cap: Capacity) -> WorkerSide<()> {
-        WorkerSide::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
+    fn queues(mode: Delegate, cap: Capacity) -> HandOffQueues<()> {
+        HandOffQueues::new(mode, cap, 2, Arc::new(Shared::new(2, 4, 8).unwrap())).unwrap()
     }
 
     fn handoff() -> Handoff<()> {
@@ -362,37 +358,55 @@ mod tests {
     #[test]
     fn capacity_is_the_accept_side_split_over_the_workers() {
         let loop_cap = Capacity::new(Delegate::Loop, 2, 5, 3);
-        assert_eq!(loop_cap, Capacity { desks: 3, seats: 4 });
+        assert_eq!(
+            loop_cap,
+            Capacity {
+                queues: 3,
+                per_queue: 4
+            }
+        );
         let sock = Capacity::new(Delegate::Socket, 2, 5, 3);
         assert_eq!(
             sock,
             Capacity {
-                desks: 1,
-                seats: 10
+                queues: 1,
+                per_queue: 10
             }
         );
     }
 
     #[test]
     fn seats_go_round_robin_skip_full_desks_and_ring_waiters_when_freed() {
-        let s = side(Delegate::Loop, Capacity { desks: 2, seats: 1 });
+        let s = queues(
+            Delegate::Loop,
+            Capacity {
+                queues: 2,
+                per_queue: 1,
+            },
+        );
         let mut next = 0;
         assert_eq!(s.reserve(0, &mut next), Some(0));
         assert_eq!(next, 1);
         assert_eq!(s.reserve(0, &mut next), Some(1));
-        assert_eq!(s.reserve(1, &mut next), None, "both desks full");
+        assert_eq!(s.reserve(1, &mut next), None, "both queues full");
         assert!(s.waiting[1].load(Ordering::SeqCst));
         s.hand_off(0, handoff());
         assert!(s.take(0).is_some());
         assert_eq!(s.held(0), 1, "taken is still held until released");
         s.release(0, 1);
         assert!(!s.waiting[1].load(Ordering::SeqCst), "the waiter was rung");
-        assert_eq!(s.reserve(1, &mut next), Some(0), "desk 1 is still full");
+        assert_eq!(s.reserve(1, &mut next), Some(0), "queue 1 is still full");
     }
 
     #[test]
     fn blocking_workers_serve_what_was_queued_before_the_stop() {
-        let s = Arc::new(side(Delegate::Socket, Capacity { desks: 1, seats: 4 }));
+        let s = Arc::new(queues(
+            Delegate::Socket,
+            Capacity {
+                queues: 1,
+                per_queue: 4,
+            },
+        ));
         let mut next = 0;
         for _ in 0..2 {
             let d = s.reserve(0, &mut next).unwrap();

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Handoff, WorkerSide};
+use super::{HandOffQueues, Handoff};
 use crate::engine::{Buffer, DropReason, Label, Never, Output, Protocol, Step};
 use crate::metrics::{AcceptCounters, AcceptMetrics};
 use crate::{debug, net};
@@ -131,8 +131,8 @@ pub struct Settings {
 }
 
 /// The body of blocking worker `settings.id`: serves queued connections with
-/// `proto` until the worker side stops and its queue is empty.
-pub fn run<P: Protocol>(side: &WorkerSide<P::Job>, settings: Settings, proto: &P) {
+/// `proto` until the hand-off stops and its queue is empty.
+pub fn run<P: Protocol>(queues: &HandOffQueues<P::Job>, settings: Settings, proto: &P) {
     let mut metrics = AcceptMetrics::new(Arc::clone(&settings.counters), 1);
     // The worker's one connection state and output area, made once.
     let mut conn = P::Conn::default();
@@ -142,10 +142,10 @@ pub fn run<P: Protocol>(side: &WorkerSide<P::Job>, settings: Settings, proto: &P
         mut job,
         owner,
         at,
-    }) = side.next_socket()
+    }) = queues.next_socket()
     {
         metrics.accepted();
-        let outcome = if side.past_drain_deadline() {
+        let outcome = if queues.past_drain_deadline() {
             Outcome::Dropped(DropReason::Shutdown)
         } else {
             let worked = work(&fd, proto.job_wait(&job));
@@ -199,7 +199,7 @@ pub fn run<P: Protocol>(side: &WorkerSide<P::Job>, settings: Settings, proto: &P
             settings.id
         );
         net::close(fd);
-        side.release(0, 1);
+        queues.release(0, 1);
     }
 }
 
@@ -258,7 +258,7 @@ mod tests {
                 if eof {
                     client.shutdown(std::net::Shutdown::Write).unwrap();
                 } else {
-                    client.write_all(b"GET /test/fast\r\n\r\n").unwrap();
+                    client.write_all(b"more bytes").unwrap();
                 }
                 client
             });

@@ -145,6 +145,14 @@ pub(crate) enum Waits {
     Linger,
 }
 
+/// What a sent output leaves to do.
+enum Sent<R> {
+    /// Tell the engine.
+    Next(Next<R>),
+    /// Hand the protocol the input that is left (pipelined requests).
+    Input,
+}
+
 /// What one step of the protocol asks of the connection.
 enum Then {
     /// Call the protocol again on the rest of the input.
@@ -175,6 +183,9 @@ pub struct ConnectionCtx<P: Protocol, S: Socket = OwnedFd> {
     unsent_kinds: u16,
     /// A request is under way (else the connection is between requests).
     begun: bool,
+    /// A response went out and the connection goes on: the request under way
+    /// now, if any, is a new one (its read deadline starts afresh).
+    answered: bool,
     /// The job the protocol offloaded, until the engine takes it.
     job: Option<P::Job>,
     pub(crate) waits: Waits,
@@ -215,6 +226,7 @@ impl<P: Protocol, S: Socket> Default for ConnectionCtx<P, S> {
             unsent: [0; MAX_KINDS],
             unsent_kinds: 0,
             begun: false,
+            answered: false,
             job: None,
             waits: Waits::Nothing,
             links: Links::default(),
@@ -252,6 +264,7 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
         self.fixed = &[];
         self.sent = 0;
         self.begun = true;
+        self.answered = false;
         proto.open(&mut self.proto);
     }
 
@@ -297,6 +310,11 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     /// Where the connection is in its life.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Whether a response went out since the last call (see `answered`).
+    pub(crate) fn take_answered(&mut self) -> bool {
+        std::mem::take(&mut self.answered)
     }
 
     /// Whether it waits between two requests (no request under way).
@@ -396,11 +414,34 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
             let mut out = Output::new(self.area.bytes_mut(), &mut self.out_len, &mut self.fixed);
             let input = &self.buf.bytes()[self.start..self.filled];
             let step = proto.on_input(&mut self.proto, input, &mut out);
+            if let Step::Respond { kind, after, .. } = step {
+                if matches!(after, After::Close | After::Linger) && self.unsent_kinds == 0 {
+                    return self.send_last(m, kind, after);
+                }
+            }
             match self.take(step) {
                 (Then::Continue, _) => {}
-                (Then::Send, _) => return self.send(proto, m),
+                (Then::Send, _) => match self.send(proto, m) {
+                    Sent::Next(next) => return next,
+                    Sent::Input => {}
+                },
                 (Then::Engine, next) => return next,
             }
+        }
+    }
+
+    /// [`process`](Self::process) out of line, for the paths other than a read.
+    #[inline(never)]
+    fn process_rest(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
+        self.process(proto, m)
+    }
+
+    /// Sends the output; then the input left, if the protocol goes on.
+    #[inline(never)]
+    fn send_then_process(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
+        match self.send(proto, m) {
+            Sent::Next(next) => next,
+            Sent::Input => self.process(proto, m),
         }
     }
 
@@ -476,7 +517,7 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     /// The socket is writable again: send the rest of the response.
     pub fn on_writable(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
         match self.state {
-            State::Writing => self.send(proto, m),
+            State::Writing => self.send_then_process(proto, m),
             State::Lingering => Next::Close,
             _ => Self::GONE,
         }
@@ -491,8 +532,8 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
         let step = proto.on_job_done(&mut self.proto, job, &mut out);
         self.state = State::Reading;
         match self.take(step) {
-            (Then::Continue, _) => self.process(proto, m),
-            (Then::Send, _) => self.send(proto, m),
+            (Then::Continue, _) => self.process_rest(proto, m),
+            (Then::Send, _) => self.send_then_process(proto, m),
             (Then::Engine, next) => next,
         }
     }
@@ -501,11 +542,11 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     /// writable event first: a fresh socket's buffer has room), then carries on
     /// with what follows it.
     #[inline(always)]
-    fn send(&mut self, proto: &P, m: &AcceptMetrics) -> Next<P::Reason> {
+    fn send(&mut self, proto: &P, m: &AcceptMetrics) -> Sent<P::Reason> {
         self.state = State::Writing;
         loop {
             let Some(fd) = self.fd.as_ref() else {
-                return Self::GONE;
+                return Sent::Next(Self::GONE);
             };
             let last = matches!(self.after, After::Close | After::Linger) && self.job.is_none();
             let bytes = if self.fixed.is_empty() {
@@ -522,8 +563,8 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
                 match res {
                     Ok(n) => self.sent += n,
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) if net::is_transient(&e) => return Next::Write,
-                    Err(_) => return Self::GONE,
+                    Err(e) if net::is_transient(&e) => return Sent::Next(Next::Write),
+                    Err(_) => return Sent::Next(Self::GONE),
                 }
             }
             self.sent = 0;
@@ -537,24 +578,62 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
                     let step = proto.on_sent(&mut self.proto, &mut out);
                     match self.take(step) {
                         (Then::Send, _) => {}
-                        (Then::Continue, _) => return self.process(proto, m),
-                        (Then::Engine, next) => return next,
+                        (Then::Continue, _) => return Sent::Input,
+                        (Then::Engine, next) => return Sent::Next(next),
                     }
                 }
                 After::KeepAlive => {
                     if self.job.is_some() {
                         self.state = State::Delegated;
-                        return Next::Delegate;
+                        return Sent::Next(Next::Delegate);
                     }
                     self.state = State::Reading;
                     if self.filled > self.start {
-                        return self.process(proto, m);
+                        return Sent::Input;
                     }
-                    return self.wait_input();
+                    return Sent::Next(self.wait_input());
                 }
-                After::Linger => return self.linger(),
-                After::Close => return Next::Finished,
+                After::Linger => return Sent::Next(self.linger()),
+                After::Close => return Sent::Next(Next::Finished),
             }
+        }
+    }
+
+    /// Sends the one response of a connection that ends with it, nothing
+    /// batched before it: the common case of a protocol of one request per
+    /// connection, without a batch's bookkeeping. A partial send is resumed
+    /// by [`send`](Self::send), which counts the response then.
+    #[inline(always)]
+    fn send_last(&mut self, m: &AcceptMetrics, kind: P::Kind, after: After) -> Next<P::Reason> {
+        self.state = State::Writing;
+        self.after = after;
+        let Some(fd) = self.fd.as_ref() else {
+            return Self::GONE;
+        };
+        let bytes = if self.fixed.is_empty() {
+            &self.area.bytes()[..self.out_len]
+        } else {
+            self.fixed
+        };
+        while self.sent < bytes.len() {
+            match fd.send_final(&bytes[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if net::is_transient(&e) => {
+                    let k = kind.index();
+                    self.unsent[k] = 1;
+                    self.unsent_kinds = 1 << k;
+                    return Next::Write;
+                }
+                Err(_) => return Self::GONE,
+            }
+        }
+        m.responded(kind.index(), 1);
+        // The slot's next `open` resets the output.
+        if after == After::Linger {
+            self.linger()
+        } else {
+            Next::Finished
         }
     }
 
@@ -562,6 +641,7 @@ impl<P: Protocol, S: Socket> ConnectionCtx<P, S> {
     #[inline(always)]
     fn count_sent(&mut self, m: &AcceptMetrics) {
         let mut kinds = self.unsent_kinds;
+        self.answered |= kinds != 0;
         while kinds != 0 {
             let k = kinds.trailing_zeros() as usize;
             kinds &= kinds - 1;

@@ -456,7 +456,7 @@ impl<P: Protocol, S: Socket, W: SlotWatcher> Engine<P, S, W> {
     }
 
     /// Carries out what the connection in `idx` asked for.
-    #[inline]
+    #[inline(always)]
     fn apply(&mut self, host: &mut impl Host<P, S, Watcher = W>, idx: u32, next: Next<P::Reason>) {
         match next {
             Next::Read => {
@@ -600,9 +600,12 @@ impl<P: Protocol, S: Socket, W: SlotWatcher> Engine<P, S, W> {
         let Some(timeout) = self.settings.read_timeout else {
             return;
         };
+        let next_request = self.pool.get_mut(idx).take_answered();
         match self.pool.get(idx).waits {
             Waits::Nothing => {}
             Waits::Idle => self.unlink(idx),
+            // A kept connection's next request gets a deadline of its own.
+            Waits::Request if next_request => self.unlink(idx),
             Waits::Request | Waits::Linger => return,
         }
         let after = timeout.as_secs_f64();

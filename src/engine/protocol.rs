@@ -317,7 +317,9 @@ impl<'a> Output<'a> {
     /// appends what fits, as [`Output::write`]. Returns how many were taken.
     #[inline]
     pub fn write_static(&mut self, bytes: &'static [u8]) -> usize {
-        if self.is_empty() {
+        // `fixed` is empty whenever the protocol is called: static bytes are
+        // sent before it is called again.
+        if *self.len == 0 && self.fixed.is_empty() {
             *self.fixed = bytes;
             bytes.len()
         } else {

@@ -38,6 +38,7 @@ const TIMED_OUT: usize = 1;
 /// What the metrics say of a protocol: the values of the `kind` and `reason`
 /// labels, in the order they are listed (the engine's reasons follow the
 /// protocol's), and the help of `conn_daemon_responses_total`.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug)]
 pub struct Labels {
     /// The response kinds (at most [`MAX_KINDS`]), by index.
