@@ -60,6 +60,42 @@ pub trait Out {
     fn write(&mut self, bytes: &[u8]) -> usize;
 }
 
+/// An output area over a vector of a fixed capacity (the tests' and the fuzz
+/// target's engine in miniature).
+#[allow(dead_code)]
+#[derive(Debug)]
+pub struct Area {
+    /// What is written and not yet sent.
+    pub buf: Vec<u8>,
+    /// The capacity.
+    pub cap: usize,
+}
+
+#[allow(dead_code)]
+impl Area {
+    /// An empty area of `cap` bytes, reserved now.
+    pub fn new(cap: usize) -> Area {
+        Area {
+            buf: Vec::with_capacity(cap),
+            cap,
+        }
+    }
+}
+
+impl Out for Area {
+    fn room(&self) -> usize {
+        self.cap - self.buf.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    fn write(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.room());
+        self.buf.extend_from_slice(&bytes[..n]);
+        n
+    }
+}
+
 /// memcached's clock: seconds since start-up plus 62 (its `current_time`, which
 /// starts past `ITEM_UPDATE_INTERVAL`), and the Unix time it counts from.
 #[derive(Debug)]
@@ -504,30 +540,15 @@ impl Session {
             b"append" => self.update(srv, now, &tokens, Mode::Append, out),
             b"prepend" => self.update(srv, now, &tokens, Mode::Prepend, out),
             b"cas" => self.update(srv, now, &tokens, Mode::Cas(0), out),
-            b"incr" | b"decr" => {
-                if nt == 4 || nt == 5 {
-                    self.arithmetic(srv, now, &tokens, cmd == b"incr", out);
-                } else {
-                    self.reply(out, b"ERROR");
-                }
-                Flow::Done(Kind::Arith)
-            }
-            b"delete" => {
-                if (3..=5).contains(&nt) {
-                    self.delete(srv, now, &tokens, out);
-                } else {
-                    self.reply(out, b"ERROR");
-                }
-                Flow::Done(Kind::Delete)
-            }
-            b"touch" => {
-                if nt == 4 || nt == 5 {
-                    self.touch(srv, now, &tokens, out);
-                } else {
-                    self.reply(out, b"ERROR");
-                }
-                Flow::Done(Kind::Touch)
-            }
+            b"incr" | b"decr" => self.when(nt == 4 || nt == 5, Kind::Arith, out, |me, out| {
+                me.arithmetic(srv, now, &tokens, cmd == b"incr", out)
+            }),
+            b"delete" => self.when((3..=5).contains(&nt), Kind::Delete, out, |me, out| {
+                me.delete(srv, now, &tokens, out)
+            }),
+            b"touch" => self.when(nt == 4 || nt == 5, Kind::Touch, out, |me, out| {
+                me.touch(srv, now, &tokens, out)
+            }),
             b"stats" => {
                 if out.room() < STATS_ROOM && !out.is_empty() {
                     *pos = next - nl - 1;
@@ -537,33 +558,23 @@ impl Session {
                 self.stats(srv, now, &tokens, out);
                 Flow::Done(Kind::Other)
             }
-            b"flush_all" => {
-                if (2..=4).contains(&nt) {
-                    self.flush_all(srv, now, &tokens, out);
-                } else {
-                    self.reply(out, b"ERROR");
-                }
-                Flow::Done(Kind::Other)
-            }
+            b"flush_all" => self.when((2..=4).contains(&nt), Kind::Other, out, |me, out| {
+                me.flush_all(srv, now, &tokens, out)
+            }),
             b"version" => {
                 put(out, &[b"VERSION ", VERSION.as_bytes(), b"\r\n"]);
                 Flow::Done(Kind::Other)
             }
-            b"verbosity" => {
-                if nt == 3 || nt == 4 {
-                    self.noreply = tokens.is_noreply();
-                    match strtoul(tokens.t[1]) {
-                        Some(level) => {
-                            srv.verbosity.store(level.min(2), Ordering::Relaxed);
-                            self.reply(out, b"OK");
-                        }
-                        None => self.reply(out, b"CLIENT_ERROR bad command line format"),
+            b"verbosity" => self.when(nt == 3 || nt == 4, Kind::Other, out, |me, out| {
+                me.noreply = tokens.is_noreply();
+                match strtoul(tokens.t[1]) {
+                    Some(level) => {
+                        srv.verbosity.store(level.min(2), Ordering::Relaxed);
+                        me.reply(out, b"OK");
                     }
-                } else {
-                    self.reply(out, b"ERROR");
+                    None => me.reply(out, b"CLIENT_ERROR bad command line format"),
                 }
-                Flow::Done(Kind::Other)
-            }
+            }),
             b"quit" => {
                 self.state = State::Closed;
                 *pos = input.len();
@@ -578,6 +589,23 @@ impl Session {
                 Flow::Done(Kind::Other)
             }
         }
+    }
+
+    /// A command whose token count `ok` or not: `f` answers it, or `ERROR` does
+    /// (memcached's `WANT_TOKENS`).
+    fn when(
+        &mut self,
+        ok: bool,
+        kind: Kind,
+        out: &mut dyn Out,
+        f: impl FnOnce(&mut Self, &mut dyn Out),
+    ) -> Flow {
+        if ok {
+            f(self, out);
+        } else {
+            self.reply(out, b"ERROR");
+        }
+        Flow::Done(kind)
     }
 
     /// A line other than a get longer than `LINE_MAX`: no command is that long, and

@@ -20,30 +20,12 @@ mod stats;
 mod store;
 
 use libfuzzer_sys::fuzz_target;
-use proto::{Out, Server, Session, Status, READ_BUFFER, STATS_ROOM, WRITE_BUFFER};
+use proto::{Area, Server, Session, Status, READ_BUFFER, STATS_ROOM, WRITE_BUFFER};
 use store::StoreConfig;
 
 /// A fixed clock: the answers must not depend on when the run happens.
 const NOW: u32 = 1000;
 
-struct Area {
-    buf: Vec<u8>,
-    cap: usize,
-}
-
-impl Out for Area {
-    fn room(&self) -> usize {
-        self.cap - self.buf.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-    fn write(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.room());
-        self.buf.extend_from_slice(&bytes[..n]);
-        n
-    }
-}
 
 /// A small store (one shard: the same evictions whatever the hash seed), so that
 /// eviction and the page limit are reached.
@@ -65,10 +47,7 @@ fn run(input: &[u8], step: usize, area: usize) -> Vec<u8> {
     let srv = server();
     let mut s = Session::default();
     let mut got = Vec::new();
-    let mut out = Area {
-        buf: Vec::new(),
-        cap: area,
-    };
+    let mut out = Area::new(area);
     let mut buf: Vec<u8> = Vec::new();
     let mut fed = 0;
     'feed: loop {
