@@ -1224,3 +1224,24 @@ fn upgrade_under_pymemcache_load() {
     // reconnected to the new one).
     assert!((8..=16).contains(&closes), "{report}");
 }
+
+#[test]
+fn read_timeout_closes_a_command_that_stalls() {
+    let mc = Memcache::start(&["-t", "1", "--read-timeout", "300"]);
+    let mut idle = mc.connect();
+    idle.write_all(b"version\r\n").unwrap();
+    assert_eq!(read_until(&mut idle, b"\r\n"), version().as_bytes());
+    let mut stalled = mc.connect();
+    stalled.write_all(b"set a 0 0 10\r\n01234").unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(read_to_end(&mut stalled), b"");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    // The idle one (no command under way) is still served, and the half value
+    // was not stored.
+    idle.write_all(b"get a\r\n").unwrap();
+    assert_eq!(read_until(&mut idle, b"END\r\n"), b"END\r\n");
+}

@@ -15,8 +15,8 @@
 //! Options: `-p PORT` (11211), `-l ADDR[,ADDR...]` (127.0.0.1), `-m MEGABYTES` for
 //! items (64), `-c CONNECTIONS` (1024), `-t THREADS` (4), `-I SIZE` the largest item
 //! (`1m`; `k`/`m` suffixes), `-v` (repeat for more), and the engine's
-//! `--metrics ADDR`, `--pid-file PATH`, `--idle-timeout MS`, `--shutdown-timeout
-//! MS`, `--upgrade-timeout MS`.
+//! `--metrics ADDR`, `--pid-file PATH`, `--idle-timeout MS`, `--read-timeout MS`,
+//! `--shutdown-timeout MS`, `--upgrade-timeout MS`.
 //!
 //! Signals, as conn-daemon: SIGTERM or SIGINT drain (the requests read are
 //! answered, then each connection closes; idle ones at once), SIGUSR2 starts the
@@ -87,6 +87,10 @@ struct Args {
     /// Close a connection idle this many milliseconds between commands (0: never).
     #[arg(long, default_value_t = 0)]
     idle_timeout: u64,
+    /// Close a connection whose command (a value's data included) has not all
+    /// arrived this many milliseconds after its first byte (0: never).
+    #[arg(long, default_value_t = 60_000)]
+    read_timeout: u64,
     /// Bound on the drain after SIGTERM, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     shutdown_timeout: u64,
@@ -243,8 +247,7 @@ fn main() -> ExitCode {
         accept_threads: threads,
         accept_capacity: args.connections.div_ceil(threads).max(1),
         worker_threads: 0,
-        // A command under way (a value arriving) must keep coming.
-        read_timeout: Some(Duration::from_secs(60)),
+        read_timeout: (args.read_timeout > 0).then(|| Duration::from_millis(args.read_timeout)),
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_millis(args.idle_timeout)),
         shutdown_timeout: Duration::from_millis(args.shutdown_timeout),
         metrics: args.metrics,
