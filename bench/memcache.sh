@@ -14,12 +14,14 @@
 # upper edge of memcaslap's log2 bucket that holds the 99th percentile, in us),
 # and each as a ratio to memcached's. Then the memory for the same data: the same
 # items loaded into each (1,000,000 of 32 bytes; 50,000 of 4 KB), then `stats`
-# bytes and the growth of the resident size.
+# bytes and the growth of the resident size; and how many of them each holds
+# within the same -m 64 (loaded past it), with the resident size then.
 #
 # apt-get installs memcached and libmemcached-tools if missing (as root).
 # Knobs (environment): MEMCACHE (the example's binary; default
 # target/release/examples/memcache, built if missing), MC_THREADS (1), MC_CONC
-# (memcaslap -c, 32), MC_TIME (seconds per round, 8), MC_ROUNDS (3).
+# (memcaslap -c, 32), MC_TIME (seconds per round, 8), MC_ROUNDS (3), MC_AWAKE
+# (1: keep CPU 0 from idling, see below).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,6 +54,15 @@ fi
 
 SCRATCH=$(mktemp -d /tmp/memcache-bench.XXXXXX)
 PIDS=()
+# On this VM a CPU left idle takes 50-100 us to wake: memcached's own background
+# threads (LRU maintainer, logger) keep its CPU from idling, the example has none,
+# and the client would charge the wake-ups to it as latency. A tiny process on
+# CPU 0 that wakes every 0.5 ms keeps the CPU awake for both (MC_AWAKE=0: not).
+if [ "${MC_AWAKE:-1}" = 1 ]; then
+    taskset -c 0 python3 -c "import time
+while True: time.sleep(0.0005)" &
+    PIDS+=("$!")
+fi
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$SCRATCH"
@@ -68,9 +79,9 @@ start() {
     local name=$1 p=$2
     case $name in
         memcached) taskset -c 0 memcached -u "$(id -un)" -p "$p" -l 127.0.0.1 -U 0 \
-                       -t "$THREADS" -m "$MEM_MB" -c 1024 >"$SCRATCH/$name.log" 2>&1 &
+                       -t "$THREADS" -m "${MEM:-$MEM_MB}" -c 1024 >"$SCRATCH/$name.log" 2>&1 &
                    SERVER_PID=$! ;;
-        ours)      taskset -c 0 "$OURS" -p "$p" -l 127.0.0.1 -t "$THREADS" -m "$MEM_MB" \
+        ours)      taskset -c 0 "$OURS" -p "$p" -l 127.0.0.1 -t "$THREADS" -m "${MEM:-$MEM_MB}" \
                        -c 1024 >"$SCRATCH/$name.log" 2>&1 &
                    SERVER_PID=$! ;;
     esac
@@ -151,7 +162,7 @@ buf = b""
 while not buf.endswith(b"END\r\n"):
     buf += s.recv(65536)
 st = dict(l.split(" ")[1:3] for l in buf.decode().splitlines() if l.startswith("STAT "))
-print(st["curr_items"], st["bytes"])
+print(st["curr_items"], st["bytes"], st["evictions"])
 EOF
 }
 
@@ -199,7 +210,7 @@ for spec in "32 1000000" "4096 50000"; do
         p=$(free_port)
         start "$name" "$p"
         before=$(rss_kb "$SERVER_PID")
-        read -r items b < <(load "$value" "$count" "$p")
+        read -r items b _ < <(load "$value" "$count" "$p")
         [ "$items" = "$count" ] || die "$name holds $items of $count items"
         after=$(rss_kb "$SERVER_PID")
         stop
@@ -210,4 +221,27 @@ for spec in "32 1000000" "4096 50000"; do
         "${bytes[memcached]}" "${bytes[ours]}" "$(python3 -c "print(${bytes[ours]}/${bytes[memcached]})")" \
         "${grow[memcached]}" "${grow[ours]}" "$(python3 -c "print(${grow[ours]}/max(${grow[memcached]},1))")"
     unset bytes grow
+done
+
+echo
+echo "## Items held within the same -m 64 (loaded past it: the rest evicted)"
+echo
+echo "| items loaded | memcached holds | ours holds | ratio | memcached RSS MB | ours RSS MB | ratio |"
+echo "|---|---|---|---|---|---|---|"
+for spec in "32 1500000" "4096 40000"; do
+    read -r value count <<<"$spec"
+    declare -A held=() rss=()
+    for name in memcached ours; do
+        p=$(free_port)
+        MEM=64 start "$name" "$p"
+        read -r items _ evicted < <(load "$value" "$count" "$p")
+        rss[$name]=$(( $(rss_kb "$SERVER_PID") / 1024 ))
+        stop
+        held[$name]=$items
+        log "-m 64, $count x $value B: $name holds $items ($evicted evicted), RSS ${rss[$name]} MB"
+    done
+    printf '| %s x %s B | %s | %s | %.2f | %s | %s | %.2f |\n' "$count" "$value" \
+        "${held[memcached]}" "${held[ours]}" "$(python3 -c "print(${held[ours]}/${held[memcached]})")" \
+        "${rss[memcached]}" "${rss[ours]}" "$(python3 -c "print(${rss[ours]}/${rss[memcached]})")"
+    unset held rss
 done

@@ -26,10 +26,11 @@
 //!
 //! Beside Debian's memcached 1.6.18, one thread each, in the same run
 //! (bench/memcache.sh; the tables are in docs/memcache.md): server CPU per
-//! operation 0.91-1.05x memcached's over get-heavy and set-heavy mixes of 32-byte
-//! and 4 KB values; memory for the same items 0.88x (32-byte values) and 1.06x
-//! (4 KB) of its resident growth, `stats bytes` 0.84x and 1.00x; ops/s and p99 are
-//! the load generator's on this 2-core machine (0.58-1.28x, noisy).
+//! operation 0.76-1.06x memcached's over get-heavy and set-heavy mixes of 32-byte
+//! and 4 KB values, ops/s 1.01-1.36x and p99 1.00x (client-bound, with CPU 0 kept
+//! awake for both); memory for the same items 0.88x (32-byte values) and 1.06x
+//! (4 KB) of memcached's resident growth; within the same `-m 64`, 1.46x and 1.08x
+//! as many items held.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
