@@ -1054,13 +1054,32 @@ impl Session {
         if key.len() > KEY_MAX {
             return self.reply(out, b"CLIENT_ERROR bad command line format");
         }
-        if srv.store.delete(key, now) {
-            srv.stats.add(Counter::DeleteHits, 1);
-            self.reply(out, b"DELETED");
+        let found = srv.store.delete(key, now);
+        self.counted(
+            srv,
+            out,
+            found,
+            (Counter::DeleteHits, b"DELETED"),
+            Counter::DeleteMisses,
+        );
+    }
+
+    /// The reply of a command that found its item or not, counted as a hit or a miss.
+    fn counted(
+        &mut self,
+        srv: &Server,
+        out: &mut dyn Out,
+        found: bool,
+        hit: (Counter, &[u8]),
+        miss: Counter,
+    ) {
+        let (counter, text) = if found {
+            hit
         } else {
-            srv.stats.add(Counter::DeleteMisses, 1);
-            self.reply(out, b"NOT_FOUND");
-        }
+            (miss, &b"NOT_FOUND"[..])
+        };
+        srv.stats.add(counter, 1);
+        self.reply(out, text);
     }
 
     /// touch (memcached's `process_touch_command`).
@@ -1074,13 +1093,14 @@ impl Session {
             return self.reply(out, b"CLIENT_ERROR invalid exptime argument");
         };
         srv.stats.add(Counter::CmdTouch, 1);
-        if srv.store.touch(key, srv.clock.exptime(e, now), now) {
-            srv.stats.add(Counter::TouchHits, 1);
-            self.reply(out, b"TOUCHED");
-        } else {
-            srv.stats.add(Counter::TouchMisses, 1);
-            self.reply(out, b"NOT_FOUND");
-        }
+        let found = srv.store.touch(key, srv.clock.exptime(e, now), now);
+        self.counted(
+            srv,
+            out,
+            found,
+            (Counter::TouchHits, b"TOUCHED"),
+            Counter::TouchMisses,
+        );
     }
 
     /// flush_all [delay] [noreply] (memcached's `process_flush_all_command`).
