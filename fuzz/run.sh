@@ -39,6 +39,9 @@ for target in $(cargo fuzz list); do
         # A script: a few hundred bytes reach any state (a filler op adds up to
         # 4335 bytes), and longer ones only cost speed.
         opts+=(-max_len=512)
+    elif [[ $target == memcache_proto ]]; then
+        # memcached's protocol: past LINE_MAX (2048) and a 16 KB read buffer.
+        opts+=(-max_len=20000 -dict=fuzz/memcache.dict)
     else
         # Raw protocol bytes: past REQUEST_MAX, with the protocol's tokens.
         opts+=(-max_len=5000 -dict=fuzz/protocol.dict)

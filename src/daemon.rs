@@ -11,6 +11,7 @@
 //! ([`StartError::exit_status`]).
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use crate::config::Config;
@@ -31,6 +32,17 @@ use crate::{error, info, log, os, warn};
 pub fn run<P: Protocol>(
     name: &'static str,
     setup: impl FnOnce() -> Result<(Config, P), StartError>,
+) -> ExitCode {
+    run_with(name, setup, |_| {})
+}
+
+/// As [`run`], calling `on_ready` with the addresses served once every loop
+/// is ready, just before readiness is announced (systemd's `READY=1`, an
+/// upgrade's predecessor, the pid file): an example's `listening on` line.
+pub fn run_with<P: Protocol>(
+    name: &'static str,
+    setup: impl FnOnce() -> Result<(Config, P), StartError>,
+    on_ready: impl FnOnce(&[SocketAddr]),
 ) -> ExitCode {
     log::set_name(name);
     // The very first thing, before the arguments are even read and before any
@@ -143,12 +155,13 @@ pub fn run<P: Protocol>(
         let e = StartError::system("cannot start the signal thread", e);
         return fail(e.exit_status(), &e.report());
     }
-    let addresses = server.addresses().len();
-    let serving = serving_line(&config, server.addresses());
+    let addresses = server.addresses().to_vec();
+    let serving = serving_line(&config, &addresses);
     let pid_file = config.pid_file.as_deref();
     let result = server.run_with(|| {
         info!("{serving}");
-        lifecycle::announce_ready(pid_file, &predecessor, addresses)
+        on_ready(&addresses);
+        lifecycle::announce_ready(pid_file, &predecessor, addresses.len())
     });
     if let Some(path) = pid_file {
         lifecycle::remove_pid_file(path);
@@ -181,7 +194,7 @@ fn identity(config: &Config) -> Result<Option<os::Identity>, String> {
 }
 
 /// The info line of a server that serves: where, and with what.
-fn serving_line(config: &Config, addresses: &[std::net::SocketAddr]) -> String {
+fn serving_line(config: &Config, addresses: &[SocketAddr]) -> String {
     let addresses: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     format!(
         "serving on {}: {} accept threads x {} connections, {} workers, --delegate {}",

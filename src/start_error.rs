@@ -51,6 +51,18 @@ impl StartError {
         }
     }
 
+    /// A command line that cannot work (exit 1): what a ported server's own
+    /// option checks return.
+    pub fn usage(line: impl Into<String>) -> Self {
+        StartError::new(StartFailure::Usage, line.into())
+    }
+
+    /// The host cannot give what the command line asks for (exit 10): a
+    /// protocol's own reservation at start-up that failed.
+    pub fn no_memory(line: impl Into<String>) -> Self {
+        StartError::new(StartFailure::NoMemory, line.into())
+    }
+
     /// A failure with no error below it.
     pub(crate) fn new(failure: StartFailure, message: String) -> Self {
         StartError {
