@@ -1255,14 +1255,16 @@ fn metrics_carry_the_caches_own_series() {
     let metrics = format!("127.0.0.1:{port}");
     let mc = Memcache::start(&["-t", "1", "--metrics", &metrics]);
     let mut s = mc.connect();
-    s.write_all(b"set a 0 0 1\r\nx\r\nget a\r\nget a zz\r\n").unwrap();
+    s.write_all(b"set a 0 0 1\r\nx\r\nget a\r\nget a zz\r\n")
+        .unwrap();
     assert_eq!(
         read_until(&mut s, b"END\r\nVALUE a 0 1\r\nx\r\nEND\r\n"),
         b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
     );
     let mut m = std::net::TcpStream::connect(&metrics).expect("connect to --metrics");
     m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let text = String::from_utf8(read_to_end(&mut m)).unwrap();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     for (series, value) in [
@@ -1275,6 +1277,11 @@ fn metrics_carry_the_caches_own_series() {
         assert!(text.contains(&line), "no {line:?} in\n{text}");
     }
     // After the engine's own series, not instead of them.
-    let engine = text.find("conn_daemon_responses_total").expect("the engine's series");
-    assert!(engine < text.find("memcache_get_hits_total").unwrap(), "{text}");
+    let engine = text
+        .find("conn_daemon_responses_total")
+        .expect("the engine's series");
+    assert!(
+        engine < text.find("memcache_get_hits_total").unwrap(),
+        "{text}"
+    );
 }
