@@ -406,7 +406,7 @@ fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
         Ok(addr) if addr.port() != 0 => Ok(addr),
         _ => Err(
             "expected IPV4:PORT or [IPV6]:PORT with a port from 1 to 65535, \
-                  e.g. 127.0.0.1:9100 or [::1]:9100 (host names are not resolved)"
+                  e.g. 127.0.0.1:19100 or [::1]:19100 (host names are not resolved)"
                 .to_string(),
         ),
     }
