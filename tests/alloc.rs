@@ -7,13 +7,9 @@
 //! of this test mark themselves and are not counted. `--metrics` is on, and
 //! scrapes during the count do not move it either (the scrape thread reuses its
 //! response buffer).
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,49 +19,12 @@ mod util;
 use conn_daemon::config::Config;
 use conn_daemon::proto::Builtin;
 use conn_daemon::server::Server;
+use util::alloc_count::{self, Counting};
 use util::metrics::{free_addr, wait_for, Scrape};
 use util::{connect, reset, RESPONSE};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set in this test's client threads: their allocations are not the server's.
-    static CLIENT: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if !CLIENT.with(|c| c.get()) {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::every_thread();
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -151,7 +110,7 @@ fn clients(
         .map(|t| {
             let go = Arc::clone(&go);
             std::thread::spawn(move || {
-                CLIENT.with(|c| c.set(true));
+                alloc_count::count_this_thread(false);
                 go.wait();
                 for i in 0..per_thread {
                     one(addr, MIX[(i + t) % MIX.len()]);
@@ -226,7 +185,7 @@ fn no_allocation_per_connection() {
         .spawn(move || server.run().expect("run"))
         .unwrap();
     // This thread only spawns and joins clients from here on.
-    CLIENT.with(|c| c.set(true));
+    alloc_count::count_this_thread(false);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
     // Warm-up: every kind of connection, on both accept threads and all workers.
@@ -236,7 +195,7 @@ fn no_allocation_per_connection() {
     let (threads, per_thread) = (THREADS, PER_THREAD);
     let go = Arc::new(Barrier::new(threads + 1));
     let handles = clients(addr, threads, per_thread, Arc::clone(&go));
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = alloc_count::allocations();
     let started = Instant::now();
     go.wait();
     let mut last = None;
@@ -254,7 +213,7 @@ fn no_allocation_per_connection() {
         Duration::from_secs(10),
         quiet,
     );
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = alloc_count::allocations();
     let connections = threads * (per_thread + 5);
     eprintln!(
         "{connections} connections in {:?}: {} allocations by the server",

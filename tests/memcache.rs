@@ -4,9 +4,7 @@
 //! reads and through small output areas; no allocation per request once started.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod util;
 
 #[allow(dead_code)]
 #[path = "../examples/memcache/proto.rs"]
@@ -20,47 +18,10 @@ mod store;
 
 use proto::{Area, Server, Session, Status, READ_BUFFER, STATS_ROOM, VERSION, WRITE_BUFFER};
 use store::StoreConfig;
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set while a test counts this thread's allocations.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTED.with(|c| c.get()) {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use util::alloc_count::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::opted_in_threads();
 
 fn server_with(memory: usize, item_max: usize) -> Server {
     let cfg = StoreConfig {
@@ -729,12 +690,12 @@ fn no_allocation_per_request() {
     for _ in 0..3 {
         run(&mut s, &mut out);
     }
-    COUNTED.with(|c| c.set(true));
+    alloc_count::count_this_thread(true);
     for _ in 0..200 {
         run(&mut s, &mut out);
     }
-    COUNTED.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
+    alloc_count::count_this_thread(false);
+    assert_eq!(alloc_count::allocations(), 0);
 }
 
 // The example itself, on loopback: transcripts over TCP, a real client library

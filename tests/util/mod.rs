@@ -50,6 +50,7 @@ fn other_bin() -> bool {
     std::env::var_os("CONN_DAEMON_BIN").is_some()
 }
 
+pub mod alloc_count;
 pub mod lineage;
 pub mod metrics;
 
