@@ -10,9 +10,8 @@ mod util;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,36 +19,6 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length
 const FAST: &[u8] = b"GET /test/fast HTTP/1.1\r\nHost: x\r\n\r\n";
 const SLOW: &[u8] = b"GET /test/slow HTTP/1.1\r\nHost: x\r\n\r\n";
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Builds every example once per test run, with the profile of this test binary
-/// (a no-op when `cargo test` has just built them).
-fn example_path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let built = BUILT.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    });
-    if let Err(e) = built {
-        panic!("cargo build --examples failed:\n{e}");
-    }
-    profile_dir.join("examples").join(name)
-}
 
 /// A running example, killed on drop.
 struct Example {
@@ -59,7 +28,7 @@ struct Example {
 
 impl Example {
     fn start(name: &str, args: &[&str]) -> Example {
-        let path = example_path(name);
+        let path = util::example::build(name);
         let mut child = Command::new(&path)
             .args(args)
             .stdin(Stdio::null())

@@ -704,42 +704,12 @@ fn no_allocation_per_request() {
 mod running {
     use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    use std::path::PathBuf;
     use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-    use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+    use crate::util::{example, free_port};
 
-    /// The example's binary, built once per test run with this test's profile.
-    fn example() -> PathBuf {
-        static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/<profile>/deps")
-            .to_path_buf();
-        let built = BUILT.get_or_init(|| {
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo
-                .args(["build", "--example", "memcache", "--quiet"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        });
-        if let Err(e) = built {
-            panic!("cargo build --example memcache failed:\n{e}");
-        }
-        profile_dir.join("examples").join("memcache")
-    }
+    pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
     /// The running example (and any process it upgraded to), killed on drop.
     pub struct Memcache {
@@ -754,11 +724,8 @@ mod running {
         /// Starts it on a free loopback port with `args` (after `-p`), and waits
         /// until it says it serves.
         pub fn start(args: &[&str]) -> Memcache {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let mut child = Command::new(example())
+            let port = free_port();
+            let mut child = Command::new(example::build("memcache"))
                 .args(["-p", &port.to_string()])
                 .args(args)
                 .stdin(Stdio::null())

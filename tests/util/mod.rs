@@ -51,6 +51,7 @@ fn other_bin() -> bool {
 }
 
 pub mod alloc_count;
+pub mod example;
 pub mod lineage;
 pub mod metrics;
 
