@@ -8,7 +8,7 @@
 //! scrapes during the count do not move it either (the scrape thread reuses its
 //! response buffer).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use conn_daemon::proto::Builtin;
 use conn_daemon::server::Server;
 use util::alloc_count::{self, Counting};
 use util::metrics::{free_addr, wait_for, Scrape};
-use util::{connect, reset, RESPONSE};
+use util::{connect, read_until_closed, reset, RESPONSE};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting::every_thread();
@@ -47,41 +47,27 @@ const MIX: [Kind; 7] = [
     Kind::LeaveDuringSlow,
 ];
 
-/// Reads until EOF (or reset); returns what arrived.
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-}
-
 fn one(addr: SocketAddr, kind: Kind) {
     let mut s = connect(addr);
     match kind {
         Kind::Fast => {
             s.write_all(b"GET /test/fast HTTP/1.0\r\nHost: x\r\n\r\n")
                 .unwrap();
-            assert_eq!(read_all(&mut s), RESPONSE);
+            assert_eq!(read_until_closed(&mut s), RESPONSE);
         }
         Kind::Slow => {
             s.write_all(b"GET /test/slow HTTP/1.0\r\n\r\n").unwrap();
-            assert_eq!(read_all(&mut s), RESPONSE);
+            assert_eq!(read_until_closed(&mut s), RESPONSE);
         }
         Kind::Invalid => {
             s.write_all(b"POST /test/fast HTTP/1.0\r\n\r\n").unwrap();
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::Oversized => {
             let big = [b'a'; 4200];
             let _ = s.write_all(b"GET /test/fast HTTP/1.0\r\n");
             let _ = s.write_all(&big);
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::ResetMidRequest => {
             s.write_all(b"GET /test/fa").unwrap();
@@ -90,7 +76,7 @@ fn one(addr: SocketAddr, kind: Kind) {
         Kind::EofMidRequest => {
             s.write_all(b"GET /test/fast HTTP/1.0\r\n").unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::LeaveDuringSlow => {
             s.write_all(b"GET /test/slow\r\n\r\n").unwrap();
@@ -124,7 +110,7 @@ fn clients(
                     })
                     .collect();
                 for s in &mut waiting {
-                    assert_eq!(read_all(s), b"");
+                    assert_eq!(read_until_closed(s), b"");
                 }
             })
         })

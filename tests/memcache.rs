@@ -832,21 +832,6 @@ mod running {
         got
     }
 
-    /// Everything until EOF (a reset counts as the end).
-    pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return got,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("read: {e} after {} bytes", got.len()),
-            }
-        }
-    }
-
     /// Runs a Python script (pymemcache) against `addr`; panics with its output
     /// unless it exits 0.
     pub fn python(script: &str, addr: SocketAddr, extra: &[&str]) -> String {
@@ -869,9 +854,10 @@ mod running {
     }
 }
 
-use running::{python, read_n, read_to_end, read_until, Memcache};
+use running::{python, read_n, read_until, Memcache};
 use std::io::Write as _;
 use std::time::Duration;
+use util::read_until_closed;
 
 #[test]
 fn tcp_pipelined_and_malformed() {
@@ -924,10 +910,10 @@ fn tcp_pipelined_and_malformed() {
     // A line too long: the error, then the connection closes.
     let mut t = mc.connect();
     t.write_all(&[b'a'; 3000]).unwrap();
-    assert_eq!(read_to_end(&mut t), b"CLIENT_ERROR line too long\r\n");
+    assert_eq!(read_until_closed(&mut t), b"CLIENT_ERROR line too long\r\n");
     // quit.
     s.write_all(b"version\r\nquit\r\n").unwrap();
-    assert_eq!(read_to_end(&mut s), v.as_bytes());
+    assert_eq!(read_until_closed(&mut s), v.as_bytes());
 }
 
 /// pymemcache, a memcached client library, against the example.
@@ -1002,8 +988,8 @@ fn drain_on_sigterm_answers_what_was_asked() {
     let mut first = read_n(&mut s, 1);
     mc.signal(libc::SIGTERM);
     // The idle connection closes at once.
-    assert_eq!(read_to_end(&mut idle), b"");
-    first.extend(read_to_end(&mut s));
+    assert_eq!(read_until_closed(&mut idle), b"");
+    first.extend(read_until_closed(&mut s));
     let mut want = Vec::new();
     for _ in 0..20 {
         want.extend_from_slice(b"VALUE big 0 1000000\r\n");
@@ -1042,11 +1028,11 @@ fn upgrade_finishes_a_value_under_way() {
     );
     mc.successor(old);
     // The idle connection was closed: a client reconnects.
-    assert_eq!(read_to_end(&mut idle), b"");
+    assert_eq!(read_until_closed(&mut idle), b"");
     // The command under way is finished by the old process, then the connection
     // closes.
     s.write_all(b"56789\r\n").unwrap();
-    assert_eq!(read_to_end(&mut s), b"STORED\r\n");
+    assert_eq!(read_until_closed(&mut s), b"STORED\r\n");
     let status = mc
         .exit_within(Duration::from_secs(20))
         .expect("the old process exits");
@@ -1162,7 +1148,7 @@ fn read_timeout_closes_a_command_that_stalls() {
     let mut stalled = mc.connect();
     stalled.write_all(b"set a 0 0 10\r\n01234").unwrap();
     let start = std::time::Instant::now();
-    assert_eq!(read_to_end(&mut stalled), b"");
+    assert_eq!(read_until_closed(&mut stalled), b"");
     let waited = start.elapsed();
     assert!(
         waited >= Duration::from_millis(250),
@@ -1193,7 +1179,7 @@ fn metrics_carry_the_caches_own_series() {
     m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     m.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let text = String::from_utf8(read_to_end(&mut m)).unwrap();
+    let text = String::from_utf8(read_until_closed(&mut m)).unwrap();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     for (series, value) in [
         ("memcache_get_hits_total", 2),

@@ -909,6 +909,26 @@ pub fn read_to_end(stream: &TcpStream, timeout: Duration) -> ReadResult {
     ReadResult { bytes, end }
 }
 
+/// Everything until EOF, a reset counting as the end; panics on any other error
+/// (the stream's read timeout included) with the start of what had arrived.
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "read: {e} after {} bytes: {}",
+                got.len(),
+                show(&got[..got.len().min(256)])
+            ),
+        }
+    }
+}
+
 /// Writes all of `bytes`; panics on any error.
 #[track_caller]
 pub fn send(stream: &TcpStream, bytes: &[u8]) {
