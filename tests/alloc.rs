@@ -7,13 +7,9 @@
 //! of this test mark themselves and are not counted. `--metrics` is on, and
 //! scrapes during the count do not move it either (the scrape thread reuses its
 //! response buffer).
-#![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,49 +19,12 @@ mod util;
 use conn_daemon::config::Config;
 use conn_daemon::proto::Builtin;
 use conn_daemon::server::Server;
+use util::alloc_count::{self, Counting};
 use util::metrics::{free_addr, wait_for, Scrape};
-use util::{connect, reset, RESPONSE};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set in this test's client threads: their allocations are not the server's.
-    static CLIENT: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if !CLIENT.with(|c| c.get()) {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use util::{connect, read_until_closed, reset, RESPONSE};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::every_thread();
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -88,41 +47,27 @@ const MIX: [Kind; 7] = [
     Kind::LeaveDuringSlow,
 ];
 
-/// Reads until EOF (or reset); returns what arrived.
-fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("read failed: {e}"),
-        }
-    }
-}
-
 fn one(addr: SocketAddr, kind: Kind) {
     let mut s = connect(addr);
     match kind {
         Kind::Fast => {
             s.write_all(b"GET /test/fast HTTP/1.0\r\nHost: x\r\n\r\n")
                 .unwrap();
-            assert_eq!(read_all(&mut s), RESPONSE);
+            assert_eq!(read_until_closed(&mut s), RESPONSE);
         }
         Kind::Slow => {
             s.write_all(b"GET /test/slow HTTP/1.0\r\n\r\n").unwrap();
-            assert_eq!(read_all(&mut s), RESPONSE);
+            assert_eq!(read_until_closed(&mut s), RESPONSE);
         }
         Kind::Invalid => {
             s.write_all(b"POST /test/fast HTTP/1.0\r\n\r\n").unwrap();
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::Oversized => {
             let big = [b'a'; 4200];
             let _ = s.write_all(b"GET /test/fast HTTP/1.0\r\n");
             let _ = s.write_all(&big);
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::ResetMidRequest => {
             s.write_all(b"GET /test/fa").unwrap();
@@ -131,7 +76,7 @@ fn one(addr: SocketAddr, kind: Kind) {
         Kind::EofMidRequest => {
             s.write_all(b"GET /test/fast HTTP/1.0\r\n").unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
-            assert_eq!(read_all(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         Kind::LeaveDuringSlow => {
             s.write_all(b"GET /test/slow\r\n\r\n").unwrap();
@@ -151,7 +96,7 @@ fn clients(
         .map(|t| {
             let go = Arc::clone(&go);
             std::thread::spawn(move || {
-                CLIENT.with(|c| c.set(true));
+                alloc_count::count_this_thread(false);
                 go.wait();
                 for i in 0..per_thread {
                     one(addr, MIX[(i + t) % MIX.len()]);
@@ -165,7 +110,7 @@ fn clients(
                     })
                     .collect();
                 for s in &mut waiting {
-                    assert_eq!(read_all(s), b"");
+                    assert_eq!(read_until_closed(s), b"");
                 }
             })
         })
@@ -226,7 +171,7 @@ fn no_allocation_per_connection() {
         .spawn(move || server.run().expect("run"))
         .unwrap();
     // This thread only spawns and joins clients from here on.
-    CLIENT.with(|c| c.set(true));
+    alloc_count::count_this_thread(false);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
 
     // Warm-up: every kind of connection, on both accept threads and all workers.
@@ -236,7 +181,7 @@ fn no_allocation_per_connection() {
     let (threads, per_thread) = (THREADS, PER_THREAD);
     let go = Arc::new(Barrier::new(threads + 1));
     let handles = clients(addr, threads, per_thread, Arc::clone(&go));
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = alloc_count::allocations();
     let started = Instant::now();
     go.wait();
     let mut last = None;
@@ -254,7 +199,7 @@ fn no_allocation_per_connection() {
         Duration::from_secs(10),
         quiet,
     );
-    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    let after = alloc_count::allocations();
     let connections = threads * (per_thread + 5);
     eprintln!(
         "{connections} connections in {:?}: {} allocations by the server",

@@ -1,61 +1,23 @@
 //! `examples/echo_idle` allocates nothing per connection: its connections live
 //! in pool slots that hold both their watchers (`Pool<Conn, (Io, Timer)>`), not
-//! in boxes. The example's `serve` runs here, in a thread, under a counting
-//! global allocator (as in `tests/alloc.rs`); after a warm-up, 500 connections
-//! (echoed lines, split lines, idle timeouts, closes by the client) must not
-//! move the count of allocations made by the server's thread.
-#![allow(unsafe_code)]
+//! in boxes. The example's `serve` runs here, in a thread, under the tests'
+//! counting global allocator (`tests/util/alloc_count.rs`), which counts only
+//! that thread; after a warm-up, 500 connections (echoed lines, split lines,
+//! idle timeouts, closes by the client) must not move the count of allocations
+//! made by the server's thread.
 
 #[path = "../examples/echo_idle.rs"]
 mod echo_idle;
+mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-struct Counting;
-
-static SERVER_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set in the server's thread: only its allocations are counted.
-    static SERVER: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if SERVER.with(|s| s.get()) {
-        SERVER_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use util::alloc_count::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::opted_in_threads();
 
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -94,17 +56,17 @@ fn echo_idle_allocates_nothing_per_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        SERVER.with(|s| s.set(true));
+        alloc_count::count_this_thread(true);
         echo_idle::serve(listener, IDLE).unwrap();
     });
     // Warm-up: the loop's first iterations, and every path once.
     round(addr, 20, 5);
-    let before = SERVER_ALLOCATIONS.load(Ordering::SeqCst);
+    let before = alloc_count::allocations();
     let t0 = Instant::now();
     round(addr, 500, 100);
     // Let the server finish the last closes (bounded).
     std::thread::sleep(Duration::from_millis(50));
-    let after = SERVER_ALLOCATIONS.load(Ordering::SeqCst);
+    let after = alloc_count::allocations();
     assert!(
         before > 0,
         "the server's allocations are not counted: the test proves nothing"

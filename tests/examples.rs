@@ -8,48 +8,18 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+use util::{read_until_closed, RESPONSE};
+
 const FAST: &[u8] = b"GET /test/fast HTTP/1.1\r\nHost: x\r\n\r\n";
 const SLOW: &[u8] = b"GET /test/slow HTTP/1.1\r\nHost: x\r\n\r\n";
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Builds every example once per test run, with the profile of this test binary
-/// (a no-op when `cargo test` has just built them).
-fn example_path(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let built = BUILT.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--examples", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    });
-    if let Err(e) = built {
-        panic!("cargo build --examples failed:\n{e}");
-    }
-    profile_dir.join("examples").join(name)
-}
 
 /// A running example, killed on drop.
 struct Example {
@@ -59,7 +29,7 @@ struct Example {
 
 impl Example {
     fn start(name: &str, args: &[&str]) -> Example {
-        let path = example_path(name);
+        let path = util::example::build(name);
         let mut child = Command::new(&path)
             .args(args)
             .stdin(Stdio::null())
@@ -106,7 +76,7 @@ impl Example {
     fn exchange(&self, request: &[u8]) -> Vec<u8> {
         let mut s = self.connect();
         s.write_all(request).unwrap();
-        read_to_end(&mut s)
+        read_until_closed(&mut s)
     }
 }
 
@@ -114,21 +84,6 @@ impl Drop for Example {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Everything until EOF (a reset counts as the end); panics after IO_TIMEOUT.
-fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("read after {:?}: {e}", String::from_utf8_lossy(&got)),
-        }
     }
 }
 
@@ -152,8 +107,8 @@ fn echo_idle_echoes_lines_and_closes_an_idle_connection() {
     assert_eq!(read_exactly(&mut b, 10), b"world\ntwo\n");
     // Silence: the repeating idle timer, restarted by each line, ends it.
     let quiet = Instant::now();
-    assert_eq!(read_to_end(&mut a), b"idle timeout\n");
-    assert_eq!(read_to_end(&mut b), b"idle timeout\n");
+    assert_eq!(read_until_closed(&mut a), b"idle timeout\n");
+    assert_eq!(read_until_closed(&mut b), b"idle timeout\n");
     assert!(
         quiet.elapsed() >= Duration::from_millis(250),
         "{:?}",
@@ -226,7 +181,7 @@ fn blocking_worker_answers_fast_inline_and_slow_from_a_worker() {
         .collect();
     assert_eq!(ex.exchange(FAST), RESPONSE);
     for mut s in slow {
-        assert_eq!(read_to_end(&mut s), RESPONSE);
+        assert_eq!(read_until_closed(&mut s), RESPONSE);
     }
     assert!(
         t0.elapsed() >= Duration::from_millis(190),
@@ -239,7 +194,7 @@ fn blocking_worker_answers_fast_inline_and_slow_from_a_worker() {
     s.write_all(SLOW).unwrap();
     util::wait_read([&s], IO_TIMEOUT);
     s.write_all(b"x").unwrap();
-    assert_eq!(read_to_end(&mut s), b"");
+    assert_eq!(read_until_closed(&mut s), b"");
 }
 
 #[test]
@@ -257,7 +212,7 @@ fn dispatcher_serves_through_its_worker_loops() {
         assert_eq!(ex.exchange(FAST), RESPONSE);
     }
     for mut s in slow {
-        assert_eq!(read_to_end(&mut s), RESPONSE);
+        assert_eq!(read_until_closed(&mut s), RESPONSE);
     }
     assert!(
         t0.elapsed() >= Duration::from_millis(190),
@@ -269,13 +224,13 @@ fn dispatcher_serves_through_its_worker_loops() {
     s.write_all(&FAST[..10]).unwrap();
     util::wait_read([&s], IO_TIMEOUT);
     s.write_all(&FAST[10..]).unwrap();
-    assert_eq!(read_to_end(&mut s), RESPONSE);
+    assert_eq!(read_until_closed(&mut s), RESPONSE);
     assert_eq!(ex.exchange(b"GET /other HTTP/1.1\r\n\r\n"), b"");
     // Rule 7 on a worker loop: EOF during the slow wait.
     let mut s = ex.connect();
     s.write_all(SLOW).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    assert_eq!(read_to_end(&mut s), b"");
+    assert_eq!(read_until_closed(&mut s), b"");
 }
 
 #[test]
@@ -302,7 +257,7 @@ fn reference_port_serves_fast_and_slow_like_the_reference() {
             let mut s = ex.connect();
             s.write_all(SLOW).unwrap();
             s.shutdown(std::net::Shutdown::Write).unwrap();
-            assert_eq!(read_to_end(&mut s), b"");
+            assert_eq!(read_until_closed(&mut s), b"");
         }
         thread::sleep(Duration::from_millis(400));
     }
@@ -314,6 +269,6 @@ fn reference_port_serves_fast_and_slow_like_the_reference() {
         })
         .collect();
     for mut s in many {
-        assert_eq!(read_to_end(&mut s), RESPONSE);
+        assert_eq!(read_until_closed(&mut s), RESPONSE);
     }
 }

@@ -5,42 +5,12 @@
 //! way finished).
 #![allow(unsafe_code)]
 
+mod util;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The example's binary, built once per test run with this test's profile.
-fn example() -> PathBuf {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .to_path_buf();
-    let built = BUILT.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--example", "line_echo", "--quiet"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.ends_with("release") {
-            cargo.arg("--release");
-        }
-        let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    });
-    if let Err(e) = built {
-        panic!("cargo build --example line_echo failed:\n{e}");
-    }
-    profile_dir.join("examples").join("line_echo")
-}
 
 /// The running example, killed on drop.
 struct Echo {
@@ -59,12 +29,8 @@ impl Echo {
 
     /// As [`Echo::start`], with a read deadline of `read_ms` per line.
     fn start_with(idle_ms: u64, read_ms: u64) -> Echo {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut child = Command::new(example())
+        let addr = util::metrics::free_addr();
+        let mut child = Command::new(util::example::build("line_echo"))
             .args([addr.to_string(), idle_ms.to_string(), read_ms.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

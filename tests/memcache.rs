@@ -4,9 +4,7 @@
 //! reads and through small output areas; no allocation per request once started.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod util;
 
 #[allow(dead_code)]
 #[path = "../examples/memcache/proto.rs"]
@@ -20,47 +18,10 @@ mod store;
 
 use proto::{Area, Server, Session, Status, READ_BUFFER, STATS_ROOM, VERSION, WRITE_BUFFER};
 use store::StoreConfig;
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// Set while a test counts this thread's allocations.
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTED.with(|c| c.get()) {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use util::alloc_count::{self, Counting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: Counting = Counting::opted_in_threads();
 
 fn server_with(memory: usize, item_max: usize) -> Server {
     let cfg = StoreConfig {
@@ -729,12 +690,12 @@ fn no_allocation_per_request() {
     for _ in 0..3 {
         run(&mut s, &mut out);
     }
-    COUNTED.with(|c| c.set(true));
+    alloc_count::count_this_thread(true);
     for _ in 0..200 {
         run(&mut s, &mut out);
     }
-    COUNTED.with(|c| c.set(false));
-    assert_eq!(ALLOCATIONS.load(Ordering::SeqCst), 0);
+    alloc_count::count_this_thread(false);
+    assert_eq!(alloc_count::allocations(), 0);
 }
 
 // The example itself, on loopback: transcripts over TCP, a real client library
@@ -743,42 +704,12 @@ fn no_allocation_per_request() {
 mod running {
     use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    use std::path::PathBuf;
     use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-    use std::sync::OnceLock;
     use std::time::{Duration, Instant};
 
-    pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+    use crate::util::{example, free_port};
 
-    /// The example's binary, built once per test run with this test's profile.
-    fn example() -> PathBuf {
-        static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("target/<profile>/deps")
-            .to_path_buf();
-        let built = BUILT.get_or_init(|| {
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo
-                .args(["build", "--example", "memcache", "--quiet"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let out = cargo.output().map_err(|e| format!("run cargo: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        });
-        if let Err(e) = built {
-            panic!("cargo build --example memcache failed:\n{e}");
-        }
-        profile_dir.join("examples").join("memcache")
-    }
+    pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
     /// The running example (and any process it upgraded to), killed on drop.
     pub struct Memcache {
@@ -793,11 +724,8 @@ mod running {
         /// Starts it on a free loopback port with `args` (after `-p`), and waits
         /// until it says it serves.
         pub fn start(args: &[&str]) -> Memcache {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let mut child = Command::new(example())
+            let port = free_port();
+            let mut child = Command::new(example::build("memcache"))
                 .args(["-p", &port.to_string()])
                 .args(args)
                 .stdin(Stdio::null())
@@ -904,21 +832,6 @@ mod running {
         got
     }
 
-    /// Everything until EOF (a reset counts as the end).
-    pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 65536];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => return got,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => panic!("read: {e} after {} bytes", got.len()),
-            }
-        }
-    }
-
     /// Runs a Python script (pymemcache) against `addr`; panics with its output
     /// unless it exits 0.
     pub fn python(script: &str, addr: SocketAddr, extra: &[&str]) -> String {
@@ -941,9 +854,10 @@ mod running {
     }
 }
 
-use running::{python, read_n, read_to_end, read_until, Memcache};
+use running::{python, read_n, read_until, Memcache};
 use std::io::Write as _;
 use std::time::Duration;
+use util::read_until_closed;
 
 #[test]
 fn tcp_pipelined_and_malformed() {
@@ -996,10 +910,10 @@ fn tcp_pipelined_and_malformed() {
     // A line too long: the error, then the connection closes.
     let mut t = mc.connect();
     t.write_all(&[b'a'; 3000]).unwrap();
-    assert_eq!(read_to_end(&mut t), b"CLIENT_ERROR line too long\r\n");
+    assert_eq!(read_until_closed(&mut t), b"CLIENT_ERROR line too long\r\n");
     // quit.
     s.write_all(b"version\r\nquit\r\n").unwrap();
-    assert_eq!(read_to_end(&mut s), v.as_bytes());
+    assert_eq!(read_until_closed(&mut s), v.as_bytes());
 }
 
 /// pymemcache, a memcached client library, against the example.
@@ -1074,8 +988,8 @@ fn drain_on_sigterm_answers_what_was_asked() {
     let mut first = read_n(&mut s, 1);
     mc.signal(libc::SIGTERM);
     // The idle connection closes at once.
-    assert_eq!(read_to_end(&mut idle), b"");
-    first.extend(read_to_end(&mut s));
+    assert_eq!(read_until_closed(&mut idle), b"");
+    first.extend(read_until_closed(&mut s));
     let mut want = Vec::new();
     for _ in 0..20 {
         want.extend_from_slice(b"VALUE big 0 1000000\r\n");
@@ -1114,11 +1028,11 @@ fn upgrade_finishes_a_value_under_way() {
     );
     mc.successor(old);
     // The idle connection was closed: a client reconnects.
-    assert_eq!(read_to_end(&mut idle), b"");
+    assert_eq!(read_until_closed(&mut idle), b"");
     // The command under way is finished by the old process, then the connection
     // closes.
     s.write_all(b"56789\r\n").unwrap();
-    assert_eq!(read_to_end(&mut s), b"STORED\r\n");
+    assert_eq!(read_until_closed(&mut s), b"STORED\r\n");
     let status = mc
         .exit_within(Duration::from_secs(20))
         .expect("the old process exits");
@@ -1234,7 +1148,7 @@ fn read_timeout_closes_a_command_that_stalls() {
     let mut stalled = mc.connect();
     stalled.write_all(b"set a 0 0 10\r\n01234").unwrap();
     let start = std::time::Instant::now();
-    assert_eq!(read_to_end(&mut stalled), b"");
+    assert_eq!(read_until_closed(&mut stalled), b"");
     let waited = start.elapsed();
     assert!(
         waited >= Duration::from_millis(250),
@@ -1265,7 +1179,7 @@ fn metrics_carry_the_caches_own_series() {
     m.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     m.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let text = String::from_utf8(read_to_end(&mut m)).unwrap();
+    let text = String::from_utf8(read_until_closed(&mut m)).unwrap();
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     for (series, value) in [
         ("memcache_get_hits_total", 2),

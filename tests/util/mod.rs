@@ -50,6 +50,8 @@ fn other_bin() -> bool {
     std::env::var_os("CONN_DAEMON_BIN").is_some()
 }
 
+pub mod alloc_count;
+pub mod example;
 pub mod lineage;
 pub mod metrics;
 
@@ -905,6 +907,26 @@ pub fn read_to_end(stream: &TcpStream, timeout: Duration) -> ReadResult {
         .set_read_timeout(Some(IO_TIMEOUT))
         .expect("set_read_timeout");
     ReadResult { bytes, end }
+}
+
+/// Everything until EOF, a reset counting as the end; panics on any other error
+/// (the stream's read timeout included) with the start of what had arrived.
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "read: {e} after {} bytes: {}",
+                got.len(),
+                show(&got[..got.len().min(256)])
+            ),
+        }
+    }
 }
 
 /// Writes all of `bytes`; panics on any error.
