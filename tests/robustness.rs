@@ -195,6 +195,14 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
     );
 
     eprintln!("fd exhaustion: {used} clock ticks of server CPU in {window:?}");
+    // One episode so far, through six back-off periods: one line, not one per
+    // period, and no end yet.
+    let during = server.stderr();
+    assert!(
+        count_lines(&during, "pausing accept") == 1 && during.contains("os error 24"),
+        "expected one accept pause line for EMFILE (os error 24) on stderr; got:\n{during}"
+    );
+    assert_eq!(count_lines(&during, "accept works again"), 0, "{during}");
     drop(clients);
     // Serves again within ~2 s.
     let t = Instant::now();
@@ -224,13 +232,16 @@ fn fd_exhaustion_pauses_accept_without_spinning_and_recovers() {
 
     let stderr = server.stderr();
     let pauses = count_lines(&stderr, "pausing accept");
-    // One episode (fds ran out, then came back): one line each way, not one per
-    // back-off period.
-    assert!(
-        pauses == 1 && stderr.contains("os error 24"),
-        "expected one accept pause line for EMFILE (os error 24) on stderr; got:\n{stderr}"
+    // Each episode ends with one line. Usually one episode: while the clients
+    // close, the back-off can accept the queued ones before the loop has read
+    // the EOFs of those it held (it did once in CI under load), which is a
+    // second exhaustion, said as such.
+    assert!((1..=2).contains(&pauses), "{stderr}");
+    assert_eq!(
+        count_lines(&stderr, "accept works again"),
+        pauses,
+        "{stderr}"
     );
-    assert_eq!(count_lines(&stderr, "accept works again"), 1, "{stderr}");
     eprintln!("fd exhaustion: {pauses} accept pause line(s) on stderr");
 }
 
