@@ -8,9 +8,8 @@ use std::sync::atomic::AtomicU32;
 /// a [`futex_wake`] on it, a signal, or a spurious wake-up: the caller re-checks
 /// its condition in a loop.
 pub fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: `word` is a live, aligned 32-bit atomic for the whole call; a
-    // private futex with no timeout reads it and touches nothing else. Its
-    // errors (EAGAIN: the value changed; EINTR) all mean "look again".
+    // Its errors (EAGAIN: the value changed; EINTR) all mean "look again".
+    // SAFETY: `word` is a live aligned 32-bit atomic for the call; a private futex without timeout only reads it.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
@@ -24,7 +23,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32) {
 
 /// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
 pub fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: as above; a wake only reads the address to find its sleepers.
+    // SAFETY: `word` is a live aligned 32-bit atomic; a wake only reads its address to find sleepers.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
